@@ -1,0 +1,168 @@
+//! Streaming content-defined chunking: bytes go in as they arrive from the network, shards come
+//! out with their BLAKE3 hash, cut by FastCDC v2020.
+//!
+//! A FastCDC cut that starts at offset `s` depends only on the bytes `s..s + max`, so once the
+//! buffer holds at least `max` bytes past a shard's start, that shard's end is final. The chunker
+//! keeps at most `max` bytes (plus one network read) buffered, and each shard is hashed right after
+//! it is cut, while its bytes are still in cache: chunking and hashing are one pass over the data.
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::FastCDC;
+use shoal_proto::{ChunkingParams, ShardHash};
+
+/// One shard cut from the stream.
+#[derive(Debug, Clone)]
+pub struct CutShard {
+    /// Offset of the shard in the blob.
+    pub offset: u64,
+    /// The shard's bytes.
+    pub data: Bytes,
+    /// BLAKE3 of `data`.
+    pub hash: ShardHash,
+}
+
+/// Cuts a byte stream into shards.
+#[derive(Debug)]
+pub struct StreamChunker {
+    params: ChunkingParams,
+    buffer: BytesMut,
+    /// Blob offset of `buffer[0]`.
+    buffer_offset: u64,
+}
+
+impl StreamChunker {
+    /// A chunker for one blob. `params` must already be validated (see `config`).
+    pub fn new(params: ChunkingParams) -> Self {
+        Self {
+            params,
+            buffer: BytesMut::with_capacity(2 * params.max as usize),
+            buffer_offset: 0,
+        }
+    }
+
+    /// Adds bytes; appends every shard whose end is now final to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<CutShard>) {
+        self.buffer.extend_from_slice(data);
+        self.cut(false, out);
+    }
+
+    /// Ends the stream; appends the remaining shards to `out`.
+    pub fn finish(&mut self, out: &mut Vec<CutShard>) {
+        self.cut(true, out);
+    }
+
+    fn cut(&mut self, at_end: bool, out: &mut Vec<CutShard>) {
+        let max = self.params.max as usize;
+        let available = self.buffer.len();
+        if available == 0 || (!at_end && available < max) {
+            return;
+        }
+        let cdc = FastCDC::new(&self.buffer, self.params.min, self.params.avg, self.params.max);
+        let mut start = 0usize;
+        let mut cuts = Vec::new();
+        while start < available && (at_end || available - start >= max) {
+            let (_, end) = cdc.cut(start, available - start);
+            cuts.push(end - start);
+            start = end;
+        }
+        for len in cuts {
+            let data = self.buffer.split_to(len).freeze();
+            let hash = ShardHash::from_bytes(*blake3::hash(&data).as_bytes());
+            out.push(CutShard { offset: self.buffer_offset, data, hash });
+            self.buffer_offset += len as u64;
+        }
+        if self.buffer.capacity() < max {
+            self.buffer.reserve(2 * max);
+        }
+    }
+}
+
+/// Cuts a whole buffer at once (used by benchmarks, `fsck` and tests).
+pub fn chunk_all(params: ChunkingParams, data: &[u8]) -> Vec<CutShard> {
+    let mut chunker = StreamChunker::new(params);
+    let mut out = Vec::new();
+    chunker.push(data, &mut out);
+    chunker.finish(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SMALL: ChunkingParams = ChunkingParams { min: 256, avg: 1024, max: 4096 };
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn boundaries(shards: &[CutShard]) -> Vec<u64> {
+        shards.iter().map(|s| s.offset).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn shards_reassemble_the_stream(
+            len in 0usize..40_000,
+            seed in any::<u64>(),
+            split_points in proptest::collection::vec(0usize..40_000, 0..20),
+        ) {
+            let data = pseudo_random(len, seed);
+            let whole = chunk_all(SMALL, &data);
+            // Feeding the same bytes in arbitrary pieces gives the same shards.
+            let mut cuts: Vec<usize> = split_points.into_iter().filter(|&p| p < len).collect();
+            cuts.sort_unstable();
+            let mut chunker = StreamChunker::new(SMALL);
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for cut in cuts.into_iter().chain([len]) {
+                chunker.push(&data[last..cut], &mut pieces);
+                last = cut;
+            }
+            chunker.finish(&mut pieces);
+            prop_assert_eq!(boundaries(&whole), boundaries(&pieces));
+            let joined: Vec<u8> = pieces.iter().flat_map(|s| s.data.iter().copied()).collect();
+            prop_assert_eq!(&joined, &data);
+            for shard in &pieces {
+                prop_assert!(shard.data.len() <= SMALL.max as usize);
+                prop_assert_eq!(*shard.hash.as_bytes(), *blake3::hash(&shard.data).as_bytes());
+            }
+            for shard in pieces.iter().rev().skip(1) {
+                prop_assert!(shard.data.len() >= SMALL.min as usize);
+            }
+        }
+
+        #[test]
+        fn boundaries_are_stable_under_appended_data(seed in any::<u64>(), extra in 1usize..10_000) {
+            let data = pseudo_random(30_000 + extra, seed);
+            let prefix = chunk_all(SMALL, &data[..30_000]);
+            let longer = chunk_all(SMALL, &data);
+            // Every shard of the prefix but the last ends where the longer stream's shard ends.
+            for (a, b) in prefix.iter().zip(&longer).take(prefix.len().saturating_sub(1)) {
+                prop_assert_eq!(a.offset, b.offset);
+                prop_assert_eq!(a.hash, b.hash);
+            }
+        }
+    }
+
+    #[test]
+    fn inserted_bytes_disturb_few_shards() {
+        let data = pseudo_random(200_000, 7);
+        let mut edited = data.clone();
+        edited.splice(100_000..100_000, [1u8, 2, 3]);
+        let before: std::collections::HashSet<_> =
+            chunk_all(SMALL, &data).into_iter().map(|s| s.hash).collect();
+        let after = chunk_all(SMALL, &edited);
+        let shared = after.iter().filter(|s| before.contains(&s.hash)).count();
+        assert!(shared + 3 >= after.len(), "{shared} of {} shards survive an insert", after.len());
+    }
+}

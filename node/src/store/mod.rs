@@ -1,0 +1,558 @@
+//! The shard store: blobs kept as content-defined shards on local disk, with a sled index.
+//!
+//! Owns everything under the data directory (see [`layout`]). Other subsystems reach the disk only
+//! through [`ShardStore`]; it knows nothing of HTTP, upstreams or peers.
+//!
+//! * Ingest ([`Ingest`]): bytes are cut by [`chunker`] and hashed in one pass; each shard is
+//!   written once (tmp file, rename) however many blobs share it. At the end the blob's sha256 is
+//!   checked; only then are the new shards fsynced, the shard map written (tmp, fsync, rename: the
+//!   commit point) and the index updated. A blob that fails its digest leaves nothing behind.
+//! * Serve ([`ShardStore::read_shard`]): every shard is BLAKE3-verified as it is read; a shard that
+//!   fails is deleted and reported, never returned.
+//! * Eviction ([`ShardStore::evict_to_budget`]): whole blobs, in the order an [`EvictionPolicy`]
+//!   gives, never one that is being served, never a shard an ingest in flight relies on.
+//! * Recovery ([`recovery`]): after an unclean stop the index is rebuilt from the shard maps and
+//!   shard files, which are the source of truth; `fsck` verifies every shard.
+//!
+//! **Invariant:** a blob is in the index only if its shard map file exists and every shard it lists
+//! was fsynced before the map was renamed into place.
+
+pub mod chunker;
+pub mod eviction;
+mod ingest;
+pub mod layout;
+pub mod recovery;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shoal_proto::records::{self, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
+use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardHash, ShardMap};
+
+pub use eviction::{EvictionCandidate, EvictionPolicy, LeastRecentlyUsed};
+pub use ingest::{Ingest, IngestError, StoredShard};
+pub use layout::Layout;
+
+/// Errors of store operations other than ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The index database failed.
+    #[error("index database: {0}")]
+    Index(#[from] sled::Error),
+    /// A transaction on the index failed.
+    #[error("index transaction: {0}")]
+    Transaction(String),
+}
+
+pub(crate) fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Why a shard could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardReadError {
+    /// The file's bytes do not hash to the shard's name; the file was deleted.
+    #[error("shard {0} failed BLAKE3 verification and was dropped")]
+    Corrupt(ShardHash),
+    /// The file is gone.
+    #[error("shard {0} is missing")]
+    Missing(ShardHash),
+    /// Reading failed.
+    #[error("reading shard {hash}: {source}")]
+    Io {
+        /// The shard.
+        hash: ShardHash,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Settings of the store, validated by `config`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// FastCDC parameters for new blobs.
+    pub chunking: ChunkingParams,
+    /// Disk budget for shard bytes; above it whole blobs are evicted.
+    pub max_disk_bytes: u64,
+}
+
+/// What the store holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Committed blobs.
+    pub blobs: u64,
+    /// Bytes of distinct shards referenced by committed blobs.
+    pub bytes: u64,
+}
+
+/// In-memory state shared by ingests, readers and eviction.
+#[derive(Debug, Default)]
+struct LiveState {
+    /// Shards an ingest in flight relies on; never deleted while pinned.
+    pinned: HashMap<ShardHash, usize>,
+    /// Blobs with a response in progress; never evicted while listed.
+    readers: HashMap<BlobDigest, usize>,
+    stats: StoreStats,
+}
+
+struct StoreInner {
+    layout: Layout,
+    db: sled::Db,
+    blobs: sled::Tree,
+    shards: sled::Tree,
+    access: sled::Tree,
+    manifests: sled::Tree,
+    tags: sled::Tree,
+    meta: sled::Tree,
+    chunking: ChunkingParams,
+    max_disk_bytes: u64,
+    live: Mutex<LiveState>,
+    eviction: Mutex<Box<dyn EvictionPolicy>>,
+    tmp_counter: AtomicU64,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct ShardStore {
+    inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore").field("root", &self.inner.layout.root()).finish()
+    }
+}
+
+const CLEAN_KEY: &[u8] = b"clean-shutdown";
+
+/// Milliseconds since the Unix epoch (for access records only; policy decisions take time as an
+/// argument).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes `bytes` to `path` through a temporary file in `tmp_dir`: write, fsync, rename, fsync the
+/// directory. Readers see either the old file or the whole new one.
+pub(crate) fn write_durably(tmp_path: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut file = File::create(tmp_path).map_err(io_context(format!("creating {}", tmp_path.display())))?;
+    file.write_all(bytes).map_err(io_context(format!("writing {}", tmp_path.display())))?;
+    file.sync_all().map_err(io_context(format!("fsync {}", tmp_path.display())))?;
+    drop(file);
+    fs::rename(tmp_path, path).map_err(io_context(format!("renaming to {}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (creations, renames) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_context(format!("fsync directory {}", dir.display())))
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the store. After an unclean stop the index is rebuilt from the
+    /// shard maps and shard files first; the temporary directory is always emptied.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with_policy(config, Box::new(LeastRecentlyUsed))
+    }
+
+    /// Like [`open`](Self::open), with an eviction policy of the caller's choice.
+    pub fn open_with_policy(
+        config: &StoreConfig,
+        eviction: Box<dyn EvictionPolicy>,
+    ) -> Result<Self, StoreError> {
+        let layout = Layout::new(&config.data_dir);
+        layout
+            .create_dirs()
+            .map_err(io_context(format!("creating data directory {}", config.data_dir.display())))?;
+        let tmp = layout.tmp_dir();
+        for entry in fs::read_dir(&tmp).map_err(io_context(format!("listing {}", tmp.display())))? {
+            let path = entry.map_err(io_context("listing tmp"))?.path();
+            fs::remove_file(&path).map_err(io_context(format!("removing {}", path.display())))?;
+        }
+        let db = sled::Config::new().path(layout.index_dir()).open()?;
+        let store = Self {
+            inner: Arc::new(StoreInner {
+                blobs: db.open_tree("blobs")?,
+                shards: db.open_tree("shards")?,
+                access: db.open_tree("access")?,
+                manifests: db.open_tree("manifests")?,
+                tags: db.open_tree("tags")?,
+                meta: db.open_tree("meta")?,
+                db,
+                layout,
+                chunking: config.chunking,
+                max_disk_bytes: config.max_disk_bytes,
+                live: Mutex::new(LiveState::default()),
+                eviction: Mutex::new(eviction),
+                tmp_counter: AtomicU64::new(0),
+            }),
+        };
+        if store.inner.meta.get(CLEAN_KEY)?.is_none() {
+            let report = recovery::rebuild_index(&store)?;
+            tracing::info!(?report, "index rebuilt from shard maps after an unclean stop");
+        } else {
+            let stats = store.count_stats()?;
+            store.live().stats = stats;
+        }
+        store.inner.meta.remove(CLEAN_KEY)?;
+        store.inner.db.flush()?;
+        Ok(store)
+    }
+
+    /// Marks the store as cleanly closed, so the next start skips recovery.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        self.inner.meta.insert(CLEAN_KEY, &[1])?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// The data directory's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The chunking parameters for new blobs.
+    pub fn chunking(&self) -> ChunkingParams {
+        self.inner.chunking
+    }
+
+    /// Blobs and bytes held.
+    pub fn stats(&self) -> StoreStats {
+        self.live().stats
+    }
+
+    fn live(&self) -> MutexGuard<'_, LiveState> {
+        self.inner.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count_stats(&self) -> Result<StoreStats, StoreError> {
+        let mut stats = StoreStats { blobs: self.inner.blobs.len() as u64, bytes: 0 };
+        for item in self.inner.shards.iter() {
+            let (_, value) = item?;
+            if let Ok(record) = records::decode::<ShardRecord>(&value) {
+                stats.bytes += u64::from(record.len);
+            }
+        }
+        Ok(stats)
+    }
+
+    pub(crate) fn tmp_path(&self, label: &str) -> PathBuf {
+        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.layout.tmp_dir().join(format!("{label}.{}.{n}", std::process::id()))
+    }
+
+    /// The shard map of a committed blob.
+    pub fn shard_map(&self, digest: &BlobDigest) -> Result<Option<ShardMap>, StoreError> {
+        let Some(bytes) = self.inner.blobs.get(digest.as_bytes())? else {
+            return Ok(None);
+        };
+        match ShardMap::decode(&bytes) {
+            Ok(map) => Ok(Some(map)),
+            Err(error) => {
+                tracing::error!(%digest, %error, "undecodable shard map in the index; treating as absent");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Looks a blob up and registers a reader, so the blob is not evicted while the returned guard
+    /// lives. Records the access.
+    pub fn open_blob(&self, digest: &BlobDigest) -> Result<Option<(ShardMap, ReaderGuard)>, StoreError> {
+        let guard = self.register_reader(*digest);
+        let Some(map) = self.shard_map(digest)? else {
+            return Ok(None);
+        };
+        self.record_access(digest)?;
+        Ok(Some((map, guard)))
+    }
+
+    /// Registers a response in progress for `digest` (committed or not): eviction skips it.
+    pub fn register_reader(&self, digest: BlobDigest) -> ReaderGuard {
+        *self.live().readers.entry(digest).or_insert(0) += 1;
+        ReaderGuard { store: self.clone(), digest }
+    }
+
+    fn record_access(&self, digest: &BlobDigest) -> Result<(), StoreError> {
+        let previous = self.inner.access.get(digest.as_bytes())?;
+        let count = previous
+            .and_then(|bytes| records::decode::<AccessRecord>(&bytes).ok())
+            .map_or(0, |r| r.count);
+        let record = AccessRecord { last_access_ms: now_ms(), count: count + 1 };
+        self.inner.access.insert(digest.as_bytes(), records::encode(&record))?;
+        Ok(())
+    }
+
+    /// Reads one shard and verifies its BLAKE3 hash. A shard that fails is deleted (so it is never
+    /// served) and reported as corrupt; the caller heals it with [`repair_shard`](Self::repair_shard).
+    pub fn read_shard(&self, entry: &ShardEntry) -> Result<Bytes, ShardReadError> {
+        let hash = entry.shard_hash();
+        let path = self.inner.layout.shard_path(&hash);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ShardReadError::Missing(hash)),
+            Err(source) => return Err(ShardReadError::Io { hash, source }),
+        };
+        if data.len() != entry.len as usize || blake3::hash(&data).as_bytes() != hash.as_bytes() {
+            // Only delete if the file is still the bad one (a concurrent repair may have replaced it).
+            if fs::read(&path).is_ok_and(|now| blake3::hash(&now).as_bytes() != hash.as_bytes()) {
+                let _ = fs::remove_file(&path);
+            }
+            return Err(ShardReadError::Corrupt(hash));
+        }
+        Ok(Bytes::from(data))
+    }
+
+    /// Puts a shard back after it was found corrupt or missing. `data` is verified first.
+    pub fn repair_shard(&self, entry: &ShardEntry, data: &[u8]) -> Result<bool, StoreError> {
+        let hash = entry.shard_hash();
+        if data.len() != entry.len as usize || blake3::hash(data).as_bytes() != hash.as_bytes() {
+            return Ok(false);
+        }
+        let tmp = self.tmp_path("repair");
+        write_durably(&tmp, &self.inner.layout.shard_path(&hash), data)?;
+        Ok(true)
+    }
+
+    /// Starts ingesting a blob that should have `expected` as its sha256.
+    pub fn begin_ingest(&self, expected: BlobDigest) -> Ingest {
+        Ingest::new(self.clone(), expected)
+    }
+
+    /// A cached manifest by digest.
+    pub fn manifest(&self, digest: &BlobDigest) -> Result<Option<ManifestRecord>, StoreError> {
+        Ok(self
+            .inner
+            .manifests
+            .get(digest.as_bytes())?
+            .and_then(|bytes| records::decode::<ManifestRecord>(&bytes).ok()))
+    }
+
+    /// Caches a manifest; the caller has verified that `digest` is the sha256 of its body.
+    pub fn put_manifest(&self, digest: &BlobDigest, record: &ManifestRecord) -> Result<(), StoreError> {
+        self.inner.manifests.insert(digest.as_bytes(), records::encode(record))?;
+        Ok(())
+    }
+
+    /// A cached tag resolution; `key` names upstream, repository and tag.
+    pub fn tag(&self, key: &str) -> Result<Option<TagRecord>, StoreError> {
+        Ok(self
+            .inner
+            .tags
+            .get(key.as_bytes())?
+            .and_then(|bytes| records::decode::<TagRecord>(&bytes).ok()))
+    }
+
+    /// Caches a tag resolution.
+    pub fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), StoreError> {
+        self.inner.tags.insert(key.as_bytes(), records::encode(record))?;
+        Ok(())
+    }
+
+    /// Pins `hash` for an ingest in flight and says whether its file already exists.
+    fn pin_shard(&self, hash: ShardHash) -> bool {
+        let mut live = self.live();
+        *live.pinned.entry(hash).or_insert(0) += 1;
+        self.inner.layout.shard_path(&hash).exists()
+    }
+
+    /// Releases pins; deletes `created` shards that no committed blob and no other ingest uses.
+    fn unpin_shards(&self, pinned: &[ShardHash], created: &[ShardHash]) {
+        let mut live = self.live();
+        for hash in pinned {
+            if let Some(count) = live.pinned.get_mut(hash) {
+                *count -= 1;
+                if *count == 0 {
+                    live.pinned.remove(hash);
+                }
+            }
+        }
+        for hash in created {
+            let referenced = live.pinned.contains_key(hash)
+                || self.inner.shards.get(hash.as_bytes()).ok().flatten().is_some();
+            if !referenced {
+                let _ = fs::remove_file(self.inner.layout.shard_path(hash));
+            }
+        }
+    }
+
+    /// Adds a committed blob to the index (its map file is already durable).
+    fn index_blob(&self, map: &ShardMap, encoded_map: &[u8]) -> Result<(), StoreError> {
+        let digest = map.blob_digest();
+        let mut live = self.live();
+        if self.inner.blobs.get(digest.as_bytes())?.is_some() {
+            return Ok(());
+        }
+        let mut added_bytes = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for shard in &map.shards {
+            if !seen.insert(shard.hash) {
+                continue;
+            }
+            let previous = self
+                .inner
+                .shards
+                .get(shard.hash)?
+                .and_then(|bytes| records::decode::<ShardRecord>(&bytes).ok());
+            let refcount = previous.map_or(0, |r| r.refcount);
+            if refcount == 0 {
+                added_bytes += u64::from(shard.len);
+            }
+            let record = ShardRecord { refcount: refcount + 1, len: shard.len };
+            self.inner.shards.insert(shard.hash, records::encode(&record))?;
+        }
+        self.inner.blobs.insert(digest.as_bytes(), encoded_map)?;
+        let access = AccessRecord { last_access_ms: now_ms(), count: 0 };
+        self.inner.access.insert(digest.as_bytes(), records::encode(&access))?;
+        live.stats.blobs += 1;
+        live.stats.bytes += added_bytes;
+        Ok(())
+    }
+
+    /// Removes a committed blob: map file first (so a crash leaves no map whose shards are gone),
+    /// then the index entries, then shards no other blob or ingest uses. Refuses blobs being served.
+    pub fn remove_blob(&self, digest: &BlobDigest) -> Result<bool, StoreError> {
+        let mut live = self.live();
+        if live.readers.contains_key(digest) {
+            return Ok(false);
+        }
+        let Some(map) = self.shard_map(digest)? else {
+            return Ok(false);
+        };
+        let map_path = self.inner.layout.map_path(digest);
+        match fs::remove_file(&map_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_context(format!("removing {}", map_path.display()))(e)),
+        }
+        self.inner.blobs.remove(digest.as_bytes())?;
+        self.inner.access.remove(digest.as_bytes())?;
+        let mut seen = std::collections::HashSet::new();
+        for shard in &map.shards {
+            if !seen.insert(shard.hash) {
+                continue;
+            }
+            let Some(bytes) = self.inner.shards.get(shard.hash)? else {
+                continue;
+            };
+            let Ok(record) = records::decode::<ShardRecord>(&bytes) else {
+                continue;
+            };
+            if record.refcount > 1 {
+                let record = ShardRecord { refcount: record.refcount - 1, len: record.len };
+                self.inner.shards.insert(shard.hash, records::encode(&record))?;
+                continue;
+            }
+            self.inner.shards.remove(shard.hash)?;
+            live.stats.bytes = live.stats.bytes.saturating_sub(u64::from(record.len));
+            let hash = shard.shard_hash();
+            if !live.pinned.contains_key(&hash) {
+                let _ = fs::remove_file(self.inner.layout.shard_path(&hash));
+            }
+        }
+        live.stats.blobs = live.stats.blobs.saturating_sub(1);
+        Ok(true)
+    }
+
+    /// Evicts whole blobs, in the policy's order, until the store is within its disk budget.
+    /// Returns the digests evicted.
+    pub fn evict_to_budget(&self) -> Result<Vec<BlobDigest>, StoreError> {
+        let budget = self.inner.max_disk_bytes;
+        if self.stats().bytes <= budget {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::new();
+        for item in self.inner.blobs.iter() {
+            let (key, value) = item?;
+            let Ok(hex) = <[u8; 32]>::try_from(key.as_ref()) else { continue };
+            let digest = BlobDigest::from_bytes(hex);
+            let access = self
+                .inner
+                .access
+                .get(digest.as_bytes())?
+                .and_then(|bytes| records::decode::<AccessRecord>(&bytes).ok())
+                .unwrap_or(AccessRecord { last_access_ms: 0, count: 0 });
+            let size = ShardMap::decode(&value).map_or(0, |m| m.blob_len);
+            candidates.push(EvictionCandidate {
+                digest,
+                size,
+                last_access_ms: access.last_access_ms,
+                access_count: access.count,
+            });
+        }
+        {
+            let readers = &self.live().readers;
+            candidates.retain(|c| !readers.contains_key(&c.digest));
+        }
+        let order = self
+            .inner
+            .eviction
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .order_victims(now_ms(), candidates);
+        let mut evicted = Vec::new();
+        for digest in order {
+            if self.stats().bytes <= budget {
+                break;
+            }
+            if self.remove_blob(&digest)? {
+                evicted.push(digest);
+            }
+        }
+        Ok(evicted)
+    }
+
+    /// Every committed blob's digest.
+    pub fn blob_digests(&self) -> Result<Vec<BlobDigest>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.inner.blobs.iter().keys() {
+            if let Ok(bytes) = <[u8; 32]>::try_from(key?.as_ref()) {
+                out.push(BlobDigest::from_bytes(bytes));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps a blob from being evicted while a response that reads it is in progress.
+#[derive(Debug)]
+pub struct ReaderGuard {
+    store: ShardStore,
+    digest: BlobDigest,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut live = self.store.live();
+        if let Some(count) = live.readers.get_mut(&self.digest) {
+            *count -= 1;
+            if *count == 0 {
+                live.readers.remove(&self.digest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
