@@ -1,2 +1,133 @@
-//! The Shoal daemon as a library: a pull-through OCI registry mirror backed by a shard store.
+//! The Shoal daemon as a library: a pull-through OCI registry mirror for containerd, backed by a
+//! content-defined shard store. The `shoald` binary is a thin shell over [`run`].
+//!
+//! Subsystems, each in its own folder with a module doc saying what it owns:
+//! [`config`] (defaults, file, flags), [`registry`] (the OCI endpoint), [`pullthrough`] (when to
+//! go upstream, single flight, healing), [`upstream`] (the only code that contacts registries),
+//! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
+//! [`metrics`] (the numbers), [`http`] (serving with limits).
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pullthrough;
+pub mod registry;
 pub mod store;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pullthrough::{PullConfig, PullThrough};
+use crate::store::{ShardStore, StoreConfig, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// An upstream client could not be built.
+    #[error("setting up upstream {name}: {source}")]
+    Upstream {
+        /// The upstream.
+        name: String,
+        /// The cause.
+        source: UpstreamError,
+    },
+    /// A blocking task failed.
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
+/// closes the store cleanly.
+pub async fn run(
+    config: Config,
+    registry_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.clone(),
+        chunking: config.chunking,
+        max_disk_bytes: config.max_disk_bytes,
+    };
+    let store = tokio::task::spawn_blocking(move || ShardStore::open(&store_config))
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
+    let stats = store.stats();
+    tracing::info!(data_dir = %config.data_dir.display(), blobs = stats.blobs, bytes = stats.bytes, "store open");
+
+    let mut upstreams = BTreeMap::new();
+    for (name, upstream_config) in &config.upstreams {
+        let upstream = Upstream::new(
+            upstream_config.clone(),
+            config.upstream_timeouts,
+            metrics.clone(),
+        )
+        .map_err(|source| StartError::Upstream {
+            name: name.clone(),
+            source,
+        })?;
+        upstreams.insert(name.clone(), upstream);
+    }
+    let pull = PullThrough::new(
+        store.clone(),
+        metrics.clone(),
+        PullConfig {
+            tag_ttl: config.tag_ttl,
+        },
+    );
+    let registry_state = Arc::new(registry::RegistryState {
+        pull,
+        upstreams,
+        default_upstream: config.default_upstream.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin_state = admin::AdminState {
+        metrics,
+        store: store.clone(),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let limits = http::ServeLimits::default();
+    let drain = Duration::from_secs(10);
+    let registry_task = tokio::spawn(http::serve(
+        registry_listener,
+        registry::router(registry_state),
+        limits,
+        stopped(stop_rx.clone()),
+        drain,
+    ));
+    let admin_task = tokio::spawn(http::serve(
+        admin_listener,
+        admin::router(admin_state),
+        limits,
+        stopped(stop_rx),
+        drain,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = registry_task.await;
+    let _ = admin_task.await;
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
+    tracing::info!("store closed cleanly");
+    Ok(())
+}

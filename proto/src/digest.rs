@@ -49,7 +49,10 @@ impl BlobDigest {
         if s.len() != 64 {
             return Err(DigestError::WrongLength(s.len()));
         }
-        if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::NotHex);
         }
         let mut out = [0u8; 32];
@@ -136,12 +139,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert_eq!("e3b0".parse::<BlobDigest>(), Err(DigestError::MissingAlgorithm));
+        assert_eq!(
+            "e3b0".parse::<BlobDigest>(),
+            Err(DigestError::MissingAlgorithm)
+        );
         assert!(matches!(
             "md5:abcd".parse::<BlobDigest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert_eq!("sha256:abc".parse::<BlobDigest>(), Err(DigestError::WrongLength(3)));
+        assert_eq!(
+            "sha256:abc".parse::<BlobDigest>(),
+            Err(DigestError::WrongLength(3))
+        );
         let upper = GOOD.to_uppercase().replacen("SHA256", "sha256", 1);
         assert_eq!(upper.parse::<BlobDigest>(), Err(DigestError::NotHex));
         let traversal = format!("sha256:../../{}", &GOOD[13..]);

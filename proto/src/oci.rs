@@ -185,12 +185,18 @@ mod tests {
         ] {
             assert!(name.parse::<RepoName>().is_err(), "{name:?}");
         }
-        assert_eq!("a".repeat(256).parse::<RepoName>(), Err(NameError::NameLength));
+        assert_eq!(
+            "a".repeat(256).parse::<RepoName>(),
+            Err(NameError::NameLength)
+        );
     }
 
     #[test]
     fn parses_references() {
-        assert_eq!("latest".parse::<Reference>().unwrap(), Reference::Tag("latest".into()));
+        assert_eq!(
+            "latest".parse::<Reference>().unwrap(),
+            Reference::Tag("latest".into())
+        );
         assert!("v1.2_rc-3".parse::<Reference>().is_ok());
         assert!(".hidden".parse::<Reference>().is_err());
         assert!("-x".parse::<Reference>().is_err());

@@ -87,7 +87,8 @@ where
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len() - 1);
     aligned.extend_from_slice(&bytes[1..]);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(|e| RecordError::Archive(e.to_string()))
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| RecordError::Archive(e.to_string()))
 }
 
 #[cfg(test)]
@@ -96,11 +97,24 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_garbage() {
-        let tag = TagRecord { digest: [3; 32], media_type: "x".into(), fetched_at_ms: 42 };
+        let tag = TagRecord {
+            digest: [3; 32],
+            media_type: "x".into(),
+            fetched_at_ms: 42,
+        };
         assert_eq!(decode::<TagRecord>(&encode(&tag)).unwrap(), tag);
-        let manifest = ManifestRecord { media_type: "m".into(), body: vec![1, 2, 3] };
-        assert_eq!(decode::<ManifestRecord>(&encode(&manifest)).unwrap(), manifest);
-        let access = AccessRecord { last_access_ms: 5, count: 6 };
+        let manifest = ManifestRecord {
+            media_type: "m".into(),
+            body: vec![1, 2, 3],
+        };
+        assert_eq!(
+            decode::<ManifestRecord>(&encode(&manifest)).unwrap(),
+            manifest
+        );
+        let access = AccessRecord {
+            last_access_ms: 5,
+            count: 6,
+        };
         assert_eq!(decode::<AccessRecord>(&encode(&access)).unwrap(), access);
         assert!(decode::<TagRecord>(&[]).is_err());
         assert!(decode::<TagRecord>(&[1, 0, 0]).is_err());

@@ -84,7 +84,9 @@ pub enum ShardMapError {
     #[error("not a shard map (bad magic)")]
     Magic,
     /// A version this build cannot read.
-    #[error("shard map format version {0} is not supported (this build reads {SHARD_MAP_VERSION})")]
+    #[error(
+        "shard map format version {0} is not supported (this build reads {SHARD_MAP_VERSION})"
+    )]
     Version(u16),
     /// The archive failed structural validation.
     #[error("shard map archive is malformed: {0}")]
@@ -177,7 +179,11 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &len)| {
-                let entry = ShardEntry { hash: [i as u8; 32], offset, len };
+                let entry = ShardEntry {
+                    hash: [i as u8; 32],
+                    offset,
+                    len,
+                };
                 offset += u64::from(len);
                 entry
             })
@@ -185,7 +191,11 @@ mod tests {
         ShardMap {
             blob: [7; 32],
             blob_len: offset,
-            chunking: ChunkingParams { min: 1, avg: 2, max: 4 },
+            chunking: ChunkingParams {
+                min: 1,
+                avg: 2,
+                max: 4,
+            },
             shards,
         }
     }
@@ -216,7 +226,10 @@ mod tests {
     fn rejects_inconsistent_maps() {
         let mut map = map_from_lengths(&[10, 20]);
         map.shards[1].offset = 11;
-        assert!(matches!(ShardMap::decode(&map.encode()), Err(ShardMapError::Inconsistent(_))));
+        assert!(matches!(
+            ShardMap::decode(&map.encode()),
+            Err(ShardMapError::Inconsistent(_))
+        ));
         let mut map = map_from_lengths(&[10, 20]);
         map.blob_len = 31;
         assert!(ShardMap::decode(&map.encode()).is_err());

@@ -1,1 +1,118 @@
-fn main() {}
+//! `shoald`: the Shoal node daemon. Parses flags and config, binds the listeners, runs the node
+//! until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use shoal_node::config::{Config, Overrides};
+
+/// A pull-through OCI registry mirror for containerd, backed by a content-defined shard store.
+#[derive(Debug, Parser)]
+#[command(name = "shoald", version)]
+struct Args {
+    /// TOML config file (see the README's config reference).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (shards, maps, index).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Registry endpoint address [default: 127.0.0.1:5050].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin endpoint address (/metrics, /healthz) [default: 127.0.0.1:5051].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// An upstream registry, NAME=URL (NAME is what containerd sends as `ns`); repeatable.
+    /// Replaces the upstreams of the config file and the defaults.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    upstreams: Vec<String>,
+    /// The upstream for requests without `ns`.
+    #[arg(long, value_name = "NAME")]
+    default_upstream: Option<String>,
+    /// Disk budget for shard data, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_disk_bytes: Option<u64>,
+    /// How long a tag's digest is trusted before asking the upstream again.
+    #[arg(long, value_name = "SECS")]
+    tag_ttl_secs: Option<u64>,
+    /// Once both listeners are bound, write their addresses as JSON to this file (for test
+    /// harnesses and supervisors that start shoald on port 0).
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+        upstreams: args.upstreams.clone(),
+        default_upstream: args.default_upstream.clone(),
+        max_disk_bytes: args.max_disk_bytes,
+        tag_ttl_secs: args.tag_ttl_secs,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("shoald: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("shoald: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shoald: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let registry = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the registry endpoint to {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoint to {}", config.admin_listen))?;
+    let registry_addr = registry.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(%admin_addr, "the admin endpoint listens beyond loopback");
+    }
+    tracing::info!(registry = %registry_addr, admin = %admin_addr, upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), "shoald listening");
+    let node = tokio::spawn(shoal_node::run(config, registry, admin, shutdown_signal()));
+    if let Some(path) = ready_file {
+        let ready = serde_json::json!({ "registry": registry_addr.to_string(), "admin": admin_addr.to_string() });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ready.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    node.await.context("node task")??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

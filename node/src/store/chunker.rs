@@ -57,7 +57,12 @@ impl StreamChunker {
         if available == 0 || (!at_end && available < max) {
             return;
         }
-        let cdc = FastCDC::new(&self.buffer, self.params.min, self.params.avg, self.params.max);
+        let cdc = FastCDC::new(
+            &self.buffer,
+            self.params.min,
+            self.params.avg,
+            self.params.max,
+        );
         let mut start = 0usize;
         let mut cuts = Vec::new();
         while start < available && (at_end || available - start >= max) {
@@ -68,7 +73,11 @@ impl StreamChunker {
         for len in cuts {
             let data = self.buffer.split_to(len).freeze();
             let hash = ShardHash::from_bytes(*blake3::hash(&data).as_bytes());
-            out.push(CutShard { offset: self.buffer_offset, data, hash });
+            out.push(CutShard {
+                offset: self.buffer_offset,
+                data,
+                hash,
+            });
             self.buffer_offset += len as u64;
         }
         if self.buffer.capacity() < max {
@@ -91,7 +100,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SMALL: ChunkingParams = ChunkingParams { min: 256, avg: 1024, max: 4096 };
+    const SMALL: ChunkingParams = ChunkingParams {
+        min: 256,
+        avg: 1024,
+        max: 4096,
+    };
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -159,10 +172,16 @@ mod tests {
         let data = pseudo_random(200_000, 7);
         let mut edited = data.clone();
         edited.splice(100_000..100_000, [1u8, 2, 3]);
-        let before: std::collections::HashSet<_> =
-            chunk_all(SMALL, &data).into_iter().map(|s| s.hash).collect();
+        let before: std::collections::HashSet<_> = chunk_all(SMALL, &data)
+            .into_iter()
+            .map(|s| s.hash)
+            .collect();
         let after = chunk_all(SMALL, &edited);
         let shared = after.iter().filter(|s| before.contains(&s.hash)).count();
-        assert!(shared + 3 >= after.len(), "{shared} of {} shards survive an insert", after.len());
+        assert!(
+            shared + 3 >= after.len(),
+            "{shared} of {} shards survive an insert",
+            after.len()
+        );
     }
 }

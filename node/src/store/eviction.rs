@@ -24,7 +24,8 @@ pub struct EvictionCandidate {
 pub trait EvictionPolicy: Send {
     /// Returns the candidates' digests, the one to evict first at the front. `now_ms` is the
     /// current time; policies take it as an argument and never read a clock.
-    fn order_victims(&mut self, now_ms: u64, candidates: Vec<EvictionCandidate>) -> Vec<BlobDigest>;
+    fn order_victims(&mut self, now_ms: u64, candidates: Vec<EvictionCandidate>)
+        -> Vec<BlobDigest>;
 }
 
 /// Least recently used first; ties broken by digest so the order is deterministic.
@@ -32,7 +33,11 @@ pub trait EvictionPolicy: Send {
 pub struct LeastRecentlyUsed;
 
 impl EvictionPolicy for LeastRecentlyUsed {
-    fn order_victims(&mut self, _now_ms: u64, mut candidates: Vec<EvictionCandidate>) -> Vec<BlobDigest> {
+    fn order_victims(
+        &mut self,
+        _now_ms: u64,
+        mut candidates: Vec<EvictionCandidate>,
+    ) -> Vec<BlobDigest> {
         candidates.sort_by_key(|c| (c.last_access_ms, c.digest));
         candidates.into_iter().map(|c| c.digest).collect()
     }
@@ -50,7 +55,10 @@ mod tests {
             last_access_ms: last,
             access_count: 9,
         };
-        let order = LeastRecentlyUsed.order_victims(0, vec![candidate(1, 30), candidate(2, 10), candidate(3, 20)]);
+        let order = LeastRecentlyUsed.order_victims(
+            0,
+            vec![candidate(1, 30), candidate(2, 10), candidate(3, 20)],
+        );
         let bytes: Vec<u8> = order.iter().map(|d| d.as_bytes()[0]).collect();
         assert_eq!(bytes, [2, 3, 1]);
     }

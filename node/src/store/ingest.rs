@@ -102,13 +102,23 @@ impl Ingest {
                 // Rename without fsync: until the blob commits the file is unreferenced, and the
                 // commit fsyncs every file it created before the shard map makes them reachable.
                 let tmp = self.store.tmp_path("shard");
-                fs::write(&tmp, &shard.data).map_err(io_context(format!("writing {}", tmp.display())))?;
-                fs::rename(&tmp, &path).map_err(io_context(format!("renaming to {}", path.display())))?;
+                fs::write(&tmp, &shard.data)
+                    .map_err(io_context(format!("writing {}", tmp.display())))?;
+                fs::rename(&tmp, &path)
+                    .map_err(io_context(format!("renaming to {}", path.display())))?;
                 self.created.push(shard.hash);
             }
             let len = shard.data.len() as u32;
-            self.entries.push(ShardEntry { hash: *shard.hash.as_bytes(), offset: shard.offset, len });
-            stored.push(StoredShard { offset: shard.offset, len, path });
+            self.entries.push(ShardEntry {
+                hash: *shard.hash.as_bytes(),
+                offset: shard.offset,
+                len,
+            });
+            stored.push(StoredShard {
+                offset: shard.offset,
+                len,
+                path,
+            });
         }
         Ok(stored)
     }
@@ -121,7 +131,10 @@ impl Ingest {
         let last = self.store_cut(&mut cut)?;
         let actual = BlobDigest::from_bytes(self.sha256.clone().finalize().into());
         if actual != self.expected {
-            return Err(IngestError::DigestMismatch { expected: self.expected, actual });
+            return Err(IngestError::DigestMismatch {
+                expected: self.expected,
+                actual,
+            });
         }
         let map = ShardMap {
             blob: *self.expected.as_bytes(),

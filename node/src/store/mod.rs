@@ -136,7 +136,9 @@ pub struct ShardStore {
 
 impl std::fmt::Debug for ShardStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardStore").field("root", &self.inner.layout.root()).finish()
+        f.debug_struct("ShardStore")
+            .field("root", &self.inner.layout.root())
+            .finish()
     }
 }
 
@@ -145,15 +147,20 @@ const CLEAN_KEY: &[u8] = b"clean-shutdown";
 /// Milliseconds since the Unix epoch (for access records only; policy decisions take time as an
 /// argument).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Writes `bytes` to `path` through a temporary file in `tmp_dir`: write, fsync, rename, fsync the
 /// directory. Readers see either the old file or the whole new one.
 pub(crate) fn write_durably(tmp_path: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut file = File::create(tmp_path).map_err(io_context(format!("creating {}", tmp_path.display())))?;
-    file.write_all(bytes).map_err(io_context(format!("writing {}", tmp_path.display())))?;
-    file.sync_all().map_err(io_context(format!("fsync {}", tmp_path.display())))?;
+    let mut file =
+        File::create(tmp_path).map_err(io_context(format!("creating {}", tmp_path.display())))?;
+    file.write_all(bytes)
+        .map_err(io_context(format!("writing {}", tmp_path.display())))?;
+    file.sync_all()
+        .map_err(io_context(format!("fsync {}", tmp_path.display())))?;
     drop(file);
     fs::rename(tmp_path, path).map_err(io_context(format!("renaming to {}", path.display())))?;
     if let Some(dir) = path.parent() {
@@ -182,9 +189,10 @@ impl ShardStore {
         eviction: Box<dyn EvictionPolicy>,
     ) -> Result<Self, StoreError> {
         let layout = Layout::new(&config.data_dir);
-        layout
-            .create_dirs()
-            .map_err(io_context(format!("creating data directory {}", config.data_dir.display())))?;
+        layout.create_dirs().map_err(io_context(format!(
+            "creating data directory {}",
+            config.data_dir.display()
+        )))?;
         let tmp = layout.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(io_context(format!("listing {}", tmp.display())))? {
             let path = entry.map_err(io_context("listing tmp"))?.path();
@@ -210,7 +218,10 @@ impl ShardStore {
         };
         if store.inner.meta.get(CLEAN_KEY)?.is_none() {
             let report = recovery::rebuild_index(&store)?;
-            tracing::info!(?report, "index rebuilt from shard maps after an unclean stop");
+            tracing::info!(
+                ?report,
+                "index rebuilt from shard maps after an unclean stop"
+            );
         } else {
             let stats = store.count_stats()?;
             store.live().stats = stats;
@@ -244,11 +255,17 @@ impl ShardStore {
     }
 
     fn live(&self) -> MutexGuard<'_, LiveState> {
-        self.inner.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn count_stats(&self) -> Result<StoreStats, StoreError> {
-        let mut stats = StoreStats { blobs: self.inner.blobs.len() as u64, bytes: 0 };
+        let mut stats = StoreStats {
+            blobs: self.inner.blobs.len() as u64,
+            bytes: 0,
+        };
         for item in self.inner.shards.iter() {
             let (_, value) = item?;
             if let Ok(record) = records::decode::<ShardRecord>(&value) {
@@ -260,7 +277,10 @@ impl ShardStore {
 
     pub(crate) fn tmp_path(&self, label: &str) -> PathBuf {
         let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.layout.tmp_dir().join(format!("{label}.{}.{n}", std::process::id()))
+        self.inner
+            .layout
+            .tmp_dir()
+            .join(format!("{label}.{}.{n}", std::process::id()))
     }
 
     /// The shard map of a committed blob.
@@ -279,7 +299,10 @@ impl ShardStore {
 
     /// Looks a blob up and registers a reader, so the blob is not evicted while the returned guard
     /// lives. Records the access.
-    pub fn open_blob(&self, digest: &BlobDigest) -> Result<Option<(ShardMap, ReaderGuard)>, StoreError> {
+    pub fn open_blob(
+        &self,
+        digest: &BlobDigest,
+    ) -> Result<Option<(ShardMap, ReaderGuard)>, StoreError> {
         let guard = self.register_reader(*digest);
         let Some(map) = self.shard_map(digest)? else {
             return Ok(None);
@@ -291,7 +314,10 @@ impl ShardStore {
     /// Registers a response in progress for `digest` (committed or not): eviction skips it.
     pub fn register_reader(&self, digest: BlobDigest) -> ReaderGuard {
         *self.live().readers.entry(digest).or_insert(0) += 1;
-        ReaderGuard { store: self.clone(), digest }
+        ReaderGuard {
+            store: self.clone(),
+            digest,
+        }
     }
 
     fn record_access(&self, digest: &BlobDigest) -> Result<(), StoreError> {
@@ -299,8 +325,13 @@ impl ShardStore {
         let count = previous
             .and_then(|bytes| records::decode::<AccessRecord>(&bytes).ok())
             .map_or(0, |r| r.count);
-        let record = AccessRecord { last_access_ms: now_ms(), count: count + 1 };
-        self.inner.access.insert(digest.as_bytes(), records::encode(&record))?;
+        let record = AccessRecord {
+            last_access_ms: now_ms(),
+            count: count + 1,
+        };
+        self.inner
+            .access
+            .insert(digest.as_bytes(), records::encode(&record))?;
         Ok(())
     }
 
@@ -311,7 +342,9 @@ impl ShardStore {
         let path = self.inner.layout.shard_path(&hash);
         let data = match fs::read(&path) {
             Ok(data) => data,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ShardReadError::Missing(hash)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ShardReadError::Missing(hash))
+            }
             Err(source) => return Err(ShardReadError::Io { hash, source }),
         };
         if data.len() != entry.len as usize || blake3::hash(&data).as_bytes() != hash.as_bytes() {
@@ -350,8 +383,14 @@ impl ShardStore {
     }
 
     /// Caches a manifest; the caller has verified that `digest` is the sha256 of its body.
-    pub fn put_manifest(&self, digest: &BlobDigest, record: &ManifestRecord) -> Result<(), StoreError> {
-        self.inner.manifests.insert(digest.as_bytes(), records::encode(record))?;
+    pub fn put_manifest(
+        &self,
+        digest: &BlobDigest,
+        record: &ManifestRecord,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .manifests
+            .insert(digest.as_bytes(), records::encode(record))?;
         Ok(())
     }
 
@@ -366,7 +405,9 @@ impl ShardStore {
 
     /// Caches a tag resolution.
     pub fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), StoreError> {
-        self.inner.tags.insert(key.as_bytes(), records::encode(record))?;
+        self.inner
+            .tags
+            .insert(key.as_bytes(), records::encode(record))?;
         Ok(())
     }
 
@@ -390,7 +431,13 @@ impl ShardStore {
         }
         for hash in created {
             let referenced = live.pinned.contains_key(hash)
-                || self.inner.shards.get(hash.as_bytes()).ok().flatten().is_some();
+                || self
+                    .inner
+                    .shards
+                    .get(hash.as_bytes())
+                    .ok()
+                    .flatten()
+                    .is_some();
             if !referenced {
                 let _ = fs::remove_file(self.inner.layout.shard_path(hash));
             }
@@ -419,12 +466,22 @@ impl ShardStore {
             if refcount == 0 {
                 added_bytes += u64::from(shard.len);
             }
-            let record = ShardRecord { refcount: refcount + 1, len: shard.len };
-            self.inner.shards.insert(shard.hash, records::encode(&record))?;
+            let record = ShardRecord {
+                refcount: refcount + 1,
+                len: shard.len,
+            };
+            self.inner
+                .shards
+                .insert(shard.hash, records::encode(&record))?;
         }
         self.inner.blobs.insert(digest.as_bytes(), encoded_map)?;
-        let access = AccessRecord { last_access_ms: now_ms(), count: 0 };
-        self.inner.access.insert(digest.as_bytes(), records::encode(&access))?;
+        let access = AccessRecord {
+            last_access_ms: now_ms(),
+            count: 0,
+        };
+        self.inner
+            .access
+            .insert(digest.as_bytes(), records::encode(&access))?;
         live.stats.blobs += 1;
         live.stats.bytes += added_bytes;
         Ok(())
@@ -460,8 +517,13 @@ impl ShardStore {
                 continue;
             };
             if record.refcount > 1 {
-                let record = ShardRecord { refcount: record.refcount - 1, len: record.len };
-                self.inner.shards.insert(shard.hash, records::encode(&record))?;
+                let record = ShardRecord {
+                    refcount: record.refcount - 1,
+                    len: record.len,
+                };
+                self.inner
+                    .shards
+                    .insert(shard.hash, records::encode(&record))?;
                 continue;
             }
             self.inner.shards.remove(shard.hash)?;
@@ -485,14 +547,19 @@ impl ShardStore {
         let mut candidates = Vec::new();
         for item in self.inner.blobs.iter() {
             let (key, value) = item?;
-            let Ok(hex) = <[u8; 32]>::try_from(key.as_ref()) else { continue };
+            let Ok(hex) = <[u8; 32]>::try_from(key.as_ref()) else {
+                continue;
+            };
             let digest = BlobDigest::from_bytes(hex);
             let access = self
                 .inner
                 .access
                 .get(digest.as_bytes())?
                 .and_then(|bytes| records::decode::<AccessRecord>(&bytes).ok())
-                .unwrap_or(AccessRecord { last_access_ms: 0, count: 0 });
+                .unwrap_or(AccessRecord {
+                    last_access_ms: 0,
+                    count: 0,
+                });
             let size = ShardMap::decode(&value).map_or(0, |m| m.blob_len);
             candidates.push(EvictionCandidate {
                 digest,

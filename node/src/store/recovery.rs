@@ -35,28 +35,41 @@ fn list_files(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, StoreErro
     };
     for entry in entries {
         let entry = entry.map_err(io_context(format!("listing {}", dir.display())))?;
-        out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
     }
     out.sort();
     Ok(out)
 }
 
+/// Shard files found on disk.
+struct ShardFiles {
+    /// Well-named shard files and their lengths.
+    shards: Vec<(ShardHash, u64)>,
+    /// Files under `shards/` that are not named like shards.
+    strays: Vec<String>,
+}
+
 /// Every shard file in the store, by hash (files with other names are returned separately).
-fn list_shard_files(layout: &Layout) -> Result<(Vec<(ShardHash, u64)>, Vec<String>), StoreError> {
+fn list_shard_files(layout: &Layout) -> Result<ShardFiles, StoreError> {
     let mut shards = Vec::new();
     let mut strays = Vec::new();
     for (fan, dir) in list_files(&layout.shards_dir())? {
         for (name, path) in list_files(&dir)? {
             match ShardHash::from_hex(&name) {
                 Ok(hash) if name.starts_with(&fan) => {
-                    let len = fs::metadata(&path).map_err(io_context(format!("stat {}", path.display())))?.len();
+                    let len = fs::metadata(&path)
+                        .map_err(io_context(format!("stat {}", path.display())))?
+                        .len();
                     shards.push((hash, len));
                 }
                 _ => strays.push(path.display().to_string()),
             }
         }
     }
-    Ok((shards, strays))
+    Ok(ShardFiles { shards, strays })
 }
 
 /// Reads and checks one map file: it must decode and name the blob in its file name.
@@ -75,8 +88,8 @@ pub fn rebuild_index(store: &ShardStore) -> Result<RebuildReport, StoreError> {
     let inner = &store.inner;
     let layout = &inner.layout;
     let mut live = store.live();
-    let (shard_files, _) = list_shard_files(layout)?;
-    let shard_lens: HashMap<ShardHash, u64> = shard_files.into_iter().collect();
+    let shard_lens: HashMap<ShardHash, u64> =
+        list_shard_files(layout)?.shards.into_iter().collect();
     inner.blobs.clear()?;
     inner.shards.clear()?;
     let mut report = RebuildReport::default();
@@ -94,7 +107,8 @@ pub fn rebuild_index(store: &ShardStore) -> Result<RebuildReport, StoreError> {
             report.maps_removed += 1;
             continue;
         };
-        let unique: BTreeMap<ShardHash, u32> = map.shards.iter().map(|s| (s.shard_hash(), s.len)).collect();
+        let unique: BTreeMap<ShardHash, u32> =
+            map.shards.iter().map(|s| (s.shard_hash(), s.len)).collect();
         for (hash, len) in unique {
             refcounts.entry(hash).or_insert((0, len)).0 += 1;
         }
@@ -102,9 +116,18 @@ pub fn rebuild_index(store: &ShardStore) -> Result<RebuildReport, StoreError> {
         indexed.insert(map.blob);
         report.blobs += 1;
     }
-    let mut stats = StoreStats { blobs: report.blobs, bytes: 0 };
+    let mut stats = StoreStats {
+        blobs: report.blobs,
+        bytes: 0,
+    };
     for (hash, (refcount, len)) in &refcounts {
-        inner.shards.insert(hash.as_bytes(), records::encode(&ShardRecord { refcount: *refcount, len: *len }))?;
+        inner.shards.insert(
+            hash.as_bytes(),
+            records::encode(&ShardRecord {
+                refcount: *refcount,
+                len: *len,
+            }),
+        )?;
         stats.bytes += u64::from(*len);
     }
     for hash in shard_lens.keys() {
@@ -174,7 +197,10 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
         });
     }
     let mut report = FsckReport::default();
-    let (shard_files, strays) = list_shard_files(&layout)?;
+    let ShardFiles {
+        shards: shard_files,
+        strays,
+    } = list_shard_files(&layout)?;
     report.stray_files = strays;
     let mut verified: HashMap<ShardHash, bool> = HashMap::new();
     let mut good_maps = BTreeSet::new();
@@ -183,7 +209,9 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
         let map = match read_map(&name, &path) {
             Ok(map) => map,
             Err(reason) => {
-                report.bad_maps.push(format!("{}: {reason}", path.display()));
+                report
+                    .bad_maps
+                    .push(format!("{}: {reason}", path.display()));
                 continue;
             }
         };
@@ -197,7 +225,8 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
                 };
                 report.shards_checked += 1;
                 report.bytes_checked += bytes.len() as u64;
-                let good = bytes.len() == shard.len as usize && blake3::hash(&bytes).as_bytes() == hash.as_bytes();
+                let good = bytes.len() == shard.len as usize
+                    && blake3::hash(&bytes).as_bytes() == hash.as_bytes();
                 if !good {
                     report.corrupt_shards.push(hash);
                 }
@@ -209,12 +238,21 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
             good_maps.insert(map.blob);
         }
     }
-    report.orphan_shards = shard_files.iter().filter(|(hash, _)| !verified.contains_key(hash)).count() as u64;
+    report.orphan_shards = shard_files
+        .iter()
+        .filter(|(hash, _)| !verified.contains_key(hash))
+        .count() as u64;
 
-    let db = sled::Config::new().path(layout.index_dir()).open().map_err(|e| StoreError::Io {
-        context: format!("opening the index in {} (is shoald still running? stop it first)", data_dir.display()),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let db = sled::Config::new()
+        .path(layout.index_dir())
+        .open()
+        .map_err(|e| StoreError::Io {
+            context: format!(
+                "opening the index in {} (is shoald still running? stop it first)",
+                data_dir.display()
+            ),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let meta = db.open_tree("meta")?;
     report.clean_shutdown = meta.get(CLEAN_KEY)?.is_some();
     let blobs = db.open_tree("blobs")?;
@@ -226,10 +264,16 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
             }
         }
         for missing in good_maps.difference(&indexed) {
-            report.index_mismatches.push(format!("{} has a map but no index entry", BlobDigest::from_bytes(*missing)));
+            report.index_mismatches.push(format!(
+                "{} has a map but no index entry",
+                BlobDigest::from_bytes(*missing)
+            ));
         }
         for dangling in indexed.difference(&good_maps) {
-            report.index_mismatches.push(format!("{} is indexed but has no usable map", BlobDigest::from_bytes(*dangling)));
+            report.index_mismatches.push(format!(
+                "{} is indexed but has no usable map",
+                BlobDigest::from_bytes(*dangling)
+            ));
         }
     }
     if repair {

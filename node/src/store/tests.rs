@@ -4,10 +4,18 @@ use super::*;
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-const PARAMS: ChunkingParams = ChunkingParams { min: 1024, avg: 4096, max: 16384 };
+const PARAMS: ChunkingParams = ChunkingParams {
+    min: 1024,
+    avg: 4096,
+    max: 16384,
+};
 
 fn config(dir: &Path, max_disk_bytes: u64) -> StoreConfig {
-    StoreConfig { data_dir: dir.to_path_buf(), chunking: PARAMS, max_disk_bytes }
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        chunking: PARAMS,
+        max_disk_bytes,
+    }
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -36,7 +44,10 @@ fn ingest(store: &ShardStore, bytes: &[u8]) -> Result<ShardMap, IngestError> {
 
 fn read_all(store: &ShardStore, digest: &BlobDigest) -> Vec<u8> {
     let (map, _guard) = store.open_blob(digest).unwrap().unwrap();
-    map.shards.iter().flat_map(|s| store.read_shard(s).unwrap().to_vec()).collect()
+    map.shards
+        .iter()
+        .flat_map(|s| store.read_shard(s).unwrap().to_vec())
+        .collect()
 }
 
 fn shard_file_count(store: &ShardStore) -> usize {
@@ -72,7 +83,13 @@ fn ingested_blob_reads_back_and_survives_restart() {
     }
     let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
     assert_eq!(read_all(&store, &digest), bytes);
-    assert_eq!(store.stats(), StoreStats { blobs: 1, bytes: 100_000 });
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            blobs: 1,
+            bytes: 100_000
+        }
+    );
 }
 
 #[test]
@@ -87,9 +104,16 @@ fn shared_shards_are_stored_once_and_freed_last() {
     let map_a = ingest(&store, &a).unwrap();
     let files_after_a = shard_file_count(&store);
     let map_b = ingest(&store, &b).unwrap();
-    let shared = map_b.shards.iter().filter(|s| map_a.shards.iter().any(|t| t.hash == s.hash)).count();
+    let shared = map_b
+        .shards
+        .iter()
+        .filter(|s| map_a.shards.iter().any(|t| t.hash == s.hash))
+        .count();
     assert!(shared >= 3, "only {shared} shards shared");
-    assert_eq!(shard_file_count(&store), files_after_a + map_b.shards.len() - shared);
+    assert_eq!(
+        shard_file_count(&store),
+        files_after_a + map_b.shards.len() - shared
+    );
     assert!(store.stats().bytes < (a.len() + b.len()) as u64);
     assert!(store.remove_blob(&digest_of(&a)).unwrap());
     assert_eq!(read_all(&store, &digest_of(&b)), b);
@@ -107,7 +131,10 @@ fn digest_mismatch_stores_nothing() {
     let wrong = digest_of(b"something else");
     let mut ingest = store.begin_ingest(wrong);
     ingest.write(&bytes).unwrap();
-    assert!(matches!(ingest.finish(), Err(IngestError::DigestMismatch { .. })));
+    assert!(matches!(
+        ingest.finish(),
+        Err(IngestError::DigestMismatch { .. })
+    ));
     assert_eq!(shard_file_count(&store), 0);
     assert!(store.shard_map(&wrong).unwrap().is_none());
     assert_eq!(fs::read_dir(store.layout().maps_dir()).unwrap().count(), 0);
@@ -125,11 +152,20 @@ fn corrupt_shard_is_never_returned_and_can_be_repaired() {
     let mut corrupted = fs::read(&path).unwrap();
     corrupted[10] ^= 0xff;
     fs::write(&path, &corrupted).unwrap();
-    assert!(matches!(store.read_shard(&victim), Err(ShardReadError::Corrupt(_))));
+    assert!(matches!(
+        store.read_shard(&victim),
+        Err(ShardReadError::Corrupt(_))
+    ));
     assert!(!path.exists(), "a corrupt shard is dropped");
-    assert!(matches!(store.read_shard(&victim), Err(ShardReadError::Missing(_))));
+    assert!(matches!(
+        store.read_shard(&victim),
+        Err(ShardReadError::Missing(_))
+    ));
     let good = &bytes[victim.offset as usize..victim.end() as usize];
-    assert!(!store.repair_shard(&victim, &corrupted).unwrap(), "bad bytes are refused");
+    assert!(
+        !store.repair_shard(&victim, &corrupted).unwrap(),
+        "bad bytes are refused"
+    );
     assert!(store.repair_shard(&victim, good).unwrap());
     assert_eq!(read_all(&store, &digest_of(&bytes)), bytes);
 }
@@ -172,16 +208,28 @@ fn crash_mid_ingest_restarts_clean() {
             blob: [9; 32],
             blob_len: 5,
             chunking: PARAMS,
-            shards: vec![ShardEntry { hash: [8; 32], offset: 0, len: 5 }],
+            shards: vec![ShardEntry {
+                hash: [8; 32],
+                offset: 0,
+                len: 5,
+            }],
         };
-        fs::write(store.layout().map_path(&ghost.blob_digest()), ghost.encode()).unwrap();
+        fs::write(
+            store.layout().map_path(&ghost.blob_digest()),
+            ghost.encode(),
+        )
+        .unwrap();
     }
     let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
     assert_eq!(store.blob_digests().unwrap(), vec![digest_of(&kept)]);
     assert_eq!(read_all(&store, &digest_of(&kept)), kept);
     assert_eq!(fs::read_dir(store.layout().tmp_dir()).unwrap().count(), 0);
     let map = store.shard_map(&digest_of(&kept)).unwrap().unwrap();
-    assert_eq!(shard_file_count(&store), map.shards.len(), "orphan shards removed");
+    assert_eq!(
+        shard_file_count(&store),
+        map.shards.len(),
+        "orphan shards removed"
+    );
     store.close().unwrap();
     drop(store);
     let report = recovery::fsck(dir.path(), false).unwrap();

@@ -1,0 +1,510 @@
+//! The daemon's configuration: embedded defaults, then a TOML file, then command-line flags;
+//! parsed and validated once at start-up into a [`Config`] that is passed explicitly.
+//!
+//! Every problem is reported as one [`ConfigError`] naming the key, so `shoald` can print it and
+//! exit with status 2.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shoal_proto::limits::{MAX_SHARD_BYTES, MIN_MAX_SHARD_BYTES};
+use shoal_proto::ChunkingParams;
+
+use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct ConfigError {
+    /// The offending key (dotted path), or the file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Registry endpoint address.
+    pub listen: SocketAddr,
+    /// Admin endpoint address.
+    pub admin_listen: SocketAddr,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Upstream for requests without `ns`.
+    pub default_upstream: Option<String>,
+    /// Disk budget for shards.
+    pub max_disk_bytes: u64,
+    /// How long a tag's digest is trusted.
+    pub tag_ttl: Duration,
+    /// FastCDC parameters.
+    pub chunking: ChunkingParams,
+    /// Upstream timeouts and retries.
+    pub upstream_timeouts: UpstreamTimeouts,
+}
+
+/// FastCDC defaults, chosen by measurement (see BENCHMARKS.md and ARCHITECTURE.md).
+pub const DEFAULT_CHUNKING: ChunkingParams = ChunkingParams {
+    min: 256 * 1024,
+    avg: 1024 * 1024,
+    max: 4 * 1024 * 1024,
+};
+
+/// The config file's shape. Every field is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_disk_bytes: Option<u64>,
+    tag_ttl_secs: Option<u64>,
+    default_upstream: Option<String>,
+    chunking: Option<FileChunking>,
+    upstream_timeouts: Option<FileTimeouts>,
+    upstreams: Option<BTreeMap<String, FileUpstream>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChunking {
+    min: u32,
+    avg: u32,
+    max: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    connect_secs: Option<u64>,
+    read_secs: Option<u64>,
+    request_secs: Option<u64>,
+    attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// Values given on the command line; each overrides the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--admin-listen`
+    pub admin_listen: Option<String>,
+    /// `--upstream NAME=URL`, repeatable; replaces the file's and the default upstreams.
+    pub upstreams: Vec<String>,
+    /// `--default-upstream`
+    pub default_upstream: Option<String>,
+    /// `--max-disk-bytes`
+    pub max_disk_bytes: Option<u64>,
+    /// `--tag-ttl-secs`
+    pub tag_ttl_secs: Option<u64>,
+}
+
+/// The public registries used when nothing else is configured.
+pub const DEFAULT_UPSTREAMS: [(&str, &str); 4] = [
+    ("docker.io", "https://registry-1.docker.io"),
+    ("ghcr.io", "https://ghcr.io"),
+    ("quay.io", "https://quay.io"),
+    ("registry.k8s.io", "https://registry.k8s.io"),
+];
+
+/// The default data directory: `/var/lib/shoal` for root, else `$XDG_DATA_HOME/shoal` or
+/// `~/.local/share/shoal`.
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/shoal"),
+        None => PathBuf::from("shoal-data"),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        error(
+            key,
+            format!("{value:?} is not an address such as 127.0.0.1:5050"),
+        )
+    })
+}
+
+fn parse_upstream(
+    key: &str,
+    name: &str,
+    url: &str,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<UpstreamConfig, ConfigError> {
+    if name.is_empty()
+        || name.len() > 253
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    {
+        return Err(error(
+            key,
+            format!("{name:?} is not a registry host name (as containerd sends it in `ns`)"),
+        ));
+    }
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| error(key, format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(error(
+            key,
+            format!("{url:?} must be an http:// or https:// URL with a host"),
+        ));
+    }
+    if !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(error(key, "the URL must not carry credentials, a query or a fragment (use username/password keys)"));
+    }
+    if password.is_some() && username.is_none() {
+        return Err(error(key, "a password needs a username"));
+    }
+    Ok(UpstreamConfig {
+        name: name.to_owned(),
+        url: parsed,
+        username,
+        password,
+    })
+}
+
+impl Config {
+    /// Reads the optional file, applies the overrides and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file_config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| error(path.display().to_string(), format!("cannot read: {e}")))?;
+                if text.len() > 1 << 20 {
+                    return Err(error(
+                        path.display().to_string(),
+                        "config file larger than 1 MiB",
+                    ));
+                }
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    let message = e.message().to_owned();
+                    let key = message
+                        .split('`')
+                        .nth(1)
+                        .filter(|_| message.starts_with("unknown field"))
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| path.display().to_string());
+                    error(key, e.to_string().trim().replace('\n', " "))
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_parts(file_config, overrides)
+    }
+
+    /// Validates file values plus overrides.
+    pub fn from_parts(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
+        if data_dir.as_os_str().is_empty() {
+            return Err(error("data_dir", "must not be empty"));
+        }
+        let listen = parse_addr(
+            "listen",
+            overrides
+                .listen
+                .as_deref()
+                .or(file.listen.as_deref())
+                .unwrap_or("127.0.0.1:5050"),
+        )?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            overrides
+                .admin_listen
+                .as_deref()
+                .or(file.admin_listen.as_deref())
+                .unwrap_or("127.0.0.1:5051"),
+        )?;
+
+        let mut upstreams = BTreeMap::new();
+        if !overrides.upstreams.is_empty() {
+            for flag in &overrides.upstreams {
+                let (name, url) = flag
+                    .split_once('=')
+                    .ok_or_else(|| error("--upstream", format!("{flag:?} is not NAME=URL")))?;
+                let upstream = parse_upstream("--upstream", name, url, None, None)?;
+                upstreams.insert(name.to_owned(), upstream);
+            }
+        } else if let Some(configured) = file.upstreams {
+            for (name, entry) in configured {
+                let key = format!("upstreams.{name}");
+                let password = match (entry.password, entry.password_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(error(key, "set password or password_file, not both"))
+                    }
+                    (Some(password), None) => Some(password),
+                    (None, Some(path)) => Some(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| {
+                                error(
+                                    format!("{key}.password_file"),
+                                    format!("cannot read {}: {e}", path.display()),
+                                )
+                            })?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_owned(),
+                    ),
+                    (None, None) => None,
+                };
+                upstreams.insert(
+                    name.clone(),
+                    parse_upstream(&key, &name, &entry.url, entry.username, password)?,
+                );
+            }
+        } else {
+            for (name, url) in DEFAULT_UPSTREAMS {
+                upstreams.insert(
+                    name.to_owned(),
+                    parse_upstream("upstreams", name, url, None, None)?,
+                );
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(error("upstreams", "at least one upstream is needed"));
+        }
+        let default_upstream = match overrides.default_upstream.clone().or(file.default_upstream) {
+            Some(name) if upstreams.contains_key(&name) => Some(name),
+            Some(name) => {
+                return Err(error(
+                    "default_upstream",
+                    format!("{name:?} is not a configured upstream"),
+                ))
+            }
+            None if upstreams.contains_key("docker.io") => Some("docker.io".to_owned()),
+            None if upstreams.len() == 1 => upstreams.keys().next().cloned(),
+            None => None,
+        };
+
+        let max_disk_bytes = overrides
+            .max_disk_bytes
+            .or(file.max_disk_bytes)
+            .unwrap_or(100 * (1 << 30));
+        if max_disk_bytes < u64::from(MAX_SHARD_BYTES) {
+            return Err(error(
+                "max_disk_bytes",
+                format!("must be at least {MAX_SHARD_BYTES} bytes"),
+            ));
+        }
+        let tag_ttl_secs = overrides.tag_ttl_secs.or(file.tag_ttl_secs).unwrap_or(300);
+        if tag_ttl_secs > 30 * 24 * 3600 {
+            return Err(error("tag_ttl_secs", "must be at most 30 days"));
+        }
+        let chunking = match file.chunking {
+            Some(c) => validate_chunking(ChunkingParams {
+                min: c.min,
+                avg: c.avg,
+                max: c.max,
+            })?,
+            None => DEFAULT_CHUNKING,
+        };
+        let timeouts = file.upstream_timeouts.unwrap_or_default();
+        let defaults = UpstreamTimeouts::default();
+        let seconds =
+            |key: &str, value: Option<u64>, default: Duration| -> Result<Duration, ConfigError> {
+                match value {
+                    None => Ok(default),
+                    Some(0) => Err(error(
+                        format!("upstream_timeouts.{key}"),
+                        "must be at least 1",
+                    )),
+                    Some(s) if s > 3600 => Err(error(
+                        format!("upstream_timeouts.{key}"),
+                        "must be at most 3600",
+                    )),
+                    Some(s) => Ok(Duration::from_secs(s)),
+                }
+            };
+        let upstream_timeouts = UpstreamTimeouts {
+            connect: seconds("connect_secs", timeouts.connect_secs, defaults.connect)?,
+            read: seconds("read_secs", timeouts.read_secs, defaults.read)?,
+            request: seconds("request_secs", timeouts.request_secs, defaults.request)?,
+            attempts: match timeouts.attempts {
+                None => defaults.attempts,
+                Some(n @ 1..=10) => n,
+                Some(_) => return Err(error("upstream_timeouts.attempts", "must be 1 to 10")),
+            },
+            backoff: defaults.backoff,
+        };
+        Ok(Self {
+            data_dir,
+            listen,
+            admin_listen,
+            upstreams,
+            default_upstream,
+            max_disk_bytes,
+            tag_ttl: Duration::from_secs(tag_ttl_secs),
+            chunking,
+            upstream_timeouts,
+        })
+    }
+}
+
+/// Checks FastCDC parameters against the algorithm's limits and ours.
+pub fn validate_chunking(params: ChunkingParams) -> Result<ChunkingParams, ConfigError> {
+    let ChunkingParams { min, avg, max } = params;
+    if !(64..=1 << 20).contains(&min) {
+        return Err(error("chunking.min", "must be 64 B to 1 MiB"));
+    }
+    if !(256..=1 << 22).contains(&avg) || avg <= min {
+        return Err(error(
+            "chunking.avg",
+            "must be 256 B to 4 MiB and above chunking.min",
+        ));
+    }
+    if !(MIN_MAX_SHARD_BYTES..=MAX_SHARD_BYTES).contains(&max) || max <= avg {
+        return Err(error(
+            "chunking.max",
+            format!(
+                "must be {MIN_MAX_SHARD_BYTES} to {MAX_SHARD_BYTES} bytes and above chunking.avg"
+            ),
+        ));
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(toml_text).map_err(|e| error("file", e.to_string()))?;
+        Config::from_parts(file, &Overrides::default())
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let config = Config::from_parts(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:5050");
+        assert!(config.admin_listen.ip().is_loopback());
+        assert_eq!(config.upstreams.len(), 4);
+        assert_eq!(config.default_upstream.as_deref(), Some("docker.io"));
+        assert_eq!(config.chunking, DEFAULT_CHUNKING);
+    }
+
+    #[test]
+    fn file_and_flags_combine() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "0.0.0.0:5000"
+            tag_ttl_secs = 60
+            [upstreams."reg.example"]
+            url = "https://reg.example"
+            username = "u"
+            password = "p"
+            "#,
+        )
+        .unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:6000".into()),
+            ..Overrides::default()
+        };
+        let config = Config::from_parts(file, &overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(config.tag_ttl, Duration::from_secs(60));
+        assert_eq!(
+            config.upstreams["reg.example"].username.as_deref(),
+            Some("u")
+        );
+        assert_eq!(config.default_upstream.as_deref(), Some("reg.example"));
+        let flags = Overrides {
+            upstreams: vec!["origin=http://127.0.0.1:9".into()],
+            ..Overrides::default()
+        };
+        let config = Config::from_parts(FileConfig::default(), &flags).unwrap();
+        assert_eq!(config.upstreams.keys().collect::<Vec<_>>(), ["origin"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(parse("listen = \"nope\"").unwrap_err().key, "listen");
+        assert_eq!(
+            parse("[chunking]\nmin = 1\navg = 2\nmax = 3")
+                .unwrap_err()
+                .key,
+            "chunking.min"
+        );
+        assert_eq!(
+            parse("[upstreams.x]\nurl = \"ftp://x\"").unwrap_err().key,
+            "upstreams.x"
+        );
+        assert_eq!(
+            parse("[upstreams.x]\nurl = \"https://u:p@x\"")
+                .unwrap_err()
+                .key,
+            "upstreams.x"
+        );
+        assert_eq!(
+            parse("default_upstream = \"nowhere\"").unwrap_err().key,
+            "default_upstream"
+        );
+        assert_eq!(
+            parse("max_disk_bytes = 5").unwrap_err().key,
+            "max_disk_bytes"
+        );
+        assert!(parse("bogus = 1").is_err());
+        let flags = Overrides {
+            upstreams: vec!["no-equals".into()],
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::from_parts(FileConfig::default(), &flags)
+                .unwrap_err()
+                .key,
+            "--upstream"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert_eq!(err.key, "listen_adress");
+    }
+}

@@ -1,0 +1,453 @@
+//! Blob requests: from the store with per-shard verification and healing, or from a flight.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use shoal_proto::limits::MAX_BLOB_BYTES;
+use shoal_proto::{BlobDigest, RepoName, ShardMap};
+use tokio::sync::mpsc;
+
+use super::flight::{read_file_range, Flight, Next, Outcome};
+use super::range::RangeSpec;
+use super::{PullError, PullThrough};
+use crate::metrics::ByteSource;
+use crate::store::{IngestError, ReaderGuard, ShardReadError};
+use crate::upstream::Upstream;
+
+/// A blob response body: verified bytes, or an error that must abort the response.
+pub type BlobBody = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// A blob response ready to send.
+pub struct BlobReply {
+    /// The blob's full length, if known (always known when served from the store).
+    pub total_len: Option<u64>,
+    /// The bytes being sent, if the request asked for a range.
+    pub range: Option<Range<u64>>,
+    /// Whether the bytes come from the store (a hit).
+    pub from_cache: bool,
+    /// The body.
+    pub body: BlobBody,
+}
+
+/// Pieces sent per response before backpressure stops reading ahead.
+const READ_AHEAD: usize = 4;
+/// Attempts to resume a broken upstream body with a Range request.
+const RESUME_ATTEMPTS: u32 = 3;
+
+impl PullThrough {
+    /// The length of a blob, from the store or the upstream (`HEAD`).
+    pub async fn blob_length(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &BlobDigest,
+    ) -> Result<u64, PullError> {
+        if let Some(map) = self.store.shard_map(digest)? {
+            return Ok(map.blob_len);
+        }
+        upstream
+            .blob_length(repo, digest)
+            .await?
+            .ok_or_else(|| PullError::UpstreamInvalid("HEAD without Content-Length".into()))
+    }
+
+    /// Opens a blob (or a range of it) for sending.
+    pub async fn open_blob(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobReply, PullError> {
+        let cached = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.open_blob(&digest))
+                .await
+                .map_err(|e| PullError::Internal(e.to_string()))??
+        };
+        if let Some((map, guard)) = cached {
+            self.metrics.cache_hits.inc();
+            let byte_range = match range {
+                Some(spec) => Some(
+                    spec.resolve(map.blob_len)
+                        .map_err(|_| PullError::RangeNotSatisfiable(map.blob_len))?,
+                ),
+                None => None,
+            };
+            let wanted = byte_range.clone().unwrap_or(0..map.blob_len);
+            let body =
+                self.serve_stored(upstream.clone(), repo.clone(), map.clone(), guard, wanted);
+            return Ok(BlobReply {
+                total_len: Some(map.blob_len),
+                range: byte_range,
+                from_cache: true,
+                body,
+            });
+        }
+        self.metrics.cache_misses.inc();
+        let flight = self.join_or_start_flight(upstream, repo, digest);
+        let guard = self.store.register_reader(digest);
+        let mut changes = flight.watch();
+        let total = loop {
+            changes.borrow_and_update();
+            if let Some(state) = flight.header_state() {
+                break state?;
+            }
+            if changes.changed().await.is_err() {
+                return Err(PullError::Internal(
+                    "flight ended without an outcome".into(),
+                ));
+            }
+        };
+        let byte_range = match (range, total) {
+            (Some(spec), Some(total)) => Some(
+                spec.resolve(total)
+                    .map_err(|_| PullError::RangeNotSatisfiable(total))?,
+            ),
+            // Without a known length a range cannot be resolved up front: send the whole blob.
+            _ => None,
+        };
+        let (start, end) = match &byte_range {
+            Some(r) => (r.start, Some(r.end)),
+            None => (0, total),
+        };
+        let body = follow_flight(flight, start, end, guard, self.metrics.clone());
+        Ok(BlobReply {
+            total_len: total,
+            range: byte_range,
+            from_cache: false,
+            body,
+        })
+    }
+
+    fn join_or_start_flight(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+    ) -> Arc<Flight> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get(&digest) {
+            self.metrics.single_flight_joins.inc();
+            return flight.clone();
+        }
+        let flight = Flight::new(digest);
+        flights.insert(digest, flight.clone());
+        drop(flights);
+        let this = self.clone();
+        let (upstream, repo, driven) = (upstream.clone(), repo.clone(), flight.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
+                Ok(len) => {
+                    this.metrics.blobs_committed.inc();
+                    tracing::info!(%digest, %repo, upstream = upstream.name(), bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
+                    Outcome::Committed
+                }
+                Err(error) => {
+                    tracing::warn!(%digest, %repo, upstream = upstream.name(), %error, "blob fetch failed; nothing stored");
+                    Outcome::Failed(error)
+                }
+            };
+            driven.finish(outcome);
+            this.flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
+            let store = this.store.clone();
+            let metrics = this.metrics.clone();
+            let evicted = tokio::task::spawn_blocking(move || store.evict_to_budget()).await;
+            if let Ok(Ok(evicted)) = evicted {
+                metrics.evictions.add(evicted.len() as u64);
+                for digest in evicted {
+                    tracing::info!(%digest, "evicted for the disk budget");
+                }
+            }
+        });
+        flight
+    }
+
+    /// Fetches the blob, feeding the flight and the ingest worker; returns the blob's length once
+    /// it is verified and committed.
+    async fn fetch_and_ingest(
+        &self,
+        flight: &Flight,
+        upstream: &Upstream,
+        repo: &RepoName,
+    ) -> Result<u64, PullError> {
+        let digest = flight.digest;
+        let mut response = upstream.fetch_blob(repo, &digest, None).await?;
+        let total = response.content_length;
+        if total.is_some_and(|len| len > MAX_BLOB_BYTES) {
+            return Err(PullError::UpstreamInvalid(format!(
+                "blob larger than {MAX_BLOB_BYTES} bytes"
+            )));
+        }
+        flight.start(total);
+        let (feed, mut worker_feed) = mpsc::channel::<Option<Bytes>>(16);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let worker_flight_shards =
+            tokio::sync::mpsc::unbounded_channel::<Vec<crate::store::StoredShard>>();
+        let (shard_tx, mut shard_rx) = worker_flight_shards;
+        let worker = tokio::task::spawn_blocking(move || -> Result<u64, IngestError> {
+            let mut ingest = store.begin_ingest(digest);
+            loop {
+                match worker_feed.blocking_recv() {
+                    Some(Some(bytes)) => {
+                        let started = Instant::now();
+                        let shards = ingest.write(&bytes)?;
+                        metrics.ingested_bytes.add(bytes.len() as u64);
+                        metrics
+                            .ingest_busy_us
+                            .add(started.elapsed().as_micros() as u64);
+                        let _ = shard_tx.send(shards);
+                    }
+                    Some(None) => break,
+                    // The driver gave up: dropping the ingest removes what it wrote.
+                    None => {
+                        return Err(IngestError::Store(crate::store::StoreError::Transaction(
+                            "fetch aborted".into(),
+                        )))
+                    }
+                }
+            }
+            let started = Instant::now();
+            let len = ingest.received();
+            let (_, last) = ingest.finish()?;
+            metrics
+                .ingest_busy_us
+                .add(started.elapsed().as_micros() as u64);
+            let _ = shard_tx.send(last);
+            Ok(len)
+        });
+        let mut resumes = 0;
+        loop {
+            while let Ok(shards) = shard_rx.try_recv() {
+                flight.add_shards(shards);
+            }
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(error) => {
+                    // Resume where the body broke, if the upstream supports ranges.
+                    let received = flight.received();
+                    if resumes >= RESUME_ATTEMPTS || total.is_none() {
+                        return Err(error.into());
+                    }
+                    resumes += 1;
+                    tracing::warn!(%digest, received, %error, "upstream body broke; resuming with a Range request");
+                    let resumed = upstream
+                        .fetch_blob(repo, &digest, Some(received..total.unwrap_or(u64::MAX)))
+                        .await?;
+                    if !resumed.partial {
+                        return Err(PullError::UpstreamUnavailable(
+                            "upstream body broke and it does not support Range".into(),
+                        ));
+                    }
+                    response = resumed;
+                    continue;
+                }
+            };
+            if total.is_some_and(|t| flight.received() + chunk.len() as u64 > t) {
+                return Err(PullError::UpstreamInvalid(
+                    "upstream sent more bytes than its Content-Length".into(),
+                ));
+            }
+            flight.push(chunk.clone());
+            if feed.send(Some(chunk)).await.is_err() {
+                break;
+            }
+        }
+        let _ = feed.send(None).await;
+        drop(feed);
+        let result = worker
+            .await
+            .map_err(|e| PullError::Internal(e.to_string()))?;
+        while let Ok(shards) = shard_rx.try_recv() {
+            flight.add_shards(shards);
+        }
+        match result {
+            Ok(len) => Ok(len),
+            Err(IngestError::DigestMismatch { expected, actual }) => {
+                self.metrics.digest_mismatches.inc();
+                tracing::error!(%expected, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
+                Err(PullError::UpstreamInvalid(format!(
+                    "digest mismatch: got {actual}"
+                )))
+            }
+            Err(error) => Err(PullError::Internal(error.to_string())),
+        }
+    }
+
+    /// Streams `wanted` of a stored blob, verifying each shard and healing bad ones from the
+    /// upstream without interrupting the response.
+    fn serve_stored(
+        &self,
+        upstream: Upstream,
+        repo: RepoName,
+        map: ShardMap,
+        guard: ReaderGuard,
+        wanted: Range<u64>,
+    ) -> BlobBody {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if wanted.is_empty() {
+                return;
+            }
+            let first = map.shard_index_at(wanted.start).unwrap_or(map.shards.len());
+            for entry in map.shards[first..].iter().copied() {
+                if entry.offset >= wanted.end {
+                    break;
+                }
+                let started = Instant::now();
+                let read = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.read_shard(&entry)).await
+                };
+                let bytes = match read {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(error @ (ShardReadError::Corrupt(_) | ShardReadError::Missing(_)))) => {
+                        metrics.shard_verify_failures.inc();
+                        tracing::warn!(digest = %map.blob_digest(), %error, "healing shard from the upstream");
+                        match heal(&store, &upstream, &repo, &map, entry).await {
+                            Ok(bytes) => {
+                                metrics.shards_healed.inc();
+                                bytes
+                            }
+                            Err(error) => {
+                                metrics.heal_failures.inc();
+                                tracing::error!(digest = %map.blob_digest(), %error, "could not heal shard; aborting the response");
+                                let _ = tx.send(Err(std::io::Error::other(error))).await;
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
+                        return;
+                    }
+                };
+                metrics
+                    .serve_busy_us
+                    .add(started.elapsed().as_micros() as u64);
+                let from = wanted.start.saturating_sub(entry.offset) as usize;
+                let to = (wanted.end.min(entry.end()) - entry.offset) as usize;
+                let piece = bytes.slice(from..to);
+                metrics.record_bytes_served(ByteSource::Cache, piece.len() as u64);
+                if tx.send(Ok(piece)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio_stream_from(rx)
+    }
+}
+
+async fn heal(
+    store: &crate::store::ShardStore,
+    upstream: &Upstream,
+    repo: &RepoName,
+    map: &ShardMap,
+    entry: shoal_proto::ShardEntry,
+) -> Result<Bytes, String> {
+    let bytes = upstream
+        .fetch_blob_range(repo, &map.blob_digest(), entry.offset..entry.end())
+        .await
+        .map_err(|e| e.to_string())?;
+    if bytes.len() != entry.len as usize || blake3::hash(&bytes).as_bytes() != &entry.hash {
+        return Err("the upstream's bytes for the shard do not match its hash".into());
+    }
+    let store = store.clone();
+    let to_store = bytes.clone();
+    tokio::task::spawn_blocking(move || store.repair_shard(&entry, &to_store))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> BlobBody {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Streams bytes `start..end` of a flight as they become readable.
+fn follow_flight(
+    flight: Arc<Flight>,
+    start: u64,
+    end: Option<u64>,
+    guard: ReaderGuard,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> BlobBody {
+    let changes = flight.watch();
+    futures::stream::unfold(
+        (flight, start, changes, guard, false),
+        move |(flight, mut cursor, mut changes, guard, failed)| {
+            let metrics = metrics.clone();
+            async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    changes.borrow_and_update();
+                    match flight.next(cursor, end) {
+                        Next::Bytes(bytes) => {
+                            cursor += bytes.len() as u64;
+                            metrics.record_bytes_served(ByteSource::Upstream, bytes.len() as u64);
+                            return Some((Ok(bytes), (flight, cursor, changes, guard, false)));
+                        }
+                        Next::File(shard, offset, len) => {
+                            let read = tokio::task::spawn_blocking(move || {
+                                read_file_range(&shard, offset, len)
+                            })
+                            .await;
+                            let result = match read {
+                                Ok(Ok(bytes)) => bytes,
+                                Ok(Err(error)) => {
+                                    return Some((
+                                        Err(error),
+                                        (flight, cursor, changes, guard, true),
+                                    ))
+                                }
+                                Err(error) => {
+                                    return Some((
+                                        Err(std::io::Error::other(error)),
+                                        (flight, cursor, changes, guard, true),
+                                    ))
+                                }
+                            };
+                            cursor += result.len() as u64;
+                            metrics.record_bytes_served(ByteSource::Upstream, result.len() as u64);
+                            return Some((Ok(result), (flight, cursor, changes, guard, false)));
+                        }
+                        Next::End => return None,
+                        Next::Failed(error) => {
+                            return Some((
+                                Err(std::io::Error::other(error.to_string())),
+                                (flight, cursor, changes, guard, true),
+                            ));
+                        }
+                        Next::Wait => {
+                            if changes.changed().await.is_err() {
+                                // The sender lives in the flight, which we hold: cannot happen.
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}

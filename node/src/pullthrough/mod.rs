@@ -1,0 +1,103 @@
+//! Pull-through caching: answers manifest and blob requests from the store, or fetches them from
+//! the upstream, verifies them and stores them while they stream to the client.
+//!
+//! Owns the policy of *when* to go upstream (cache lifetimes, single flight, stale answers,
+//! healing). It speaks neither HTTP to clients (that is `registry`) nor to upstreams directly
+//! (that is `upstream`), and reaches the disk only through `store`.
+//!
+//! **Invariant:** a blob response is completed only with bytes that are verified: shards by BLAKE3
+//! as they are read, a blob fetched from an upstream by its sha256 before its last byte is released.
+//! A response that cannot be completed correctly is aborted, never finished short or wrong.
+
+mod blobs;
+mod flight;
+mod manifests;
+pub mod range;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_proto::BlobDigest;
+
+use crate::metrics::Metrics;
+use crate::store::ShardStore;
+
+pub use blobs::{BlobBody, BlobReply};
+pub use manifests::{ManifestReply, MANIFEST_MEDIA_TYPES};
+
+/// Why a request could not be answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PullError {
+    /// Neither the store nor the upstream has it.
+    #[error("not found")]
+    NotFound,
+    /// The upstream could not be reached or failed, and nothing usable is cached.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream refused access (we hold no credentials that work).
+    #[error("upstream denied access: {0}")]
+    UpstreamDenied(String),
+    /// The upstream sent something invalid (wrong digest, oversized or malformed manifest).
+    #[error("upstream sent invalid content: {0}")]
+    UpstreamInvalid(String),
+    /// The `Range` cannot be served; carries the blob's length.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable(u64),
+    /// The node itself failed (disk, index).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::upstream::UpstreamError> for PullError {
+    fn from(error: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError as E;
+        match error {
+            E::NotFound => Self::NotFound,
+            E::Denied(status) => Self::UpstreamDenied(status.to_string()),
+            E::TooLarge { .. } => Self::UpstreamInvalid(error.to_string()),
+            other => Self::UpstreamUnavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for PullError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// Settings of the pull-through cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullConfig {
+    /// How long a tag's digest is trusted before the upstream is asked again.
+    pub tag_ttl: Duration,
+}
+
+/// The pull-through cache; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PullThrough {
+    store: ShardStore,
+    metrics: Arc<Metrics>,
+    config: PullConfig,
+    flights: Arc<Mutex<HashMap<BlobDigest, Arc<flight::Flight>>>>,
+    manifest_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl PullThrough {
+    /// A cache over `store`.
+    pub fn new(store: ShardStore, metrics: Arc<Metrics>, config: PullConfig) -> Self {
+        Self {
+            store,
+            metrics,
+            config,
+            flights: Arc::default(),
+            manifest_locks: Arc::default(),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &ShardStore {
+        &self.store
+    }
+}
