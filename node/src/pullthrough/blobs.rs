@@ -189,11 +189,9 @@ impl PullThrough {
         }
         flight.start(total);
         let (feed, mut worker_feed) = mpsc::channel::<Option<Bytes>>(16);
+        let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
-        let worker_flight_shards =
-            tokio::sync::mpsc::unbounded_channel::<Vec<crate::store::StoredShard>>();
-        let (shard_tx, mut shard_rx) = worker_flight_shards;
         let worker = tokio::task::spawn_blocking(move || -> Result<u64, IngestError> {
             let mut ingest = store.begin_ingest(digest);
             loop {
@@ -205,30 +203,29 @@ impl PullThrough {
                         metrics
                             .ingest_busy_us
                             .add(started.elapsed().as_micros() as u64);
-                        let _ = shard_tx.send(shards);
+                        let _ = event_tx.send(WorkerEvent::Shards(shards));
                     }
                     Some(None) => break,
                     // The driver gave up: dropping the ingest removes what it wrote.
-                    None => {
-                        return Err(IngestError::Store(crate::store::StoreError::Transaction(
-                            "fetch aborted".into(),
-                        )))
-                    }
+                    None => return Err(IngestError::Abandoned),
                 }
             }
             let started = Instant::now();
             let len = ingest.received();
-            let (_, last) = ingest.finish()?;
+            let last = ingest.verify()?;
+            let _ = event_tx.send(WorkerEvent::Shards(last));
+            // Clients get their last byte now; durability follows.
+            let _ = event_tx.send(WorkerEvent::Verified);
+            ingest.commit()?;
             metrics
                 .ingest_busy_us
                 .add(started.elapsed().as_micros() as u64);
-            let _ = shard_tx.send(last);
             Ok(len)
         });
         let mut resumes = 0;
         loop {
-            while let Ok(shards) = shard_rx.try_recv() {
-                flight.add_shards(shards);
+            while let Ok(event) = events.try_recv() {
+                apply(flight, event);
             }
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -236,13 +233,13 @@ impl PullThrough {
                 Err(error) => {
                     // Resume where the body broke, if the upstream supports ranges.
                     let received = flight.received();
-                    if resumes >= RESUME_ATTEMPTS || total.is_none() {
+                    let Some(total) = total.filter(|_| resumes < RESUME_ATTEMPTS) else {
                         return Err(error.into());
-                    }
+                    };
                     resumes += 1;
                     tracing::warn!(%digest, received, %error, "upstream body broke; resuming with a Range request");
                     let resumed = upstream
-                        .fetch_blob(repo, &digest, Some(received..total.unwrap_or(u64::MAX)))
+                        .fetch_blob(repo, &digest, Some(received..total))
                         .await?;
                     if !resumed.partial {
                         return Err(PullError::UpstreamUnavailable(
@@ -265,12 +262,13 @@ impl PullThrough {
         }
         let _ = feed.send(None).await;
         drop(feed);
+        // The worker drops its sender when it is done.
+        while let Some(event) = events.recv().await {
+            apply(flight, event);
+        }
         let result = worker
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
-        while let Ok(shards) = shard_rx.try_recv() {
-            flight.add_shards(shards);
-        }
         match result {
             Ok(len) => Ok(len),
             Err(IngestError::DigestMismatch { expected, actual }) => {
@@ -352,6 +350,21 @@ impl PullThrough {
             }
         });
         tokio_stream_from(rx)
+    }
+}
+
+/// What the ingest worker reports to the driver.
+enum WorkerEvent {
+    /// Shards written (their bytes can now be read from disk).
+    Shards(Vec<crate::store::StoredShard>),
+    /// The sha256 matched.
+    Verified,
+}
+
+fn apply(flight: &Flight, event: WorkerEvent) {
+    match event {
+        WorkerEvent::Shards(shards) => flight.add_shards(shards),
+        WorkerEvent::Verified => flight.mark_verified(),
     }
 }
 

@@ -38,6 +38,8 @@ struct FlightState {
     /// Bytes `pending_start..received`, not yet in a shard file.
     pending: VecDeque<Bytes>,
     pending_start: u64,
+    /// The sha256 matched: every byte received may be released.
+    verified: bool,
     outcome: Option<Outcome>,
 }
 
@@ -74,6 +76,7 @@ impl Flight {
                 shards: Vec::new(),
                 pending: VecDeque::new(),
                 pending_start: 0,
+                verified: false,
                 outcome: None,
             }),
             changed: watch::channel(0).0,
@@ -137,6 +140,11 @@ impl Flight {
                 }
             }
         }
+    }
+
+    pub(super) fn mark_verified(&self) {
+        self.state().verified = true;
+        self.notify();
     }
 
     pub(super) fn finish(&self, outcome: Outcome) {

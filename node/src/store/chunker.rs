@@ -3,14 +3,16 @@
 //!
 //! A FastCDC cut that starts at offset `s` depends only on the bytes `s..s + max`, so once the
 //! buffer holds at least `max` bytes past a shard's start, that shard's end is final. The chunker
-//! keeps at most `max` bytes (plus one network read) buffered, and each shard is hashed right after
-//! it is cut, while its bytes are still in cache: chunking and hashing are one pass over the data.
+//! fills one reusable buffer of four maximum shards, cuts every shard whose end is final, hashes
+//! each right after it is cut while its bytes are still in cache (chunking and hashing are one pass
+//! over the data), hands it to the caller as a borrowed slice, and moves the unfinished tail (less
+//! than one maximum shard) to the front. Nothing is allocated per shard.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::FastCDC;
 use shoal_proto::{ChunkingParams, ShardHash};
 
-/// One shard cut from the stream.
+/// One shard cut from the stream, owned (see [`chunk_all`]).
 #[derive(Debug, Clone)]
 pub struct CutShard {
     /// Offset of the shard in the blob.
@@ -25,7 +27,9 @@ pub struct CutShard {
 #[derive(Debug)]
 pub struct StreamChunker {
     params: ChunkingParams,
-    buffer: BytesMut,
+    buffer: Vec<u8>,
+    /// Start of the first byte not yet in a shard.
+    start: usize,
     /// Blob offset of `buffer[0]`.
     buffer_offset: u64,
 }
@@ -35,27 +39,45 @@ impl StreamChunker {
     pub fn new(params: ChunkingParams) -> Self {
         Self {
             params,
-            buffer: BytesMut::with_capacity(2 * params.max as usize),
+            buffer: Vec::with_capacity(4 * params.max as usize),
+            start: 0,
             buffer_offset: 0,
         }
     }
 
-    /// Adds bytes; appends every shard whose end is now final to `out`.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<CutShard>) {
-        self.buffer.extend_from_slice(data);
-        self.cut(false, out);
+    /// Adds bytes; calls `emit(offset, bytes, hash)` for every shard whose end is now final.
+    pub fn push<E>(&mut self, mut data: &[u8], mut emit: E) -> Result<(), E::Error>
+    where
+        E: ShardSink,
+    {
+        let capacity = self.buffer.capacity();
+        while !data.is_empty() {
+            if self.buffer.len() == capacity {
+                // Move the unfinished tail (under one maximum shard) to the front.
+                self.buffer.copy_within(self.start.., 0);
+                self.buffer.truncate(self.buffer.len() - self.start);
+                self.buffer_offset += self.start as u64;
+                self.start = 0;
+            }
+            let take = (capacity - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            // Cut as soon as a shard's end is final, while its bytes are still in cache.
+            self.cut(false, &mut emit)?;
+        }
+        Ok(())
     }
 
-    /// Ends the stream; appends the remaining shards to `out`.
-    pub fn finish(&mut self, out: &mut Vec<CutShard>) {
-        self.cut(true, out);
+    /// Ends the stream; emits the remaining shards.
+    pub fn finish<E: ShardSink>(&mut self, mut emit: E) -> Result<(), E::Error> {
+        self.cut(true, &mut emit)
     }
 
-    fn cut(&mut self, at_end: bool, out: &mut Vec<CutShard>) {
+    fn cut<E: ShardSink>(&mut self, at_end: bool, emit: &mut E) -> Result<(), E::Error> {
         let max = self.params.max as usize;
         let available = self.buffer.len();
-        if available == 0 || (!at_end && available < max) {
-            return;
+        if available - self.start < max && !at_end {
+            return Ok(());
         }
         let cdc = FastCDC::new(
             &self.buffer,
@@ -63,35 +85,49 @@ impl StreamChunker {
             self.params.avg,
             self.params.max,
         );
-        let mut start = 0usize;
-        let mut cuts = Vec::new();
-        while start < available && (at_end || available - start >= max) {
-            let (_, end) = cdc.cut(start, available - start);
-            cuts.push(end - start);
-            start = end;
+        while self.start < available && (at_end || available - self.start >= max) {
+            let (_, end) = cdc.cut(self.start, available - self.start);
+            let shard = &self.buffer[self.start..end];
+            let hash = ShardHash::from_bytes(*blake3::hash(shard).as_bytes());
+            emit.shard(self.buffer_offset + self.start as u64, shard, hash)?;
+            self.start = end;
         }
-        for len in cuts {
-            let data = self.buffer.split_to(len).freeze();
-            let hash = ShardHash::from_bytes(*blake3::hash(&data).as_bytes());
-            out.push(CutShard {
-                offset: self.buffer_offset,
-                data,
-                hash,
-            });
-            self.buffer_offset += len as u64;
-        }
-        if self.buffer.capacity() < max {
-            self.buffer.reserve(2 * max);
-        }
+        Ok(())
     }
 }
 
-/// Cuts a whole buffer at once (used by benchmarks, `fsck` and tests).
+/// Receives shards from a [`StreamChunker`].
+pub trait ShardSink {
+    /// What can go wrong while handling a shard.
+    type Error;
+    /// Handles the shard at `offset` with bytes `data` and BLAKE3 `hash`.
+    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), Self::Error>;
+}
+
+impl<F: FnMut(u64, &[u8], ShardHash)> ShardSink for F {
+    type Error = std::convert::Infallible;
+    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), Self::Error> {
+        self(offset, data, hash);
+        Ok(())
+    }
+}
+
+fn collect_into(out: &mut Vec<CutShard>) -> impl FnMut(u64, &[u8], ShardHash) + '_ {
+    |offset, data, hash| {
+        out.push(CutShard {
+            offset,
+            data: Bytes::copy_from_slice(data),
+            hash,
+        })
+    }
+}
+
+/// Cuts a whole buffer at once (used by tests and tools).
 pub fn chunk_all(params: ChunkingParams, data: &[u8]) -> Vec<CutShard> {
     let mut chunker = StreamChunker::new(params);
     let mut out = Vec::new();
-    chunker.push(data, &mut out);
-    chunker.finish(&mut out);
+    let Ok(()) = chunker.push(data, collect_into(&mut out));
+    let Ok(()) = chunker.finish(collect_into(&mut out));
     out
 }
 
@@ -138,10 +174,10 @@ mod tests {
             let mut pieces = Vec::new();
             let mut last = 0;
             for cut in cuts.into_iter().chain([len]) {
-                chunker.push(&data[last..cut], &mut pieces);
+                let Ok(()) = chunker.push(&data[last..cut], collect_into(&mut pieces));
                 last = cut;
             }
-            chunker.finish(&mut pieces);
+            let Ok(()) = chunker.finish(collect_into(&mut pieces));
             prop_assert_eq!(boundaries(&whole), boundaries(&pieces));
             let joined: Vec<u8> = pieces.iter().flat_map(|s| s.data.iter().copied()).collect();
             prop_assert_eq!(&joined, &data);

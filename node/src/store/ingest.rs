@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
-use super::chunker::{CutShard, StreamChunker};
+use super::chunker::{ShardSink, StreamChunker};
 use super::{fsync_dir, io_context, write_durably, ShardStore, StoreError};
 
 /// Why an ingest did not commit. Nothing of the blob is left in the store in every case.
@@ -25,6 +25,9 @@ pub enum IngestError {
     /// More bytes than any blob may have.
     #[error("blob exceeds the {MAX_BLOB_BYTES}-byte limit")]
     TooLarge,
+    /// The fetch was abandoned before the blob was complete.
+    #[error("the fetch was abandoned")]
+    Abandoned,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -41,6 +44,16 @@ pub struct StoredShard {
     pub path: PathBuf,
 }
 
+/// The shards an ingest has written or reused so far.
+#[derive(Debug, Default)]
+struct IngestShards {
+    entries: Vec<ShardEntry>,
+    /// Every shard this blob uses, pinned against eviction until the ingest ends.
+    pinned: Vec<ShardHash>,
+    /// Shards whose files this ingest created.
+    created: Vec<ShardHash>,
+}
+
 /// One blob being written. Dropping it without [`finish`](Self::finish) undoes everything.
 #[derive(Debug)]
 pub struct Ingest {
@@ -49,12 +62,42 @@ pub struct Ingest {
     chunker: StreamChunker,
     sha256: Sha256,
     received: u64,
-    entries: Vec<ShardEntry>,
-    /// Every shard this blob uses, pinned against eviction until the ingest ends.
-    pinned: Vec<ShardHash>,
-    /// Shards whose files this ingest created.
-    created: Vec<ShardHash>,
-    cut: Vec<CutShard>,
+    verified: bool,
+    shards: IngestShards,
+}
+
+/// Writes each shard the chunker emits, once per store however many blobs share it.
+struct ShardWriter<'a> {
+    store: &'a ShardStore,
+    shards: &'a mut IngestShards,
+    stored: Vec<StoredShard>,
+}
+
+impl ShardSink for &mut ShardWriter<'_> {
+    type Error = IngestError;
+
+    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), IngestError> {
+        let path = self.store.layout().shard_path(&hash);
+        let exists = self.store.pin_shard(hash);
+        self.shards.pinned.push(hash);
+        if !exists {
+            // Rename without fsync: until the blob commits the file is unreferenced, and the
+            // commit fsyncs every file it created before the shard map makes them reachable.
+            let tmp = self.store.tmp_path("shard");
+            fs::write(&tmp, data).map_err(io_context(format!("writing {}", tmp.display())))?;
+            fs::rename(&tmp, &path)
+                .map_err(io_context(format!("renaming to {}", path.display())))?;
+            self.shards.created.push(hash);
+        }
+        let len = data.len() as u32;
+        self.shards.entries.push(ShardEntry {
+            hash: *hash.as_bytes(),
+            offset,
+            len,
+        });
+        self.stored.push(StoredShard { offset, len, path });
+        Ok(())
+    }
 }
 
 impl Ingest {
@@ -66,10 +109,8 @@ impl Ingest {
             chunker,
             sha256: Sha256::new(),
             received: 0,
-            entries: Vec::new(),
-            pinned: Vec::new(),
-            created: Vec::new(),
-            cut: Vec::new(),
+            verified: false,
+            shards: IngestShards::default(),
         }
     }
 
@@ -85,50 +126,34 @@ impl Ingest {
             return Err(IngestError::TooLarge);
         }
         self.sha256.update(data);
-        let mut cut = std::mem::take(&mut self.cut);
-        self.chunker.push(data, &mut cut);
-        let stored = self.store_cut(&mut cut);
-        self.cut = cut;
-        stored
-    }
-
-    fn store_cut(&mut self, cut: &mut Vec<CutShard>) -> Result<Vec<StoredShard>, IngestError> {
-        let mut stored = Vec::with_capacity(cut.len());
-        for shard in cut.drain(..) {
-            let path = self.store.layout().shard_path(&shard.hash);
-            let exists = self.store.pin_shard(shard.hash);
-            self.pinned.push(shard.hash);
-            if !exists {
-                // Rename without fsync: until the blob commits the file is unreferenced, and the
-                // commit fsyncs every file it created before the shard map makes them reachable.
-                let tmp = self.store.tmp_path("shard");
-                fs::write(&tmp, &shard.data)
-                    .map_err(io_context(format!("writing {}", tmp.display())))?;
-                fs::rename(&tmp, &path)
-                    .map_err(io_context(format!("renaming to {}", path.display())))?;
-                self.created.push(shard.hash);
-            }
-            let len = shard.data.len() as u32;
-            self.entries.push(ShardEntry {
-                hash: *shard.hash.as_bytes(),
-                offset: shard.offset,
-                len,
-            });
-            stored.push(StoredShard {
-                offset: shard.offset,
-                len,
-                path,
-            });
-        }
-        Ok(stored)
+        let mut writer = ShardWriter {
+            store: &self.store,
+            shards: &mut self.shards,
+            stored: Vec::new(),
+        };
+        self.chunker.push(data, &mut writer)?;
+        Ok(writer.stored)
     }
 
     /// Ends the blob: cuts the last shards, checks the sha256, and commits. Returns the map and
     /// the last shards written.
     pub fn finish(mut self) -> Result<(ShardMap, Vec<StoredShard>), IngestError> {
-        let mut cut = std::mem::take(&mut self.cut);
-        self.chunker.finish(&mut cut);
-        let last = self.store_cut(&mut cut)?;
+        let last = self.verify()?;
+        let map = self.commit()?;
+        Ok((map, last))
+    }
+
+    /// Cuts the last shards and checks the sha256 of everything received. After this returns
+    /// `Ok`, the bytes are known good and may be released to clients; [`commit`](Self::commit)
+    /// makes them durable.
+    pub fn verify(&mut self) -> Result<Vec<StoredShard>, IngestError> {
+        let mut writer = ShardWriter {
+            store: &self.store,
+            shards: &mut self.shards,
+            stored: Vec::new(),
+        };
+        self.chunker.finish(&mut writer)?;
+        let last = writer.stored;
         let actual = BlobDigest::from_bytes(self.sha256.clone().finalize().into());
         if actual != self.expected {
             return Err(IngestError::DigestMismatch {
@@ -136,20 +161,30 @@ impl Ingest {
                 actual,
             });
         }
+        self.verified = true;
+        Ok(last)
+    }
+
+    /// Makes a verified blob durable and indexes it: fsyncs the shards it created, writes its
+    /// shard map (the commit point), updates the index.
+    pub fn commit(mut self) -> Result<ShardMap, IngestError> {
+        if !self.verified {
+            return Err(IngestError::Abandoned);
+        }
         let map = ShardMap {
             blob: *self.expected.as_bytes(),
             blob_len: self.received,
             chunking: self.store.chunking(),
-            shards: std::mem::take(&mut self.entries),
+            shards: std::mem::take(&mut self.shards.entries),
         };
-        self.commit(&map)?;
-        Ok((map, last))
+        self.write_commit(&map)?;
+        Ok(map)
     }
 
-    fn commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
+    fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let layout = self.store.layout().clone();
         let mut dirs = BTreeSet::new();
-        for hash in &self.created {
+        for hash in &self.shards.created {
             let path = layout.shard_path(hash);
             fs::File::open(&path)
                 .and_then(|f| f.sync_all())
@@ -166,7 +201,7 @@ impl Ingest {
         write_durably(&tmp, &layout.map_path(&self.expected), &encoded)?;
         self.store.index_blob(map, &encoded)?;
         // Committed: the created shards now belong to the blob.
-        self.created.clear();
+        self.shards.created.clear();
         Ok(())
     }
 }
@@ -175,13 +210,14 @@ impl Ingest {
 impl Ingest {
     /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up.
     pub(crate) fn crash(mut self) {
-        self.pinned.clear();
-        self.created.clear();
+        self.shards.pinned.clear();
+        self.shards.created.clear();
     }
 }
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        self.store.unpin_shards(&self.pinned, &self.created);
+        self.store
+            .unpin_shards(&self.shards.pinned, &self.shards.created);
     }
 }

@@ -1,0 +1,280 @@
+//! Benchmarks behind BENCHMARKS.md. Figures are medians over runs, single-threaded where the
+//! question is per-core cost; every figure is printed beside its baseline from the same run.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use fastcdc::v2020::FastCDC;
+use hdrhistogram::Histogram;
+use sha2::{Digest as _, Sha256};
+use shoal_node::config::{validate_chunking, DEFAULT_CHUNKING};
+use shoal_node::store::chunker::StreamChunker;
+use shoal_node::store::{ShardStore, StoreConfig};
+use shoal_proto::{BlobDigest, ChunkingParams, ShardHash};
+
+/// What to measure.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Chunking + BLAKE3 in one pass beside FastCDC alone, memcpy, BLAKE3 and SHA-256 alone, and
+    /// the whole ingest into a real store (with fsync), on one core.
+    Ingest {
+        /// Buffer size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: usize,
+        /// Runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Chunking parameters to compare, as MIN:AVG:MAX in KiB; repeatable. Default: the
+        /// shipped default.
+        #[arg(long = "chunking", value_name = "MIN:AVG:MAX")]
+        chunkings: Vec<String>,
+        /// Directory for the store-ingest measurement (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// GETs a URL repeatedly from N concurrent clients; reports throughput and latency.
+    Http {
+        /// The URL to fetch.
+        #[arg(long)]
+        url: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Requests per client.
+        #[arg(long, default_value_t = 10)]
+        requests: usize,
+    },
+}
+
+/// Runs a benchmark.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest {
+            size_mib,
+            runs,
+            chunkings,
+            dir,
+        } => ingest(size_mib, runs.max(1), &chunkings, dir),
+        BenchCommand::Http {
+            url,
+            concurrency,
+            requests,
+        } => {
+            tokio::runtime::Runtime::new()?.block_on(http(url, concurrency.max(1), requests.max(1)))
+        }
+    }
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn median_mbps(bytes: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut rates: Vec<f64> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            bytes as f64 / started.elapsed().as_secs_f64() / 1e6
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+fn parse_chunking(spec: &str) -> anyhow::Result<ChunkingParams> {
+    let parts: Vec<u32> = spec
+        .split(':')
+        .map(|p| p.parse::<u32>().map(|k| k * 1024))
+        .collect::<Result<_, _>>()?;
+    let [min, avg, max] = parts[..] else {
+        anyhow::bail!("--chunking wants MIN:AVG:MAX in KiB, got {spec:?}");
+    };
+    Ok(validate_chunking(ChunkingParams { min, avg, max })?)
+}
+
+fn ingest(
+    size_mib: usize,
+    runs: usize,
+    chunkings: &[String],
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let data = pseudo_random(size_mib << 20);
+    let bytes = data.len();
+    let params: Vec<ChunkingParams> = if chunkings.is_empty() {
+        vec![DEFAULT_CHUNKING]
+    } else {
+        chunkings
+            .iter()
+            .map(|c| parse_chunking(c))
+            .collect::<anyhow::Result<_>>()?
+    };
+    println!("buffer {size_mib} MiB of incompressible bytes, {runs} runs, median MB/s, one thread");
+    let mut copy = vec![0u8; bytes];
+    let memcpy = median_mbps(bytes, runs, || {
+        copy.copy_from_slice(&data);
+        std::hint::black_box(&copy);
+    });
+    let blake3_alone = median_mbps(bytes, runs, || {
+        std::hint::black_box(blake3::hash(&data));
+    });
+    let sha256_alone = median_mbps(bytes, runs, || {
+        std::hint::black_box(Sha256::digest(&data));
+    });
+    println!("{:<44} {:>9.0}", "memcpy", memcpy);
+    println!(
+        "{:<44} {:>9.0}",
+        "BLAKE3 alone (whole buffer)", blake3_alone
+    );
+    println!(
+        "{:<44} {:>9.0}",
+        "SHA-256 alone (sha2, SHA-NI if present)", sha256_alone
+    );
+    for p in params {
+        let label = format!("{}K/{}K/{}K", p.min / 1024, p.avg / 1024, p.max / 1024);
+        let mut shards = 0usize;
+        let fastcdc_alone = median_mbps(bytes, runs, || {
+            shards = FastCDC::new(&data, p.min, p.avg, p.max).count();
+        });
+        let whole_buffer = median_mbps(bytes, runs, || {
+            for chunk in FastCDC::new(&data, p.min, p.avg, p.max) {
+                std::hint::black_box(blake3::hash(
+                    &data[chunk.offset..chunk.offset + chunk.length],
+                ));
+            }
+        });
+        let one_pass = median_mbps(bytes, runs, || {
+            let mut chunker = StreamChunker::new(p);
+            let mut sink = |_: u64, shard: &[u8], hash: ShardHash| {
+                std::hint::black_box((shard.len(), hash));
+            };
+            for piece in data.chunks(64 * 1024) {
+                let Ok(()) = chunker.push(piece, &mut sink);
+            }
+            let Ok(()) = chunker.finish(&mut sink);
+        });
+        let with_sha = median_mbps(bytes, runs, || {
+            let mut chunker = StreamChunker::new(p);
+            let mut sha = Sha256::new();
+            let mut sink = |_: u64, shard: &[u8], hash: ShardHash| {
+                std::hint::black_box((shard.len(), hash));
+            };
+            for piece in data.chunks(64 * 1024) {
+                sha.update(piece);
+                let Ok(()) = chunker.push(piece, &mut sink);
+            }
+            let Ok(()) = chunker.finish(&mut sink);
+            std::hint::black_box(sha.finalize());
+        });
+        let digest = BlobDigest::from_bytes(Sha256::digest(&data).into());
+        let store_runs = runs.min(3);
+        let store_rate = {
+            let base = match &dir {
+                Some(dir) => tempfile_in(dir)?,
+                None => tempfile_in(&std::env::temp_dir())?,
+            };
+            let rate = median_mbps(bytes, store_runs, || {
+                let data_dir = base.join(format!("store-{}", Instant::now().elapsed().as_nanos()));
+                let store = ShardStore::open(&StoreConfig {
+                    data_dir: data_dir.clone(),
+                    chunking: p,
+                    max_disk_bytes: u64::MAX,
+                })
+                .expect("open store");
+                let mut ingest = store.begin_ingest(digest);
+                for piece in data.chunks(64 * 1024) {
+                    ingest.write(piece).expect("ingest");
+                }
+                ingest.finish().expect("commit");
+                drop(store);
+                let _ = std::fs::remove_dir_all(&data_dir);
+            });
+            let _ = std::fs::remove_dir_all(&base);
+            rate
+        };
+        println!(
+            "chunking {label}: {shards} shards, mean {} KiB",
+            bytes / shards.max(1) / 1024
+        );
+        println!("{:<44} {:>9.0}", "  FastCDC alone", fastcdc_alone);
+        println!(
+            "{:<44} {:>9.0}  ({:.2}x FastCDC alone)",
+            "  FastCDC + BLAKE3, whole buffer in memory",
+            whole_buffer,
+            whole_buffer / fastcdc_alone
+        );
+        println!(
+            "{:<44} {:>9.0}  ({:.2}x FastCDC alone)",
+            "  FastCDC + BLAKE3, one pass (StreamChunker)",
+            one_pass,
+            one_pass / fastcdc_alone
+        );
+        println!(
+            "{:<44} {:>9.0}  ({:.2}x FastCDC alone)",
+            "  + SHA-256 of the blob (ingest CPU path)",
+            with_sha,
+            with_sha / fastcdc_alone
+        );
+        println!(
+            "{:<44} {:>9.0}  ({:.2}x FastCDC alone)",
+            "  whole ingest into a store, fsync at commit",
+            store_rate,
+            store_rate / fastcdc_alone
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("shoal-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&path)?;
+    Ok(path)
+}
+
+async fn http(url: String, concurrency: usize, requests: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().build()?;
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+            let mut bytes = 0u64;
+            for _ in 0..requests {
+                let begun = Instant::now();
+                let mut response = client.get(&url).send().await?.error_for_status()?;
+                while let Some(chunk) = response.chunk().await? {
+                    bytes += chunk.len() as u64;
+                }
+                latencies.saturating_record(begun.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok((bytes, latencies))
+        }));
+    }
+    let mut total = 0u64;
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    for worker in workers {
+        let (bytes, histogram) = worker.await??;
+        total += bytes;
+        latencies.add(&histogram)?;
+    }
+    let elapsed = started.elapsed();
+    let quantile = |q: f64| Duration::from_micros(latencies.value_at_quantile(q));
+    println!(
+        "{url}: {concurrency} clients x {requests} requests, {total} bytes in {:.2}s = {:.0} MB/s; latency p50 {:?} p99 {:?} max {:?}",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64() / 1e6,
+        quantile(0.5),
+        quantile(0.99),
+        Duration::from_micros(latencies.max()),
+    );
+    Ok(())
+}

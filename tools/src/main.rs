@@ -1,0 +1,177 @@
+//! `shoal`: the operator CLI. Checks and inspects a node's store, and measures the hot paths.
+//!
+//! * `shoal fsck --data-dir DIR [--repair]`: verifies every shard map and every shard's BLAKE3
+//!   hash, and the index against the maps. Exit 0 when clean, 1 when problems were found.
+//! * `shoal inspect --data-dir DIR <digest>`: prints a stored blob's shard map. Reads the map file
+//!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
+//! * `shoal bench ingest` and `shoal bench http`: the measurements behind BENCHMARKS.md.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_node::store::layout::Layout;
+use shoal_node::store::recovery;
+use shoal_proto::{BlobDigest, ShardMap};
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "Operate and measure Shoal nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify a stopped node's store: every map, every shard's hash, the index.
+    Fsck {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Remove what is bad and have the next start rebuild the index.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print the shard map of a stored blob.
+    Inspect {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The blob, `sha256:<hex>`.
+        digest: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measurements (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fsck { data_dir, repair } => fsck(data_dir, repair),
+        Command::Inspect {
+            data_dir,
+            digest,
+            json,
+        } => inspect(data_dir, &digest, json),
+        Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("shoal: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fsck(data_dir: PathBuf, repair: bool) -> anyhow::Result<ExitCode> {
+    let report = recovery::fsck(&data_dir, repair)?;
+    println!("maps checked:     {}", report.maps_checked);
+    println!(
+        "shards checked:   {} ({} bytes hashed)",
+        report.shards_checked, report.bytes_checked
+    );
+    println!("clean shutdown:   {}", report.clean_shutdown);
+    println!(
+        "orphan shards:    {}{}",
+        report.orphan_shards,
+        if report.clean_shutdown {
+            ""
+        } else {
+            " (removed at the next start)"
+        }
+    );
+    for (label, items) in [
+        ("bad map", report.bad_maps.clone()),
+        (
+            "corrupt shard",
+            report
+                .corrupt_shards
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        ),
+        (
+            "missing shard",
+            report
+                .missing_shards
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        ),
+        ("stray file", report.stray_files.clone()),
+        ("index mismatch", report.index_mismatches.clone()),
+    ] {
+        for item in items {
+            println!("{label}: {item}");
+        }
+    }
+    if report.is_clean() {
+        println!("store is clean");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "store has problems{}",
+            if repair {
+                "; repaired: the next start rebuilds the index"
+            } else {
+                "; run with --repair to fix"
+            }
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn inspect(data_dir: PathBuf, digest: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let digest: BlobDigest = digest.parse()?;
+    let layout = Layout::new(data_dir);
+    let path = layout.map_path(&digest);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("{digest} is not stored");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
+    let map = ShardMap::decode(&bytes)?;
+    let present = |entry: &shoal_proto::ShardEntry| layout.shard_path(&entry.shard_hash()).exists();
+    if json {
+        let shards: Vec<_> = map
+            .shards
+            .iter()
+            .map(|s| serde_json::json!({"hash": s.shard_hash().hex(), "offset": s.offset, "len": s.len, "present": present(s)}))
+            .collect();
+        let value = serde_json::json!({
+            "digest": digest.to_string(),
+            "length": map.blob_len,
+            "chunking": {"min": map.chunking.min, "avg": map.chunking.avg, "max": map.chunking.max},
+            "shards": shards,
+        });
+        println!("{value:#}");
+    } else {
+        println!("blob      {digest}");
+        println!("length    {}", map.blob_len);
+        println!(
+            "chunking  min {} avg {} max {}",
+            map.chunking.min, map.chunking.avg, map.chunking.max
+        );
+        println!("shards    {}", map.shards.len());
+        for (i, s) in map.shards.iter().enumerate() {
+            println!(
+                "{i:>6}  {:>12}  {:>9}  {}{}",
+                s.offset,
+                s.len,
+                s.shard_hash(),
+                if present(s) { "" } else { "  MISSING" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
