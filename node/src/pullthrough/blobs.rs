@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
@@ -188,35 +189,47 @@ impl PullThrough {
             )));
         }
         flight.start(total);
-        let (feed, mut worker_feed) = mpsc::channel::<Option<Bytes>>(16);
+        // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
+        // hashes and writes shards; the driver hands each network read to both.
+        let (feed, mut worker_feed) = mpsc::channel::<Feed>(16);
+        let (hash_feed, mut hasher_feed) = mpsc::channel::<Bytes>(16);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut sha256 = Sha256::new();
+            while let Some(bytes) = hasher_feed.blocking_recv() {
+                sha256.update(&bytes);
+            }
+            BlobDigest::from_bytes(sha256.finalize().into())
+        });
         let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let worker = tokio::task::spawn_blocking(move || -> Result<u64, IngestError> {
             let mut ingest = store.begin_ingest(digest);
-            loop {
+            let actual = loop {
                 match worker_feed.blocking_recv() {
-                    Some(Some(bytes)) => {
+                    Some(Feed::Bytes(bytes)) => {
                         let started = Instant::now();
-                        let shards = ingest.write(&bytes)?;
+                        let shards = ingest.write_unhashed(&bytes)?;
                         metrics.ingested_bytes.add(bytes.len() as u64);
                         metrics
                             .ingest_busy_us
                             .add(started.elapsed().as_micros() as u64);
                         let _ = event_tx.send(WorkerEvent::Shards(shards));
                     }
-                    Some(None) => break,
+                    Some(Feed::End(actual)) => break actual,
                     // The driver gave up: dropping the ingest removes what it wrote.
                     None => return Err(IngestError::Abandoned),
                 }
-            }
+            };
             let started = Instant::now();
             let len = ingest.received();
-            let last = ingest.verify()?;
+            let last = ingest.verify_with(actual)?;
             let _ = event_tx.send(WorkerEvent::Shards(last));
             // Clients get their last byte now; durability follows.
             let _ = event_tx.send(WorkerEvent::Verified);
+            tracing::debug!(%digest, "blob verified; committing");
             ingest.commit()?;
+            tracing::debug!(%digest, "blob committed");
             metrics
                 .ingest_busy_us
                 .add(started.elapsed().as_micros() as u64);
@@ -256,11 +269,18 @@ impl PullThrough {
                 ));
             }
             flight.push(chunk.clone());
-            if feed.send(Some(chunk)).await.is_err() {
+            if hash_feed.send(chunk.clone()).await.is_err()
+                || feed.send(Feed::Bytes(chunk)).await.is_err()
+            {
                 break;
             }
         }
-        let _ = feed.send(None).await;
+        drop(hash_feed);
+        tracing::debug!(%digest, "upstream body complete");
+        let actual = hasher
+            .await
+            .map_err(|e| PullError::Internal(e.to_string()))?;
+        let _ = feed.send(Feed::End(actual)).await;
         drop(feed);
         // The worker drops its sender when it is done.
         while let Some(event) = events.recv().await {
@@ -351,6 +371,14 @@ impl PullThrough {
         });
         tokio_stream_from(rx)
     }
+}
+
+/// What the driver hands the ingest worker.
+enum Feed {
+    /// The next bytes of the blob.
+    Bytes(Bytes),
+    /// The end of the blob, with the sha256 of all its bytes.
+    End(BlobDigest),
 }
 
 /// What the ingest worker reports to the driver.

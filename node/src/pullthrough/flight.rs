@@ -176,18 +176,14 @@ impl Flight {
         if let Some(Outcome::Failed(error)) = &state.outcome {
             return Next::Failed(error.clone());
         }
-        let committed = matches!(state.outcome, Some(Outcome::Committed));
-        let end = end.or(if committed {
-            Some(state.received)
-        } else {
-            None
-        });
+        let verified = state.verified;
+        let end = end.or(if verified { Some(state.received) } else { None });
         if end.is_some_and(|end| cursor >= end) {
             return Next::End;
         }
         // Hold back the last byte until the digest has matched.
         let complete = state.total.is_some_and(|t| state.received >= t) || state.total.is_none();
-        let holdback = u64::from(!committed && complete);
+        let holdback = u64::from(!verified && complete);
         let readable = state
             .received
             .saturating_sub(holdback)

@@ -121,11 +121,17 @@ impl Ingest {
 
     /// Feeds the next bytes of the blob; returns the shards that became final and were written.
     pub fn write(&mut self, data: &[u8]) -> Result<Vec<StoredShard>, IngestError> {
+        self.sha256.update(data);
+        self.write_unhashed(data)
+    }
+
+    /// Like [`write`](Self::write), for a caller that computes the blob's sha256 itself (on
+    /// another thread) and ends with [`verify_with`](Self::verify_with).
+    pub fn write_unhashed(&mut self, data: &[u8]) -> Result<Vec<StoredShard>, IngestError> {
         self.received += data.len() as u64;
         if self.received > MAX_BLOB_BYTES {
             return Err(IngestError::TooLarge);
         }
-        self.sha256.update(data);
         let mut writer = ShardWriter {
             store: &self.store,
             shards: &mut self.shards,
@@ -147,6 +153,12 @@ impl Ingest {
     /// `Ok`, the bytes are known good and may be released to clients; [`commit`](Self::commit)
     /// makes them durable.
     pub fn verify(&mut self) -> Result<Vec<StoredShard>, IngestError> {
+        let actual = BlobDigest::from_bytes(self.sha256.clone().finalize().into());
+        self.verify_with(actual)
+    }
+
+    /// Like [`verify`](Self::verify), with the sha256 of every byte written computed by the caller.
+    pub fn verify_with(&mut self, actual: BlobDigest) -> Result<Vec<StoredShard>, IngestError> {
         let mut writer = ShardWriter {
             store: &self.store,
             shards: &mut self.shards,
@@ -154,7 +166,6 @@ impl Ingest {
         };
         self.chunker.finish(&mut writer)?;
         let last = writer.stored;
-        let actual = BlobDigest::from_bytes(self.sha256.clone().finalize().into());
         if actual != self.expected {
             return Err(IngestError::DigestMismatch {
                 expected: self.expected,
