@@ -47,6 +47,8 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = pin!(shutdown);
+    // Tells open connections to finish their current response and close (idle ones close now).
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -69,17 +71,37 @@ pub async fn serve(
         timed.set_write_timeout(Some(limits.io_timeout));
         let io = TokioIo::new(Box::pin(timed));
         let service = TowerToHyperService::new(router.clone());
+        let mut closing = closing.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(io, service);
-            if let Err(error) = connection.await {
+            let mut connection = pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = closed(&mut closing) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }
+    let _ = closing_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
+}
+
+/// Completes once the server starts closing.
+async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now_closing = *closing.borrow_and_update();
+        if now_closing || closing.changed().await.is_err() {
+            return;
+        }
+    }
 }

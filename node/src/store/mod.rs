@@ -143,6 +143,7 @@ impl std::fmt::Debug for ShardStore {
 }
 
 const CLEAN_KEY: &[u8] = b"clean-shutdown";
+const CREATED_KEY: &[u8] = b"created-at";
 
 /// Milliseconds since the Unix epoch (for access records only; policy decisions take time as an
 /// argument).
@@ -216,12 +217,22 @@ impl ShardStore {
                 tmp_counter: AtomicU64::new(0),
             }),
         };
+        let new_store = store.inner.meta.get(CREATED_KEY)?.is_none();
+        if new_store {
+            store
+                .inner
+                .meta
+                .insert(CREATED_KEY, &now_ms().to_le_bytes())?;
+            tracing::info!(data_dir = %config.data_dir.display(), "new store created");
+        }
         if store.inner.meta.get(CLEAN_KEY)?.is_none() {
             let report = recovery::rebuild_index(&store)?;
-            tracing::info!(
-                ?report,
-                "index rebuilt from shard maps after an unclean stop"
-            );
+            if !new_store {
+                tracing::info!(
+                    ?report,
+                    "index rebuilt from shard maps after an unclean stop"
+                );
+            }
         } else {
             let stats = store.count_stats()?;
             store.live().stats = stats;

@@ -1,0 +1,37 @@
+//! Shoal's test network: starts the real parts of a Shoal deployment on
+//! loopback ports in temporary directories, so end-to-end tests exercise the
+//! same programs a user runs.
+//!
+//! One module per part:
+//! - [`origin`]: the distribution registry (`docker-registry`) as the origin,
+//!   with its access log parsed so tests can count origin fetches.
+//! - [`image`]: deterministic test images built here (real tar + gzip layers,
+//!   OCI and Docker manifests, an optional index) and pushed to the origin.
+//! - [`containerd`]: a private containerd (fresh content store per instance)
+//!   and `ctr image pull` with a timeout.
+//! - [`hosts`]: the `hosts.toml` that makes containerd pull only through a
+//!   mirror.
+//! - [`node`]: `shoald` as a child process, with restart, `kill -9` and the
+//!   admin endpoint's metrics.
+//! - [`cli`]: the operator CLI `shoal` (`fsck`, `inspect`).
+//! - [`raw_http`]: exact HTTP requests for hostile-input tests.
+//! - [`metrics`]: reading the Prometheus text of `/metrics`.
+//!
+//! Every part lives in its own temporary directory and on its own ports, and
+//! is stopped by a `Drop` guard, so tests can run in parallel and a failing
+//! test leaves no processes behind. Every wait is bounded.
+
+pub mod cli;
+pub mod containerd;
+pub mod hosts;
+pub mod image;
+pub mod metrics;
+pub mod node;
+pub mod origin;
+mod process;
+pub mod raw_http;
+
+/// The registry host name used in test image references
+/// (`origin.shoal.test/<repo>:<tag>`). It never resolves: `hosts.toml`
+/// overrides the server, and containerd sends it to the mirror as `?ns=`.
+pub const REGISTRY_HOST: &str = "origin.shoal.test";

@@ -1,0 +1,416 @@
+//! `shoald` as a child process: its own data directory, loopback ports, log
+//! file and admin endpoint client.
+//!
+//! The node is started with `--listen 127.0.0.1:0 --admin-listen
+//! 127.0.0.1:0 --ready-file <tmp>/ready.json`; shoald writes
+//! `{"registry":"127.0.0.1:P1","admin":"127.0.0.1:P2"}` there once both
+//! listeners are bound. A restart passes the ports learned the first time,
+//! so containerd's `hosts.toml` stays valid. Logs (stderr, `RUST_LOG`
+//! respected) go to `<tmp>/shoald.log`; their tail is printed when a test
+//! panics while the node is alive.
+//!
+//! Binaries are found in `$SHOAL_BIN_DIR`, else next to the test executable's
+//! directory (`target/<profile>/`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use tempfile::TempDir;
+
+use crate::metrics::Metrics;
+use crate::origin::Origin;
+use crate::process;
+
+/// How long shoald may take to write its ready file.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shoald may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the project's binaries are: `$SHOAL_BIN_DIR`, else the directory
+/// above the running test executable (`target/<profile>/deps/..`).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SHOAL_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let mut dir = exe.parent().context("test executable has no parent")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The path of project binary `name`, or an error telling how to build it.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build the binaries first: cargo build --workspace --bins \
+             (or point SHOAL_BIN_DIR at the directory holding them)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// How to start a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeConfig {
+    /// `--upstream NAME=URL` pairs.
+    pub upstreams: Vec<(String, String)>,
+    /// `--default-upstream NAME`.
+    pub default_upstream: Option<String>,
+    /// `--max-disk-bytes N`.
+    pub max_disk_bytes: Option<u64>,
+    /// Further arguments, passed as they are.
+    pub extra_args: Vec<String>,
+    /// `RUST_LOG` for the node; defaults to the test's `RUST_LOG`, else
+    /// `info`.
+    pub rust_log: Option<String>,
+}
+
+impl NodeConfig {
+    /// A config whose only upstream, also the default, is `origin` under
+    /// [`crate::REGISTRY_HOST`].
+    pub fn for_origin(origin: &Origin) -> NodeConfig {
+        NodeConfig::default()
+            .upstream(crate::REGISTRY_HOST, &origin.url())
+            .default_upstream(crate::REGISTRY_HOST)
+    }
+
+    /// Adds `--upstream name=url`.
+    pub fn upstream(mut self, name: &str, url: &str) -> NodeConfig {
+        self.upstreams.push((name.to_string(), url.to_string()));
+        self
+    }
+
+    /// Sets `--default-upstream`.
+    pub fn default_upstream(mut self, name: &str) -> NodeConfig {
+        self.default_upstream = Some(name.to_string());
+        self
+    }
+
+    /// Sets `--max-disk-bytes`.
+    pub fn max_disk_bytes(mut self, bytes: u64) -> NodeConfig {
+        self.max_disk_bytes = Some(bytes);
+        self
+    }
+
+    /// Adds one raw argument.
+    pub fn arg(mut self, arg: &str) -> NodeConfig {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+}
+
+/// The contents of shoald's ready file.
+#[derive(Debug, Clone, Deserialize)]
+struct ReadyFile {
+    registry: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// A `shoald` child process and its directories.
+pub struct Node {
+    config: NodeConfig,
+    dir: TempDir,
+    child: Option<Child>,
+    registry: SocketAddr,
+    admin: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Node {
+    /// Starts shoald on fresh ports with an empty data directory and waits
+    /// for its ready file.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-node-")
+            .tempdir()
+            .context("creating node temp dir")?;
+        std::fs::create_dir_all(dir.path().join("data")).context("creating data dir")?;
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut node = Node {
+            config,
+            dir,
+            child: None,
+            registry: unbound,
+            admin: unbound,
+            // No idle keep-alive connections: an idle connection held open by
+            // the harness would make every graceful stop wait for it.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("building HTTP client")?,
+        };
+        node.spawn(unbound, unbound).await?;
+        Ok(node)
+    }
+
+    async fn spawn(&mut self, registry: SocketAddr, admin: SocketAddr) -> Result<()> {
+        let shoald = binary("shoald")?;
+        let ready = self.ready_path();
+        let _ = std::fs::remove_file(&ready);
+        let mut command = Command::new(shoald);
+        command
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(registry.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--ready-file")
+            .arg(&ready);
+        for (name, url) in &self.config.upstreams {
+            command.arg("--upstream").arg(format!("{name}={url}"));
+        }
+        if let Some(name) = &self.config.default_upstream {
+            command.arg("--default-upstream").arg(name);
+        }
+        if let Some(bytes) = self.config.max_disk_bytes {
+            command.arg("--max-disk-bytes").arg(bytes.to_string());
+        }
+        command.args(&self.config.extra_args);
+        let rust_log = self
+            .config
+            .rust_log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".to_string());
+        let (out, err) = process::log_stdio(&self.log_path())?;
+        let child = command
+            .env("RUST_LOG", rust_log)
+            // Plain text in the log file, without colour escapes.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("spawning shoald")?;
+        self.child = Some(child);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("just set").try_wait()? {
+                self.child = None;
+                bail!(
+                    "shoald exited during start-up ({status}); log {}:\n{}",
+                    self.log_path().display(),
+                    process::log_tail(&self.log_path(), 30)
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let parsed: ReadyFile = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing ready file {text:?}"))?;
+                self.registry = parsed.registry;
+                self.admin = parsed.admin;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "shoald wrote no ready file within {START_TIMEOUT:?}; log {}:\n{}",
+                    self.log_path().display(),
+                    process::log_tail(&self.log_path(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The registry endpoint's address.
+    pub fn registry_addr(&self) -> SocketAddr {
+        self.registry
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `http://<registry addr>`.
+    pub fn registry_url(&self) -> String {
+        format!("http://{}", self.registry)
+    }
+
+    /// `http://<admin addr>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The node's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The file with shoald's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("shoald.log")
+    }
+
+    fn ready_path(&self) -> PathBuf {
+        self.dir.path().join("ready.json")
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        process::log_tail(&self.log_path(), lines)
+    }
+
+    /// Whether the process is running (not stopped or killed by the test).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap. The data directory stays as the crash left it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_and_reap(&mut child);
+        }
+    }
+
+    /// SIGTERM, then wait for exit (SIGKILL and an error if it does not exit
+    /// within 20 s).
+    pub async fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("shoald is not running")?;
+        process::send_signal(child.id(), "TERM")?;
+        match process::wait_exit(&mut child, STOP_TIMEOUT).await? {
+            Some(status) => Ok(status),
+            None => {
+                process::kill_and_reap(&mut child);
+                bail!("shoald did not exit within {STOP_TIMEOUT:?} of SIGTERM")
+            }
+        }
+    }
+
+    /// Starts shoald again with the same data directory and ports (after
+    /// [`Node::stop`] or [`Node::kill9`]; a running node is killed first).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let (registry, admin) = (self.registry, self.admin);
+        // The ports were just released; retry briefly in case the kernel has
+        // not let go of them yet.
+        let mut last_err = None;
+        for _ in 0..5 {
+            match self.spawn(registry, admin).await {
+                Ok(()) => return Ok(()),
+                Err(err) => last_err = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last_err.expect("at least one attempt")).context("restarting shoald")
+    }
+
+    /// `GET /healthz` must answer 200.
+    pub async fn healthz(&self) -> Result<()> {
+        let resp = self
+            .client
+            .get(format!("{}/healthz", self.admin_url()))
+            .send()
+            .await
+            .context("GET /healthz")?;
+        if !resp.status().is_success() {
+            bail!("GET /healthz answered {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// Scrapes `GET /metrics`.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.admin_url()))
+            .send()
+            .await
+            .context("GET /metrics")?;
+        if !resp.status().is_success() {
+            bail!("GET /metrics answered {}", resp.status());
+        }
+        Ok(Metrics::parse(
+            &resp.text().await.context("reading /metrics")?,
+        ))
+    }
+
+    /// One metric summed over all its label sets (0 if absent).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        Ok(self.metrics().await?.sum(name))
+    }
+
+    /// One metric summed over the label sets carrying all of `labels`.
+    pub async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(self.metrics().await?.sum_with(name, labels))
+    }
+
+    /// Polls `/metrics` until `name` (summed) satisfies `until`, for at most
+    /// `timeout`. Returns the last value.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        timeout: Duration,
+        until: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(name).await.unwrap_or(f64::NAN);
+            if until(value) {
+                return Ok(value);
+            }
+            if Instant::now() >= deadline {
+                bail!("metric {name} still {value} after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Files under `<data>/shards/`, largest first.
+    pub fn shard_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let mut files = Vec::new();
+        collect_files(&self.data_dir().join("shards"), &mut files)?;
+        files.sort_by_key(|(_, len)| std::cmp::Reverse(*len));
+        Ok(files)
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            collect_files(&entry.path(), out)?;
+        } else if meta.is_file() {
+            out.push((entry.path(), meta.len()));
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        process::keep_if_requested(&mut self.dir, "shoald dir");
+        if std::thread::panicking() {
+            eprintln!(
+                "--- shoald log ({}), last lines:\n{}",
+                self.log_path().display(),
+                self.log_tail(40)
+            );
+        }
+    }
+}
