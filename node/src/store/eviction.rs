@@ -28,18 +28,63 @@ pub trait EvictionPolicy: Send {
         -> Vec<BlobDigest>;
 }
 
-/// Least recently used first; ties broken by digest so the order is deterministic.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LeastRecentlyUsed;
+/// Runs a `shoal-policy` eviction policy, the same code the simulator runs, over the store's
+/// candidates. The store's default is the policy crate's plain LRU.
+///
+/// Candidates are numbered afresh on every call (ordered by last access, then digest, so ties
+/// within a second keep their millisecond order) and their accesses replayed, so the policy sees
+/// exactly what the store knows; what the policy learns is forgotten after the call.
+pub struct PolicyEviction {
+    policy: Box<dyn shoal_policy::eviction::EvictionPolicy>,
+}
 
-impl EvictionPolicy for LeastRecentlyUsed {
+impl std::fmt::Debug for PolicyEviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEviction")
+            .field("policy", &self.policy.name())
+            .finish()
+    }
+}
+
+impl PolicyEviction {
+    /// Least recently used first.
+    pub fn lru() -> Self {
+        Self {
+            policy: Box::new(shoal_policy::eviction::Lru::new()),
+        }
+    }
+}
+
+impl EvictionPolicy for PolicyEviction {
     fn order_victims(
         &mut self,
-        _now_ms: u64,
+        now_ms: u64,
         mut candidates: Vec<EvictionCandidate>,
     ) -> Vec<BlobDigest> {
+        use shoal_policy::eviction::CandidateLayer;
+        use shoal_policy::{LayerId, Timestamp};
         candidates.sort_by_key(|c| (c.last_access_ms, c.digest));
-        candidates.into_iter().map(|c| c.digest).collect()
+        candidates.truncate(u32::MAX as usize);
+        let layers: Vec<CandidateLayer> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let layer = LayerId(i as u32);
+                self.policy
+                    .record_access(Timestamp(c.last_access_ms / 1000), layer, c.size);
+                CandidateLayer::new(layer, c.size)
+            })
+            .collect();
+        let victims = self
+            .policy
+            .choose_victims(Timestamp(now_ms / 1000), &layers, u64::MAX);
+        for layer in &layers {
+            self.policy.forget(layer.layer);
+        }
+        victims
+            .into_iter()
+            .filter_map(|id| candidates.get(id.0 as usize).map(|c| c.digest))
+            .collect()
     }
 }
 
@@ -55,7 +100,7 @@ mod tests {
             last_access_ms: last,
             access_count: 9,
         };
-        let order = LeastRecentlyUsed.order_victims(
+        let order = PolicyEviction::lru().order_victims(
             0,
             vec![candidate(1, 30), candidate(2, 10), candidate(3, 20)],
         );

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use shoal_proto::records::{self, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
 use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardHash, ShardMap};
 
-pub use eviction::{EvictionCandidate, EvictionPolicy, LeastRecentlyUsed};
+pub use eviction::{EvictionCandidate, EvictionPolicy, PolicyEviction};
 pub use ingest::{Ingest, IngestError, StoredShard};
 pub use layout::Layout;
 
@@ -181,7 +181,7 @@ impl ShardStore {
     /// Opens (creating if needed) the store. After an unclean stop the index is rebuilt from the
     /// shard maps and shard files first; the temporary directory is always emptied.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        Self::open_with_policy(config, Box::new(LeastRecentlyUsed))
+        Self::open_with_policy(config, Box::new(PolicyEviction::lru()))
     }
 
     /// Like [`open`](Self::open), with an eviction policy of the caller's choice.
