@@ -51,7 +51,8 @@ nginx -c "$work/nginx.conf" & pids+=($!)
 
 start_shoald() {
   "$bin/shoald" --data-dir "$work/data" --listen 127.0.0.1:$shoal_port --admin-listen 127.0.0.1:$admin_port \
-    --upstream origin=http://127.0.0.1:$origin_port --max-disk-bytes $((64 << 30)) >"$work/shoald.log" 2>&1 &
+    --upstream origin=http://127.0.0.1:$origin_port \
+    --max-disk-bytes $((64 << 30)) >"$work/shoald.log" 2>&1 &
   shoal_pid=$!
   until curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null; do sleep 0.1; done
 }
@@ -66,7 +67,6 @@ shoal_url="http://127.0.0.1:$shoal_port/v2/bench/big/blobs/$big?ns=origin"
 direct=$(for i in 1 2 3; do seconds "$origin_url"; done | median)
 cold=$(for i in 1 2 3; do rm -rf "$work/data"; start_shoald; seconds "$shoal_url"; stop_shoald; done | median)
 echo "origin registry direct: ${direct}s   through shoald (cold, ingesting): ${cold}s   overhead: $(python3 -c "print(f'{($cold/$direct-1)*100:.1f}%')")"
-
 start_shoald
 seconds "$shoal_url" >/dev/null
 echo "== warm serve of the cached ${big_mib} MiB blob vs nginx sendfile =="
