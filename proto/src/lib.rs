@@ -7,6 +7,8 @@
 //! * [`shard_map`]: the record that says how a blob is cut into shards, encoded with rkyv behind a
 //!   versioned header.
 //! * [`records`]: the index records the node keeps in sled (manifests, tags, access statistics).
+//! * [`wire`]: the peer protocols' messages (membership proof, shard transfer), framed behind a
+//!   versioned header with per-message size limits.
 //! * [`limits`]: every size bound that is checked before memory is allocated for outside input.
 //!
 //! Goals: one definition of each format, validated on decode, usable from the daemon, the operator
@@ -20,6 +22,7 @@ pub mod limits;
 pub mod oci;
 pub mod records;
 pub mod shard_map;
+pub mod wire;
 
 pub use digest::{BlobDigest, DigestError, ShardHash};
 pub use oci::{NameError, Reference, RepoName};

@@ -1,0 +1,511 @@
+//! The peer protocols' messages: membership proof and shard transfer.
+//!
+//! ## Goals and non-goals
+//!
+//! Goals: move a blob's shards from a peer that holds them to a peer that wants them, over one
+//! authenticated, multiplexed stream per request (the node runs them over libp2p QUIC streams), with
+//! every length checked before memory is allocated for it, so a hostile peer can cost a receiver
+//! at most one bounded frame. Non-goals: trusting a peer (the receiver checks every shard's BLAKE3
+//! against the shard map and the whole blob's sha256 before anything is committed or completed),
+//! compression (layers are gzip already), encryption (the transport does it).
+//!
+//! ## Framing
+//!
+//! Every message is one frame:
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     body length N, little endian (header + archive), checked against the
+//!               message's limit before the body is read
+//! 4       4     magic "SHWR"
+//! 8       2     format version, little endian (currently 1)
+//! 10      1     message kind (see [`Kind`])
+//! 11      1     reserved, zero
+//! 12      N-8   rkyv archive of the message (validated with bytecheck on decode)
+//! ```
+//!
+//! A [`ShardFrame`] is followed on the stream by exactly `len` raw shard bytes (not framed again).
+//!
+//! ## Message flow
+//!
+//! Membership (protocol `/shoal/membership/1`, opened by the dialer of a connection right after it
+//! is established; see ARCHITECTURE.md for the threat model):
+//!
+//! ```text
+//! dialer                                   listener
+//!   ── Challenge { nonce_d } ──────────────▶
+//!   ◀───────────────────── Challenge { nonce_l }
+//!   ── Proof { mac(dialer) } ──────────────▶   verified, or logged and disconnected
+//!   ◀────────────────────── Proof { mac(listener) }
+//! ```
+//!
+//! `mac(role)` is BLAKE3 keyed by the network key over a domain string, the role, both peer ids
+//! (prover first) and both nonces ([`membership_mac`]). The listener answers only its own nonce
+//! before the dialer has proved itself.
+//!
+//! Transfer (protocol `/shoal/shards/1`, one stream per request, requester first):
+//!
+//! ```text
+//! requester                                holder
+//!   ── ShardRequest { blob, shards } ──────▶
+//!   ◀──────────── ShardAnswer::Map(map) | ShardAnswer::NotHere
+//!   ◀──────────── ShardFrame { index, len } + len bytes   (once per wanted shard, in index order)
+//! ```
+//!
+//! A holder that cannot send a shard (for example it failed verification on its disk) closes the
+//! stream; the requester treats a short stream as a failed peer.
+//!
+//! ## Limits
+//!
+//! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map).
+//! * [`ShardAnswer`]: at most [`MAX_ANSWER_BYTES`] (the largest shard map plus slack).
+//! * [`ShardFrame`], [`Challenge`], [`Proof`]: at most [`MAX_SMALL_BYTES`]; a shard's bytes at most
+//!   [`MAX_SHARD_BYTES`] and exactly the length its shard map entry gives.
+
+use crate::digest::BlobDigest;
+use crate::limits::{MAX_SHARDS_PER_MAP, MAX_SHARD_BYTES, MAX_SHARD_MAP_BYTES};
+use crate::shard_map::ShardMap;
+
+const MAGIC: &[u8; 4] = b"SHWR";
+/// The wire format version this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+/// Bytes of the header inside a frame body (magic, version, kind, reserved).
+pub const HEADER_LEN: usize = 8;
+/// Bytes of the length prefix before every frame body.
+pub const PREFIX_LEN: usize = 4;
+
+/// Largest encoded [`ShardRequest`] body.
+pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 128 + MAX_SHARDS_PER_MAP / 8;
+/// Largest encoded [`ShardAnswer`] body.
+pub const MAX_ANSWER_BYTES: usize = HEADER_LEN + 256 + MAX_SHARD_MAP_BYTES;
+/// Largest encoded body of the fixed-size messages.
+pub const MAX_SMALL_BYTES: usize = HEADER_LEN + 128;
+
+/// Domain separation for the membership MAC.
+const MEMBERSHIP_DOMAIN: &[u8] = b"shoal membership proof v1";
+
+/// The kinds of message, as written in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Challenge`].
+    Challenge = 1,
+    /// [`Proof`].
+    Proof = 2,
+    /// [`ShardRequest`].
+    Request = 3,
+    /// [`ShardAnswer`].
+    Answer = 4,
+    /// [`ShardFrame`].
+    Frame = 5,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The body is shorter than its header or longer than the message's limit.
+    #[error("frame of {len} bytes is outside {HEADER_LEN}..={max} for this message")]
+    Length {
+        /// The announced or actual length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Wrong magic number.
+    #[error("not a Shoal wire frame (bad magic)")]
+    Magic,
+    /// A version this build does not speak.
+    #[error("wire format version {0} is not supported (this build speaks {WIRE_VERSION})")]
+    Version(u16),
+    /// A different message than the one expected at this point of the flow.
+    #[error("expected message kind {expected}, got {actual}")]
+    Kind {
+        /// The kind the flow expects.
+        expected: u8,
+        /// The kind received.
+        actual: u8,
+    },
+    /// The archive failed structural validation.
+    #[error("malformed message: {0}")]
+    Archive(String),
+    /// The message decoded but breaks a rule (for example a bitfield longer than the limit).
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+/// A fresh random value from one side of the membership proof.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Challenge {
+    /// 32 random bytes.
+    pub nonce: [u8; 32],
+}
+
+/// One side's proof that it holds the network key.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Proof {
+    /// [`membership_mac`] for the sender's role.
+    pub mac: [u8; 32],
+}
+
+/// Which shards of a blob a request wants.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ShardSet {
+    /// Every shard of the blob.
+    All,
+    /// Shard `i` is wanted when bit `i % 8` of byte `i / 8` is set; bits past the end are clear.
+    Bitfield(Vec<u8>),
+}
+
+impl ShardSet {
+    /// Whether shard `index` is wanted.
+    pub fn contains(&self, index: usize) -> bool {
+        match self {
+            ShardSet::All => true,
+            ShardSet::Bitfield(bits) => bits
+                .get(index / 8)
+                .is_some_and(|byte| byte & (1 << (index % 8)) != 0),
+        }
+    }
+
+    /// A bitfield holding `indices`.
+    pub fn from_indices(indices: impl IntoIterator<Item = usize>) -> Self {
+        let mut bits = Vec::new();
+        for index in indices {
+            if bits.len() <= index / 8 {
+                bits.resize(index / 8 + 1, 0);
+            }
+            bits[index / 8] |= 1 << (index % 8);
+        }
+        ShardSet::Bitfield(bits)
+    }
+}
+
+/// A request for some shards of one blob.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ShardRequest {
+    /// SHA-256 of the blob.
+    pub blob: [u8; 32],
+    /// The shards wanted.
+    pub shards: ShardSet,
+}
+
+impl ShardRequest {
+    /// The blob's digest as a typed value.
+    pub fn blob_digest(&self) -> BlobDigest {
+        BlobDigest::from_bytes(self.blob)
+    }
+}
+
+/// The holder's answer to a [`ShardRequest`], before any shard bytes.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ShardAnswer {
+    /// The holder has the whole blob; this is its shard map (validated on decode, still untrusted:
+    /// only the blob's sha256 proves it).
+    Map(ShardMap),
+    /// The holder does not have the blob.
+    NotHere,
+}
+
+/// The header of one shard's bytes on a transfer stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ShardFrame {
+    /// The shard's index in the blob's shard map.
+    pub index: u32,
+    /// How many raw bytes follow (at most [`MAX_SHARD_BYTES`]).
+    pub len: u32,
+}
+
+/// A message with a byte layout on the peer wire.
+pub trait WireMessage: Sized {
+    /// The kind written in the header.
+    const KIND: Kind;
+    /// The largest body (header included) accepted for this message.
+    const MAX_BYTES: usize;
+
+    /// Semantic checks after the archive decoded.
+    fn check(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+
+    /// The frame: length prefix, header and archive.
+    fn encode(&self) -> Vec<u8>;
+
+    /// Decodes a frame body (without the length prefix).
+    fn decode(body: &[u8]) -> Result<Self, WireError>;
+}
+
+/// Checks a frame's announced body length against `M`'s limit, before anything is allocated.
+pub fn check_len<M: WireMessage>(len: usize) -> Result<(), WireError> {
+    if !(HEADER_LEN..=M::MAX_BYTES).contains(&len) {
+        return Err(WireError::Length {
+            len,
+            max: M::MAX_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a frame's length prefix.
+pub fn body_len(prefix: [u8; PREFIX_LEN]) -> usize {
+    u32::from_le_bytes(prefix) as usize
+}
+
+fn frame(kind: Kind, archive: &[u8]) -> Vec<u8> {
+    let len = (HEADER_LEN + archive.len()) as u32;
+    let mut out = Vec::with_capacity(PREFIX_LEN + len as usize);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    out.push(kind as u8);
+    out.push(0);
+    out.extend_from_slice(archive);
+    out
+}
+
+/// Checks the header and returns the archive, aligned for rkyv.
+fn open<M: WireMessage>(body: &[u8]) -> Result<rkyv::util::AlignedVec<16>, WireError> {
+    check_len::<M>(body.len())?;
+    if &body[0..4] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    let version = u16::from_le_bytes([body[4], body[5]]);
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    if body[6] != M::KIND as u8 {
+        return Err(WireError::Kind {
+            expected: M::KIND as u8,
+            actual: body[6],
+        });
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len() - HEADER_LEN);
+    aligned.extend_from_slice(&body[HEADER_LEN..]);
+    Ok(aligned)
+}
+
+macro_rules! wire_message {
+    ($ty:ty, $kind:expr, $max:expr, $check:expr) => {
+        impl WireMessage for $ty {
+            const KIND: Kind = $kind;
+            const MAX_BYTES: usize = $max;
+
+            fn check(&self) -> Result<(), WireError> {
+                #[allow(clippy::redundant_closure_call)]
+                ($check)(self)
+            }
+
+            fn encode(&self) -> Vec<u8> {
+                let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
+                    .expect("serialising plain data to memory cannot fail");
+                frame(Self::KIND, &archive)
+            }
+
+            fn decode(body: &[u8]) -> Result<Self, WireError> {
+                let aligned = open::<Self>(body)?;
+                let message = rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
+                    .map_err(|e| WireError::Archive(e.to_string()))?;
+                message.check()?;
+                Ok(message)
+            }
+        }
+    };
+}
+
+wire_message!(
+    Challenge,
+    Kind::Challenge,
+    MAX_SMALL_BYTES,
+    |_: &Challenge| Ok(())
+);
+wire_message!(Proof, Kind::Proof, MAX_SMALL_BYTES, |_: &Proof| Ok(()));
+wire_message!(
+    ShardRequest,
+    Kind::Request,
+    MAX_REQUEST_BYTES,
+    |r: &ShardRequest| match &r.shards {
+        ShardSet::Bitfield(bits) if bits.len() > MAX_SHARDS_PER_MAP / 8 => {
+            Err(WireError::Invalid(
+                "bitfield longer than the largest shard map",
+            ))
+        }
+        _ => Ok(()),
+    }
+);
+wire_message!(
+    ShardAnswer,
+    Kind::Answer,
+    MAX_ANSWER_BYTES,
+    |a: &ShardAnswer| match a {
+        ShardAnswer::Map(map) => map
+            .validate()
+            .map_err(|_| WireError::Invalid("inconsistent shard map")),
+        ShardAnswer::NotHere => Ok(()),
+    }
+);
+wire_message!(
+    ShardFrame,
+    Kind::Frame,
+    MAX_SMALL_BYTES,
+    |f: &ShardFrame| {
+        if f.len == 0 || f.len > MAX_SHARD_BYTES {
+            Err(WireError::Invalid("shard length out of range"))
+        } else {
+            Ok(())
+        }
+    }
+);
+
+/// Which side of a connection a membership proof is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The side that opened the connection.
+    Dialer,
+    /// The side that accepted it.
+    Listener,
+}
+
+/// The membership MAC: BLAKE3 keyed by `network_key` over the domain, the prover's role, both
+/// peer ids (prover first, length-prefixed) and both nonces (dialer's first). Binding the peer
+/// ids, which the transport authenticates, ties the proof to this connection's two ends; the
+/// fresh nonces stop replays.
+pub fn membership_mac(
+    network_key: &[u8; 32],
+    role: Role,
+    prover: &[u8],
+    verifier: &[u8],
+    dialer_nonce: &[u8; 32],
+    listener_nonce: &[u8; 32],
+) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(network_key);
+    hasher.update(MEMBERSHIP_DOMAIN);
+    hasher.update(&[role as u8]);
+    for id in [prover, verifier] {
+        hasher.update(&(id.len() as u64).to_le_bytes());
+        hasher.update(id);
+    }
+    hasher.update(dialer_nonce);
+    hasher.update(listener_nonce);
+    *hasher.finalize().as_bytes()
+}
+
+/// Compares two MACs in constant time.
+pub fn mac_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    blake3::Hash::from_bytes(*a) == blake3::Hash::from_bytes(*b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard_map::{ChunkingParams, ShardEntry};
+    use proptest::prelude::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = body_len(frame[..4].try_into().unwrap());
+        assert_eq!(len, frame.len() - PREFIX_LEN);
+        &frame[PREFIX_LEN..]
+    }
+
+    fn map(lengths: &[u32]) -> ShardMap {
+        let mut offset = 0;
+        let shards = lengths
+            .iter()
+            .map(|&len| {
+                let entry = ShardEntry {
+                    hash: [len as u8; 32],
+                    offset,
+                    len,
+                };
+                offset += u64::from(len);
+                entry
+            })
+            .collect();
+        ShardMap {
+            blob: [3; 32],
+            blob_len: offset,
+            chunking: ChunkingParams {
+                min: 1,
+                avg: 2,
+                max: 4,
+            },
+            shards,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(
+            blob in any::<[u8; 32]>(),
+            indices in proptest::collection::vec(0usize..5000, 0..50),
+            lengths in proptest::collection::vec(1u32..1_000_000, 0..50),
+            index in any::<u32>(),
+            len in 1u32..=MAX_SHARD_BYTES,
+        ) {
+            let request = ShardRequest { blob, shards: ShardSet::from_indices(indices.iter().copied()) };
+            prop_assert_eq!(ShardRequest::decode(body(&request.encode())), Ok(request.clone()));
+            for i in &indices {
+                prop_assert!(request.shards.contains(*i));
+            }
+            let answer = ShardAnswer::Map(map(&lengths));
+            prop_assert_eq!(ShardAnswer::decode(body(&answer.encode())), Ok(answer));
+            let frame = ShardFrame { index, len };
+            prop_assert_eq!(ShardFrame::decode(body(&frame.encode())), Ok(frame));
+            let proof = Proof { mac: blob };
+            prop_assert_eq!(Proof::decode(body(&proof.encode())), Ok(proof));
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), kind in 1u8..=5) {
+            let _ = ShardRequest::decode(&bytes);
+            let _ = ShardAnswer::decode(&bytes);
+            let _ = ShardFrame::decode(&bytes);
+            let _ = Challenge::decode(&bytes);
+            let _ = Proof::decode(&bytes);
+            let mut with_header = b"SHWR\x01\x00".to_vec();
+            with_header.extend_from_slice(&[kind, 0]);
+            with_header.extend_from_slice(&bytes);
+            let _ = ShardRequest::decode(&with_header);
+            let _ = ShardAnswer::decode(&with_header);
+            let _ = ShardFrame::decode(&with_header);
+            let _ = Challenge::decode(&with_header);
+            let _ = Proof::decode(&with_header);
+        }
+    }
+
+    #[test]
+    fn limits_and_kinds_are_checked() {
+        assert!(check_len::<ShardFrame>(MAX_SMALL_BYTES + 1).is_err());
+        assert!(check_len::<ShardAnswer>(HEADER_LEN - 1).is_err());
+        assert!(check_len::<ShardRequest>(MAX_REQUEST_BYTES).is_ok());
+        let proof = Proof { mac: [1; 32] }.encode();
+        assert!(matches!(
+            Challenge::decode(&proof[PREFIX_LEN..]),
+            Err(WireError::Kind { .. })
+        ));
+        assert_eq!(
+            ShardFrame::decode(body(&ShardFrame { index: 0, len: 0 }.encode())),
+            Err(WireError::Invalid("shard length out of range"))
+        );
+        let mut bad = map(&[10, 20]);
+        bad.blob_len = 31;
+        let encoded = ShardAnswer::Map(bad).encode();
+        assert!(ShardAnswer::decode(body(&encoded)).is_err());
+    }
+
+    #[test]
+    fn membership_mac_binds_key_role_ids_and_nonces() {
+        let key = [9; 32];
+        let base = membership_mac(&key, Role::Dialer, b"a", b"b", &[1; 32], &[2; 32]);
+        assert_eq!(
+            base,
+            membership_mac(&key, Role::Dialer, b"a", b"b", &[1; 32], &[2; 32])
+        );
+        for other in [
+            membership_mac(&[8; 32], Role::Dialer, b"a", b"b", &[1; 32], &[2; 32]),
+            membership_mac(&key, Role::Listener, b"a", b"b", &[1; 32], &[2; 32]),
+            membership_mac(&key, Role::Dialer, b"b", b"a", &[1; 32], &[2; 32]),
+            membership_mac(&key, Role::Dialer, b"a", b"b", &[3; 32], &[2; 32]),
+        ] {
+            assert!(!mac_eq(&base, &other));
+        }
+    }
+}
