@@ -5,12 +5,14 @@
 //! [`config`] (defaults, file, flags), [`registry`] (the OCI endpoint), [`pullthrough`] (when to
 //! go upstream, single flight, healing), [`upstream`] (the only code that contacts registries),
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
-//! [`metrics`] (the numbers), [`http`] (serving with limits).
+//! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
+//! membership, DHT provider records, shard transfer).
 
 pub mod admin;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod p2p;
 pub mod pullthrough;
 pub mod registry;
 pub mod store;
@@ -46,6 +48,9 @@ pub enum StartError {
     /// A blocking task failed.
     #[error("start-up task failed: {0}")]
     Task(String),
+    /// The peer network could not start.
+    #[error("starting the peer network: {0}")]
+    P2p(#[from] p2p::P2pError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -55,6 +60,18 @@ pub async fn run(
     registry_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    run_with(config, registry_listener, admin_listener, shutdown, None).await
+}
+
+/// Like [`run`]; once the peer network listens, its address (with `/p2p/<peer id>`) is sent on
+/// `p2p_ready`. The sender is dropped unsent when the node runs without a peer network.
+pub async fn run_with(
+    config: Config,
+    registry_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    p2p_ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let store_config = StoreConfig {
@@ -81,13 +98,46 @@ pub async fn run(
         })?;
         upstreams.insert(name.clone(), upstream);
     }
-    let pull = PullThrough::new(
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pull = PullThrough::new(
         store.clone(),
         metrics.clone(),
         PullConfig {
             tag_ttl: config.tag_ttl,
         },
     );
+    let mut p2p_task = None;
+    match config.p2p.clone() {
+        Some(p2p_config) => {
+            let (network, listening, task) = p2p::start(
+                p2p_config,
+                &config.data_dir,
+                store.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .await?;
+            if let Some(ready) = p2p_ready {
+                let _ = ready.send(listening.to_string());
+            }
+            // Announce what the store already holds; new blobs are announced as they commit.
+            let (announcer, held) = (network.clone(), store.clone());
+            tokio::spawn(async move {
+                let digests = tokio::task::spawn_blocking(move || held.blob_digests()).await;
+                if let Ok(Ok(digests)) = digests {
+                    for digest in digests {
+                        announcer.provide_waiting(digest).await;
+                    }
+                }
+            });
+            pull = pull.with_peers(network);
+            p2p_task = Some(task);
+        }
+        None => {
+            drop(p2p_ready);
+            tracing::info!("no network key configured: running without the peer network");
+        }
+    }
     let registry_state = Arc::new(registry::RegistryState {
         pull,
         upstreams,
@@ -99,7 +149,6 @@ pub async fn run(
         store: store.clone(),
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -124,6 +173,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = registry_task.await;
     let _ = admin_task.await;
+    if let Some(task) = p2p_task {
+        let _ = task.await;
+    }
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close())
         .await

@@ -37,8 +37,22 @@ struct Args {
     /// How long a tag's digest is trusted before asking the upstream again.
     #[arg(long, value_name = "SECS")]
     tag_ttl_secs: Option<u64>,
+    /// Peer network listen address (multiaddr) [default: /ip4/0.0.0.0/udp/4001/quic-v1].
+    #[arg(long, value_name = "MULTIADDR")]
+    p2p_listen: Option<String>,
+    /// A peer to join the network through; repeatable. Replaces the config file's list.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// This node's region name (a-z, 0-9, -) [default: default].
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+    /// The network key file shared by the nodes of one network (at least 32 bytes). Without
+    /// one the node runs alone, without the peer network.
+    #[arg(long = "network-key", value_name = "FILE")]
+    network_key: Option<PathBuf>,
     /// Once both listeners are bound, write their addresses as JSON to this file (for test
-    /// harnesses and supervisors that start shoald on port 0).
+    /// harnesses and supervisors that start shoald on port 0); with the peer network on, also its
+    /// address as "p2p" (a multiaddr ending in /p2p/<peer id>).
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 }
@@ -59,6 +73,10 @@ fn main() -> ExitCode {
         default_upstream: args.default_upstream.clone(),
         max_disk_bytes: args.max_disk_bytes,
         tag_ttl_secs: args.tag_ttl_secs,
+        p2p_listen: args.p2p_listen.clone(),
+        bootstrap: args.bootstrap.clone(),
+        region: args.region.clone(),
+        network_key_file: args.network_key.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -96,9 +114,28 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
         tracing::warn!(%admin_addr, "the admin endpoint listens beyond loopback");
     }
     tracing::info!(registry = %registry_addr, admin = %admin_addr, upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), "shoald listening");
-    let node = tokio::spawn(shoal_node::run(config, registry, admin, shutdown_signal()));
+    let (p2p_tx, p2p_rx) = tokio::sync::oneshot::channel();
+    let mut node = tokio::spawn(shoal_node::run_with(
+        config,
+        registry,
+        admin,
+        shutdown_signal(),
+        Some(p2p_tx),
+    ));
+    // The peer address is known once the swarm listens; without a peer network the sender is
+    // dropped. A node that fails to start ends the wait too.
+    let p2p = tokio::select! {
+        addr = p2p_rx => addr.ok(),
+        result = &mut node => {
+            result.context("node task")??;
+            return Ok(());
+        }
+    };
     if let Some(path) = ready_file {
-        let ready = serde_json::json!({ "registry": registry_addr.to_string(), "admin": admin_addr.to_string() });
+        let mut ready = serde_json::json!({ "registry": registry_addr.to_string(), "admin": admin_addr.to_string() });
+        if let Some(p2p) = p2p {
+            ready["p2p"] = serde_json::Value::String(p2p);
+        }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, ready.to_string())
             .with_context(|| format!("writing {}", tmp.display()))?;

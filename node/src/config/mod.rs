@@ -13,6 +13,9 @@ use serde::Deserialize;
 use shoal_proto::limits::{MAX_SHARD_BYTES, MIN_MAX_SHARD_BYTES};
 use shoal_proto::ChunkingParams;
 
+use libp2p::Multiaddr;
+
+use crate::p2p::{NetworkKey, P2pConfig};
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
 /// A configuration problem, naming the key.
@@ -53,6 +56,8 @@ pub struct Config {
     pub chunking: ChunkingParams,
     /// Upstream timeouts and retries.
     pub upstream_timeouts: UpstreamTimeouts,
+    /// The peer network; `None` (single node) when no network key is configured.
+    pub p2p: Option<P2pConfig>,
 }
 
 /// FastCDC defaults, chosen by measurement (see BENCHMARKS.md and ARCHITECTURE.md).
@@ -75,6 +80,10 @@ pub struct FileConfig {
     chunking: Option<FileChunking>,
     upstream_timeouts: Option<FileTimeouts>,
     upstreams: Option<BTreeMap<String, FileUpstream>>,
+    p2p_listen: Option<String>,
+    bootstrap: Option<Vec<String>>,
+    region: Option<String>,
+    network_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +129,101 @@ pub struct Overrides {
     pub max_disk_bytes: Option<u64>,
     /// `--tag-ttl-secs`
     pub tag_ttl_secs: Option<u64>,
+    /// `--p2p-listen MULTIADDR`
+    pub p2p_listen: Option<String>,
+    /// `--bootstrap MULTIADDR`, repeatable; replaces the file's list.
+    pub bootstrap: Vec<String>,
+    /// `--region NAME`
+    pub region: Option<String>,
+    /// `--network-key FILE`
+    pub network_key_file: Option<PathBuf>,
+}
+
+/// The default peer listen address: QUIC on UDP 4001, all interfaces.
+pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/udp/4001/quic-v1";
+/// Smallest network key file accepted, in bytes.
+pub const MIN_NETWORK_KEY_BYTES: usize = 32;
+
+fn parse_multiaddr(key: &str, value: &str) -> Result<Multiaddr, ConfigError> {
+    value.parse().map_err(|e| {
+        error(
+            key,
+            format!("{value:?} is not a multiaddr such as {DEFAULT_P2P_LISTEN}: {e}"),
+        )
+    })
+}
+
+/// Validates the peer network's keys; `None` when no network key file is configured.
+fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConfig>, ConfigError> {
+    let listen = parse_multiaddr(
+        "p2p_listen",
+        overrides
+            .p2p_listen
+            .as_deref()
+            .or(file.p2p_listen.as_deref())
+            .unwrap_or(DEFAULT_P2P_LISTEN),
+    )?;
+    let bootstrap = if overrides.bootstrap.is_empty() {
+        file.bootstrap.clone().unwrap_or_default()
+    } else {
+        overrides.bootstrap.clone()
+    };
+    let bootstrap = bootstrap
+        .iter()
+        .map(|addr| parse_multiaddr("bootstrap", addr))
+        .collect::<Result<Vec<_>, _>>()?;
+    let region = overrides
+        .region
+        .clone()
+        .or(file.region.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    if region.is_empty()
+        || region.len() > 63
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(error(
+            "region",
+            format!("{region:?} must be 1 to 63 of a-z, 0-9 and -"),
+        ));
+    }
+    let Some(key_path) = overrides
+        .network_key_file
+        .clone()
+        .or(file.network_key_file.clone())
+    else {
+        if !bootstrap.is_empty() {
+            return Err(error(
+                "network_key_file",
+                "bootstrap peers are configured but no network key: set network_key_file",
+            ));
+        }
+        return Ok(None);
+    };
+    let material = std::fs::read(&key_path).map_err(|e| {
+        error(
+            "network_key_file",
+            format!("cannot read {}: {e}", key_path.display()),
+        )
+    })?;
+    let material = material.trim_ascii();
+    if material.len() < MIN_NETWORK_KEY_BYTES {
+        return Err(error(
+            "network_key_file",
+            format!(
+                "{} holds {} bytes; a network key needs at least {MIN_NETWORK_KEY_BYTES} (e.g. 64 hex digits)",
+                key_path.display(),
+                material.len()
+            ),
+        ));
+    }
+    Ok(Some(P2pConfig {
+        listen,
+        bootstrap,
+        region,
+        network_key: NetworkKey::derive(material),
+    }))
 }
 
 /// The public registries used when nothing else is configured.
@@ -235,6 +339,7 @@ impl Config {
 
     /// Validates file values plus overrides.
     pub fn from_parts(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let p2p = p2p_config(&file, overrides)?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -379,6 +484,7 @@ impl Config {
             tag_ttl: Duration::from_secs(tag_ttl_secs),
             chunking,
             upstream_timeouts,
+            p2p,
         })
     }
 }
@@ -497,6 +603,51 @@ mod tests {
                 .key,
             "--upstream"
         );
+    }
+
+    #[test]
+    fn p2p_needs_a_network_key_and_names_its_keys() {
+        let config = parse("").unwrap();
+        assert!(config.p2p.is_none());
+        assert_eq!(
+            parse("bootstrap = [\"/ip4/127.0.0.1/udp/1/quic-v1\"]")
+                .unwrap_err()
+                .key,
+            "network_key_file"
+        );
+        assert_eq!(
+            parse("p2p_listen = \"nope\"").unwrap_err().key,
+            "p2p_listen"
+        );
+        assert_eq!(parse("region = \"EU West\"").unwrap_err().key, "region");
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abc").unwrap();
+        let flags = Overrides {
+            network_key_file: Some(short),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::from_parts(FileConfig::default(), &flags)
+                .unwrap_err()
+                .key,
+            "network_key_file"
+        );
+        let good = dir.path().join("net.key");
+        std::fs::write(&good, format!("{}\n", "ab".repeat(32))).unwrap();
+        let flags = Overrides {
+            network_key_file: Some(good),
+            region: Some("eu-west".into()),
+            bootstrap: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            ..Overrides::default()
+        };
+        let p2p = Config::from_parts(FileConfig::default(), &flags)
+            .unwrap()
+            .p2p
+            .unwrap();
+        assert_eq!(p2p.listen.to_string(), DEFAULT_P2P_LISTEN);
+        assert_eq!(p2p.region, "eu-west");
+        assert_eq!(p2p.bootstrap.len(), 1);
     }
 
     #[test]

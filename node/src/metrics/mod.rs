@@ -79,6 +79,18 @@ pub struct Metrics {
     pub evictions: Counter,
     /// Requests that joined a fetch already in flight.
     pub single_flight_joins: Counter,
+    /// Blob bytes received from peers (BLAKE3-checked per shard).
+    pub bytes_received_peer: Counter,
+    /// Blob bytes received from an upstream registry (the origin).
+    pub bytes_received_origin: Counter,
+    /// Blob bytes sent to peers.
+    pub bytes_sent_peer: Counter,
+    /// Blob fetches from a peer that failed (the blob then came from another source).
+    pub peer_fetch_failures: Counter,
+    /// Peers that failed the membership proof or did not give it in time.
+    pub p2p_failed_proofs: Counter,
+    /// Connected peers that have proved membership.
+    pub p2p_members: AtomicU64,
 }
 
 impl Metrics {
@@ -187,6 +199,51 @@ impl Metrics {
             "shoal_bytes_served_total{{source=\"upstream\"}} {}",
             self.bytes_served_upstream.get()
         );
+        header(
+            &mut out,
+            "shoal_bytes_received_total",
+            "counter",
+            "Blob bytes received for ingest, by source.",
+        );
+        let _ = writeln!(
+            out,
+            "shoal_bytes_received_total{{source=\"peer\"}} {}",
+            self.bytes_received_peer.get()
+        );
+        let _ = writeln!(
+            out,
+            "shoal_bytes_received_total{{source=\"origin\"}} {}",
+            self.bytes_received_origin.get()
+        );
+        for (name, kind, help, value) in [
+            (
+                "shoal_bytes_sent_to_peers_total",
+                "counter",
+                "Blob bytes sent to peers.",
+                self.bytes_sent_peer.get(),
+            ),
+            (
+                "shoal_peer_fetch_failures_total",
+                "counter",
+                "Blob fetches from a peer that failed.",
+                self.peer_fetch_failures.get(),
+            ),
+            (
+                "shoal_p2p_failed_proofs_total",
+                "counter",
+                "Peers that failed the membership proof or did not give it in time.",
+                self.p2p_failed_proofs.get(),
+            ),
+            (
+                "shoal_p2p_members",
+                "gauge",
+                "Connected peers that have proved membership.",
+                self.p2p_members.load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         let hits = self.cache_hits.get();
         let misses = self.cache_misses.get();
         let ratio = if hits + misses == 0 {

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -16,6 +16,7 @@ use super::flight::{read_file_range, Flight, Next, Outcome};
 use super::range::RangeSpec;
 use super::{PullError, PullThrough};
 use crate::metrics::ByteSource;
+use crate::p2p::{PeerBlob, TransferError};
 use crate::store::{IngestError, ReaderGuard, ShardReadError};
 use crate::upstream::Upstream;
 
@@ -40,6 +41,18 @@ const READ_AHEAD: usize = 4;
 const INLINE_MAX: u32 = 1 << 20;
 /// Attempts to resume a broken upstream body with a Range request.
 const RESUME_ATTEMPTS: u32 = 3;
+/// How long a cold miss waits for the DHT to name a provider before going to the origin.
+const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
+/// Providers asked for a blob's shard map before going to the origin.
+const PEERS_TRIED: usize = 3;
+
+/// Where a cold blob's bytes are coming from.
+enum Source {
+    /// A peer, shard by shard.
+    Peer(PeerBlob),
+    /// The upstream registry.
+    Origin(crate::upstream::BlobResponse),
+}
 
 impl PullThrough {
     /// The length of a blob, from the store or the upstream (`HEAD`).
@@ -204,6 +217,9 @@ impl PullThrough {
             let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
                 Ok(len) => {
                     this.metrics.blobs_committed.inc();
+                    if let Some(peers) = &this.peers {
+                        peers.provide(digest);
+                    }
                     tracing::info!(%digest, %repo, upstream = upstream.name(), bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
                     Outcome::Committed
                 }
@@ -239,13 +255,24 @@ impl PullThrough {
         repo: &RepoName,
     ) -> Result<u64, PullError> {
         let digest = flight.digest;
-        let mut response = upstream.fetch_blob(repo, &digest, None).await?;
-        let total = response.content_length;
+        let mut source = match self.peer_source(digest).await {
+            Some(blob) => Source::Peer(blob),
+            None => Source::Origin(upstream.fetch_blob(repo, &digest, None).await?),
+        };
+        let total = match &source {
+            Source::Peer(blob) => Some(blob.map().blob_len),
+            Source::Origin(response) => response.content_length,
+        };
         if total.is_some_and(|len| len > MAX_BLOB_BYTES) {
             return Err(PullError::UpstreamInvalid(format!(
                 "blob larger than {MAX_BLOB_BYTES} bytes"
             )));
         }
+        // The peer whose bytes are in this ingest, if any: blamed if the sha256 does not match.
+        let mut peer_used = match &source {
+            Source::Peer(blob) => Some(blob.peer()),
+            Source::Origin(_) => None,
+        };
         flight.start(total);
         // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
         // hashes and writes shards; the driver hands each network read to both.
@@ -298,6 +325,49 @@ impl PullThrough {
             while let Ok(event) = events.try_recv() {
                 apply(flight, event);
             }
+            let response = match &mut source {
+                Source::Origin(response) => response,
+                Source::Peer(blob) => {
+                    match blob.next_shard().await {
+                        Ok(Some(chunk)) => {
+                            self.metrics.bytes_received_peer.add(chunk.len() as u64);
+                            if !self
+                                .push_chunk(flight, total, chunk, &hash_feed, &feed)
+                                .await?
+                            {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            // Shards already received were BLAKE3-checked against the peer's map;
+                            // the sha256 at the end decides whether that map was true. Go on from
+                            // the origin where the peer stopped.
+                            let peer = blob.peer();
+                            let received = flight.received();
+                            self.metrics.peer_fetch_failures.inc();
+                            tracing::warn!(%digest, %peer, received, %error, "peer transfer failed; continuing from the origin");
+                            if matches!(error, TransferError::Protocol(_) | TransferError::Wire(_))
+                            {
+                                if let Some(peers) = &self.peers {
+                                    peers.avoid(peer);
+                                }
+                            }
+                            let range = total.filter(|_| received > 0).map(|t| received..t);
+                            let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await?;
+                            if range.is_some() && !resumed.partial {
+                                return Err(PullError::UpstreamUnavailable(
+                                    "peer failed mid-blob and the upstream does not support Range"
+                                        .into(),
+                                ));
+                            }
+                            source = Source::Origin(resumed);
+                            continue;
+                        }
+                    }
+                }
+            };
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
@@ -317,18 +387,14 @@ impl PullThrough {
                             "upstream body broke and it does not support Range".into(),
                         ));
                     }
-                    response = resumed;
+                    *response = resumed;
                     continue;
                 }
             };
-            if total.is_some_and(|t| flight.received() + chunk.len() as u64 > t) {
-                return Err(PullError::UpstreamInvalid(
-                    "upstream sent more bytes than its Content-Length".into(),
-                ));
-            }
-            flight.push(chunk.clone());
-            if hash_feed.send(chunk.clone()).await.is_err()
-                || feed.send(Feed::Bytes(chunk)).await.is_err()
+            self.metrics.bytes_received_origin.add(chunk.len() as u64);
+            if !self
+                .push_chunk(flight, total, chunk, &hash_feed, &feed)
+                .await?
             {
                 break;
             }
@@ -351,6 +417,13 @@ impl PullThrough {
             Ok(len) => Ok(len),
             Err(IngestError::DigestMismatch { expected, actual }) => {
                 self.metrics.digest_mismatches.inc();
+                if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
+                    tracing::error!(%expected, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
+                    peers.avoid(peer);
+                    return Err(PullError::UpstreamInvalid(format!(
+                        "digest mismatch from peer {peer}: got {actual}"
+                    )));
+                }
                 tracing::error!(%expected, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
                 Err(PullError::UpstreamInvalid(format!(
                     "digest mismatch: got {actual}"
@@ -358,6 +431,49 @@ impl PullThrough {
             }
             Err(error) => Err(PullError::Internal(error.to_string())),
         }
+    }
+
+    /// Hands one verified-so-far piece to the flight, the hasher and the ingest worker; `false` if
+    /// the workers stopped.
+    async fn push_chunk(
+        &self,
+        flight: &Flight,
+        total: Option<u64>,
+        chunk: Bytes,
+        hash_feed: &mpsc::Sender<Bytes>,
+        feed: &mpsc::Sender<Feed>,
+    ) -> Result<bool, PullError> {
+        if total.is_some_and(|t| flight.received() + chunk.len() as u64 > t) {
+            return Err(PullError::UpstreamInvalid(
+                "source sent more bytes than the blob's length".into(),
+            ));
+        }
+        flight.push(chunk.clone());
+        Ok(hash_feed.send(chunk.clone()).await.is_ok()
+            && feed.send(Feed::Bytes(chunk)).await.is_ok())
+    }
+
+    /// A peer that has the blob, asked for its shard map: the DHT's providers in turn, at most
+    /// [`PEERS_TRIED`]. `None` when there is no peer network, no provider, or none answers.
+    async fn peer_source(&self, digest: BlobDigest) -> Option<PeerBlob> {
+        let peers = self.peers.as_ref()?;
+        let providers = peers.find_providers(digest, PROVIDER_LOOKUP).await;
+        if providers.is_empty() {
+            tracing::debug!(%digest, "no peer provides the blob");
+        }
+        for peer in providers.into_iter().take(PEERS_TRIED) {
+            match peers.open_blob(peer, digest).await {
+                Ok(blob) => {
+                    tracing::info!(%digest, %peer, shards = blob.map().shards.len(), "fetching blob from peer");
+                    return Some(blob);
+                }
+                Err(error) => {
+                    self.metrics.peer_fetch_failures.inc();
+                    tracing::warn!(%digest, %peer, %error, "peer cannot send the blob; trying the next source");
+                }
+            }
+        }
+        None
     }
 
     /// Streams `wanted` of a stored blob, verifying each shard and healing bad ones from the

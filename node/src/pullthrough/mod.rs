@@ -3,7 +3,10 @@
 //!
 //! Owns the policy of *when* to go upstream (cache lifetimes, single flight, stale answers,
 //! healing). It speaks neither HTTP to clients (that is `registry`) nor to upstreams directly
-//! (that is `upstream`), and reaches the disk only through `store`.
+//! (that is `upstream`), and reaches the disk only through `store`. A cold blob is asked of peers
+//! first when the node has a peer network (`p2p` finds them and moves the bytes; the ingest,
+//! verification and commit stay here), else, or when no peer has it or a peer fails, of the
+//! upstream.
 //!
 //! **Invariant:** a blob response is completed only with bytes that are verified: shards by BLAKE3
 //! as they are read, a blob fetched from an upstream by its sha256 before its last byte is released.
@@ -21,6 +24,7 @@ use std::time::Duration;
 use shoal_proto::BlobDigest;
 
 use crate::metrics::Metrics;
+use crate::p2p::PeerNetwork;
 use crate::store::ShardStore;
 
 pub use blobs::{BlobBody, BlobReply};
@@ -82,6 +86,7 @@ pub struct PullThrough {
     config: PullConfig,
     flights: Arc<Mutex<HashMap<BlobDigest, Arc<flight::Flight>>>>,
     manifest_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    peers: Option<PeerNetwork>,
 }
 
 impl PullThrough {
@@ -93,7 +98,15 @@ impl PullThrough {
             config,
             flights: Arc::default(),
             manifest_locks: Arc::default(),
+            peers: None,
         }
+    }
+
+    /// Asks peers (through the DHT) for a blob before its upstream, and announces every blob
+    /// committed.
+    pub fn with_peers(mut self, peers: PeerNetwork) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// The store underneath.

@@ -1,0 +1,158 @@
+//! The membership proof: both ends of a connection show, with a MAC keyed by the network key over
+//! both peer ids and a nonce from each side, that they hold the key. The dialer proves first; the
+//! listener gives nothing but a nonce until it has checked that proof. Message layout and flow are
+//! in `shoal_proto::wire`; the threat model in ARCHITECTURE.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::PeerId;
+use shoal_proto::wire::{self, Challenge, Proof, Role, WireMessage};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::transfer::read_message;
+use super::{Command, NetworkKey, MEMBERSHIP_PROTOCOL};
+
+/// The whole exchange must finish within this.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Proofs answered at once; more are refused.
+const CONCURRENT_PROOFS: usize = 64;
+
+fn nonce() -> [u8; 32] {
+    rand::random()
+}
+
+/// Dialer side: proves membership to `peer` and checks its proof; reports the outcome to the
+/// swarm task.
+pub(super) async fn prove(
+    mut control: libp2p_stream::Control,
+    key: Arc<NetworkKey>,
+    local: PeerId,
+    peer: PeerId,
+    commands: mpsc::Sender<Command>,
+) {
+    let exchange = async {
+        let mut stream = control
+            .open_stream(peer, MEMBERSHIP_PROTOCOL)
+            .await
+            .map_err(|e| format!("opening the proof stream: {e}"))?;
+        let ours = nonce();
+        write(&mut stream, &Challenge { nonce: ours }.encode()).await?;
+        let theirs: Challenge = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+        let (local_id, peer_id) = (local.to_bytes(), peer.to_bytes());
+        let mac = wire::membership_mac(
+            key.bytes(),
+            Role::Dialer,
+            &local_id,
+            &peer_id,
+            &ours,
+            &theirs.nonce,
+        );
+        write(&mut stream, &Proof { mac }.encode()).await?;
+        let answer: Proof = read_message(&mut stream)
+            .await
+            .map_err(|e| format!("no proof from the listener: {e}"))?;
+        let expected = wire::membership_mac(
+            key.bytes(),
+            Role::Listener,
+            &peer_id,
+            &local_id,
+            &ours,
+            &theirs.nonce,
+        );
+        if !wire::mac_eq(&answer.mac, &expected) {
+            return Err("the listener's MAC does not match the network key".to_owned());
+        }
+        Ok::<(), String>(())
+    };
+    let outcome = match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+        Ok(Ok(())) => Command::Proved(peer),
+        Ok(Err(reason)) => Command::FailedProof(peer, reason),
+        Err(_) => Command::FailedProof(peer, "timed out".into()),
+    };
+    let _ = commands.send(outcome).await;
+}
+
+/// Listener side: answers proof streams, at most [`CONCURRENT_PROOFS`] at once.
+pub(super) async fn answer_proofs(
+    mut incoming: libp2p_stream::IncomingStreams,
+    key: Arc<NetworkKey>,
+    local: PeerId,
+    commands: mpsc::Sender<Command>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(CONCURRENT_PROOFS));
+    loop {
+        let (peer, stream) = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many proofs in progress; stream refused");
+            continue;
+        };
+        let (key, commands) = (key.clone(), commands.clone());
+        tokio::spawn(async move {
+            let outcome =
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &key, local, peer))
+                    .await
+                {
+                    Ok(Ok(())) => Command::Proved(peer),
+                    Ok(Err(reason)) => Command::FailedProof(peer, reason),
+                    Err(_) => Command::FailedProof(peer, "timed out".into()),
+                };
+            let _ = commands.send(outcome).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(
+    mut stream: libp2p::Stream,
+    key: &NetworkKey,
+    local: PeerId,
+    peer: PeerId,
+) -> Result<(), String> {
+    let theirs: Challenge = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+    let ours = nonce();
+    write(&mut stream, &Challenge { nonce: ours }.encode()).await?;
+    let proof: Proof = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+    let (local_id, peer_id) = (local.to_bytes(), peer.to_bytes());
+    let expected = wire::membership_mac(
+        key.bytes(),
+        Role::Dialer,
+        &peer_id,
+        &local_id,
+        &theirs.nonce,
+        &ours,
+    );
+    if !wire::mac_eq(&proof.mac, &expected) {
+        return Err("the dialer's MAC does not match the network key".to_owned());
+    }
+    let mac = wire::membership_mac(
+        key.bytes(),
+        Role::Listener,
+        &local_id,
+        &peer_id,
+        &theirs.nonce,
+        &ours,
+    );
+    write(&mut stream, &Proof { mac }.encode()).await?;
+    let _ = stream.close().await;
+    // Wait for the dialer to read the proof and close, so closing here cannot cut it short.
+    let mut rest = [0u8; 1];
+    let _ = stream.read(&mut rest).await;
+    Ok(())
+}
+
+async fn write(stream: &mut libp2p::Stream, bytes: &[u8]) -> Result<(), String> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| format!("writing: {e}"))?;
+    stream.flush().await.map_err(|e| format!("writing: {e}"))
+}

@@ -1,0 +1,580 @@
+//! The peer network: one libp2p swarm per node (QUIC, TCP as fallback, Kademlia, identify, ping,
+//! and raw streams for Shoal's own protocols).
+//!
+//! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
+//! membership proof ([`membership`]), provider records in the DHT (one per committed blob, keyed
+//! by its digest) and the shard transfer protocol on both sides ([`transfer`]). It reads the disk
+//! only through [`ShardStore`] (shard maps and verified shards) and never writes it: a blob fetched
+//! from a peer is ingested, verified and committed by `pullthrough`, which decides when to ask
+//! peers at all. It speaks no HTTP and knows nothing of upstreams.
+//!
+//! The swarm lives in one task that owns it; a cloneable [`PeerNetwork`] sends it commands over a
+//! bounded channel. Until a peer has proved that it holds the network key, it is not added to the
+//! routing table, its provider records are not stored and its transfer streams are refused; a peer
+//! that fails the proof, or does not give it within [`PROOF_DEADLINE`], is disconnected.
+
+mod membership;
+mod transfer;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use shoal_proto::BlobDigest;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::store::ShardStore;
+
+pub use transfer::{PeerBlob, TransferError};
+
+/// The membership proof's protocol.
+pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/membership/1");
+/// The shard transfer protocol.
+pub const SHARDS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/shards/1");
+/// Shoal's Kademlia protocol (a network of its own, apart from any public DHT).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
+/// How long a connected peer has to prove membership before it is disconnected.
+pub const PROOF_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a peer that sent bad bytes is not asked again.
+pub const AVOID_FOR: Duration = Duration::from_secs(600);
+/// The identity key's file name in the data directory.
+pub const IDENTITY_FILE: &str = "p2p-identity.key";
+
+/// The shared secret that makes a Shoal network: derived from the key file's contents.
+#[derive(Clone)]
+pub struct NetworkKey([u8; 32]);
+
+impl NetworkKey {
+    /// Derives the key from a key file's contents (at least 32 bytes of secret material).
+    pub fn derive(material: &[u8]) -> Self {
+        Self(blake3::derive_key("shoal network key v1", material))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkKey(..)")
+    }
+}
+
+/// Settings of the peer network, validated by `config`.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Where the swarm listens.
+    pub listen: Multiaddr,
+    /// Peers dialled at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// This node's region (announced in identify; placement uses it later).
+    pub region: String,
+    /// The network key.
+    pub network_key: NetworkKey,
+}
+
+/// Why the peer network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    /// The identity key could not be read or created.
+    #[error("peer identity {path}: {message}")]
+    Identity {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The transports could not be set up.
+    #[error("setting up the transports: {0}")]
+    Transport(String),
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// The cause.
+        message: String,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Provide(BlobDigest),
+    FindProviders(BlobDigest, oneshot::Sender<Vec<PeerId>>),
+    Proved(PeerId),
+    FailedProof(PeerId, String),
+    ProofDeadline(PeerId),
+}
+
+/// Peers that have proved membership, shared by the swarm task and the protocol handlers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Members(Arc<Mutex<HashSet<PeerId>>>);
+
+impl Members {
+    fn lock(&self) -> MutexGuard<'_, HashSet<PeerId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
+        self.lock().contains(peer)
+    }
+}
+
+/// A handle to the peer network; cheap to clone.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    local: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    avoid: Arc<Mutex<HashMap<PeerId, Instant>>>,
+}
+
+impl std::fmt::Debug for PeerNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerNetwork")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl PeerNetwork {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Announces in the DHT that this node holds `digest`. Never waits: if the swarm is too busy
+    /// the announcement is dropped (the blob is announced again at the next start).
+    pub fn provide(&self, digest: BlobDigest) {
+        if self.commands.try_send(Command::Provide(digest)).is_err() {
+            tracing::debug!(%digest, "swarm busy; provider record not announced");
+        }
+    }
+
+    /// Announces `digest`, waiting for room in the swarm's queue (for the start-up sweep).
+    pub async fn provide_waiting(&self, digest: BlobDigest) {
+        let _ = self.commands.send(Command::Provide(digest)).await;
+    }
+
+    /// Peers that provide `digest`, from the DHT, best first; excludes this node and peers being
+    /// avoided. Empty if none answer within `timeout`.
+    pub async fn find_providers(&self, digest: BlobDigest, timeout: Duration) -> Vec<PeerId> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::FindProviders(digest, reply))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let peers = tokio::time::timeout(timeout, answer)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
+        avoid.retain(|_, until| *until > Instant::now());
+        peers
+            .into_iter()
+            .filter(|peer| *peer != self.local && !avoid.contains_key(peer))
+            .collect()
+    }
+
+    /// Stops asking `peer` for [`AVOID_FOR`] (it sent bytes that failed verification).
+    pub fn avoid(&self, peer: PeerId) {
+        tracing::warn!(%peer, "avoiding peer after bad bytes");
+        self.avoid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now() + AVOID_FOR);
+    }
+
+    /// Asks `peer` for the whole of `digest`: its shard map, then its shards in order.
+    pub async fn open_blob(
+        &self,
+        peer: PeerId,
+        digest: BlobDigest,
+    ) -> Result<PeerBlob, TransferError> {
+        transfer::open_blob(self.control.clone(), peer, digest).await
+    }
+}
+
+/// Reads the node's identity key from the data directory, creating it (mode 0600) the first time.
+pub fn load_or_create_identity(data_dir: &Path) -> Result<identity::Keypair, P2pError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = data_dir.join(IDENTITY_FILE);
+    let failed = |message: String| P2pError::Identity {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| failed(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(failed(format!(
+                    "mode {:o} lets others read the key; chmod 600 it",
+                    mode & 0o777
+                )));
+            }
+            identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| failed(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = identity::Keypair::generate_ed25519();
+            let encoded = keypair
+                .to_protobuf_encoding()
+                .map_err(|e| failed(e.to_string()))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| failed(e.to_string()))?;
+            file.write_all(&encoded)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| failed(e.to_string()))?;
+            tracing::info!(peer = %keypair.public().to_peer_id(), path = %path.display(), "new peer identity created");
+            Ok(keypair)
+        }
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+/// Starts the swarm: listens, dials the bootstrap peers and serves the membership and transfer
+/// protocols until `stop` turns true. Returns the handle and the first listen address, with this
+/// node's `/p2p/<peer id>` appended.
+pub async fn start(
+    config: P2pConfig,
+    data_dir: &Path,
+    store: ShardStore,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(PeerNetwork, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
+    let keypair = load_or_create_identity(data_dir)?;
+    let local = keypair.public().to_peer_id();
+    let agent = format!(
+        "shoald/{} region={}",
+        env!("CARGO_PKG_VERSION"),
+        config.region
+    );
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            // Only peers that proved membership enter the routing table, and only their
+            // provider records are stored.
+            kad_config
+                .set_kbucket_inserts(kad::BucketInserts::Manual)
+                .set_record_filtering(kad::StoreInserts::FilterBoth)
+                .set_query_timeout(Duration::from_secs(10));
+            let store = MemoryStore::with_config(
+                local,
+                MemoryStoreConfig {
+                    max_provided_keys: 1 << 20,
+                    max_records: 1 << 16,
+                    ..MemoryStoreConfig::default()
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            Behaviour {
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/shoal/1".into(), key.public())
+                        .with_agent_version(agent.clone()),
+                ),
+                ping: ping::Behaviour::default(),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm
+        .listen_on(config.listen.clone())
+        .map_err(|e| P2pError::Listen {
+            addr: config.listen.clone(),
+            message: e.to_string(),
+        })?;
+    // Wait for the first bound address, so the caller can report it.
+    let listening = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => return Ok(address),
+                SwarmEvent::ListenerError { error, .. } => return Err(error.to_string()),
+                SwarmEvent::ListenerClosed { reason, .. } => {
+                    return Err(format!("listener closed: {reason:?}"))
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no address within 10 s".to_owned())
+    .and_then(|r| r)
+    .map_err(|message| P2pError::Listen {
+        addr: config.listen.clone(),
+        message,
+    })?;
+    let listening = listening.with(Protocol::P2p(local));
+    tracing::info!(peer = %local, addr = %listening, region = %config.region, "peer network listening");
+
+    let mut control = swarm.behaviour().stream.new_control();
+    let members = Members::default();
+    let (commands, command_rx) = mpsc::channel(256);
+    let network = PeerNetwork {
+        local,
+        commands: commands.clone(),
+        control: control.clone(),
+        avoid: Arc::default(),
+    };
+    let key = Arc::new(config.network_key.clone());
+    let membership_incoming = control
+        .accept(MEMBERSHIP_PROTOCOL)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    let shards_incoming = control
+        .accept(SHARDS_PROTOCOL)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    tokio::spawn(membership::answer_proofs(
+        membership_incoming,
+        key.clone(),
+        local,
+        commands.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(transfer::serve(
+        shards_incoming,
+        members.clone(),
+        store,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    for addr in &config.bootstrap {
+        if let Err(error) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+        }
+    }
+    let mut task = SwarmTask {
+        swarm,
+        local,
+        key,
+        control,
+        members,
+        metrics,
+        commands,
+        addresses: HashMap::new(),
+        lookups: HashMap::new(),
+    };
+    let handle = tokio::spawn(async move {
+        let mut command_rx = command_rx;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                Some(command) = command_rx.recv() => task.on_command(command),
+                event = task.swarm.select_next_some() => task.on_event(event),
+            }
+        }
+        tracing::debug!("peer network stopped");
+    });
+    Ok((network, listening, handle))
+}
+
+struct SwarmTask {
+    swarm: libp2p::Swarm<Behaviour>,
+    local: PeerId,
+    key: Arc<NetworkKey>,
+    control: libp2p_stream::Control,
+    members: Members,
+    metrics: Arc<Metrics>,
+    commands: mpsc::Sender<Command>,
+    /// Addresses learned per peer, added to the routing table once the peer proved membership.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+}
+
+impl SwarmTask {
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        let known = self.addresses.entry(peer).or_default();
+        if !known.contains(&addr) && known.len() < 16 {
+            known.push(addr.clone());
+        }
+        if self.members.contains(&peer) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Provide(digest) => {
+                let key = kad::RecordKey::new(digest.as_bytes());
+                if let Err(error) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    tracing::warn!(%digest, %error, "cannot record provider");
+                }
+            }
+            Command::FindProviders(digest, reply) => {
+                let key = kad::RecordKey::new(digest.as_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.lookups.insert(id, (reply, HashSet::new()));
+            }
+            Command::Proved(peer) => {
+                let span = tracing::info_span!("peer", %peer);
+                let _enter = span.enter();
+                self.members
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer);
+                for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+                self.update_member_gauge();
+                tracing::info!("peer proved membership");
+            }
+            Command::FailedProof(peer, reason) => {
+                let span = tracing::warn_span!("peer", %peer);
+                let _enter = span.enter();
+                tracing::warn!(%reason, "peer failed the membership proof; disconnecting");
+                self.metrics.p2p_failed_proofs.inc();
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::ProofDeadline(peer) => {
+                if !self.members.contains(&peer) && self.swarm.is_connected(&peer) {
+                    tracing::warn!(%peer, "peer did not prove membership in time; disconnecting");
+                    self.metrics.p2p_failed_proofs.inc();
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    fn update_member_gauge(&self) {
+        let n = self.members.lock().len() as u64;
+        self.metrics
+            .p2p_members
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = match &endpoint {
+                    libp2p::core::ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => {
+                        send_back_addr.clone()
+                    }
+                };
+                self.remember(peer_id, addr);
+                if self.members.contains(&peer_id) {
+                    return;
+                }
+                if endpoint.is_dialer() {
+                    tokio::spawn(membership::prove(
+                        self.control.clone(),
+                        self.key.clone(),
+                        self.local,
+                        peer_id,
+                        self.commands.clone(),
+                    ));
+                }
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PROOF_DEADLINE).await;
+                    let _ = commands.send(Command::ProofDeadline(peer_id)).await;
+                });
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if self.members.lock().remove(&peer_id) {
+                    tracing::info!(peer = %peer_id, "member disconnected");
+                }
+                self.update_member_gauge();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.remember(peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } if self.members.contains(&record.provider) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record);
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => {
+                let Some((_, found)) = self.lookups.get_mut(&id) else {
+                    return;
+                };
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    found.extend(providers.into_iter().filter(|p| *p != self.local));
+                }
+                // Answer as soon as someone has it; a lookup needs one holder, not all of them.
+                if !found.is_empty() || step.last {
+                    if let Some((reply, found)) = self.lookups.remove(&id) {
+                        let _ = reply.send(found.into_iter().collect());
+                    }
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
