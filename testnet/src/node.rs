@@ -9,6 +9,11 @@
 //! respected) go to `<tmp>/shoald.log`; their tail is printed when a test
 //! panics while the node is alive.
 //!
+//! With a network key ([`NodeConfig::network_key`]) the node also runs the
+//! peer network on `--p2p-listen /ip4/127.0.0.1/udp/0/quic-v1`, and the ready
+//! file carries its address as `"p2p"`, which other nodes take as
+//! `--bootstrap` ([`NodeConfig::bootstrap`]).
+//!
 //! Binaries are found in `$SHOAL_BIN_DIR`, else next to the test executable's
 //! directory (`target/<profile>/`).
 
@@ -66,6 +71,13 @@ pub struct NodeConfig {
     pub default_upstream: Option<String>,
     /// `--max-disk-bytes N`.
     pub max_disk_bytes: Option<u64>,
+    /// `--network-key FILE`; also turns on `--p2p-listen` on a loopback
+    /// UDP port chosen by the kernel.
+    pub network_key: Option<PathBuf>,
+    /// `--bootstrap MULTIADDR` values.
+    pub bootstrap: Vec<String>,
+    /// `--region NAME`.
+    pub region: Option<String>,
     /// Further arguments, passed as they are.
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the node; defaults to the test's `RUST_LOG`, else
@@ -100,6 +112,24 @@ impl NodeConfig {
         self
     }
 
+    /// Joins the peer network with the key in `key`.
+    pub fn network_key(mut self, key: &NetworkKeyFile) -> NodeConfig {
+        self.network_key = Some(key.path().to_path_buf());
+        self
+    }
+
+    /// Adds `--bootstrap addr` (a peer's [`Node::p2p_addr`]).
+    pub fn bootstrap(mut self, addr: &str) -> NodeConfig {
+        self.bootstrap.push(addr.to_string());
+        self
+    }
+
+    /// Sets `--region`.
+    pub fn region(mut self, region: &str) -> NodeConfig {
+        self.region = Some(region.to_string());
+        self
+    }
+
     /// Adds one raw argument.
     pub fn arg(mut self, arg: &str) -> NodeConfig {
         self.extra_args.push(arg.to_string());
@@ -112,6 +142,45 @@ impl NodeConfig {
 struct ReadyFile {
     registry: SocketAddr,
     admin: SocketAddr,
+    #[serde(default)]
+    p2p: Option<String>,
+}
+
+/// A network key in a file of its own (mode 0600), shared by the nodes of
+/// one test network.
+pub struct NetworkKeyFile {
+    dir: TempDir,
+}
+
+impl NetworkKeyFile {
+    /// A key derived from `seed`: equal seeds make the same network.
+    pub fn new(seed: u64) -> Result<NetworkKeyFile> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-netkey-")
+            .tempdir()
+            .context("creating key dir")?;
+        let path = dir.path().join("network.key");
+        let material: String = (0..4u64)
+            .map(|i| {
+                format!(
+                    "{:016x}",
+                    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        .rotate_left(i as u32 * 13)
+                        ^ i
+                )
+            })
+            .collect();
+        std::fs::write(&path, format!("{material}\n")).context("writing network key")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .context("chmod network key")?;
+        Ok(NetworkKeyFile { dir })
+    }
+
+    /// The key file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("network.key")
+    }
 }
 
 /// A `shoald` child process and its directories.
@@ -121,6 +190,7 @@ pub struct Node {
     child: Option<Child>,
     registry: SocketAddr,
     admin: SocketAddr,
+    p2p: Option<String>,
     client: reqwest::Client,
 }
 
@@ -140,6 +210,7 @@ impl Node {
             child: None,
             registry: unbound,
             admin: unbound,
+            p2p: None,
             // No idle keep-alive connections: an idle connection held open by
             // the harness would make every graceful stop wait for it.
             client: reqwest::Client::builder()
@@ -175,6 +246,19 @@ impl Node {
         if let Some(bytes) = self.config.max_disk_bytes {
             command.arg("--max-disk-bytes").arg(bytes.to_string());
         }
+        if let Some(key) = &self.config.network_key {
+            command
+                .arg("--network-key")
+                .arg(key)
+                .arg("--p2p-listen")
+                .arg("/ip4/127.0.0.1/udp/0/quic-v1");
+        }
+        for addr in &self.config.bootstrap {
+            command.arg("--bootstrap").arg(addr);
+        }
+        if let Some(region) = &self.config.region {
+            command.arg("--region").arg(region);
+        }
         command.args(&self.config.extra_args);
         let rust_log = self
             .config
@@ -209,6 +293,7 @@ impl Node {
                     .with_context(|| format!("parsing ready file {text:?}"))?;
                 self.registry = parsed.registry;
                 self.admin = parsed.admin;
+                self.p2p = parsed.p2p;
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -230,6 +315,12 @@ impl Node {
     /// The admin endpoint's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The peer network's address (`/ip4/../udp/../quic-v1/p2p/<peer id>`),
+    /// when the node runs with a network key.
+    pub fn p2p_addr(&self) -> Option<&str> {
+        self.p2p.as_deref()
     }
 
     /// `http://<registry addr>`.
@@ -372,6 +463,48 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the log contains `needle`, for at most `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("log never said {needle:?} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET` a manifest through the node (any manifest media type), so it
+    /// is cached there; fails unless the node answers 200.
+    pub async fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<()> {
+        let url = format!(
+            "{}/v2/{repo}/manifests/{reference}?ns={}",
+            self.registry_url(),
+            crate::REGISTRY_HOST
+        );
+        let resp = self
+            .client
+            .get(&url)
+            .header(
+                "Accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.docker.distribution.manifest.list.v2+json, \
+                 application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !resp.status().is_success() {
+            bail!("GET {url} answered {}", resp.status());
+        }
+        resp.bytes().await.context("reading manifest")?;
+        Ok(())
     }
 
     /// Files under `<data>/shards/`, largest first.

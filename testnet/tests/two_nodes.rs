@@ -1,0 +1,191 @@
+//! End-to-end tests of two `shoald` nodes joined by the peer network, with a
+//! real origin registry and real containerd instances:
+//!
+//! - an image pulled through node A is pulled through node B with the origin
+//!   stopped, its blobs coming from A;
+//! - a node holding another network key gets nothing from A, and A logs the
+//!   failed membership proof.
+//!
+//! Manifests do not travel between peers yet: before stopping the origin the
+//! tests fetch the image's manifests through B once (a plain HTTP GET), so
+//! B's cache can answer containerd's manifest requests and only the blobs
+//! depend on the peer network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use shoal_testnet::containerd::{describe, Containerd};
+use shoal_testnet::hosts::HostsDir;
+use shoal_testnet::image::{push_image, ImageInfo, ImageSpec};
+use shoal_testnet::node::{NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::origin::Origin;
+
+/// How long a new node may take to prove membership to its bootstrap peer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn assert_holds(containerd: &Containerd, image: &ImageInfo) -> Result<()> {
+    let held = containerd.content_digests().await?;
+    for digest in image.content_digests() {
+        ensure!(
+            held.contains(&digest),
+            "containerd's content store lacks {digest}; it holds {held:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Caches the image's manifests (tag, index and the manifest) in `node`.
+async fn warm_manifests(node: &Node, image: &ImageInfo) -> Result<()> {
+    node.fetch_manifest(&image.repo, &image.tag).await?;
+    if let Some(index) = &image.index {
+        node.fetch_manifest(&image.repo, &index.digest).await?;
+    }
+    node.fetch_manifest(&image.repo, &image.manifest.digest)
+        .await
+}
+
+/// Prints the nodes' logs when a test fails by returning an error.
+struct Logs(Vec<PathBuf>, bool);
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        for path in &self.0 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- shoald log {} (last lines):\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let image = push_image(&origin, ImageSpec::multi_layer("test/p2p", "v1", 31)).await?;
+    let key = NetworkKeyFile::new(31)?;
+    let a = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .region("a"),
+    )
+    .await?;
+    let a_addr = a
+        .p2p_addr()
+        .context("node A reported no p2p address")?
+        .to_owned();
+    let mut logs = Logs(vec![a.log_path()], false);
+
+    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
+    let first = Containerd::start().await?;
+    first.pull_ok(&image.reference, hosts_a.path()).await?;
+    assert_holds(&first, &image).await?;
+    drop(first);
+
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .region("b")
+            .bootstrap(&a_addr),
+    )
+    .await?;
+    logs.0.push(b.log_path());
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await
+        .context("B never joined A")?;
+    warm_manifests(&b, &image).await?;
+    origin.stop().await?;
+
+    let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
+    let second = Containerd::start().await?;
+    second
+        .pull_ok(&image.reference, hosts_b.path())
+        .await
+        .context("pull through B with the origin stopped")?;
+    assert_holds(&second, &image).await?;
+
+    let blob_bytes: u64 = image.blobs().map(|blob| blob.size).sum();
+    let from_peer = b
+        .metric_with("shoal_bytes_received_total", &[("source", "peer")])
+        .await?;
+    let from_origin = b
+        .metric_with("shoal_bytes_received_total", &[("source", "origin")])
+        .await?;
+    ensure!(
+        from_peer >= blob_bytes as f64,
+        "B received {from_peer} bytes from peers, want all {blob_bytes} bytes of the image's blobs"
+    );
+    ensure!(
+        from_origin == 0.0,
+        "B received {from_origin} bytes from the origin"
+    );
+    let sent = a.metric("shoal_bytes_sent_to_peers_total").await?;
+    ensure!(sent >= blob_bytes as f64, "A sent {sent} bytes to peers");
+    a.healthz().await?;
+    b.healthz().await?;
+    logs.1 = true;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_another_network_key_gets_nothing() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let image = push_image(&origin, ImageSpec::multi_layer("test/p2p-key", "v1", 32)).await?;
+    let key = NetworkKeyFile::new(32)?;
+    let other_key = NetworkKeyFile::new(33)?;
+    let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let a_addr = a
+        .p2p_addr()
+        .context("node A reported no p2p address")?
+        .to_owned();
+    let mut logs = Logs(vec![a.log_path()], false);
+
+    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
+    let first = Containerd::start().await?;
+    first.pull_ok(&image.reference, hosts_a.path()).await?;
+    drop(first);
+
+    let outsider = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&other_key)
+            .bootstrap(&a_addr),
+    )
+    .await?;
+    logs.0.push(outsider.log_path());
+    a.wait_for_log("failed the membership proof", JOIN_TIMEOUT)
+        .await
+        .context("A never logged the outsider's failed proof")?;
+    ensure!(a.metric("shoal_p2p_members").await? == 0.0);
+    ensure!(outsider.metric("shoal_p2p_members").await? == 0.0);
+    ensure!(a.metric("shoal_p2p_failed_proofs_total").await? >= 1.0);
+
+    warm_manifests(&outsider, &image).await?;
+    origin.stop().await?;
+    let hosts = HostsDir::for_test_registry(outsider.registry_addr())?;
+    let second = Containerd::start().await?;
+    let output = second
+        .pull_with_timeout(&image.reference, hosts.path(), Duration::from_secs(60))
+        .await?;
+    ensure!(
+        !output.status.success(),
+        "the outsider's pull succeeded with the origin down: {}",
+        describe(&output)
+    );
+    ensure!(
+        outsider
+            .metric_with("shoal_bytes_received_total", &[("source", "peer")])
+            .await?
+            == 0.0,
+        "the outsider received bytes from a peer"
+    );
+    ensure!(a.metric("shoal_bytes_sent_to_peers_total").await? == 0.0);
+    a.healthz().await?;
+    logs.1 = true;
+    Ok(())
+}
