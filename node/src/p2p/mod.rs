@@ -119,6 +119,7 @@ enum Command {
     Proved(PeerId),
     FailedProof(PeerId, String),
     ProofDeadline(PeerId),
+    Disconnect(PeerId),
 }
 
 /// Peers that have proved membership, shared by the swarm task and the protocol handlers.
@@ -196,13 +197,15 @@ impl PeerNetwork {
             .collect()
     }
 
-    /// Stops asking `peer` for [`AVOID_FOR`] (it sent bytes that failed verification).
+    /// Disconnects `peer` and stops asking it for [`AVOID_FOR`] (it sent bytes that failed
+    /// verification).
     pub fn avoid(&self, peer: PeerId) {
-        tracing::warn!(%peer, "avoiding peer after bad bytes");
+        tracing::warn!(%peer, "peer sent bad bytes; disconnecting and avoiding it");
         self.avoid
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer, Instant::now() + AVOID_FOR);
+        let _ = self.commands.try_send(Command::Disconnect(peer));
     }
 
     /// Asks `peer` for the whole of `digest`: its shard map, then its shards in order.
@@ -461,6 +464,9 @@ impl SwarmTask {
                 let _enter = span.enter();
                 tracing::warn!(%reason, "peer failed the membership proof; disconnecting");
                 self.metrics.p2p_failed_proofs.inc();
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::ProofDeadline(peer) => {

@@ -229,7 +229,14 @@ async fn serve_one(
         };
         // A shard that fails verification here is never sent: closing the stream makes the
         // requester go elsewhere.
-        let bytes = bytes.map_err(|e| TransferError::Io(std::io::Error::other(e)))?;
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                metrics.shard_verify_failures.inc();
+                tracing::warn!(%digest, %error, "cannot send a stored shard; transfer stopped");
+                return Err(TransferError::Io(std::io::Error::other(error)));
+            }
+        };
         let frame = ShardFrame {
             index: index as u32,
             len: entry.len,

@@ -215,12 +215,12 @@ impl PullThrough {
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
-                Ok(len) => {
+                Ok((len, source)) => {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
                         peers.provide(digest);
                     }
-                    tracing::info!(%digest, %repo, upstream = upstream.name(), bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
+                    tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
                     Outcome::Committed
                 }
                 Err(error) => {
@@ -247,13 +247,14 @@ impl PullThrough {
     }
 
     /// Fetches the blob, feeding the flight and the ingest worker; returns the blob's length once
-    /// it is verified and committed.
+    /// it is verified and committed, and where its bytes came from ("peer", "origin" or
+    /// "peer+origin").
     async fn fetch_and_ingest(
         &self,
         flight: &Flight,
         upstream: &Upstream,
         repo: &RepoName,
-    ) -> Result<u64, PullError> {
+    ) -> Result<(u64, &'static str), PullError> {
         let digest = flight.digest;
         let mut source = match self.peer_source(digest).await {
             Some(blob) => Source::Peer(blob),
@@ -413,8 +414,13 @@ impl PullThrough {
         let result = worker
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
+        let source = match (peer_used, matches!(source, Source::Origin(_))) {
+            (Some(_), true) => "peer+origin",
+            (Some(_), false) => "peer",
+            (None, _) => "origin",
+        };
         match result {
-            Ok(len) => Ok(len),
+            Ok(len) => Ok((len, source)),
             Err(IngestError::DigestMismatch { expected, actual }) => {
                 self.metrics.digest_mismatches.inc();
                 if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
