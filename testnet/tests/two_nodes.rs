@@ -4,7 +4,11 @@
 //! - an image pulled through node A is pulled through node B with the origin
 //!   stopped, its blobs coming from A;
 //! - a node holding another network key gets nothing from A, and A logs the
-//!   failed membership proof.
+//!   failed membership proof;
+//! - a shard corrupted on A's disk is not sent, and B gets the rest of that
+//!   blob from the origin;
+//! - A restarted with its data directory keeps its peer id and serves what it
+//!   holds (announced again at start).
 //!
 //! Manifests do not travel between peers yet: before stopping the origin the
 //! tests fetch the image's manifests through B once (a plain HTTP GET), so
@@ -186,6 +190,122 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
     );
     ensure!(a.metric("shoal_bytes_sent_to_peers_total").await? == 0.0);
     a.healthz().await?;
+    logs.1 = true;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
+    let origin = Origin::start().await?;
+    let image = push_image(&origin, ImageSpec::multi_layer("test/p2p-bad", "v1", 34)).await?;
+    let key = NetworkKeyFile::new(34)?;
+    let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let a_addr = a
+        .p2p_addr()
+        .context("node A reported no p2p address")?
+        .to_owned();
+    let mut logs = Logs(vec![a.log_path()], false);
+    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
+    let first = Containerd::start().await?;
+    first.pull_ok(&image.reference, hosts_a.path()).await?;
+    drop(first);
+
+    // Flip a byte in A's largest shard: A must not send it, and B must get the rest elsewhere.
+    let (shard, len) = a
+        .shard_files()?
+        .into_iter()
+        .next()
+        .context("A holds no shards")?;
+    let mut bytes = std::fs::read(&shard)?;
+    bytes[len as usize / 2] ^= 0xff;
+    std::fs::write(&shard, bytes)?;
+
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(&a_addr),
+    )
+    .await?;
+    logs.0.push(b.log_path());
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await
+        .context("B never joined A")?;
+    let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
+    let second = Containerd::start().await?;
+    second.pull_ok(&image.reference, hosts_b.path()).await?;
+    assert_holds(&second, &image).await?;
+    ensure!(
+        b.metric("shoal_peer_fetch_failures_total").await? >= 1.0,
+        "B saw no failed peer transfer"
+    );
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
+            .await?
+            > 0.0,
+        "B took nothing from the origin"
+    );
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "peer")])
+            .await?
+            > 0.0,
+        "B took nothing from its peer"
+    );
+    b.healthz().await?;
+    logs.1 = true;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let image = push_image(
+        &origin,
+        ImageSpec::multi_layer("test/p2p-restart", "v1", 35),
+    )
+    .await?;
+    let key = NetworkKeyFile::new(35)?;
+    let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let mut logs = Logs(vec![a.log_path()], false);
+    let before = a.p2p_addr().context("no p2p address")?.to_owned();
+    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
+    let first = Containerd::start().await?;
+    first.pull_ok(&image.reference, hosts_a.path()).await?;
+    drop(first);
+
+    a.stop().await?;
+    a.restart().await?;
+    let after = a
+        .p2p_addr()
+        .context("no p2p address after restart")?
+        .to_owned();
+    let peer_id = |addr: &str| addr.rsplit("/p2p/").next().map(str::to_owned);
+    ensure!(
+        peer_id(&before) == peer_id(&after),
+        "peer id changed across a restart: {before} then {after}"
+    );
+
+    // Only the announcements made at start-up can tell B that A holds the image.
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(&after),
+    )
+    .await?;
+    logs.0.push(b.log_path());
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await
+        .context("B never joined A")?;
+    warm_manifests(&b, &image).await?;
+    origin.stop().await?;
+    let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
+    let second = Containerd::start().await?;
+    second.pull_ok(&image.reference, hosts_b.path()).await?;
+    assert_holds(&second, &image).await?;
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
+            .await?
+            == 0.0
+    );
     logs.1 = true;
     Ok(())
 }
