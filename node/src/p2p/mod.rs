@@ -584,3 +584,37 @@ impl SwarmTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_with_mode_0600_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_identity(dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create_identity(dir.path()).unwrap();
+        assert_eq!(first.public().to_peer_id(), again.public().to_peer_id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            load_or_create_identity(dir.path()),
+            Err(P2pError::Identity { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, b"not a key").unwrap();
+        assert!(load_or_create_identity(dir.path()).is_err());
+    }
+
+    #[test]
+    fn network_keys_differ_by_material_and_never_print() {
+        let a = NetworkKey::derive(&[1; 32]);
+        let b = NetworkKey::derive(&[2; 32]);
+        assert_ne!(a.bytes(), b.bytes());
+        assert_eq!(format!("{a:?}"), "NetworkKey(..)");
+    }
+}
