@@ -52,7 +52,7 @@ struct Args {
     network_key: Option<PathBuf>,
     /// Once both listeners are bound, write their addresses as JSON to this file (for test
     /// harnesses and supervisors that start shoald on port 0); with the peer network on, also its
-    /// address as "p2p" (a multiaddr ending in /p2p/<peer id>).
+    /// address as "p2p" (a multiaddr ending in `/p2p/<peer id>`).
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 }

@@ -2,17 +2,19 @@
 //! and raw streams for Shoal's own protocols).
 //!
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
-//! membership proof ([`membership`]), provider records in the DHT (one per committed blob, keyed
-//! by its digest) and the shard transfer protocol on both sides ([`transfer`]). It reads the disk
+//! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
+//! by its digest) and the shard transfer protocol on both sides (`transfer`). It reads the disk
 //! only through [`ShardStore`] (shard maps and verified shards) and never writes it: a blob fetched
 //! from a peer is ingested, verified and committed by `pullthrough`, which decides when to ask
 //! peers at all. It speaks no HTTP and knows nothing of upstreams.
 //!
 //! The swarm lives in one task that owns it; a cloneable [`PeerNetwork`] sends it commands over a
 //! bounded channel. Until a peer has proved that it holds the network key, it is not added to the
-//! routing table, its provider records are not stored and its transfer streams are refused; a peer
+//! routing table, its Kademlia requests are dropped unanswered (`gate`), its provider records
+//! are not stored and its transfer streams are refused; a peer
 //! that fails the proof, or does not give it within [`PROOF_DEADLINE`], is disconnected.
 
+mod gate;
 mod membership;
 mod transfer;
 
@@ -107,7 +109,7 @@ pub enum P2pError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    kad: kad::Behaviour<MemoryStore>,
+    kad: gate::MembersOnly,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -273,6 +275,7 @@ pub async fn start(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(PeerNetwork, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
     let keypair = load_or_create_identity(data_dir)?;
+    let members = Members::default();
     let local = keypair.public().to_peer_id();
     let agent = format!(
         "shoald/{} region={}",
@@ -307,7 +310,7 @@ pub async fn start(
             let mut kad = kad::Behaviour::with_config(local, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             Behaviour {
-                kad,
+                kad: gate::MembersOnly::new(kad, members.clone()),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/shoal/1".into(), key.public())
                         .with_agent_version(agent.clone()),
@@ -349,7 +352,6 @@ pub async fn start(
     tracing::info!(peer = %local, addr = %listening, region = %config.region, "peer network listening");
 
     let mut control = swarm.behaviour().stream.new_control();
-    let members = Members::default();
     let (commands, command_rx) = mpsc::channel(256);
     let network = PeerNetwork {
         local,
@@ -428,7 +430,7 @@ impl SwarmTask {
             known.push(addr.clone());
         }
         if self.members.contains(&peer) {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
         }
     }
 
@@ -436,13 +438,13 @@ impl SwarmTask {
         match command {
             Command::Provide(digest) => {
                 let key = kad::RecordKey::new(digest.as_bytes());
-                if let Err(error) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                if let Err(error) = self.swarm.behaviour_mut().kad.kad.start_providing(key) {
                     tracing::warn!(%digest, %error, "cannot record provider");
                 }
             }
             Command::FindProviders(digest, reply) => {
                 let key = kad::RecordKey::new(digest.as_bytes());
-                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                let id = self.swarm.behaviour_mut().kad.kad.get_providers(key);
                 self.lookups.insert(id, (reply, HashSet::new()));
             }
             Command::Proved(peer) => {
@@ -454,7 +456,7 @@ impl SwarmTask {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(peer);
                 for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
                 self.update_member_gauge();
                 tracing::info!("peer proved membership");
@@ -555,6 +557,7 @@ impl SwarmTask {
                     .swarm
                     .behaviour_mut()
                     .kad
+                    .kad
                     .store_mut()
                     .add_provider(record);
             }
@@ -575,7 +578,7 @@ impl SwarmTask {
                     if let Some((reply, found)) = self.lookups.remove(&id) {
                         let _ = reply.send(found.into_iter().collect());
                     }
-                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.kad.query_mut(&id) {
                         query.finish();
                     }
                 }
