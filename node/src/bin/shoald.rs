@@ -96,7 +96,7 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
         tracing::warn!(%admin_addr, "the admin endpoint listens beyond loopback");
     }
     tracing::info!(registry = %registry_addr, admin = %admin_addr, upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), "shoald listening");
-    let node = tokio::spawn(shoal_node::run(config, registry, admin, shutdown_signal()));
+    let node = tokio::spawn(shoal_node::run(config, registry, admin, shutdown_signal()?));
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "registry": registry_addr.to_string(), "admin": admin_addr.to_string() });
         let tmp = path.with_extension("tmp");
@@ -108,11 +108,16 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the ready file says the node is up), and
+/// returns a future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

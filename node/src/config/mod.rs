@@ -499,6 +499,15 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_config_text_is_accepted_or_refused_without_panicking(text in "[ -~\n]{0,200}") {
+            if let Ok(file) = toml::from_str::<FileConfig>(&text) {
+                let _ = Config::from_parts(file, &Overrides::default());
+            }
+        }
+    }
+
     #[test]
     fn unknown_keys_in_a_file_are_named() {
         let dir = tempfile::tempdir().unwrap();

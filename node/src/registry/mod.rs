@@ -456,6 +456,19 @@ mod tests {
         assert_eq!(code("/etc/passwd"), ErrorCode::NameUnknown);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_path_parses_or_is_refused_without_panicking(path in "(/v2/)?[ -~]{0,300}") {
+            let _ = parse_route(&path);
+        }
+
+        #[test]
+        fn valid_names_and_digests_route(name in "[a-z0-9]{1,10}(/[a-z0-9]{1,10}){0,3}", hex in "[0-9a-f]{64}") {
+            let route = parse_route(&format!("/v2/{name}/blobs/sha256:{hex}")).unwrap();
+            proptest::prop_assert!(matches!(route, Route::Blob(repo, _) if repo.as_str() == name));
+        }
+    }
+
     #[test]
     fn namespace_is_read_from_the_query() {
         let uri: Uri = "/v2/a/manifests/latest?ns=docker.io".parse().unwrap();

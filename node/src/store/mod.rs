@@ -53,9 +53,6 @@ pub enum StoreError {
     /// The index database failed.
     #[error("index database: {0}")]
     Index(#[from] sled::Error),
-    /// A transaction on the index failed.
-    #[error("index transaction: {0}")]
-    Transaction(String),
 }
 
 pub(crate) fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {

@@ -209,7 +209,7 @@ impl Upstream {
             HeaderValue::from_str(accept).map_err(|_| UpstreamError::Auth("bad Accept".into()))?,
         );
         let response = self
-            .send(Method::GET, url, headers, repo, "manifest", true)
+            .send(Method::GET, url, headers, repo, "manifest")
             .await?;
         let media_type = response
             .headers()
@@ -228,7 +228,7 @@ impl Upstream {
     ) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(repo, "blobs", &digest.to_string());
         let response = self
-            .send(Method::HEAD, url, HeaderMap::new(), repo, "head", true)
+            .send(Method::HEAD, url, HeaderMap::new(), repo, "head")
             .await?;
         Ok(response.content_length())
     }
@@ -253,9 +253,7 @@ impl Upstream {
             }
             None => "blob",
         };
-        let response = self
-            .send(Method::GET, url, headers, repo, kind, true)
-            .await?;
+        let response = self.send(Method::GET, url, headers, repo, kind).await?;
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
         Ok(BlobResponse {
             content_length: response.content_length(),
@@ -299,7 +297,6 @@ impl Upstream {
         headers: HeaderMap,
         repo: &RepoName,
         kind: &'static str,
-        bounded: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
         let timeouts = self.inner.timeouts;
@@ -312,7 +309,7 @@ impl Upstream {
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if bounded && kind != "blob" && kind != "blob_range" {
+            if kind != "blob" && kind != "blob_range" {
                 request = request.timeout(timeouts.request);
             }
             if let Some(authorization) = self.authorization(&scope) {
