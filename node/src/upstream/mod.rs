@@ -230,7 +230,12 @@ impl Upstream {
         let response = self
             .send(Method::HEAD, url, HeaderMap::new(), repo, "head")
             .await?;
-        Ok(response.content_length())
+        // The header itself: for a HEAD response the body (and so `content_length()`) is empty.
+        Ok(response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
     }
 
     /// Starts fetching a blob, or the bytes `range` of it.
