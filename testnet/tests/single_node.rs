@@ -162,6 +162,30 @@ async fn warm_pull_succeeds_with_origin_down() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tag_is_served_stale_while_the_origin_is_down() -> Result<()> {
+    // A tag TTL of zero: every tag request asks the origin first.
+    let mut net = net_with_config(
+        ImageSpec::new("test/stale", "v1", 14).layer(64 << 10, 30),
+        |origin| {
+            NodeConfig::for_origin(origin)
+                .arg("--tag-ttl-secs")
+                .arg("0")
+        },
+    )
+    .await?;
+    drop(net.pull_fresh().await.context("cold pull")?);
+    net.origin.stop().await?;
+    drop(
+        net.pull_fresh()
+            .await
+            .context("pull with the origin down and the tag expired")?,
+    );
+    let stale = net.node.metric("shoal_stale_tags_served_total").await?;
+    ensure!(stale >= 1.0, "shoal_stale_tags_served_total is {stale}");
+    net.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_pulls_fetch_each_blob_once() -> Result<()> {
     let net = net_with(ImageSpec::multi_layer("test/herd", "v1", 13)).await?;
     let instances = futures::future::try_join_all((0..5).map(|_| Containerd::start())).await?;
@@ -504,6 +528,59 @@ async fn absurd_ranges_on_a_cached_blob_are_refused() -> Result<()> {
         resp.header("content-range") == Some(want.as_str()),
         "Content-Range {:?}, want {want:?}",
         resp.header("content-range")
+    );
+    net.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_and_heads_on_a_cold_blob_are_served_while_it_is_fetched() -> Result<()> {
+    let net = small_net().await?;
+    let ns = net.ns_query();
+    let layer = net.image.layers[0].clone();
+    let target = format!("/v2/test/app/blobs/{}?{ns}", layer.digest);
+    let addr = net.node.registry_addr();
+
+    // HEAD of a blob nobody has fetched: its length, from the upstream, and nothing stored.
+    let head = raw_http::request(addr, "HEAD", &target, &[]).await?;
+    ensure!(head.status == 200, "HEAD answered {}", head.status);
+    let length = layer.size.to_string();
+    ensure!(
+        head.header("content-length") == Some(length.as_str()),
+        "HEAD Content-Length {:?}, want {length}",
+        head.header("content-length")
+    );
+    ensure!(
+        head.header("docker-content-digest") == Some(layer.digest.as_str()),
+        "HEAD Docker-Content-Digest {:?}",
+        head.header("docker-content-digest")
+    );
+
+    // A Range on the cold blob starts the one fetch and is answered from it.
+    let resp = raw_http::request(addr, "GET", &target, &["Range: bytes=100-299"]).await?;
+    ensure!(resp.status == 206, "cold Range answered {}", resp.status);
+    let want = format!("bytes 100-299/{}", layer.size);
+    ensure!(
+        resp.header("content-range") == Some(want.as_str()),
+        "Content-Range {:?}, want {want:?}",
+        resp.header("content-range")
+    );
+    net.node
+        .wait_for_metric("shoal_store_blobs", Duration::from_secs(10), |v| v >= 1.0)
+        .await
+        .context("the blob was not stored after a cold Range request")?;
+    let full = raw_http::request(addr, "GET", &target, &[]).await?;
+    ensure!(
+        sha256_digest(&full.body) == layer.digest,
+        "the stored blob has the wrong bytes"
+    );
+    ensure!(
+        resp.body == full.body[100..300],
+        "cold Range served the wrong bytes"
+    );
+    let gets = net.blob_gets().await;
+    ensure!(
+        gets.get(&layer.digest) == Some(&1),
+        "one origin GET expected for the blob, got {gets:?}"
     );
     net.finish().await
 }

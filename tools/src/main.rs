@@ -1,7 +1,8 @@
 //! `shoal`: the operator CLI. Checks and inspects a node's store, and measures the hot paths.
 //!
 //! * `shoal fsck --data-dir DIR [--repair]`: verifies every shard map and every shard's BLAKE3
-//!   hash, and the index against the maps. Exit 0 when clean, 1 when problems were found.
+//!   hash, and the index against the maps. Exit 0 when clean, 1 when problems were found. With
+//!   `--repair`, removes what is bad and rebuilds the index.
 //! * `shoal inspect --data-dir DIR <digest>`: prints a stored blob's shard map. Reads the map file
 //!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
 //! * `shoal bench ingest` and `shoal bench http`: the measurements behind BENCHMARKS.md.
@@ -12,8 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::store::layout::Layout;
 use shoal_node::store::recovery;
+use shoal_node::store::{ShardStore, StoreConfig};
 use shoal_proto::{BlobDigest, ShardMap};
 
 #[derive(Debug, Parser)]
@@ -30,7 +33,7 @@ enum Command {
         /// The node's data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Remove what is bad and have the next start rebuild the index.
+        /// Remove what is bad and rebuild the index from the shard maps and shard files.
         #[arg(long)]
         repair: bool,
     },
@@ -72,6 +75,22 @@ fn main() -> ExitCode {
 
 fn fsck(data_dir: PathBuf, repair: bool) -> anyhow::Result<ExitCode> {
     let report = recovery::fsck(&data_dir, repair)?;
+    if repair {
+        // fsck dropped the clean-shutdown mark: opening the store rebuilds the index from the
+        // shard maps and shard files, dropping maps that lost shards and shards no map uses.
+        let config = StoreConfig {
+            data_dir: data_dir.clone(),
+            chunking: DEFAULT_CHUNKING,
+            max_disk_bytes: u64::MAX,
+        };
+        let store = ShardStore::open(&config)?;
+        let stats = store.stats();
+        store.close()?;
+        println!(
+            "index rebuilt: {} blobs, {} bytes",
+            stats.blobs, stats.bytes
+        );
+    }
     println!("maps checked:     {}", report.maps_checked);
     println!(
         "shards checked:   {} ({} bytes hashed)",

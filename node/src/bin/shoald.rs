@@ -119,7 +119,7 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
         config,
         registry,
         admin,
-        shutdown_signal(),
+        shutdown_signal()?,
         Some(p2p_tx),
     ));
     // The peer address is known once the swarm listens; without a peer network the sender is
@@ -145,11 +145,16 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the ready file says the node is up), and
+/// returns a future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -605,6 +605,15 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_config_text_is_accepted_or_refused_without_panicking(text in "[ -~\n]{0,200}") {
+            if let Ok(file) = toml::from_str::<FileConfig>(&text) {
+                let _ = Config::from_parts(file, &Overrides::default());
+            }
+        }
+    }
+
     #[test]
     fn p2p_needs_a_network_key_and_names_its_keys() {
         let config = parse("").unwrap();

@@ -72,6 +72,20 @@ impl RangeSpec {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn resolved_ranges_lie_inside_the_blob(value in "bytes=[0-9]{0,21}-[0-9]{0,21}", len in 1u64..1 << 40) {
+            if let Ok(range) = RangeSpec::parse(&value).and_then(|spec| spec.resolve(len)) {
+                proptest::prop_assert!(range.start < range.end && range.end <= len);
+            }
+        }
+
+        #[test]
+        fn any_header_parses_or_is_refused_without_panicking(value in "[ -~]{0,120}") {
+            let _ = RangeSpec::parse(&value);
+        }
+    }
+
     #[test]
     fn parses_and_resolves() {
         assert_eq!(

@@ -212,12 +212,37 @@ async fn answer(
     (label, response)
 }
 
-fn base_response(method: &Method) -> Response<Body> {
-    let body = if method == Method::HEAD {
-        Body::empty()
+/// The body of a `HEAD` response: no bytes, but the length a `GET` would send, so the HTTP stack
+/// keeps `Content-Length` as the spec requires instead of writing 0.
+struct HeadBody(u64);
+
+impl http_body::Body for HeadBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0)
+    }
+}
+
+/// An empty body for `HEAD`, or `full` for `GET`.
+fn body_for(method: &Method, full: impl Into<Body>, len: u64) -> Body {
+    if method == Method::HEAD {
+        Body::new(HeadBody(len))
     } else {
-        Body::from("{}")
-    };
+        full.into()
+    }
+}
+
+fn base_response(method: &Method) -> Response<Body> {
+    let body = body_for(method, "{}", 2);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -251,11 +276,7 @@ async fn manifest(
             if let Reference::Tag(tag) = reference {
                 tracing::info!(ns = upstream.name(), %repo, %tag, digest = %reply.digest, cached = reply.from_cache, "pull");
             }
-            let body = if method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from(reply.body.clone())
-            };
+            let body = body_for(method, reply.body.clone(), reply.body.len() as u64);
             Response::builder()
                 .status(StatusCode::OK)
                 .header(
@@ -301,7 +322,7 @@ async fn blob(
                     .status(StatusCode::OK)
                     .header(header::CONTENT_LENGTH, len),
             )
-            .body(Body::empty())
+            .body(Body::new(HeadBody(len)))
             .expect("headers are valid"),
             Err(error) => pull_error(
                 error,
@@ -454,6 +475,19 @@ mod tests {
         assert_eq!(code("/v2/alpine/manifests/..latest"), ErrorCode::TagInvalid);
         assert_eq!(code("/v2/alpine/tags/list"), ErrorCode::NameUnknown);
         assert_eq!(code("/etc/passwd"), ErrorCode::NameUnknown);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_path_parses_or_is_refused_without_panicking(path in "(/v2/)?[ -~]{0,300}") {
+            let _ = parse_route(&path);
+        }
+
+        #[test]
+        fn valid_names_and_digests_route(name in "[a-z0-9]{1,10}(/[a-z0-9]{1,10}){0,3}", hex in "[0-9a-f]{64}") {
+            let route = parse_route(&format!("/v2/{name}/blobs/sha256:{hex}")).unwrap();
+            proptest::prop_assert!(matches!(route, Route::Blob(repo, _) if repo.as_str() == name));
+        }
     }
 
     #[test]

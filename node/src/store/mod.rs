@@ -53,9 +53,6 @@ pub enum StoreError {
     /// The index database failed.
     #[error("index database: {0}")]
     Index(#[from] sled::Error),
-    /// A transaction on the index failed.
-    #[error("index transaction: {0}")]
-    Transaction(String),
 }
 
 pub(crate) fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -109,6 +106,10 @@ struct LiveState {
     pinned: HashMap<ShardHash, usize>,
     /// Blobs with a response in progress; never evicted while listed.
     readers: HashMap<BlobDigest, usize>,
+    /// Reads not yet written to the index: (last read, reads since the last flush). Kept in
+    /// memory so a cache hit costs no index write; flushed before eviction, at close, and when
+    /// many have gathered. A crash loses only recency, never data.
+    pending_access: HashMap<BlobDigest, (u64, u64)>,
     stats: StoreStats,
 }
 
@@ -143,6 +144,8 @@ impl std::fmt::Debug for ShardStore {
 }
 
 const CLEAN_KEY: &[u8] = b"clean-shutdown";
+/// Reads gathered in memory before they are written to the index.
+const MAX_PENDING_ACCESS: usize = 4096;
 const CREATED_KEY: &[u8] = b"created-at";
 
 /// Milliseconds since the Unix epoch (for access records only; policy decisions take time as an
@@ -244,6 +247,7 @@ impl ShardStore {
 
     /// Marks the store as cleanly closed, so the next start skips recovery.
     pub fn close(&self) -> Result<(), StoreError> {
+        self.flush_access()?;
         self.inner.db.flush()?;
         self.inner.meta.insert(CLEAN_KEY, &[1])?;
         self.inner.db.flush()?;
@@ -332,17 +336,36 @@ impl ShardStore {
     }
 
     fn record_access(&self, digest: &BlobDigest) -> Result<(), StoreError> {
-        let previous = self.inner.access.get(digest.as_bytes())?;
-        let count = previous
-            .and_then(|bytes| records::decode::<AccessRecord>(&bytes).ok())
-            .map_or(0, |r| r.count);
-        let record = AccessRecord {
-            last_access_ms: now_ms(),
-            count: count + 1,
+        let gathered = {
+            let mut live = self.live();
+            let entry = live.pending_access.entry(*digest).or_insert((0, 0));
+            entry.0 = now_ms();
+            entry.1 += 1;
+            live.pending_access.len()
         };
-        self.inner
-            .access
-            .insert(digest.as_bytes(), records::encode(&record))?;
+        if gathered >= MAX_PENDING_ACCESS {
+            self.flush_access()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the reads gathered in memory to the index.
+    fn flush_access(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut self.live().pending_access);
+        for (digest, (last_access_ms, reads)) in pending {
+            let Some(previous) = self.inner.access.get(digest.as_bytes())? else {
+                // Evicted since the read.
+                continue;
+            };
+            let count = records::decode::<AccessRecord>(&previous).map_or(0, |r| r.count);
+            let record = AccessRecord {
+                last_access_ms,
+                count: count + reads,
+            };
+            self.inner
+                .access
+                .insert(digest.as_bytes(), records::encode(&record))?;
+        }
         Ok(())
     }
 
@@ -555,6 +578,7 @@ impl ShardStore {
         if self.stats().bytes <= budget {
             return Ok(Vec::new());
         }
+        self.flush_access()?;
         let mut candidates = Vec::new();
         for item in self.inner.blobs.iter() {
             let (key, value) = item?;

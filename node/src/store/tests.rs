@@ -191,6 +191,33 @@ fn eviction_is_lru_and_skips_blobs_being_served() {
 }
 
 #[test]
+fn a_read_makes_a_blob_recent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(&config(dir.path(), 150_000)).unwrap();
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| data(60_000, 50 + i)).collect();
+    for blob in &blobs {
+        ingest(&store, blob).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    // Reading the oldest makes the second the least recently used.
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    assert_eq!(read_all(&store, &digest_of(&blobs[0])), blobs[0]);
+    let evicted = store.evict_to_budget().unwrap();
+    assert_eq!(evicted, vec![digest_of(&blobs[1])]);
+    // Access counts survive a clean restart.
+    store.close().unwrap();
+    drop(store);
+    let store = ShardStore::open(&config(dir.path(), 150_000)).unwrap();
+    let record = store
+        .inner
+        .access
+        .get(digest_of(&blobs[0]).as_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(records::decode::<AccessRecord>(&record).unwrap().count, 1);
+}
+
+#[test]
 fn crash_mid_ingest_restarts_clean() {
     let dir = tempfile::tempdir().unwrap();
     let kept = data(40_000, 30);

@@ -209,7 +209,7 @@ impl Upstream {
             HeaderValue::from_str(accept).map_err(|_| UpstreamError::Auth("bad Accept".into()))?,
         );
         let response = self
-            .send(Method::GET, url, headers, repo, "manifest", true)
+            .send(Method::GET, url, headers, repo, "manifest")
             .await?;
         let media_type = response
             .headers()
@@ -228,9 +228,14 @@ impl Upstream {
     ) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(repo, "blobs", &digest.to_string());
         let response = self
-            .send(Method::HEAD, url, HeaderMap::new(), repo, "head", true)
+            .send(Method::HEAD, url, HeaderMap::new(), repo, "head")
             .await?;
-        Ok(response.content_length())
+        // The header itself: for a HEAD response the body (and so `content_length()`) is empty.
+        Ok(response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
     }
 
     /// Starts fetching a blob, or the bytes `range` of it.
@@ -253,9 +258,7 @@ impl Upstream {
             }
             None => "blob",
         };
-        let response = self
-            .send(Method::GET, url, headers, repo, kind, true)
-            .await?;
+        let response = self.send(Method::GET, url, headers, repo, kind).await?;
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
         Ok(BlobResponse {
             content_length: response.content_length(),
@@ -299,7 +302,6 @@ impl Upstream {
         headers: HeaderMap,
         repo: &RepoName,
         kind: &'static str,
-        bounded: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
         let timeouts = self.inner.timeouts;
@@ -312,7 +314,7 @@ impl Upstream {
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if bounded && kind != "blob" && kind != "blob_range" {
+            if kind != "blob" && kind != "blob_range" {
                 request = request.timeout(timeouts.request);
             }
             if let Some(authorization) = self.authorization(&scope) {
@@ -476,4 +478,166 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a small in-process registry front that does what real registries do
+    //! at their edges: bearer challenges, a token endpoint that checks basic credentials, a
+    //! redirect to another path for blob bytes, and a transient 503.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::get;
+    use axum::Router;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Front {
+        base: Arc<Mutex<String>>,
+        blob_attempts: Arc<AtomicUsize>,
+        token_requests: Arc<AtomicUsize>,
+    }
+
+    const TOKEN: &str = "token-for-r";
+
+    fn authorized(headers: &HeaderMap) -> bool {
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"))
+    }
+
+    fn challenge(front: &Front) -> Response {
+        let realm = format!("{}/token", front.base.lock().unwrap());
+        let value = format!(r#"Bearer realm="{realm}",service="front",scope="repository:r:pull""#);
+        (StatusCode::UNAUTHORIZED, [("www-authenticate", value)]).into_response()
+    }
+
+    async fn manifest(State(front): State<Front>, headers: HeaderMap) -> Response {
+        if !authorized(&headers) {
+            return challenge(&front);
+        }
+        (
+            [("content-type", "application/vnd.oci.image.manifest.v1+json")],
+            "{\"schemaVersion\":2}",
+        )
+            .into_response()
+    }
+
+    async fn blob(State(front): State<Front>, headers: HeaderMap) -> Response {
+        if !authorized(&headers) {
+            return challenge(&front);
+        }
+        // The first authorised attempt fails the way an overloaded registry does.
+        if front.blob_attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        Redirect::temporary("/cdn/blob-bytes").into_response()
+    }
+
+    async fn token(
+        State(front): State<Front>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        front.token_requests.fetch_add(1, Ordering::SeqCst);
+        let basic = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if basic != Some(auth::basic_header("user", "secret").as_str()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        if query.get("service").map(String::as_str) != Some("front")
+            || query.get("scope").map(String::as_str) != Some("repository:r:pull")
+        {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).into_response()
+    }
+
+    async fn start_front() -> (Front, Url) {
+        let front = Front::default();
+        let router = Router::new()
+            .route("/v2/r/manifests/{reference}", get(manifest))
+            .route("/v2/r/blobs/{digest}", get(blob))
+            .route("/cdn/blob-bytes", get(|| async { "blob bytes" }))
+            .route("/token", get(token))
+            .with_state(front.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        *front.base.lock().unwrap() = base.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (front, Url::parse(&base).unwrap())
+    }
+
+    fn client(url: Url, credentials: bool) -> Upstream {
+        let config = UpstreamConfig {
+            name: "front".into(),
+            url,
+            username: credentials.then(|| "user".into()),
+            password: credentials.then(|| "secret".into()),
+        };
+        let timeouts = UpstreamTimeouts {
+            backoff: Duration::from_millis(10),
+            ..UpstreamTimeouts::default()
+        };
+        Upstream::new(config, timeouts, Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bearer_challenge_then_token_then_retry_and_redirect() {
+        let (front, url) = start_front().await;
+        let upstream = client(url, true);
+        let repo: RepoName = "r".parse().unwrap();
+        let reference = Reference::Tag("latest".into());
+        let manifest = upstream
+            .fetch_manifest(&repo, &reference, "*/*", 1024)
+            .await
+            .unwrap();
+        assert_eq!(&manifest.body[..], b"{\"schemaVersion\":2}");
+        assert_eq!(
+            manifest.media_type.as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        // The token is cached: the blob request needs no second token request.
+        let digest = BlobDigest::from_bytes([1; 32]);
+        let range = upstream
+            .fetch_blob_range(&repo, &digest, 5..10)
+            .await
+            .unwrap();
+        assert_eq!(
+            &range[..],
+            b"bytes",
+            "an upstream that ignores Range is skipped into"
+        );
+        assert_eq!(front.token_requests.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            front.blob_attempts.load(Ordering::SeqCst),
+            2,
+            "the 503 was retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_and_oversized_bodies_are_errors() {
+        let (_front, url) = start_front().await;
+        let repo: RepoName = "r".parse().unwrap();
+        let reference = Reference::Tag("latest".into());
+        let anonymous = client(url.clone(), false);
+        let error = anonymous
+            .fetch_manifest(&repo, &reference, "*/*", 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Auth(_)), "{error}");
+        let upstream = client(url, true);
+        let error = upstream
+            .fetch_manifest(&repo, &reference, "*/*", 4)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, UpstreamError::TooLarge { limit: 4 }),
+            "{error}"
+        );
+    }
 }
