@@ -134,6 +134,11 @@ impl Origin {
     /// Stops the registry (SIGKILL) and waits until its port refuses
     /// connections. Storage and the log are kept.
     pub async fn stop(&mut self) -> Result<()> {
+        // The registry writes an access-log line after its response has gone out: let the last
+        // lines land before the process is killed, or counts taken later miss them.
+        if self.child.is_some() {
+            self.settle().await;
+        }
         if let Some(mut child) = self.child.take() {
             process::kill_and_reap(&mut child);
         }
