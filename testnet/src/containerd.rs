@@ -169,6 +169,19 @@ disabled_plugins = [
         Ok(output)
     }
 
+    /// Fails unless the content store holds every digest of `image` (index, manifest, config,
+    /// layers): what a successful pull must leave behind.
+    pub async fn ensure_holds(&self, image: &crate::image::ImageInfo) -> Result<()> {
+        let held = self.content_digests().await?;
+        for digest in image.content_digests() {
+            anyhow::ensure!(
+                held.contains(&digest),
+                "containerd's content store lacks {digest}; it holds {held:?}"
+            );
+        }
+        Ok(())
+    }
+
     /// Digests in the content store (`ctr content ls -q`).
     pub async fn content_digests(&self) -> Result<BTreeSet<String>> {
         let output = self

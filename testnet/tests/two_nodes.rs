@@ -28,17 +28,6 @@ use shoal_testnet::origin::Origin;
 /// How long a new node may take to prove membership to its bootstrap peer.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn assert_holds(containerd: &Containerd, image: &ImageInfo) -> Result<()> {
-    let held = containerd.content_digests().await?;
-    for digest in image.content_digests() {
-        ensure!(
-            held.contains(&digest),
-            "containerd's content store lacks {digest}; it holds {held:?}"
-        );
-    }
-    Ok(())
-}
-
 /// Caches the image's manifests (tag, index and the manifest) in `node`.
 async fn warm_manifests(node: &Node, image: &ImageInfo) -> Result<()> {
     node.fetch_manifest(&image.repo, &image.tag).await?;
@@ -89,7 +78,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
     first.pull_ok(&image.reference, hosts_a.path()).await?;
-    assert_holds(&first, &image).await?;
+    first.ensure_holds(&image).await?;
     drop(first);
 
     let b = Node::start(
@@ -112,7 +101,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
         .pull_ok(&image.reference, hosts_b.path())
         .await
         .context("pull through B with the origin stopped")?;
-    assert_holds(&second, &image).await?;
+    second.ensure_holds(&image).await?;
 
     let blob_bytes: u64 = image.blobs().map(|blob| blob.size).sum();
     let from_peer = b
@@ -233,7 +222,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
     second.pull_ok(&image.reference, hosts_b.path()).await?;
-    assert_holds(&second, &image).await?;
+    second.ensure_holds(&image).await?;
     ensure!(
         b.metric("shoal_peer_fetch_failures_total").await? >= 1.0,
         "B saw no failed peer transfer"
@@ -300,7 +289,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
     second.pull_ok(&image.reference, hosts_b.path()).await?;
-    assert_holds(&second, &image).await?;
+    second.ensure_holds(&image).await?;
     ensure!(
         b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
             .await?
