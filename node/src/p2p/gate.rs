@@ -17,7 +17,7 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
-use super::Members;
+use super::PeerTable;
 
 type Kad = kad::Behaviour<MemoryStore>;
 type KadHandler = THandler<Kad>;
@@ -25,11 +25,11 @@ type KadHandler = THandler<Kad>;
 /// Kademlia that answers members only.
 pub(super) struct MembersOnly {
     pub(super) kad: Kad,
-    members: Members,
+    members: PeerTable,
 }
 
 impl MembersOnly {
-    pub(super) fn new(kad: Kad, members: Members) -> Self {
+    pub(super) fn new(kad: Kad, members: PeerTable) -> Self {
         Self { kad, members }
     }
 
@@ -131,7 +131,7 @@ impl NetworkBehaviour for MembersOnly {
 pub(super) struct GatedHandler {
     inner: KadHandler,
     peer: PeerId,
-    members: Members,
+    members: PeerTable,
 }
 
 impl ConnectionHandler for GatedHandler {
@@ -177,7 +177,7 @@ impl ConnectionHandler for GatedHandler {
         >,
     ) {
         if matches!(event, ConnectionEvent::FullyNegotiatedInbound(_))
-            && !self.members.contains(&self.peer)
+            && !self.members.is_member(&self.peer)
         {
             // Dropping the stream closes it unanswered.
             tracing::debug!(peer = %self.peer, "Kademlia request from a peer that has not proved membership; dropped");

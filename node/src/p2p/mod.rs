@@ -16,11 +16,12 @@
 
 mod gate;
 mod membership;
+mod peers;
 mod transfer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -34,7 +35,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
+pub use peers::PeerInfo;
 pub use transfer::{PeerBlob, TransferError};
+
+use peers::PeerTable;
 
 /// The membership proof's protocol.
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/membership/1");
@@ -124,20 +128,6 @@ enum Command {
     Disconnect(PeerId),
 }
 
-/// Peers that have proved membership, shared by the swarm task and the protocol handlers.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Members(Arc<Mutex<HashSet<PeerId>>>);
-
-impl Members {
-    fn lock(&self) -> MutexGuard<'_, HashSet<PeerId>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
-        self.lock().contains(peer)
-    }
-}
-
 /// A handle to the peer network; cheap to clone.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -145,6 +135,8 @@ pub struct PeerNetwork {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     avoid: Arc<Mutex<HashMap<PeerId, Instant>>>,
+    peers: PeerTable,
+    region: String,
 }
 
 impl std::fmt::Debug for PeerNetwork {
@@ -210,13 +202,40 @@ impl PeerNetwork {
         let _ = self.commands.try_send(Command::Disconnect(peer));
     }
 
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Members connected now.
+    pub fn members(&self) -> Vec<PeerId> {
+        self.peers.members()
+    }
+
+    /// What is known of a connected peer.
+    pub fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
+        self.peers.info(peer)
+    }
+
+    /// Orders `candidates` best first: same region, least loaded by this node's requests, lowest
+    /// RTT.
+    pub fn rank(&self, candidates: &[PeerId]) -> Vec<PeerId> {
+        self.peers.rank(candidates, &self.region)
+    }
+
     /// Asks `peer` for the whole of `digest`: its shard map, then its shards in order.
     pub async fn open_blob(
         &self,
         peer: PeerId,
         digest: BlobDigest,
     ) -> Result<PeerBlob, TransferError> {
-        transfer::open_blob(self.control.clone(), peer, digest).await
+        transfer::open_blob(
+            self.control.clone(),
+            peer,
+            digest,
+            self.peers.begin_request(peer),
+        )
+        .await
     }
 }
 
@@ -275,7 +294,7 @@ pub async fn start(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(PeerNetwork, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
     let keypair = load_or_create_identity(data_dir)?;
-    let members = Members::default();
+    let members = PeerTable::default();
     let local = keypair.public().to_peer_id();
     let agent = format!(
         "shoald/{} region={}",
@@ -358,6 +377,8 @@ pub async fn start(
         commands: commands.clone(),
         control: control.clone(),
         avoid: Arc::default(),
+        peers: members.clone(),
+        region: config.region.clone(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control
@@ -415,7 +436,7 @@ struct SwarmTask {
     local: PeerId,
     key: Arc<NetworkKey>,
     control: libp2p_stream::Control,
-    members: Members,
+    members: PeerTable,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
     /// Addresses learned per peer, added to the routing table once the peer proved membership.
@@ -429,7 +450,7 @@ impl SwarmTask {
         if !known.contains(&addr) && known.len() < 16 {
             known.push(addr.clone());
         }
-        if self.members.contains(&peer) {
+        if self.members.is_member(&peer) {
             self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
         }
     }
@@ -450,11 +471,7 @@ impl SwarmTask {
             Command::Proved(peer) => {
                 let span = tracing::info_span!("peer", %peer);
                 let _enter = span.enter();
-                self.members
-                    .0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(peer);
+                self.members.set_member(peer);
                 for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
                     self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
@@ -472,7 +489,7 @@ impl SwarmTask {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::ProofDeadline(peer) => {
-                if !self.members.contains(&peer) && self.swarm.is_connected(&peer) {
+                if !self.members.is_member(&peer) && self.swarm.is_connected(&peer) {
                     tracing::warn!(%peer, "peer did not prove membership in time; disconnecting");
                     self.metrics.p2p_failed_proofs.inc();
                     let _ = self.swarm.disconnect_peer_id(peer);
@@ -482,7 +499,7 @@ impl SwarmTask {
     }
 
     fn update_member_gauge(&self) {
-        let n = self.members.lock().len() as u64;
+        let n = self.members.member_count() as u64;
         self.metrics
             .p2p_members
             .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -503,7 +520,7 @@ impl SwarmTask {
                     }
                 };
                 self.remember(peer_id, addr);
-                if self.members.contains(&peer_id) {
+                if self.members.is_member(&peer_id) {
                     return;
                 }
                 if endpoint.is_dialer() {
@@ -526,7 +543,7 @@ impl SwarmTask {
                 num_established: 0,
                 ..
             } => {
-                if self.members.lock().remove(&peer_id) {
+                if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }
                 self.update_member_gauge();
@@ -536,10 +553,18 @@ impl SwarmTask {
                 info,
                 ..
             })) => {
+                if let Some(region) = peers::region_from_agent(&info.agent_version) {
+                    self.members.set_region(peer_id, region);
+                }
                 for addr in info.listen_addrs {
                     self.remember(peer_id, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.members.set_rtt(peer, rtt),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             _ => {}
         }
@@ -552,7 +577,7 @@ impl SwarmTask {
                     kad::InboundRequest::AddProvider {
                         record: Some(record),
                     },
-            } if self.members.contains(&record.provider) => {
+            } if self.members.is_member(&record.provider) => {
                 let _ = self
                     .swarm
                     .behaviour_mut()

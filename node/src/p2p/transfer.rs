@@ -18,7 +18,7 @@ use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
-use super::{Members, SHARDS_PROTOCOL};
+use super::{PeerTable, SHARDS_PROTOCOL};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
@@ -76,6 +76,7 @@ pub struct PeerBlob {
     stream: libp2p::Stream,
     map: ShardMap,
     next: usize,
+    _load: super::peers::OpenRequest,
 }
 
 impl std::fmt::Debug for PeerBlob {
@@ -129,6 +130,7 @@ pub(super) async fn open_blob(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     digest: BlobDigest,
+    load: super::peers::OpenRequest,
 ) -> Result<PeerBlob, TransferError> {
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARDS_PROTOCOL))
         .await
@@ -150,6 +152,7 @@ pub(super) async fn open_blob(
             stream,
             map,
             next: 0,
+            _load: load,
         }),
     }
 }
@@ -157,7 +160,7 @@ pub(super) async fn open_blob(
 /// Serves transfer requests from members until `stop`.
 pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
-    members: Members,
+    members: PeerTable,
     store: ShardStore,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -171,7 +174,7 @@ pub(super) async fn serve(
                 None => return,
             },
         };
-        if !members.contains(&peer) {
+        if !members.is_member(&peer) {
             tracing::warn!(%peer, "transfer request from a peer that has not proved membership; refused");
             continue;
         }
