@@ -9,6 +9,7 @@
 //! membership, DHT provider records, shard transfer).
 
 pub mod admin;
+pub mod assembly;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -130,7 +131,11 @@ pub async fn run_with(
                     }
                 }
             });
-            pull = pull.with_peers(network);
+            pull = pull.with_peers(network.clone());
+            network.serve_in_flight(Arc::new(pullthrough::PeerOffers::new(
+                pull.clone(),
+                upstreams.clone(),
+            )));
             p2p_task = Some(task);
         }
         None => {

@@ -11,8 +11,9 @@ use libp2p::{kad, Multiaddr};
 use sha2::{Digest as _, Sha256};
 use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::metrics::Metrics;
-use shoal_node::p2p::{self, NetworkKey, P2pConfig, PeerNetwork, KAD_PROTOCOL};
+use shoal_node::p2p::{self, NetworkKey, P2pConfig, PeerAnswer, PeerNetwork, KAD_PROTOCOL};
 use shoal_node::store::{ShardStore, StoreConfig};
+use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
 use shoal_proto::BlobDigest;
 use tokio::sync::watch;
 
@@ -85,12 +86,41 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(providers, vec![a.network.local_peer_id()]);
-    let mut blob = b.network.open_blob(providers[0], digest).await.unwrap();
+    let whole = ShardRequest {
+        blob: *digest.as_bytes(),
+        shards: ShardSet::All,
+        map: MapWanted::Full,
+        fetch: None,
+    };
+    let PeerAnswer::Map(map, mut stream) = b.network.request(providers[0], whole).await.unwrap()
+    else {
+        panic!("a holder of the whole blob answers with its map");
+    };
     let mut received = Vec::new();
-    while let Some(shard) = blob.next_shard().await.unwrap() {
+    while let Some((frame, shard)) = stream.next_frame().await.unwrap() {
+        assert_eq!(frame.hash, map.shards[frame.index as usize].hash);
         received.extend_from_slice(&shard);
     }
     assert_eq!(received, vec![42u8; 100_000]);
+
+    // A request for some shards gets only those, after the map's hash.
+    let last = map.shards.len() - 1;
+    let some = ShardRequest {
+        blob: *digest.as_bytes(),
+        shards: ShardSet::from_indices([last]),
+        map: MapWanted::HashOnly,
+        fetch: None,
+    };
+    let PeerAnswer::MapHash(hash, mut stream) =
+        b.network.request(providers[0], some).await.unwrap()
+    else {
+        panic!("a holder sends the map's hash when asked for it only");
+    };
+    assert_eq!(&hash, blake3::hash(&map.encode()).as_bytes());
+    let (frame, shard) = stream.next_frame().await.unwrap().unwrap();
+    assert_eq!(frame.index as usize, last);
+    assert_eq!(shard.len() as u32, map.shards[last].len);
+    assert!(stream.next_frame().await.unwrap().is_none());
 
     // A bare Kademlia peer on the same protocol, that never proves the key, asks A directly.
     let mut outsider = libp2p::SwarmBuilder::with_new_identity()

@@ -47,17 +47,34 @@
 //!
 //! ```text
 //! requester                                holder
-//!   ── ShardRequest { blob, shards } ──────▶
-//!   ◀──────────── ShardAnswer::Map(map) | ShardAnswer::NotHere
-//!   ◀──────────── ShardFrame { index, len } + len bytes   (once per wanted shard, in index order)
+//!   ── ShardRequest { blob, shards, map, fetch } ──▶
+//!   ◀──── ShardAnswer::Map(map) | MapHash(h) | InFlight(blob_len) | NotHere
+//!   ◀──── ShardFrame { index, len, hash } + len bytes   (once per wanted shard, in index order)
+//!   ◀──── ShardFrame { len: 0 }                          (in-flight answers only: the end)
 //! ```
 //!
+//! * A holder with the whole blob answers with its shard map (`map: Full`) or only the map's
+//!   BLAKE3 (`map: HashOnly`, when the requester already has a map from another holder and only
+//!   needs to know the two agree), then sends the wanted shards. A requester spreads a blob's
+//!   shards over several holders this way, each request naming a few shards in a bitfield.
+//! * A holder still fetching the blob answers `InFlight` and streams every shard from the first,
+//!   in order, as it gets them, then an end frame (`len` 0) once the blob has matched its digest
+//!   at the holder. A holder only offers this when its own bytes come from the origin or from a
+//!   holder of the whole blob, so in-flight chains never loop.
+//! * `fetch` names the upstream and repository the requester would fetch the blob from. A holder
+//!   that has neither the blob nor a fetch of it may start one for the requester (it is the
+//!   blob's home: the member closest to the blob's key), so that nodes missing the same blob at the
+//!   same time share one origin fetch. It only ever contacts an upstream configured under that
+//!   name.
+//!
 //! A holder that cannot send a shard (for example it failed verification on its disk) closes the
-//! stream; the requester treats a short stream as a failed peer.
+//! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
+//! requester on arrival; they prove nothing about the blob until its sha256 matches.
 //!
 //! ## Limits
 //!
-//! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map).
+//! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map and a
+//!   fetch hint of at most [`MAX_HINT_BYTES`] per name).
 //! * [`ShardAnswer`]: at most [`MAX_ANSWER_BYTES`] (the largest shard map plus slack).
 //! * [`ShardFrame`], [`Challenge`], [`Proof`]: at most [`MAX_SMALL_BYTES`]; a shard's bytes at most
 //!   [`MAX_SHARD_BYTES`] and exactly the length its shard map entry gives.
@@ -67,15 +84,18 @@ use crate::limits::{MAX_SHARDS_PER_MAP, MAX_SHARD_BYTES, MAX_SHARD_MAP_BYTES};
 use crate::shard_map::ShardMap;
 
 const MAGIC: &[u8; 4] = b"SHWR";
-/// The wire format version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// The wire format version this build speaks (2: map hashes, in-flight answers, fetch hints and
+/// hashed frames).
+pub const WIRE_VERSION: u16 = 2;
 /// Bytes of the header inside a frame body (magic, version, kind, reserved).
 pub const HEADER_LEN: usize = 8;
 /// Bytes of the length prefix before every frame body.
 pub const PREFIX_LEN: usize = 4;
 
+/// Longest upstream name or repository name in a [`FetchHint`].
+pub const MAX_HINT_BYTES: usize = 256;
 /// Largest encoded [`ShardRequest`] body.
-pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 128 + MAX_SHARDS_PER_MAP / 8;
+pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 256 + 2 * MAX_HINT_BYTES + MAX_SHARDS_PER_MAP / 8;
 /// Largest encoded [`ShardAnswer`] body.
 pub const MAX_ANSWER_BYTES: usize = HEADER_LEN + 256 + MAX_SHARD_MAP_BYTES;
 /// Largest encoded body of the fixed-size messages.
@@ -180,6 +200,24 @@ impl ShardSet {
     }
 }
 
+/// How much of its shard map a holder of the whole blob sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum MapWanted {
+    /// The whole map.
+    Full,
+    /// Only the BLAKE3 of the map's encoding ([`ShardMap::encode`]).
+    HashOnly,
+}
+
+/// Where the requester would fetch the blob from; lets the blob's home fetch it on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchHint {
+    /// The upstream's configured name.
+    pub upstream: String,
+    /// The repository (checked against the OCI name grammar by the holder).
+    pub repo: String,
+}
+
 /// A request for some shards of one blob.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardRequest {
@@ -187,6 +225,10 @@ pub struct ShardRequest {
     pub blob: [u8; 32],
     /// The shards wanted.
     pub shards: ShardSet,
+    /// How much of the map to send back.
+    pub map: MapWanted,
+    /// Fetch the blob for the requester if nobody has it.
+    pub fetch: Option<FetchHint>,
 }
 
 impl ShardRequest {
@@ -202,7 +244,12 @@ pub enum ShardAnswer {
     /// The holder has the whole blob; this is its shard map (validated on decode, still untrusted:
     /// only the blob's sha256 proves it).
     Map(ShardMap),
-    /// The holder does not have the blob.
+    /// The holder has the whole blob and its map's encoding has this BLAKE3.
+    MapHash([u8; 32]),
+    /// The holder is fetching the blob (of this length, if its source said): every shard follows
+    /// in order as it arrives, then an end frame.
+    InFlight(Option<u64>),
+    /// The holder does not have the blob (and will not fetch it).
     NotHere,
 }
 
@@ -211,8 +258,26 @@ pub enum ShardAnswer {
 pub struct ShardFrame {
     /// The shard's index in the blob's shard map.
     pub index: u32,
-    /// How many raw bytes follow (at most [`MAX_SHARD_BYTES`]).
+    /// How many raw bytes follow (at most [`MAX_SHARD_BYTES`]); 0 ends an in-flight answer.
     pub len: u32,
+    /// The BLAKE3 of the bytes that follow.
+    pub hash: [u8; 32],
+}
+
+impl ShardFrame {
+    /// The frame that ends an in-flight answer after `count` shards.
+    pub fn end(count: u32) -> Self {
+        Self {
+            index: count,
+            len: 0,
+            hash: [0; 32],
+        }
+    }
+
+    /// Whether this frame ends an in-flight answer.
+    pub fn is_end(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A message with a byte layout on the peer wire.
@@ -322,13 +387,25 @@ wire_message!(
     ShardRequest,
     Kind::Request,
     MAX_REQUEST_BYTES,
-    |r: &ShardRequest| match &r.shards {
-        ShardSet::Bitfield(bits) if bits.len() > MAX_SHARDS_PER_MAP / 8 => {
-            Err(WireError::Invalid(
-                "bitfield longer than the largest shard map",
-            ))
+    |r: &ShardRequest| {
+        if let ShardSet::Bitfield(bits) = &r.shards {
+            if bits.len() > MAX_SHARDS_PER_MAP / 8 {
+                return Err(WireError::Invalid(
+                    "bitfield longer than the largest shard map",
+                ));
+            }
         }
-        _ => Ok(()),
+        match &r.fetch {
+            Some(hint)
+                if hint.upstream.is_empty()
+                    || hint.upstream.len() > MAX_HINT_BYTES
+                    || hint.repo.is_empty()
+                    || hint.repo.len() > MAX_HINT_BYTES =>
+            {
+                Err(WireError::Invalid("fetch hint name out of range"))
+            }
+            _ => Ok(()),
+        }
     }
 );
 wire_message!(
@@ -339,7 +416,10 @@ wire_message!(
         ShardAnswer::Map(map) => map
             .validate()
             .map_err(|_| WireError::Invalid("inconsistent shard map")),
-        ShardAnswer::NotHere => Ok(()),
+        ShardAnswer::InFlight(Some(len)) if *len > crate::limits::MAX_BLOB_BYTES => {
+            Err(WireError::Invalid("blob length over the limit"))
+        }
+        _ => Ok(()),
     }
 );
 wire_message!(
@@ -347,7 +427,7 @@ wire_message!(
     Kind::Frame,
     MAX_SMALL_BYTES,
     |f: &ShardFrame| {
-        if f.len == 0 || f.len > MAX_SHARD_BYTES {
+        if f.len > MAX_SHARD_BYTES {
             Err(WireError::Invalid("shard length out of range"))
         } else {
             Ok(())
@@ -440,15 +520,22 @@ mod tests {
             index in any::<u32>(),
             len in 1u32..=MAX_SHARD_BYTES,
         ) {
-            let request = ShardRequest { blob, shards: ShardSet::from_indices(indices.iter().copied()) };
+            let request = ShardRequest {
+                blob,
+                shards: ShardSet::from_indices(indices.iter().copied()),
+                map: MapWanted::HashOnly,
+                fetch: Some(FetchHint { upstream: "docker".into(), repo: "library/alpine".into() }),
+            };
             prop_assert_eq!(ShardRequest::decode(body(&request.encode())), Ok(request.clone()));
             for i in &indices {
                 prop_assert!(request.shards.contains(*i));
             }
             let answer = ShardAnswer::Map(map(&lengths));
             prop_assert_eq!(ShardAnswer::decode(body(&answer.encode())), Ok(answer));
-            let frame = ShardFrame { index, len };
+            let frame = ShardFrame { index, len, hash: blob };
             prop_assert_eq!(ShardFrame::decode(body(&frame.encode())), Ok(frame));
+            let answer = ShardAnswer::InFlight(Some(u64::from(len)));
+            prop_assert_eq!(ShardAnswer::decode(body(&answer.encode())), Ok(answer));
             let proof = Proof { mac: blob };
             prop_assert_eq!(Proof::decode(body(&proof.encode())), Ok(proof));
         }
@@ -460,7 +547,7 @@ mod tests {
             let _ = ShardFrame::decode(&bytes);
             let _ = Challenge::decode(&bytes);
             let _ = Proof::decode(&bytes);
-            let mut with_header = b"SHWR\x01\x00".to_vec();
+            let mut with_header = b"SHWR\x02\x00".to_vec();
             with_header.extend_from_slice(&[kind, 0]);
             with_header.extend_from_slice(&bytes);
             let _ = ShardRequest::decode(&with_header);
@@ -481,9 +568,30 @@ mod tests {
             Challenge::decode(&proof[PREFIX_LEN..]),
             Err(WireError::Kind { .. })
         ));
+        let end = ShardFrame::end(7);
+        assert!(ShardFrame::decode(body(&end.encode())).unwrap().is_end());
+        let oversized = ShardFrame {
+            index: 0,
+            len: MAX_SHARD_BYTES + 1,
+            hash: [0; 32],
+        };
         assert_eq!(
-            ShardFrame::decode(body(&ShardFrame { index: 0, len: 0 }.encode())),
+            ShardFrame::decode(body(&oversized.encode())),
             Err(WireError::Invalid("shard length out of range"))
+        );
+        let hint = |upstream: &str| ShardRequest {
+            blob: [0; 32],
+            shards: ShardSet::All,
+            map: MapWanted::Full,
+            fetch: Some(FetchHint {
+                upstream: upstream.into(),
+                repo: "r".into(),
+            }),
+        };
+        assert!(ShardRequest::decode(body(&hint("docker").encode())).is_ok());
+        assert!(ShardRequest::decode(body(&hint("").encode())).is_err());
+        assert!(
+            ShardRequest::decode(body(&hint(&"x".repeat(MAX_HINT_BYTES + 1)).encode())).is_err()
         );
         let mut bad = map(&[10, 20]);
         bad.blob_len = 31;

@@ -87,11 +87,20 @@ pub struct Metrics {
     pub bytes_sent_peer: Counter,
     /// Blob fetches from a peer that failed (the blob then came from another source).
     pub peer_fetch_failures: Counter,
+    /// Batches of shards asked of a second peer because the first was late.
+    pub hedged_requests: Counter,
     /// Peers that failed the membership proof or did not give it in time.
     pub p2p_failed_proofs: Counter,
     /// Connected peers that have proved membership.
     pub p2p_members: AtomicU64,
+    /// Blob bytes exchanged with each peer: (received from it, sent to it).
+    peer_bytes: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Time from asking a peer for a shard to holding its verified bytes, in microseconds.
+    shard_fetch_us: Mutex<Option<Histogram<u64>>>,
 }
+
+/// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
+const MAX_PEERS_TRACKED: usize = 1024;
 
 impl Metrics {
     /// Records one finished request.
@@ -126,6 +135,38 @@ impl Metrics {
             .filter(|((_, k), _)| *k == kind)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Records blob bytes sent to `peer`.
+    pub fn record_bytes_sent_to_peer(&self, peer: &libp2p::PeerId, n: u64) {
+        self.bytes_sent_peer.add(n);
+        self.peer_entry(peer, |entry| entry.1 += n);
+    }
+
+    /// Records blob bytes received from `peer` (each shard BLAKE3-checked), and how long the
+    /// shard took from request to verified bytes.
+    /// The latency is left out for shards of a blob the peer was still fetching (they wait on
+    /// the peer's own source).
+    pub fn record_shard_from_peer(&self, peer: &libp2p::PeerId, n: u64, latency: Option<Duration>) {
+        self.bytes_received_peer.add(n);
+        self.peer_entry(peer, |entry| entry.0 += n);
+        let Some(latency) = latency else { return };
+        lock(&self.shard_fetch_us)
+            .get_or_insert_with(|| {
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds are valid")
+            })
+            .saturating_record(latency.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    fn peer_entry(&self, peer: &libp2p::PeerId, update: impl FnOnce(&mut (u64, u64))) {
+        let mut peers = lock(&self.peer_bytes);
+        let key = peer.to_string();
+        let key = if peers.contains_key(&key) || peers.len() < MAX_PEERS_TRACKED {
+            key
+        } else {
+            "other".to_owned()
+        };
+        update(peers.entry(key).or_default());
     }
 
     /// Records blob bytes sent to a client.
@@ -215,6 +256,48 @@ impl Metrics {
             "shoal_bytes_received_total{{source=\"origin\"}} {}",
             self.bytes_received_origin.get()
         );
+        header(
+            &mut out,
+            "shoal_peer_bytes_received_total",
+            "counter",
+            "Blob bytes received from each peer.",
+        );
+        let peers = lock(&self.peer_bytes).clone();
+        for (peer, (received, _)) in &peers {
+            let _ = writeln!(
+                out,
+                "shoal_peer_bytes_received_total{{peer=\"{peer}\"}} {received}"
+            );
+        }
+        header(
+            &mut out,
+            "shoal_peer_bytes_sent_total",
+            "counter",
+            "Blob bytes sent to each peer.",
+        );
+        for (peer, (_, sent)) in &peers {
+            let _ = writeln!(out, "shoal_peer_bytes_sent_total{{peer=\"{peer}\"}} {sent}");
+        }
+        header(
+            &mut out,
+            "shoal_shard_fetch_duration_seconds",
+            "summary",
+            "Time from asking a peer for a shard to holding its verified bytes (hdrhistogram).",
+        );
+        if let Some(histogram) = lock(&self.shard_fetch_us).as_ref() {
+            for quantile in [0.5, 0.9, 0.99, 0.999] {
+                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "shoal_shard_fetch_duration_seconds{{quantile=\"{quantile}\"}} {seconds}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "shoal_shard_fetch_duration_seconds_count {}",
+                histogram.len()
+            );
+        }
         for (name, kind, help, value) in [
             (
                 "shoal_bytes_sent_to_peers_total",
@@ -227,6 +310,12 @@ impl Metrics {
                 "counter",
                 "Blob fetches from a peer that failed.",
                 self.peer_fetch_failures.get(),
+            ),
+            (
+                "shoal_hedged_requests_total",
+                "counter",
+                "Batches of shards asked of a second peer because the first was late.",
+                self.hedged_requests.get(),
             ),
             (
                 "shoal_p2p_failed_proofs_total",
@@ -406,6 +495,9 @@ mod tests {
         metrics.record_upstream_request("docker.io", "blob");
         metrics.cache_hits.inc();
         metrics.record_bytes_served(ByteSource::Cache, 10);
+        let peer = libp2p::PeerId::random();
+        metrics.record_shard_from_peer(&peer, 7, Some(Duration::from_millis(2)));
+        metrics.record_bytes_sent_to_peer(&peer, 5);
         let text = metrics.render(StoreStats {
             blobs: 2,
             bytes: 30,
@@ -417,6 +509,12 @@ mod tests {
         );
         assert!(text.contains("shoal_bytes_served_total{source=\"cache\"} 10"));
         assert!(text.contains("shoal_cache_hit_ratio 1"));
+        assert!(text.contains(&format!(
+            "shoal_peer_bytes_received_total{{peer=\"{peer}\"}} 7"
+        )));
+        assert!(text.contains(&format!("shoal_peer_bytes_sent_total{{peer=\"{peer}\"}} 5")));
+        assert!(text.contains("shoal_bytes_received_total{source=\"peer\"} 7"));
+        assert!(text.contains("shoal_shard_fetch_duration_seconds{quantile=\"0.5\"} 0.002"));
         assert!(text.contains("shoal_store_bytes 30"));
         assert!(
             text.contains(

@@ -39,7 +39,9 @@ pub(super) async fn prove(
             .map_err(|e| format!("opening the proof stream: {e}"))?;
         let ours = nonce();
         write(&mut stream, &Challenge { nonce: ours }.encode()).await?;
-        let theirs: Challenge = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+        let theirs: Challenge = read_message(&mut stream, EXCHANGE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
         let (local_id, peer_id) = (local.to_bytes(), peer.to_bytes());
         let mac = wire::membership_mac(
             key.bytes(),
@@ -50,7 +52,7 @@ pub(super) async fn prove(
             &theirs.nonce,
         );
         write(&mut stream, &Proof { mac }.encode()).await?;
-        let answer: Proof = read_message(&mut stream)
+        let answer: Proof = read_message(&mut stream, EXCHANGE_TIMEOUT)
             .await
             .map_err(|e| format!("no proof from the listener: {e}"))?;
         let expected = wire::membership_mac(
@@ -117,10 +119,14 @@ async fn answer(
     local: PeerId,
     peer: PeerId,
 ) -> Result<(), String> {
-    let theirs: Challenge = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+    let theirs: Challenge = read_message(&mut stream, EXCHANGE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     let ours = nonce();
     write(&mut stream, &Challenge { nonce: ours }.encode()).await?;
-    let proof: Proof = read_message(&mut stream).await.map_err(|e| e.to_string())?;
+    let proof: Proof = read_message(&mut stream, EXCHANGE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     let (local_id, peer_id) = (local.to_bytes(), peer.to_bytes());
     let expected = wire::membership_mac(
         key.bytes(),

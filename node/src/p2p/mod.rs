@@ -36,7 +36,9 @@ use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
 pub use peers::PeerInfo;
-pub use transfer::{PeerBlob, TransferError};
+pub use transfer::{
+    InFlightBlob, InFlightBlobs, InFlightShard, Offer, PeerAnswer, ShardStream, TransferError,
+};
 
 use peers::PeerTable;
 
@@ -121,6 +123,7 @@ struct Behaviour {
 
 enum Command {
     Provide(BlobDigest),
+    StopProviding(BlobDigest),
     FindProviders(BlobDigest, oneshot::Sender<Vec<PeerId>>),
     Proved(PeerId),
     FailedProof(PeerId, String),
@@ -137,6 +140,7 @@ pub struct PeerNetwork {
     avoid: Arc<Mutex<HashMap<PeerId, Instant>>>,
     peers: PeerTable,
     region: String,
+    in_flight: transfer::InFlightSlot,
 }
 
 impl std::fmt::Debug for PeerNetwork {
@@ -159,6 +163,28 @@ impl PeerNetwork {
         if self.commands.try_send(Command::Provide(digest)).is_err() {
             tracing::debug!(%digest, "swarm busy; provider record not announced");
         }
+    }
+
+    /// Withdraws this node's provider record for `digest` (a fetch it announced failed).
+    pub fn stop_providing(&self, digest: BlobDigest) {
+        let _ = self.commands.try_send(Command::StopProviding(digest));
+    }
+
+    /// Lets peers follow the blobs this node is fetching (and ask it to fetch a blob whose home it
+    /// is). Until this is called, peers are offered committed blobs only.
+    pub fn serve_in_flight(&self, blobs: Arc<dyn InFlightBlobs>) {
+        let _ = self.in_flight.set(blobs);
+    }
+
+    /// The blob's home: of this node and the members connected now, the one whose peer id is
+    /// closest to the blob's DHT key (XOR distance, as Kademlia measures it). Nodes that see the
+    /// same members agree on it, so nodes missing the same blob at once all ask the same one.
+    pub fn home(&self, digest: BlobDigest) -> PeerId {
+        let key = kad::KBucketKey::new(kad::RecordKey::new(digest.as_bytes()));
+        std::iter::once(self.local)
+            .chain(self.peers.members())
+            .min_by_key(|peer| kad::KBucketKey::from(*peer).distance(&key))
+            .unwrap_or(self.local)
     }
 
     /// Announces `digest`, waiting for room in the swarm's queue (for the start-up sweep).
@@ -223,16 +249,16 @@ impl PeerNetwork {
         self.peers.rank(candidates, &self.region)
     }
 
-    /// Asks `peer` for the whole of `digest`: its shard map, then its shards in order.
-    pub async fn open_blob(
+    /// Sends `request` to `peer`; the answer carries the stream its shards follow on.
+    pub async fn request(
         &self,
         peer: PeerId,
-        digest: BlobDigest,
-    ) -> Result<PeerBlob, TransferError> {
-        transfer::open_blob(
+        request: shoal_proto::wire::ShardRequest,
+    ) -> Result<PeerAnswer, TransferError> {
+        transfer::request(
             self.control.clone(),
             peer,
-            digest,
+            request,
             self.peers.begin_request(peer),
         )
         .await
@@ -379,6 +405,7 @@ pub async fn start(
         avoid: Arc::default(),
         peers: members.clone(),
         region: config.region.clone(),
+        in_flight: Arc::default(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control
@@ -396,9 +423,12 @@ pub async fn start(
     ));
     tokio::spawn(transfer::serve(
         shards_incoming,
-        members.clone(),
-        store,
-        metrics.clone(),
+        transfer::Serving {
+            members: members.clone(),
+            store,
+            in_flight: network.in_flight.clone(),
+            metrics: metrics.clone(),
+        },
         stop.clone(),
     ));
     for addr in &config.bootstrap {
@@ -462,6 +492,10 @@ impl SwarmTask {
                 if let Err(error) = self.swarm.behaviour_mut().kad.kad.start_providing(key) {
                     tracing::warn!(%digest, %error, "cannot record provider");
                 }
+            }
+            Command::StopProviding(digest) => {
+                let key = kad::RecordKey::new(digest.as_bytes());
+                self.swarm.behaviour_mut().kad.kad.stop_providing(&key);
             }
             Command::FindProviders(digest, reply) => {
                 let key = kad::RecordKey::new(digest.as_bytes());

@@ -1,31 +1,38 @@
-//! Shard transfer on `/shoal/shards/1`: serving the blobs this node holds to members, and fetching
-//! a blob's shard map and shards from a peer. Message layout and flow are in `shoal_proto::wire`.
+//! Shard transfer on `/shoal/shards/1`: serving blobs to members (whole blobs from the store,
+//! blobs still being fetched from the flight that fetches them), and asking a peer for shards.
+//! Message layout and flow are in `shoal_proto::wire`.
 //!
-//! The fetching side checks every frame's length before allocating and every shard's BLAKE3
-//! against the peer's shard map; the map itself is untrusted until the whole blob's sha256 matches,
-//! which is `pullthrough`'s job (it ingests what this module returns).
+//! The asking side checks every frame's length before allocating and every shard's BLAKE3 against
+//! the frame's hash; which hash is right (the shard map's) is the caller's check, and the map
+//! itself is untrusted until the whole blob's sha256 matches, which is `pullthrough`'s job.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{
-    self, ShardAnswer, ShardFrame, ShardRequest, ShardSet, WireError, WireMessage,
+    self, FetchHint, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError, WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
+use super::peers::OpenRequest;
 use super::{PeerTable, SHARDS_PROTOCOL};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
 /// Transfers served at once; further requests are refused (the requester asks someone else).
-const CONCURRENT_SERVES: usize = 32;
-/// Longest wait for one frame or one shard's bytes.
+const CONCURRENT_SERVES: usize = 64;
+/// Longest wait for one frame or one shard's bytes from a holder of the whole blob.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the next shard of a blob the holder is still fetching (it waits on its own
+/// source).
+const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait to open a stream to a peer (dialling it if needed).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,9 +59,57 @@ pub enum TransferError {
     Timeout,
 }
 
+impl TransferError {
+    /// Whether the peer sent something it must not (as opposed to failing or going away).
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(self, TransferError::Protocol(_) | TransferError::Wire(_))
+    }
+}
+
+/// One shard of a blob this node is still fetching, as offered to a peer.
+#[derive(Debug, Clone)]
+pub struct InFlightShard {
+    /// Its BLAKE3.
+    pub hash: [u8; 32],
+    /// Its bytes.
+    pub bytes: Bytes,
+}
+
+/// A blob this node is still fetching, offered to a peer: its shards in order as they are
+/// written; the stream ends after the last one once the blob has matched its digest, and yields an
+/// error if the fetch fails.
+pub struct InFlightBlob {
+    /// The blob's length, if known.
+    pub blob_len: Option<u64>,
+    /// The shards.
+    pub shards: BoxStream<'static, Result<InFlightShard, std::io::Error>>,
+}
+
+/// What this node can offer a peer for a blob it has not committed.
+pub enum Offer {
+    /// The blob was committed meanwhile: look in the store again.
+    Stored,
+    /// The blob is being fetched and may be followed.
+    InFlight(InFlightBlob),
+    /// Nothing.
+    NotHere,
+}
+
+/// Blobs this node is fetching, for peers: implemented by `pullthrough`, which owns the flights
+/// (this module never starts a fetch itself).
+pub trait InFlightBlobs: Send + Sync + 'static {
+    /// Offers `digest` to a peer; with a `fetch` hint, may start fetching it from the named
+    /// upstream first (this node is the blob's home).
+    fn offer(&self, digest: BlobDigest, fetch: Option<FetchHint>) -> BoxFuture<'static, Offer>;
+}
+
+/// The late-bound in-flight source (set once the pull-through cache exists).
+pub(super) type InFlightSlot = Arc<OnceLock<Arc<dyn InFlightBlobs>>>;
+
 /// Reads one framed message, checking its length against the message's limit before allocating.
 pub(super) async fn read_message<M: WireMessage>(
     stream: &mut (impl AsyncRead + Unpin),
+    timeout: Duration,
 ) -> Result<M, TransferError> {
     let read = async {
         let mut prefix = [0u8; wire::PREFIX_LEN];
@@ -65,104 +120,125 @@ pub(super) async fn read_message<M: WireMessage>(
         stream.read_exact(&mut body).await?;
         Ok::<M, TransferError>(M::decode(&body)?)
     };
-    tokio::time::timeout(READ_TIMEOUT, read)
+    tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| TransferError::Timeout)?
 }
 
-/// A blob being received from a peer: its (untrusted) shard map, and the shards in order.
-pub struct PeerBlob {
+/// The shard frames of one answer, as they arrive.
+pub struct ShardStream {
     peer: PeerId,
     stream: libp2p::Stream,
-    map: ShardMap,
-    next: usize,
-    _load: super::peers::OpenRequest,
+    timeout: Duration,
+    _load: OpenRequest,
 }
 
-impl std::fmt::Debug for PeerBlob {
+impl std::fmt::Debug for ShardStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerBlob")
+        f.debug_struct("ShardStream")
             .field("peer", &self.peer)
-            .field("next", &self.next)
             .finish()
     }
 }
 
-impl PeerBlob {
-    /// The peer sending the blob.
+impl ShardStream {
+    /// The peer answering.
     pub fn peer(&self) -> PeerId {
         self.peer
     }
 
-    /// The peer's shard map of the blob (validated, but proven only by the blob's sha256).
-    pub fn map(&self) -> &ShardMap {
-        &self.map
-    }
-
-    /// The next shard's bytes, BLAKE3-checked against the map; `None` after the last shard.
-    pub async fn next_shard(&mut self) -> Result<Option<Bytes>, TransferError> {
-        let Some(entry) = self.map.shards.get(self.next).copied() else {
-            return Ok(None);
+    /// The next frame and its bytes, BLAKE3-checked against the frame's hash; `None` at an end
+    /// frame or when the holder closed the stream cleanly between frames (callers know how many
+    /// shards they asked for).
+    pub async fn next_frame(&mut self) -> Result<Option<(ShardFrame, Bytes)>, TransferError> {
+        let frame: ShardFrame = match read_message(&mut self.stream, self.timeout).await {
+            Ok(frame) => frame,
+            Err(TransferError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
         };
-        let frame: ShardFrame = read_message(&mut self.stream).await?;
-        if frame.index as usize != self.next || frame.len != entry.len {
-            return Err(TransferError::Protocol(
-                "shard frame does not match the shard map",
-            ));
+        if frame.is_end() {
+            return Ok(None);
         }
-        // The length is bounded by the map entry, which `ShardMap::validate` bounded.
-        let mut bytes = vec![0u8; entry.len as usize];
-        tokio::time::timeout(READ_TIMEOUT, self.stream.read_exact(&mut bytes))
+        // The length is bounded by `ShardFrame::check` (at most one maximum shard).
+        let mut bytes = vec![0u8; frame.len as usize];
+        tokio::time::timeout(self.timeout, self.stream.read_exact(&mut bytes))
             .await
             .map_err(|_| TransferError::Timeout)??;
-        if blake3::hash(&bytes).as_bytes() != &entry.hash {
+        if blake3::hash(&bytes).as_bytes() != &frame.hash {
             return Err(TransferError::Protocol(
                 "shard bytes do not match their BLAKE3 hash",
             ));
         }
-        self.next += 1;
-        Ok(Some(Bytes::from(bytes)))
+        Ok(Some((frame, Bytes::from(bytes))))
     }
 }
 
-/// Asks `peer` for every shard of `digest`; returns once the shard map has arrived.
-pub(super) async fn open_blob(
+/// A holder's answer to a request, with the stream its shards follow on.
+#[derive(Debug)]
+pub enum PeerAnswer {
+    /// The holder has the whole blob; its map.
+    Map(ShardMap, ShardStream),
+    /// The holder has the whole blob; its map's BLAKE3.
+    MapHash([u8; 32], ShardStream),
+    /// The holder is fetching the blob; every shard follows in order.
+    InFlight(Option<u64>, ShardStream),
+}
+
+/// Sends `request` to `peer` and reads the answer.
+pub(super) async fn request(
     mut control: libp2p_stream::Control,
     peer: PeerId,
-    digest: BlobDigest,
-    load: super::peers::OpenRequest,
-) -> Result<PeerBlob, TransferError> {
+    request: ShardRequest,
+    load: OpenRequest,
+) -> Result<PeerAnswer, TransferError> {
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARDS_PROTOCOL))
         .await
         .map_err(|_| TransferError::Timeout)?
         .map_err(|e| TransferError::Open(e.to_string()))?;
-    let request = ShardRequest {
-        blob: *digest.as_bytes(),
-        shards: ShardSet::All,
-    };
     stream.write_all(&request.encode()).await?;
     stream.flush().await?;
-    match read_message::<ShardAnswer>(&mut stream).await? {
+    // A home that starts a fetch for us answers once its source answered.
+    let first_answer = if request.fetch.is_some() {
+        IN_FLIGHT_TIMEOUT
+    } else {
+        READ_TIMEOUT
+    };
+    let answer = read_message::<ShardAnswer>(&mut stream, first_answer).await?;
+    let shards = |stream, timeout| ShardStream {
+        peer,
+        stream,
+        timeout,
+        _load: load,
+    };
+    match answer {
         ShardAnswer::NotHere => Err(TransferError::NotHere),
-        ShardAnswer::Map(map) if map.blob != *digest.as_bytes() => {
+        ShardAnswer::Map(map) if map.blob != request.blob => {
             Err(TransferError::Protocol("the shard map is for another blob"))
         }
-        ShardAnswer::Map(map) => Ok(PeerBlob {
-            peer,
-            stream,
-            map,
-            next: 0,
-            _load: load,
-        }),
+        ShardAnswer::Map(map) => Ok(PeerAnswer::Map(map, shards(stream, READ_TIMEOUT))),
+        ShardAnswer::MapHash(hash) => Ok(PeerAnswer::MapHash(hash, shards(stream, READ_TIMEOUT))),
+        ShardAnswer::InFlight(blob_len) => Ok(PeerAnswer::InFlight(
+            blob_len,
+            shards(stream, IN_FLIGHT_TIMEOUT),
+        )),
     }
+}
+
+/// What serving needs, shared by every transfer.
+#[derive(Clone)]
+pub(super) struct Serving {
+    pub(super) members: PeerTable,
+    pub(super) store: ShardStore,
+    pub(super) in_flight: InFlightSlot,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// Serves transfer requests from members until `stop`.
 pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
-    members: PeerTable,
-    store: ShardStore,
-    metrics: Arc<Metrics>,
+    serving: Serving,
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(CONCURRENT_SERVES));
@@ -174,7 +250,7 @@ pub(super) async fn serve(
                 None => return,
             },
         };
-        if !members.is_member(&peer) {
+        if !serving.members.is_member(&peer) {
             tracing::warn!(%peer, "transfer request from a peer that has not proved membership; refused");
             continue;
         }
@@ -182,11 +258,11 @@ pub(super) async fn serve(
             tracing::debug!(%peer, "too many transfers in progress; request refused");
             continue;
         };
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let serving = serving.clone();
         let span = tracing::info_span!("peer", %peer);
         tokio::spawn(
             async move {
-                if let Err(error) = serve_one(stream, store, metrics).await {
+                if let Err(error) = serve_one(stream, peer, serving).await {
                     tracing::debug!(%error, "transfer ended early");
                 }
                 drop(permit);
@@ -198,34 +274,64 @@ pub(super) async fn serve(
 
 async fn serve_one(
     mut stream: libp2p::Stream,
-    store: ShardStore,
-    metrics: Arc<Metrics>,
+    peer: PeerId,
+    serving: Serving,
 ) -> Result<(), TransferError> {
-    let request: ShardRequest = read_message(&mut stream).await?;
+    let request: ShardRequest = read_message(&mut stream, READ_TIMEOUT).await?;
     let digest = request.blob_digest();
-    // Hold a reader guard so the blob is not evicted while it is being sent.
-    let opened = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.open_blob(&digest))
-            .await
-            .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
-            .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
+    let mut offered = false;
+    loop {
+        // Hold a reader guard so the blob is not evicted while it is being sent.
+        let opened = {
+            let store = serving.store.clone();
+            tokio::task::spawn_blocking(move || store.open_blob(&digest))
+                .await
+                .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
+                .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
+        };
+        if let Some((map, _guard)) = opened {
+            return send_stored(stream, peer, &request, map, &serving).await;
+        }
+        let offer = match (offered, serving.in_flight.get()) {
+            (false, Some(in_flight)) => in_flight.offer(digest, request.fetch.clone()).await,
+            _ => Offer::NotHere,
+        };
+        offered = true;
+        match offer {
+            Offer::Stored => continue,
+            Offer::InFlight(blob) => {
+                return send_in_flight(stream, peer, digest, blob, &serving).await
+            }
+            Offer::NotHere => {
+                stream.write_all(&ShardAnswer::NotHere.encode()).await?;
+                stream.close().await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Answers from a committed blob: the map (or its hash), then the wanted shards.
+async fn send_stored(
+    mut stream: libp2p::Stream,
+    peer: PeerId,
+    request: &ShardRequest,
+    map: ShardMap,
+    serving: &Serving,
+) -> Result<(), TransferError> {
+    let digest = request.blob_digest();
+    let answer = match request.map {
+        MapWanted::Full => ShardAnswer::Map(map.clone()),
+        MapWanted::HashOnly => ShardAnswer::MapHash(*blake3::hash(&map.encode()).as_bytes()),
     };
-    let Some((map, _guard)) = opened else {
-        stream.write_all(&ShardAnswer::NotHere.encode()).await?;
-        stream.close().await?;
-        return Ok(());
-    };
-    stream
-        .write_all(&ShardAnswer::Map(map.clone()).encode())
-        .await?;
+    stream.write_all(&answer.encode()).await?;
     let mut sent = 0u64;
     for (index, entry) in map.shards.iter().copied().enumerate() {
         if !request.shards.contains(index) {
             continue;
         }
         let bytes = {
-            let store = store.clone();
+            let store = serving.store.clone();
             tokio::task::spawn_blocking(move || store.read_shard(&entry))
                 .await
                 .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
@@ -235,7 +341,7 @@ async fn serve_one(
         let bytes = match bytes {
             Ok(bytes) => bytes,
             Err(error) => {
-                metrics.shard_verify_failures.inc();
+                serving.metrics.shard_verify_failures.inc();
                 tracing::warn!(%digest, %error, "cannot send a stored shard; transfer stopped");
                 return Err(TransferError::Io(std::io::Error::other(error)));
             }
@@ -243,13 +349,48 @@ async fn serve_one(
         let frame = ShardFrame {
             index: index as u32,
             len: entry.len,
+            hash: entry.hash,
         };
         stream.write_all(&frame.encode()).await?;
         stream.write_all(&bytes).await?;
         sent += bytes.len() as u64;
     }
     stream.close().await?;
-    metrics.bytes_sent_peer.add(sent);
-    tracing::info!(%digest, bytes = sent, "blob sent to peer");
+    serving.metrics.record_bytes_sent_to_peer(&peer, sent);
+    tracing::debug!(%digest, bytes = sent, "shards sent to peer");
+    Ok(())
+}
+
+/// Answers from a blob still being fetched: every shard in order as it is written, then the end
+/// frame once the blob is verified here.
+async fn send_in_flight(
+    mut stream: libp2p::Stream,
+    peer: PeerId,
+    digest: BlobDigest,
+    mut blob: InFlightBlob,
+    serving: &Serving,
+) -> Result<(), TransferError> {
+    stream
+        .write_all(&ShardAnswer::InFlight(blob.blob_len).encode())
+        .await?;
+    stream.flush().await?;
+    let mut index = 0u32;
+    let mut sent = 0u64;
+    while let Some(shard) = blob.shards.next().await {
+        let shard = shard?;
+        let frame = ShardFrame {
+            index,
+            len: shard.bytes.len() as u32,
+            hash: shard.hash,
+        };
+        stream.write_all(&frame.encode()).await?;
+        stream.write_all(&shard.bytes).await?;
+        sent += shard.bytes.len() as u64;
+        index += 1;
+    }
+    stream.write_all(&ShardFrame::end(index).encode()).await?;
+    stream.close().await?;
+    serving.metrics.record_bytes_sent_to_peer(&peer, sent);
+    tracing::info!(%digest, bytes = sent, shards = index, "blob sent to peer while fetching it");
     Ok(())
 }

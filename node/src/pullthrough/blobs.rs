@@ -12,11 +12,11 @@ use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
 
-use super::flight::{read_file_range, Flight, Next, Outcome};
+use super::flight::{read_file_range, Flight, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
 use super::{PullError, PullThrough};
+use crate::assembly::{self, PeerFetch};
 use crate::metrics::ByteSource;
-use crate::p2p::{PeerBlob, TransferError};
 use crate::store::{IngestError, ReaderGuard, ShardReadError};
 use crate::upstream::Upstream;
 
@@ -43,15 +43,23 @@ const INLINE_MAX: u32 = 1 << 20;
 const RESUME_ATTEMPTS: u32 = 3;
 /// How long a cold miss waits for the DHT to name a provider before going to the origin.
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
-/// Providers asked for a blob's shard map before going to the origin.
-const PEERS_TRIED: usize = 3;
 
 /// Where a cold blob's bytes are coming from.
 enum Source {
-    /// A peer, shard by shard.
-    Peer(PeerBlob),
+    /// Peers, shard by shard.
+    Peers(PeerFetch),
     /// The upstream registry.
     Origin(crate::upstream::BlobResponse),
+}
+
+/// Who a flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FetchFor {
+    /// A client of this node: ask peers first.
+    Client,
+    /// A peer that found nobody holding the blob and asked this node, its home, to fetch it: go
+    /// straight to the origin.
+    Peer,
 }
 
 impl PullThrough {
@@ -143,7 +151,9 @@ impl PullThrough {
             if let Some(reply) = self.open_cached(upstream, repo, digest, range).await? {
                 return Ok(reply);
             }
-            if let Some(flight) = self.join_or_start_flight(upstream, repo, digest)? {
+            if let Some(flight) =
+                self.join_or_start_flight(upstream, repo, digest, FetchFor::Client)?
+            {
                 self.metrics.cache_misses.inc();
                 return self.follow(flight, digest, range).await;
             }
@@ -191,11 +201,12 @@ impl PullThrough {
         })
     }
 
-    fn join_or_start_flight(
+    pub(super) fn join_or_start_flight(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
         digest: BlobDigest,
+        fetch_for: FetchFor,
     ) -> Result<Option<Arc<Flight>>, PullError> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&digest) {
@@ -214,7 +225,10 @@ impl PullThrough {
         let (upstream, repo, driven) = (upstream.clone(), repo.clone(), flight.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
+            let outcome = match this
+                .fetch_and_ingest(&driven, &upstream, &repo, fetch_for)
+                .await
+            {
                 Ok((len, source)) => {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
@@ -225,6 +239,9 @@ impl PullThrough {
                 }
                 Err(error) => {
                     tracing::warn!(%digest, %repo, upstream = upstream.name(), %error, "blob fetch failed; nothing stored");
+                    if let Some(peers) = &this.peers {
+                        peers.stop_providing(digest);
+                    }
                     Outcome::Failed(error)
                 }
             };
@@ -254,16 +271,22 @@ impl PullThrough {
         flight: &Flight,
         upstream: &Upstream,
         repo: &RepoName,
+        fetch_for: FetchFor,
     ) -> Result<(u64, &'static str), PullError> {
         let digest = flight.digest;
-        let mut source = match self.peer_source(digest).await {
-            Some(blob) => Source::Peer(blob),
+        let from_peers = match fetch_for {
+            FetchFor::Client => self.peer_fetch(digest, upstream, repo).await,
+            FetchFor::Peer => None,
+        };
+        let mut source = match from_peers {
+            Some(fetch) => Source::Peers(fetch),
             None => Source::Origin(upstream.fetch_blob(repo, &digest, None).await?),
         };
         let total = match &source {
-            Source::Peer(blob) => Some(blob.map().blob_len),
+            Source::Peers(fetch) => fetch.blob_len(),
             Source::Origin(response) => response.content_length,
         };
+        self.announce_source(flight, &source);
         if total.is_some_and(|len| len > MAX_BLOB_BYTES) {
             return Err(PullError::UpstreamInvalid(format!(
                 "blob larger than {MAX_BLOB_BYTES} bytes"
@@ -271,7 +294,7 @@ impl PullThrough {
         }
         // The peer whose bytes are in this ingest, if any: blamed if the sha256 does not match.
         let mut peer_used = match &source {
-            Source::Peer(blob) => Some(blob.peer()),
+            Source::Peers(fetch) => Some(fetch.accountable_peer()),
             Source::Origin(_) => None,
         };
         flight.start(total);
@@ -328,46 +351,44 @@ impl PullThrough {
             }
             let response = match &mut source {
                 Source::Origin(response) => response,
-                Source::Peer(blob) => {
-                    match blob.next_shard().await {
-                        Ok(Some(chunk)) => {
-                            self.metrics.bytes_received_peer.add(chunk.len() as u64);
-                            if !self
-                                .push_chunk(flight, total, chunk, &hash_feed, &feed)
-                                .await?
-                            {
-                                break;
-                            }
-                            continue;
+                Source::Peers(fetch) => match fetch.next_bytes().await {
+                    Ok(Some(chunk)) => {
+                        if !self
+                            .push_chunk(flight, total, chunk, &hash_feed, &feed)
+                            .await?
+                        {
+                            break;
                         }
-                        Ok(None) => break,
-                        Err(error) => {
-                            // Shards already received were BLAKE3-checked against the peer's map;
-                            // the sha256 at the end decides whether that map was true. Go on from
-                            // the origin where the peer stopped.
-                            let peer = blob.peer();
-                            let received = flight.received();
-                            self.metrics.peer_fetch_failures.inc();
-                            tracing::warn!(%digest, %peer, received, %error, "peer transfer failed; continuing from the origin");
-                            if matches!(error, TransferError::Protocol(_) | TransferError::Wire(_))
-                            {
-                                if let Some(peers) = &self.peers {
-                                    peers.avoid(peer);
-                                }
-                            }
-                            let range = total.filter(|_| received > 0).map(|t| received..t);
-                            let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await?;
-                            if range.is_some() && !resumed.partial {
-                                return Err(PullError::UpstreamUnavailable(
-                                    "peer failed mid-blob and the upstream does not support Range"
-                                        .into(),
-                                ));
-                            }
-                            source = Source::Origin(resumed);
-                            continue;
-                        }
+                        continue;
                     }
-                }
+                    Ok(None) => break,
+                    Err(error) => {
+                        // Shards already received were BLAKE3-checked against the peer's map; the
+                        // sha256 at the end decides whether that map was true. Go on from the
+                        // origin where the peers stopped.
+                        let received = flight.received();
+                        self.metrics.peer_fetch_failures.inc();
+                        tracing::warn!(%digest, received, %error, "peers cannot send the rest; continuing from the origin");
+                        if let (assembly::AssemblyError::Peer { peer, error }, Some(peers)) =
+                            (&error, &self.peers)
+                        {
+                            if error.is_misbehaviour() {
+                                peers.avoid(*peer);
+                            }
+                        }
+                        let range = total.filter(|_| received > 0).map(|t| received..t);
+                        let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await?;
+                        if range.is_some() && !resumed.partial {
+                            return Err(PullError::UpstreamUnavailable(
+                                "peers failed mid-blob and the upstream does not support Range"
+                                    .into(),
+                            ));
+                        }
+                        source = Source::Origin(resumed);
+                        self.announce_source(flight, &source);
+                        continue;
+                    }
+                },
             };
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -459,27 +480,38 @@ impl PullThrough {
             && feed.send(Feed::Bytes(chunk)).await.is_ok())
     }
 
-    /// A peer that has the blob, asked for its shard map: the DHT's providers in turn, at most
-    /// [`PEERS_TRIED`]. `None` when there is no peer network, no provider, or none answers.
-    async fn peer_source(&self, digest: BlobDigest) -> Option<PeerBlob> {
+    /// Peers that can send the blob: the DHT's providers, or the blob's home asked to fetch it for
+    /// this node. `None` when there is no peer network or no peer can help.
+    async fn peer_fetch(
+        &self,
+        digest: BlobDigest,
+        upstream: &Upstream,
+        repo: &RepoName,
+    ) -> Option<PeerFetch> {
         let peers = self.peers.as_ref()?;
         let providers = peers.find_providers(digest, PROVIDER_LOOKUP).await;
         if providers.is_empty() {
             tracing::debug!(%digest, "no peer provides the blob");
         }
-        for peer in providers.into_iter().take(PEERS_TRIED) {
-            match peers.open_blob(peer, digest).await {
-                Ok(blob) => {
-                    tracing::info!(%digest, %peer, shards = blob.map().shards.len(), "fetching blob from peer");
-                    return Some(blob);
-                }
-                Err(error) => {
-                    self.metrics.peer_fetch_failures.inc();
-                    tracing::warn!(%digest, %peer, %error, "peer cannot send the blob; trying the next source");
-                }
-            }
+        let hint = shoal_proto::wire::FetchHint {
+            upstream: upstream.name().to_owned(),
+            repo: repo.as_str().to_owned(),
+        };
+        assembly::open(peers, &self.metrics, digest, providers, Some(hint)).await
+    }
+
+    /// Records where a flight's bytes now come from and, when peers may follow it, announces it
+    /// in the DHT at once so that nodes missing the blob meanwhile find this flight.
+    fn announce_source(&self, flight: &Flight, source: &Source) {
+        let kind = match source {
+            Source::Origin(_) => FlightSource::Origin,
+            Source::Peers(PeerFetch::Parallel(_)) => FlightSource::StoredPeers,
+            Source::Peers(PeerFetch::Follow(_)) => FlightSource::InFlightPeer,
+        };
+        flight.set_source(kind);
+        if let (true, Some(peers)) = (kind.shareable(), &self.peers) {
+            peers.provide(flight.digest);
         }
-        None
     }
 
     /// Streams `wanted` of a stored blob, verifying each shard and healing bad ones from the

@@ -27,8 +27,40 @@ pub enum Outcome {
     Failed(PullError),
 }
 
+/// Where a flight's bytes come from, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlightSource {
+    /// The upstream registry.
+    Origin,
+    /// Peers holding the whole blob.
+    StoredPeers,
+    /// A peer that is itself still fetching the blob.
+    InFlightPeer,
+}
+
+impl FlightSource {
+    /// Whether peers may follow this flight: only when its bytes do not come from another
+    /// flight, so chains of flights never loop.
+    pub fn shareable(self) -> bool {
+        !matches!(self, FlightSource::InFlightPeer)
+    }
+}
+
+/// What a peer following a flight shard by shard may do next.
+pub enum NextShard {
+    /// Shard `index` is written.
+    Ready(StoredShard),
+    /// Not yet.
+    Wait,
+    /// The blob is verified and every shard has been handed out.
+    End,
+    /// The flight failed.
+    Failed,
+}
+
 #[derive(Debug)]
 struct FlightState {
+    source: Option<FlightSource>,
     /// `None` until the upstream has answered with a body.
     started: bool,
     total: Option<u64>,
@@ -70,6 +102,7 @@ impl Flight {
         Arc::new(Self {
             digest,
             state: Mutex::new(FlightState {
+                source: None,
                 started: false,
                 total: None,
                 received: 0,
@@ -95,6 +128,42 @@ impl Flight {
     /// A receiver that wakes on every change.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Records where the bytes come from (again when the source changes).
+    pub(super) fn set_source(&self, source: FlightSource) {
+        self.state().source = Some(source);
+        self.notify();
+    }
+
+    /// Where the bytes come from, once decided; `Some(None)` if the flight ended first.
+    pub fn source(&self) -> Option<Option<FlightSource>> {
+        let state = self.state();
+        match (state.source, &state.outcome) {
+            (Some(source), None) => Some(Some(source)),
+            (_, Some(_)) => Some(None),
+            (None, None) => None,
+        }
+    }
+
+    /// The blob's length, if known.
+    pub fn total(&self) -> Option<u64> {
+        self.state().total
+    }
+
+    /// For a peer following the flight: shard `index`, once written.
+    pub fn shard(&self, index: usize) -> NextShard {
+        let state = self.state();
+        if let Some(Outcome::Failed(_)) = &state.outcome {
+            return NextShard::Failed;
+        }
+        if let Some(shard) = state.shards.get(index) {
+            return NextShard::Ready(shard.clone());
+        }
+        if state.verified {
+            return NextShard::End;
+        }
+        NextShard::Wait
     }
 
     pub(super) fn start(&self, total: Option<u64>) {

@@ -14,6 +14,7 @@
 
 mod blobs;
 mod flight;
+mod for_peers;
 mod manifests;
 pub mod range;
 
@@ -28,6 +29,7 @@ use crate::p2p::PeerNetwork;
 use crate::store::ShardStore;
 
 pub use blobs::{BlobBody, BlobReply};
+pub use for_peers::PeerOffers;
 pub use manifests::{ManifestReply, MANIFEST_MEDIA_TYPES};
 
 /// Why a request could not be answered.

@@ -42,6 +42,8 @@ pub struct StoredShard {
     pub len: u32,
     /// Where its bytes are.
     pub path: PathBuf,
+    /// Its BLAKE3.
+    pub hash: ShardHash,
 }
 
 /// The shards an ingest has written or reused so far.
@@ -95,7 +97,12 @@ impl ShardSink for &mut ShardWriter<'_> {
             offset,
             len,
         });
-        self.stored.push(StoredShard { offset, len, path });
+        self.stored.push(StoredShard {
+            offset,
+            len,
+            path,
+            hash,
+        });
         Ok(())
     }
 }
