@@ -45,6 +45,8 @@ pub struct AccessLogEntry {
     pub query: String,
     /// Response status.
     pub status: u16,
+    /// Body bytes written (0 when the log shows `-`).
+    pub bytes: u64,
 }
 
 impl Origin {
@@ -230,6 +232,17 @@ impl Origin {
             .count()
     }
 
+    /// Body bytes of every blob GET answered so far (see [`Origin::settle`]): what the origin
+    /// served of blobs, however many requests it took.
+    pub fn blob_bytes_served(&self) -> u64 {
+        self.access_log()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.method == "GET" && e.path.contains("/blobs/sha256:"))
+            .map(|e| e.bytes)
+            .sum()
+    }
+
     /// Number of `GET /v2/<repo>/manifests/<reference>` requests.
     pub fn manifest_gets(&self, reference: &str) -> usize {
         let suffix = format!("/manifests/{reference}");
@@ -351,13 +364,16 @@ pub fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
     if !request_parts.next()?.starts_with("HTTP/") {
         return None;
     }
-    let status = rest.split_whitespace().next()?.parse().ok()?;
+    let mut fields = rest.split_whitespace();
+    let status = fields.next()?.parse().ok()?;
+    let bytes = fields.next().and_then(|b| b.parse().ok()).unwrap_or(0);
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     Some(AccessLogEntry {
         method,
         path: path.to_string(),
         query: query.to_string(),
         status,
+        bytes,
     })
 }
 
@@ -374,7 +390,8 @@ mod tests {
                 method: "GET".into(),
                 path: "/v2/x/blobs/sha256:00".into(),
                 query: String::new(),
-                status: 206
+                status: 206,
+                bytes: 157,
             })
         );
         let structured = "time=\"2026-11-23T18:40:57Z\" level=info msg=\"response completed\" http.request.uri=/v2/";

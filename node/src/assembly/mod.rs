@@ -71,9 +71,9 @@ pub enum AssemblyError {
 /// A blob being fetched from peers.
 pub enum PeerFetch {
     /// From holders of the whole blob, in parallel.
-    Parallel(ParallelFetch),
+    Parallel(Box<ParallelFetch>),
     /// From a holder still fetching it.
-    Follow(FollowFetch),
+    Follow(Box<FollowFetch>),
 }
 
 impl PeerFetch {
@@ -146,23 +146,23 @@ async fn ask(
     match network.request(peer, request).await {
         Ok(PeerAnswer::Map(map, _)) => {
             tracing::info!(%digest, %peer, shards = map.shards.len(), holders = holders.len(), "fetching blob from peers that hold it");
-            Some(PeerFetch::Parallel(ParallelFetch::new(
+            Some(PeerFetch::Parallel(Box::new(ParallelFetch::new(
                 network.clone(),
                 metrics.clone(),
                 map,
                 peer,
                 holders,
-            )))
+            ))))
         }
         Ok(PeerAnswer::InFlight(blob_len, stream)) => {
             tracing::info!(%digest, %peer, "following a peer that is fetching the blob");
-            Some(PeerFetch::Follow(FollowFetch {
+            Some(PeerFetch::Follow(Box::new(FollowFetch {
                 stream,
                 blob_len,
                 received: 0,
                 next_index: 0,
                 metrics: metrics.clone(),
-            }))
+            })))
         }
         Ok(PeerAnswer::MapHash(..)) => {
             tracing::warn!(%digest, %peer, "peer sent a map hash where a map was asked for");

@@ -509,6 +509,11 @@ impl SwarmTask {
                 for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
                     self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
+                // The first member is the way in: look ourselves up through it, which connects
+                // us to the members it knows (they prove membership in turn).
+                if self.members.member_count() == 1 {
+                    let _ = self.swarm.behaviour_mut().kad.kad.bootstrap();
+                }
                 self.update_member_gauge();
                 tracing::info!("peer proved membership");
             }

@@ -1,0 +1,124 @@
+//! End-to-end test of cluster-wide single flight: five `shoald` nodes joined
+//! by the peer network, each with its own real containerd, pull the same
+//! 200 MiB image at the same moment from a real origin registry. The origin
+//! must serve about one copy (at most 1.2x the image's blob bytes, counted in
+//! its own access log), every containerd must hold every blob, and the other
+//! copies must have moved between peers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use shoal_testnet::containerd::Containerd;
+use shoal_testnet::hosts::HostsDir;
+use shoal_testnet::image::{push_image, ImageSpec};
+use shoal_testnet::node::{NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::origin::Origin;
+
+const NODES: usize = 5;
+/// How long the nodes may take to find each other.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Prints the nodes' logs when a test fails by returning an error.
+struct Logs(Vec<PathBuf>, bool);
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        for path in &self.0 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- shoald log {} (last lines):\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    // 200 MiB of incompressible layers, so the compressed blobs are about as large.
+    let image = push_image(
+        &origin,
+        ImageSpec::new("test/crowd", "v1", 51)
+            .layer(80 << 20, 100)
+            .layer(60 << 20, 100)
+            .layer(40 << 20, 100)
+            .layer(20 << 20, 100),
+    )
+    .await?;
+    let blob_bytes: u64 = image.blobs().map(|blob| blob.size).sum();
+    let key = NetworkKeyFile::new(51)?;
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut logs = Logs(Vec::new(), false);
+    for index in 0..NODES {
+        let mut config = NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .region(if index % 2 == 0 { "east" } else { "west" });
+        for earlier in &nodes {
+            config = config.bootstrap(earlier.p2p_addr().context("no p2p address")?);
+        }
+        let node = Node::start(config).await?;
+        logs.0.push(node.log_path());
+        nodes.push(node);
+    }
+    for node in &nodes {
+        node.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| {
+            n >= (NODES - 1) as f64
+        })
+        .await
+        .context("the nodes never all saw each other")?;
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push((
+            Containerd::start().await?,
+            HostsDir::for_test_registry(node.registry_addr())?,
+        ));
+    }
+
+    let pulls = clients
+        .iter()
+        .map(|(containerd, hosts)| containerd.pull_ok(&image.reference, hosts.path()));
+    for result in futures::future::join_all(pulls).await {
+        result.context("a pull failed")?;
+    }
+    for (containerd, _) in &clients {
+        containerd.ensure_holds(&image).await?;
+    }
+
+    origin.settle().await;
+    let served = origin.blob_bytes_served();
+    let mut from_peers = 0.0;
+    let mut from_origin = 0.0;
+    for node in &nodes {
+        from_peers += node
+            .metric_with("shoal_bytes_received_total", &[("source", "peer")])
+            .await?;
+        from_origin += node
+            .metric_with("shoal_bytes_received_total", &[("source", "origin")])
+            .await?;
+        node.healthz().await?;
+    }
+    eprintln!(
+        "image blobs {blob_bytes} B; origin served {served} B ({:.2}x); nodes received {from_origin} B from the origin and {from_peers} B from peers",
+        served as f64 / blob_bytes as f64
+    );
+    ensure!(
+        served as f64 <= 1.2 * blob_bytes as f64,
+        "the origin served {served} bytes of blobs for an image of {blob_bytes} (more than 1.2x)"
+    );
+    ensure!(
+        from_peers >= (NODES - 2) as f64 * blob_bytes as f64,
+        "only {from_peers} bytes moved between peers"
+    );
+    origin.stop().await?;
+    logs.1 = true;
+    Ok(())
+}
