@@ -16,11 +16,13 @@
 //! - [`cli`]: the operator CLI `shoal` (`fsck`, `inspect`).
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
+//! - [`bench`]: peer network benchmarks (`shoal-peer-bench`).
 //!
 //! Every part lives in its own temporary directory and on its own ports, and
 //! is stopped by a `Drop` guard, so tests can run in parallel and a failing
 //! test leaves no processes behind. Every wait is bounded.
 
+pub mod bench;
 pub mod cli;
 pub mod containerd;
 pub mod hosts;

@@ -1,0 +1,176 @@
+//! Peer network benchmarks on real parts: the origin registry, `shoald` processes on loopback, and
+//! plain HTTP clients that drain blob bodies (containerd's unpacking would only add noise).
+//!
+//! - [`one_peer`]: one blob fetched cold through a node whose only source is one peer that holds
+//!   it (origin stopped), beside the same blob from the origin registry directly, through a cold
+//!   node with no peers, and from the holder's warm cache.
+//! - [`crowd`]: N fresh nodes asked for the same cold blob at the same moment; the time until the
+//!   last client has every byte, and the blob bytes the origin served (from its access log).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use futures::StreamExt as _;
+
+use crate::image::{push_blob, Blob, SplitMix64};
+use crate::node::{NetworkKeyFile, Node, NodeConfig};
+use crate::origin::Origin;
+
+const REPO: &str = "bench/blob";
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A random (incompressible) blob of `size` bytes, pushed to `origin`.
+pub async fn push_random_blob(origin: &Origin, size: usize, seed: u64) -> Result<Blob> {
+    let blob = tokio::task::spawn_blocking(move || {
+        let mut bytes = vec![0u8; size];
+        SplitMix64(seed).fill(&mut bytes);
+        Blob::new("application/octet-stream", bytes)
+    })
+    .await?;
+    push_blob(&reqwest::Client::new(), &origin.url(), REPO, &blob).await?;
+    Ok(blob)
+}
+
+/// GETs `base/v2/REPO/blobs/digest`, drains the body and returns the time it took.
+pub async fn fetch(base: &str, blob: &Blob) -> Result<Duration> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let response = client
+        .get(format!("{base}/v2/{REPO}/blobs/{}", blob.digest))
+        .send()
+        .await
+        .with_context(|| format!("GET from {base}"))?;
+    ensure!(
+        response.status().is_success(),
+        "GET from {base}: {}",
+        response.status()
+    );
+    let mut body = response.bytes_stream();
+    let mut received = 0u64;
+    while let Some(piece) = body.next().await {
+        received += piece.context("reading the body")?.len() as u64;
+    }
+    ensure!(
+        received == blob.size(),
+        "{base} sent {received} of {} bytes",
+        blob.size()
+    );
+    Ok(started.elapsed())
+}
+
+/// Megabytes (10^6 bytes) per second.
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+/// The median of `values` (sorted in place).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Times of one run of [`one_peer`], in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct OnePeerRun {
+    /// GET from the origin registry directly.
+    pub origin_direct: f64,
+    /// GET through a cold node with no peer network (origin only).
+    pub node_from_origin: f64,
+    /// GET through a cold node whose only source is one peer (origin stopped).
+    pub node_from_peer: f64,
+    /// GET from the holder's warm cache.
+    pub warm_holder: f64,
+}
+
+/// One run of the one-peer benchmark with a fresh origin and fresh nodes.
+pub async fn one_peer(size: usize, seed: u64) -> Result<OnePeerRun> {
+    let mut origin = Origin::start().await?;
+    let blob = push_random_blob(&origin, size, seed).await?;
+    let origin_direct = fetch(&origin.url(), &blob).await?.as_secs_f64();
+    let alone = Node::start(NodeConfig::for_origin(&origin)).await?;
+    let node_from_origin = fetch(&alone.registry_url(), &blob).await?.as_secs_f64();
+    drop(alone);
+
+    let key = NetworkKeyFile::new(seed)?;
+    let holder = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    fetch(&holder.registry_url(), &blob).await?;
+    let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
+    let fetcher = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(holder.p2p_addr().context("no p2p address")?),
+    )
+    .await?;
+    fetcher
+        .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await?;
+    origin.stop().await?;
+    let node_from_peer = fetch(&fetcher.registry_url(), &blob).await?.as_secs_f64();
+    Ok(OnePeerRun {
+        origin_direct,
+        node_from_origin,
+        node_from_peer,
+        warm_holder,
+    })
+}
+
+/// What one [`crowd`] run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct CrowdRun {
+    /// Nodes.
+    pub nodes: usize,
+    /// Seconds until the last client had every byte.
+    pub seconds: f64,
+    /// Blob bytes the origin served, over the blob's size.
+    pub origin_copies: f64,
+    /// Blob bytes the nodes received from peers, over the blob's size.
+    pub peer_copies: f64,
+}
+
+/// `nodes` fresh nodes, joined by the peer network, each asked for the same cold blob at once.
+pub async fn crowd(nodes: usize, size: usize, seed: u64) -> Result<CrowdRun> {
+    let origin = Origin::start().await?;
+    let blob = push_random_blob(&origin, size, seed).await?;
+    origin.settle().await;
+    let before = origin.blob_bytes_served();
+    let key = NetworkKeyFile::new(seed)?;
+    let mut started: Vec<Node> = Vec::new();
+    for index in 0..nodes {
+        let mut config = NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .region(if index % 2 == 0 { "east" } else { "west" });
+        // Every node knows the first; the rest they find through it.
+        if let Some(first) = started.first() {
+            config = config.bootstrap(first.p2p_addr().context("no p2p address")?);
+        }
+        started.push(Node::start(config).await?);
+    }
+    for node in &started {
+        node.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| {
+            n >= (nodes - 1) as f64
+        })
+        .await
+        .context("the nodes never all saw each other")?;
+    }
+    let clock = Instant::now();
+    let urls: Vec<String> = started.iter().map(Node::registry_url).collect();
+    let fetches = urls.iter().map(|url| fetch(url, &blob));
+    for result in futures::future::join_all(fetches).await {
+        result?;
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    origin.settle().await;
+    let served = origin.blob_bytes_served() - before;
+    let mut from_peers = 0.0;
+    for node in &started {
+        from_peers += node
+            .metric_with("shoal_bytes_received_total", &[("source", "peer")])
+            .await?;
+    }
+    Ok(CrowdRun {
+        nodes,
+        seconds,
+        origin_copies: served as f64 / blob.size() as f64,
+        peer_copies: from_peers / blob.size() as f64,
+    })
+}

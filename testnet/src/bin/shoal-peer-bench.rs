@@ -1,0 +1,100 @@
+//! Peer network benchmarks on real parts (see `shoal_testnet::bench`); prints Markdown tables for
+//! BENCHMARKS.md. Needs the project's binaries beside it (or `SHOAL_BIN_DIR`) and
+//! `docker-registry` installed.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use shoal_testnet::bench::{self, median};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of Shoal's peer network on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One blob from one peer, beside the origin registry.
+    OnePeer {
+        /// Blob size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Runs (each with a fresh origin and fresh nodes).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// N nodes asking for one blob at once.
+    Crowd {
+        /// Node counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = [2, 5, 10])]
+        nodes: Vec<usize>,
+        /// Blob size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: usize,
+        /// Runs per node count.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::OnePeer { size_mib, runs } => {
+            let size = size_mib << 20;
+            let mut columns: [Vec<f64>; 4] = Default::default();
+            println!("| run | origin direct | cold node, origin only | cold node, one peer | warm holder |");
+            println!("|---|---|---|---|---|");
+            for run in 0..runs {
+                let r = bench::one_peer(size, 700 + run as u64).await?;
+                let times = [
+                    r.origin_direct,
+                    r.node_from_origin,
+                    r.node_from_peer,
+                    r.warm_holder,
+                ];
+                let rates: Vec<String> = times
+                    .iter()
+                    .zip(columns.iter_mut())
+                    .map(|(t, column)| {
+                        let rate = size as f64 / 1e6 / t;
+                        column.push(rate);
+                        format!("{t:.2} s ({rate:.0} MB/s)")
+                    })
+                    .collect();
+                println!("| {} | {} |", run + 1, rates.join(" | "));
+            }
+            let medians: Vec<String> = columns
+                .iter_mut()
+                .map(|c| format!("{:.0} MB/s", median(c)))
+                .collect();
+            println!("| median | {} |", medians.join(" | "));
+        }
+        Command::Crowd {
+            nodes,
+            size_mib,
+            runs,
+        } => {
+            let size = size_mib << 20;
+            println!(
+                "| nodes | run | time to last byte | origin bytes / blob | peer bytes / blob |"
+            );
+            println!("|---|---|---|---|---|");
+            for n in nodes {
+                for run in 0..runs {
+                    let r = bench::crowd(n, size, 900 + (n * 10 + run) as u64).await?;
+                    println!(
+                        "| {} | {} | {:.2} s | {:.2}x | {:.2}x |",
+                        r.nodes,
+                        run + 1,
+                        r.seconds,
+                        r.origin_copies,
+                        r.peer_copies
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
