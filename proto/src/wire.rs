@@ -48,7 +48,7 @@
 //! ```text
 //! requester                                holder
 //!   ── ShardRequest { blob, shards, map, fetch } ──▶
-//!   ◀──── ShardAnswer::Map(map) | MapHash(h) | InFlight(blob_len) | NotHere
+//!   ◀──── ShardAnswer::Map(map) | MapHash(h) | InFlight(header) | NotHere
 //!   ◀──── ShardFrame { index, len, hash } + len bytes   (once per wanted shard, in index order)
 //!   ◀──── ShardFrame { len: 0 }                          (in-flight answers only: the end)
 //! ```
@@ -246,11 +246,21 @@ pub enum ShardAnswer {
     Map(ShardMap),
     /// The holder has the whole blob and its map's encoding has this BLAKE3.
     MapHash([u8; 32]),
-    /// The holder is fetching the blob (of this length, if its source said): every shard follows
-    /// in order as it arrives, then an end frame.
-    InFlight(Option<u64>),
+    /// The holder is fetching the blob: every shard follows in order as it arrives, then an end
+    /// frame.
+    InFlight(InFlightHeader),
     /// The holder does not have the blob (and will not fetch it).
     NotHere,
+}
+
+/// What a holder still fetching a blob says before its shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct InFlightHeader {
+    /// The blob's length, if the holder's source said.
+    pub blob_len: Option<u64>,
+    /// The chunking the holder cuts the blob with (a requester with the same settings can store
+    /// the shards as they come instead of cutting them again).
+    pub chunking: crate::shard_map::ChunkingParams,
 }
 
 /// The header of one shard's bytes on a transfer stream.
@@ -416,7 +426,10 @@ wire_message!(
         ShardAnswer::Map(map) => map
             .validate()
             .map_err(|_| WireError::Invalid("inconsistent shard map")),
-        ShardAnswer::InFlight(Some(len)) if *len > crate::limits::MAX_BLOB_BYTES => {
+        ShardAnswer::InFlight(InFlightHeader {
+            blob_len: Some(len),
+            ..
+        }) if *len > crate::limits::MAX_BLOB_BYTES => {
             Err(WireError::Invalid("blob length over the limit"))
         }
         _ => Ok(()),
@@ -534,7 +547,10 @@ mod tests {
             prop_assert_eq!(ShardAnswer::decode(body(&answer.encode())), Ok(answer));
             let frame = ShardFrame { index, len, hash: blob };
             prop_assert_eq!(ShardFrame::decode(body(&frame.encode())), Ok(frame));
-            let answer = ShardAnswer::InFlight(Some(u64::from(len)));
+            let answer = ShardAnswer::InFlight(InFlightHeader {
+                blob_len: Some(u64::from(len)),
+                chunking: ChunkingParams { min: 1, avg: 2, max: 4 },
+            });
             prop_assert_eq!(ShardAnswer::decode(body(&answer.encode())), Ok(answer));
             let proof = Proof { mac: blob };
             prop_assert_eq!(Proof::decode(body(&proof.encode())), Ok(proof));

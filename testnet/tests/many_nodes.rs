@@ -1,9 +1,13 @@
-//! End-to-end test of cluster-wide single flight: five `shoald` nodes joined
-//! by the peer network, each with its own real containerd, pull the same
-//! 200 MiB image at the same moment from a real origin registry. The origin
-//! must serve about one copy (at most 1.2x the image's blob bytes, counted in
-//! its own access log), every containerd must hold every blob, and the other
-//! copies must have moved between peers.
+//! End-to-end tests of more than two `shoald` nodes joined by the peer
+//! network, with real containerd instances and a real origin registry:
+//!
+//! - cluster-wide single flight: five nodes pull the same 200 MiB image at the
+//!   same moment; the origin must serve about one copy (at most 1.2x the
+//!   image's blob bytes, counted in its own access log), every containerd must
+//!   hold every blob, and the other copies must have moved between peers;
+//! - a holder whose shards are corrupt on disk: a third node fetches from both
+//!   holders in parallel, the bad holder stops at its first bad shard, and every
+//!   byte comes from the good holder instead (none from the origin).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,6 +123,81 @@ async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -
         "only {from_peers} bytes moved between peers"
     );
     origin.stop().await?;
+    logs.1 = true;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
+    let origin = Origin::start().await?;
+    let image = push_image(
+        &origin,
+        ImageSpec::multi_layer("test/p2p-two-holders", "v1", 52),
+    )
+    .await?;
+    let key = NetworkKeyFile::new(52)?;
+    let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let a_addr = a.p2p_addr().context("no p2p address")?.to_owned();
+    let c = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(&a_addr),
+    )
+    .await?;
+    let mut logs = Logs(vec![a.log_path(), c.log_path()], false);
+    c.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await?;
+    for holder in [&a, &c] {
+        let client = Containerd::start().await?;
+        let hosts = HostsDir::for_test_registry(holder.registry_addr())?;
+        client.pull_ok(&image.reference, hosts.path()).await?;
+    }
+
+    // Every shard A holds goes bad on disk: A must refuse to send any of them.
+    for (shard, len) in a.shard_files()? {
+        let mut bytes = std::fs::read(&shard)?;
+        bytes[len as usize / 2] ^= 0xff;
+        std::fs::write(&shard, bytes)?;
+    }
+
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(&a_addr),
+    )
+    .await?;
+    logs.0.push(b.log_path());
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 2.0)
+        .await
+        .context("B never saw both holders")?;
+    let client = Containerd::start().await?;
+    let hosts = HostsDir::for_test_registry(b.registry_addr())?;
+    client.pull_ok(&image.reference, hosts.path()).await?;
+    client.ensure_holds(&image).await?;
+
+    let blob_bytes: u64 = image.blobs().map(|blob| blob.size).sum();
+    let from_origin = b
+        .metric_with("shoal_bytes_received_total", &[("source", "origin")])
+        .await?;
+    let from_peers = b
+        .metric_with("shoal_bytes_received_total", &[("source", "peer")])
+        .await?;
+    ensure!(
+        from_origin == 0.0,
+        "B took {from_origin} bytes from the origin"
+    );
+    ensure!(
+        from_peers >= blob_bytes as f64,
+        "B took {from_peers} bytes from peers, want all {blob_bytes}"
+    );
+    ensure!(
+        a.metric("shoal_shard_verify_failures_total").await? >= 1.0,
+        "A never noticed a bad shard"
+    );
+    ensure!(
+        b.metric("shoal_peer_fetch_failures_total").await? >= 1.0,
+        "B never saw a holder fail"
+    );
     logs.1 = true;
     Ok(())
 }

@@ -32,7 +32,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{FetchHint, MapWanted, ShardRequest, ShardSet};
-use shoal_proto::{BlobDigest, ShardMap};
+use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 
 use crate::metrics::Metrics;
 use crate::p2p::{PeerAnswer, PeerNetwork, ShardStream, TransferError};
@@ -85,6 +85,15 @@ impl PeerFetch {
         }
     }
 
+    /// The chunking the peers' shards were cut with: when it is this node's, the shards can be
+    /// stored as they come, without cutting and hashing the bytes again.
+    pub fn chunking(&self) -> ChunkingParams {
+        match self {
+            PeerFetch::Parallel(fetch) => fetch.map.chunking,
+            PeerFetch::Follow(fetch) => fetch.chunking,
+        }
+    }
+
     /// The peer whose shard map (or stream) decides what the bytes are: to blame if the sha256
     /// does not match.
     pub fn accountable_peer(&self) -> PeerId {
@@ -94,11 +103,11 @@ impl PeerFetch {
         }
     }
 
-    /// The next bytes of the blob, in order; `None` after the last.
-    pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, AssemblyError> {
+    /// The next shard of the blob, in order, with its (checked) BLAKE3; `None` after the last.
+    pub async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
         match self {
-            PeerFetch::Parallel(fetch) => fetch.next_bytes().await,
-            PeerFetch::Follow(fetch) => fetch.next_bytes().await,
+            PeerFetch::Parallel(fetch) => fetch.next_shard().await,
+            PeerFetch::Follow(fetch) => fetch.next_shard().await,
         }
     }
 }
@@ -154,11 +163,12 @@ async fn ask(
                 holders,
             ))))
         }
-        Ok(PeerAnswer::InFlight(blob_len, stream)) => {
+        Ok(PeerAnswer::InFlight(header, stream)) => {
             tracing::info!(%digest, %peer, "following a peer that is fetching the blob");
             Some(PeerFetch::Follow(Box::new(FollowFetch {
                 stream,
-                blob_len,
+                blob_len: header.blob_len,
+                chunking: header.chunking,
                 received: 0,
                 next_index: 0,
                 metrics: metrics.clone(),
@@ -184,13 +194,14 @@ async fn ask(
 pub struct FollowFetch {
     stream: ShardStream,
     blob_len: Option<u64>,
+    chunking: ChunkingParams,
     received: u64,
     next_index: u32,
     metrics: Arc<Metrics>,
 }
 
 impl FollowFetch {
-    async fn next_bytes(&mut self) -> Result<Option<Bytes>, AssemblyError> {
+    async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
         let peer = self.stream.peer();
         let failed = |error| AssemblyError::Peer { peer, error };
         match self.stream.next_frame().await.map_err(failed)? {
@@ -207,7 +218,7 @@ impl FollowFetch {
                 }
                 self.metrics
                     .record_shard_from_peer(&peer, bytes.len() as u64, None);
-                Ok(Some(bytes))
+                Ok(Some((bytes, ShardHash::from_bytes(frame.hash))))
             }
             None if self.blob_len.is_some_and(|len| self.received != len) => {
                 Err(failed(TransferError::Protocol("the blob ended short")))
@@ -218,7 +229,11 @@ impl FollowFetch {
 }
 
 /// One request for a batch of shards.
-type BatchResult = (usize, PeerId, Result<Vec<Bytes>, TransferError>);
+type BatchResult = (
+    usize,
+    PeerId,
+    Result<Vec<(Bytes, ShardHash)>, TransferError>,
+);
 
 /// A blob fetched from several holders of the whole blob at once.
 pub struct ParallelFetch {
@@ -236,10 +251,10 @@ pub struct ParallelFetch {
     /// Requests open, per batch: who, since when.
     open: HashMap<usize, Vec<(PeerId, Instant)>>,
     requests: FuturesUnordered<BoxFuture<'static, BatchResult>>,
-    done: BTreeMap<usize, Vec<Bytes>>,
+    done: BTreeMap<usize, Vec<(Bytes, ShardHash)>>,
     /// The batch being handed on, and the shards of it not yet handed on.
     head: usize,
-    head_shards: std::collections::VecDeque<Bytes>,
+    head_shards: std::collections::VecDeque<(Bytes, ShardHash)>,
     /// Batch completion times, for the hedging delay.
     batch_times: Vec<Duration>,
     hedged: HashSet<usize>,
@@ -369,7 +384,7 @@ impl ParallelFetch {
                             bytes.len() as u64,
                             Some(started.elapsed()),
                         );
-                        shards.push(bytes);
+                        shards.push((bytes, ShardHash::from_bytes(frame.hash)));
                     }
                     Ok(shards)
                 }
@@ -430,10 +445,10 @@ impl ParallelFetch {
         }
     }
 
-    async fn next_bytes(&mut self) -> Result<Option<Bytes>, AssemblyError> {
+    async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
         loop {
-            if let Some(bytes) = self.head_shards.pop_front() {
-                return Ok(Some(bytes));
+            if let Some(shard) = self.head_shards.pop_front() {
+                return Ok(Some(shard));
             }
             if self.head >= self.batches.len() {
                 return Ok(None);

@@ -15,7 +15,8 @@ use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{
-    self, FetchHint, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError, WireMessage,
+    self, FetchHint, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError,
+    WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::{watch, Semaphore};
@@ -79,8 +80,8 @@ pub struct InFlightShard {
 /// written; the stream ends after the last one once the blob has matched its digest, and yields an
 /// error if the fetch fails.
 pub struct InFlightBlob {
-    /// The blob's length, if known.
-    pub blob_len: Option<u64>,
+    /// The blob's length if known, and how it is cut.
+    pub header: InFlightHeader,
     /// The shards.
     pub shards: BoxStream<'static, Result<InFlightShard, std::io::Error>>,
 }
@@ -183,7 +184,7 @@ pub enum PeerAnswer {
     /// The holder has the whole blob; its map's BLAKE3.
     MapHash([u8; 32], ShardStream),
     /// The holder is fetching the blob; every shard follows in order.
-    InFlight(Option<u64>, ShardStream),
+    InFlight(InFlightHeader, ShardStream),
 }
 
 /// Sends `request` to `peer` and reads the answer.
@@ -219,8 +220,8 @@ pub(super) async fn request(
         }
         ShardAnswer::Map(map) => Ok(PeerAnswer::Map(map, shards(stream, READ_TIMEOUT))),
         ShardAnswer::MapHash(hash) => Ok(PeerAnswer::MapHash(hash, shards(stream, READ_TIMEOUT))),
-        ShardAnswer::InFlight(blob_len) => Ok(PeerAnswer::InFlight(
-            blob_len,
+        ShardAnswer::InFlight(header) => Ok(PeerAnswer::InFlight(
+            header,
             shards(stream, IN_FLIGHT_TIMEOUT),
         )),
     }
@@ -371,7 +372,7 @@ async fn send_in_flight(
     serving: &Serving,
 ) -> Result<(), TransferError> {
     stream
-        .write_all(&ShardAnswer::InFlight(blob.blob_len).encode())
+        .write_all(&ShardAnswer::InFlight(blob.header).encode())
         .await?;
     stream.flush().await?;
     let mut index = 0u32;

@@ -325,6 +325,15 @@ impl PullThrough {
                             .add(started.elapsed().as_micros() as u64);
                         let _ = event_tx.send(WorkerEvent::Shards(shards));
                     }
+                    Some(Feed::Shard(bytes, hash)) => {
+                        let started = Instant::now();
+                        let shards = ingest.write_shard(&bytes, hash)?;
+                        metrics.ingested_bytes.add(bytes.len() as u64);
+                        metrics
+                            .ingest_busy_us
+                            .add(started.elapsed().as_micros() as u64);
+                        let _ = event_tx.send(WorkerEvent::Shards(shards));
+                    }
                     Some(Feed::End(actual)) => break actual,
                     // The driver gave up: dropping the ingest removes what it wrote.
                     None => return Err(IngestError::Abandoned),
@@ -351,10 +360,13 @@ impl PullThrough {
             }
             let response = match &mut source {
                 Source::Origin(response) => response,
-                Source::Peers(fetch) => match fetch.next_bytes().await {
-                    Ok(Some(chunk)) => {
+                Source::Peers(fetch) => match fetch.next_shard().await {
+                    Ok(Some((chunk, hash))) => {
+                        // A shard cut with this store's settings is stored as it came (its BLAKE3
+                        // is checked); otherwise its bytes are cut again like origin bytes.
+                        let hash = (fetch.chunking() == self.store.chunking()).then_some(hash);
                         if !self
-                            .push_chunk(flight, total, chunk, &hash_feed, &feed)
+                            .push_piece(flight, total, chunk, hash, &hash_feed, &feed)
                             .await?
                         {
                             break;
@@ -415,7 +427,7 @@ impl PullThrough {
             };
             self.metrics.bytes_received_origin.add(chunk.len() as u64);
             if !self
-                .push_chunk(flight, total, chunk, &hash_feed, &feed)
+                .push_piece(flight, total, chunk, None, &hash_feed, &feed)
                 .await?
             {
                 break;
@@ -460,13 +472,14 @@ impl PullThrough {
         }
     }
 
-    /// Hands one verified-so-far piece to the flight, the hasher and the ingest worker; `false` if
-    /// the workers stopped.
-    async fn push_chunk(
+    /// Hands one piece of the blob to the flight, the hasher and the ingest worker (a whole shard
+    /// when `shard_hash` is given); `false` if the workers stopped.
+    async fn push_piece(
         &self,
         flight: &Flight,
         total: Option<u64>,
         chunk: Bytes,
+        shard_hash: Option<shoal_proto::ShardHash>,
         hash_feed: &mpsc::Sender<Bytes>,
         feed: &mpsc::Sender<Feed>,
     ) -> Result<bool, PullError> {
@@ -476,8 +489,11 @@ impl PullThrough {
             ));
         }
         flight.push(chunk.clone());
-        Ok(hash_feed.send(chunk.clone()).await.is_ok()
-            && feed.send(Feed::Bytes(chunk)).await.is_ok())
+        let piece = match shard_hash {
+            Some(hash) => Feed::Shard(chunk.clone(), hash),
+            None => Feed::Bytes(chunk.clone()),
+        };
+        Ok(hash_feed.send(chunk).await.is_ok() && feed.send(piece).await.is_ok())
     }
 
     /// Peers that can send the blob: the DHT's providers, or the blob's home asked to fetch it for
@@ -589,6 +605,9 @@ impl PullThrough {
 enum Feed {
     /// The next bytes of the blob.
     Bytes(Bytes),
+    /// The next shard of the blob, cut by a peer with this store's settings, with its checked
+    /// BLAKE3.
+    Shard(Bytes, shoal_proto::ShardHash),
     /// The end of the blob, with the sha256 of all its bytes.
     End(BlobDigest),
 }

@@ -118,7 +118,12 @@ impl PeerOffers {
         tracing::debug!(%digest, ?source, "a peer follows this flight");
         let guard = self.pull.store.register_reader(digest);
         let changes = flight.watch();
-        let blob_len = flight.total();
+        let header = shoal_proto::wire::InFlightHeader {
+            blob_len: flight.total(),
+            // Peer shards are stored as they come only when their layout is this store's, so a
+            // flight's shards are always cut with this store's settings.
+            chunking: self.pull.store.chunking(),
+        };
         let shards = futures::stream::unfold(
             (flight, changes, 0usize, guard),
             |(flight, mut changes, index, guard)| async move {
@@ -165,7 +170,7 @@ impl PeerOffers {
             futures::future::ready((!stop).then_some(item))
         })
         .boxed();
-        InFlightBlob { blob_len, shards }
+        InFlightBlob { header, shards }
     }
 }
 

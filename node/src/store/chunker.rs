@@ -68,6 +68,20 @@ impl StreamChunker {
         Ok(())
     }
 
+    /// Whether every byte pushed so far is in an emitted shard.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.buffer.len()
+    }
+
+    /// Continues the stream at blob offset `offset` (bytes before it were cut elsewhere). Only
+    /// meaningful when [`is_empty`](Self::is_empty).
+    pub fn skip_to(&mut self, offset: u64) {
+        debug_assert!(self.is_empty());
+        self.buffer.clear();
+        self.start = 0;
+        self.buffer_offset = offset;
+    }
+
     /// Ends the stream; emits the remaining shards.
     pub fn finish<E: ShardSink>(&mut self, mut emit: E) -> Result<(), E::Error> {
         self.cut(true, &mut emit)

@@ -148,6 +148,33 @@ impl Ingest {
         Ok(writer.stored)
     }
 
+    /// Stores one shard cut by a peer with this store's chunking settings, whose BLAKE3 the caller
+    /// has checked (`hash` is the hash of `data`). Skips cutting and hashing the bytes again. If
+    /// bytes given to [`write_unhashed`](Self::write_unhashed) are still waiting to be cut, the
+    /// shard joins them instead, so a blob's shards stay contiguous either way.
+    pub fn write_shard(
+        &mut self,
+        data: &[u8],
+        hash: ShardHash,
+    ) -> Result<Vec<StoredShard>, IngestError> {
+        if !self.chunker.is_empty() {
+            return self.write_unhashed(data);
+        }
+        let offset = self.received;
+        self.received += data.len() as u64;
+        if self.received > MAX_BLOB_BYTES {
+            return Err(IngestError::TooLarge);
+        }
+        let mut writer = ShardWriter {
+            store: &self.store,
+            shards: &mut self.shards,
+            stored: Vec::new(),
+        };
+        (&mut writer).shard(offset, data, hash)?;
+        self.chunker.skip_to(self.received);
+        Ok(writer.stored)
+    }
+
     /// Ends the blob: cuts the last shards, checks the sha256, and commits. Returns the map and
     /// the last shards written.
     pub fn finish(mut self) -> Result<(ShardMap, Vec<StoredShard>), IngestError> {

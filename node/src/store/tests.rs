@@ -302,3 +302,51 @@ proptest! {
         prop_assert_eq!(read_all(&store, &digest_of(&bytes)), bytes);
     }
 }
+
+#[test]
+fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = ShardStore::open(&config(source_dir.path(), u64::MAX)).unwrap();
+    let bytes = data(200_000, 41);
+    let map = ingest(&source, &bytes).unwrap();
+    let shards: Vec<(Vec<u8>, ShardHash)> = map
+        .shards
+        .iter()
+        .map(|entry| {
+            let range = entry.offset as usize..entry.end() as usize;
+            (bytes[range].to_vec(), ShardHash::from_bytes(entry.hash))
+        })
+        .collect();
+
+    // Every shard as it came: the same map, and the blob reads back.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
+    let mut whole = store.begin_ingest(digest_of(&bytes));
+    for (shard, hash) in &shards {
+        whole.write_shard(shard, *hash).unwrap();
+    }
+    // Like `write_unhashed`, `write_shard` leaves the blob's sha256 to the caller.
+    whole.verify_with(digest_of(&bytes)).unwrap();
+    assert_eq!(whole.commit().unwrap(), map);
+    assert_eq!(read_all(&store, &digest_of(&bytes)), bytes);
+
+    // Half from a peer, the rest as plain bytes (the peer failed): still one contiguous blob.
+    let other = data(150_000, 42);
+    let other_map = ingest(&source, &other).unwrap();
+    let half = other_map.shards.len() / 2;
+    let cut = other_map.shards[half].offset as usize;
+    let mut mixed = store.begin_ingest(digest_of(&other));
+    for entry in &other_map.shards[..half] {
+        let range = entry.offset as usize..entry.end() as usize;
+        mixed
+            .write_shard(&other[range], ShardHash::from_bytes(entry.hash))
+            .unwrap();
+    }
+    for piece in other[cut..].chunks(5000) {
+        mixed.write_unhashed(piece).unwrap();
+    }
+    mixed.verify_with(digest_of(&other)).unwrap();
+    let mixed_map = mixed.commit().unwrap();
+    mixed_map.validate().unwrap();
+    assert_eq!(read_all(&store, &digest_of(&other)), other);
+}
