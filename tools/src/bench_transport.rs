@@ -13,6 +13,7 @@
 //! their position, so the client can check a whole answer's BLAKE3 without the server hashing.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,10 @@ pub const PIECE_LEN: usize = 1 << 20;
 const MAX_ANSWER: u64 = 64 << 30;
 /// Longest wait for a listener to bind or a connection to come up.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at one fetch whose stream the server keeps dropping before answering.
+const OPEN_ATTEMPTS: u32 = 100;
+/// Pause before opening a dropped stream again.
+const RETRY_PAUSE: Duration = Duration::from_millis(1);
 /// Round trips run before the latency rounds that are recorded.
 const WARM_UP_ROUNDS: usize = 100;
 
@@ -63,6 +68,9 @@ pub struct TransportArgs {
 pub enum Transport {
     /// quinn with its default transport settings and a self-signed rcgen certificate.
     QuinnSelfSigned,
+    /// The same with ChaCha20-Poly1305 preferred, in libp2p-tls' cipher-suite order: separates
+    /// the cipher from everything else libp2p changes.
+    QuinnSelfSignedChaCha,
     /// quinn authenticated by libp2p identities (libp2p-tls certificates) with the transport
     /// settings libp2p-quic applies: raw quinn as the node would use it.
     QuinnNodeIdentity,
@@ -74,8 +82,9 @@ pub enum Transport {
 
 impl Transport {
     /// Every transport, the baseline first.
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 5] = [
         Transport::QuinnSelfSigned,
+        Transport::QuinnSelfSignedChaCha,
         Transport::QuinnNodeIdentity,
         Transport::Libp2pQuic,
         Transport::Libp2pTcp,
@@ -84,6 +93,7 @@ impl Transport {
     fn label(self) -> &'static str {
         match self {
             Transport::QuinnSelfSigned => "quinn, self-signed cert, quinn defaults",
+            Transport::QuinnSelfSignedChaCha => "quinn, self-signed cert, ChaCha20 first",
             Transport::QuinnNodeIdentity => "quinn, libp2p-tls identity + libp2p settings",
             Transport::Libp2pQuic => "libp2p QUIC + libp2p-stream (the node's)",
             Transport::Libp2pTcp => "libp2p TCP + noise + yamux + libp2p-stream",
@@ -128,6 +138,7 @@ impl Opener {
 /// ends; dropping it stops them.
 pub struct Link {
     opener: Opener,
+    retried: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<()>>,
     /// quinn endpoints stay open while the link lives.
     _endpoints: Vec<quinn::Endpoint>,
@@ -145,7 +156,8 @@ impl Link {
     /// Starts a server and a client of `transport` on loopback and connects them.
     pub async fn connect(transport: Transport) -> anyhow::Result<Link> {
         match transport {
-            Transport::QuinnSelfSigned => quinn_link(self_signed_configs()?).await,
+            Transport::QuinnSelfSigned => quinn_link(self_signed_configs(false)?).await,
+            Transport::QuinnSelfSignedChaCha => quinn_link(self_signed_configs(true)?).await,
             Transport::QuinnNodeIdentity => quinn_link(node_identity_configs()?).await,
             Transport::Libp2pQuic => libp2p_link("/ip4/127.0.0.1/udp/0/quic-v1".parse()?).await,
             Transport::Libp2pTcp => libp2p_link("/ip4/127.0.0.1/tcp/0".parse()?).await,
@@ -155,10 +167,7 @@ impl Link {
     /// Asks for `len` answer bytes on a new stream and reads them all; hashes them into
     /// `hasher` when given.
     pub async fn fetch(&self, len: u64, hasher: Option<&mut blake3::Hasher>) -> anyhow::Result<()> {
-        let mut stream = self.opener.open().await?;
-        round(&mut stream, len, hasher).await?;
-        stream.shutdown().await?;
-        Ok(())
+        fetch_on_new_stream(&self.opener, len, hasher, &self.retried).await
     }
 
     /// Fetches `len` bytes on each of `streams` concurrent streams, each in its own task;
@@ -172,11 +181,10 @@ impl Link {
         let tasks: Vec<_> = (0..streams)
             .map(|_| {
                 let opener = self.opener.clone();
+                let retried = self.retried.clone();
                 tokio::spawn(async move {
-                    let mut stream = opener.open().await?;
                     let mut hasher = hash.then(blake3::Hasher::new);
-                    round(&mut stream, len, hasher.as_mut()).await?;
-                    stream.shutdown().await?;
+                    fetch_on_new_stream(&opener, len, hasher.as_mut(), &retried).await?;
                     anyhow::Ok(hasher.map(|h| h.finalize()))
                 })
             })
@@ -186,6 +194,11 @@ impl Link {
             hashes.push(task.await??);
         }
         Ok(hashes)
+    }
+
+    /// Streams the server dropped before answering, so far; each was opened again.
+    pub fn retried_streams(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     /// Runs `warm_up + rounds` request/answer rounds of [`REQUEST_LEN`] bytes each way, each on
@@ -208,12 +221,10 @@ impl Link {
             let started = Instant::now();
             let mut hasher = blake3::Hasher::new();
             match shared.as_mut() {
-                Some(stream) => round(stream, REQUEST_LEN as u64, Some(&mut hasher)).await?,
-                None => {
-                    let mut stream = self.opener.open().await?;
-                    round(&mut stream, REQUEST_LEN as u64, Some(&mut hasher)).await?;
-                    stream.shutdown().await?;
+                Some(stream) => {
+                    round(stream, REQUEST_LEN as u64, Some(&mut hasher), &mut 0).await?;
                 }
+                None => self.fetch(REQUEST_LEN as u64, Some(&mut hasher)).await?,
             }
             let elapsed = started.elapsed();
             anyhow::ensure!(
@@ -225,32 +236,71 @@ impl Link {
             }
         }
         if let Some(mut stream) = shared {
-            stream.shutdown().await?;
+            stream.shutdown().await.context("closing the stream")?;
         }
         Ok(histogram)
     }
 }
 
-/// Writes one request for `len` bytes and reads the whole answer.
+/// Opens a stream, asks for `len` bytes and reads them all. A stream the server drops before
+/// answering is opened again, counted in `retried`: libp2p-stream drops inbound streams when its
+/// accept queue (one stream deep) is full, which a burst of concurrent opens meets.
+async fn fetch_on_new_stream(
+    opener: &Opener,
+    len: u64,
+    mut hasher: Option<&mut blake3::Hasher>,
+    retried: &AtomicU64,
+) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let mut received = 0;
+        let outcome = async {
+            let mut stream = opener.open().await?;
+            round(&mut stream, len, hasher.as_deref_mut(), &mut received).await?;
+            stream.shutdown().await.context("closing the stream")
+        }
+        .await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(_) if received == 0 && attempt < OPEN_ATTEMPTS => {
+                retried.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(error) => return Err(error.context(format!("after {attempt} attempts"))),
+        }
+    }
+}
+
+/// Writes one request for `len` bytes and reads the whole answer, counting what arrived in
+/// `received`.
 async fn round(
     stream: &mut (impl AsyncRead + AsyncWrite + Unpin + ?Sized),
     len: u64,
     mut hasher: Option<&mut blake3::Hasher>,
+    received: &mut u64,
 ) -> anyhow::Result<()> {
     let mut request = [0u8; REQUEST_LEN];
     request[..8].copy_from_slice(&len.to_le_bytes());
-    stream.write_all(&request).await?;
-    stream.flush().await?;
+    stream
+        .write_all(&request)
+        .await
+        .context("writing the request")?;
+    stream.flush().await.context("writing the request")?;
     let mut buffer = vec![0u8; PIECE_LEN.min(len as usize)];
     let mut remaining = len;
     while remaining > 0 {
         let want = buffer.len().min(remaining as usize);
-        let read = stream.read(&mut buffer[..want]).await?;
+        let read = stream
+            .read(&mut buffer[..want])
+            .await
+            .context("reading the answer")?;
         anyhow::ensure!(read > 0, "the answer ended {remaining} bytes early");
         if let Some(hasher) = hasher.as_mut() {
             hasher.update(&buffer[..read]);
         }
         remaining -= read as u64;
+        *received += read as u64;
     }
     Ok(())
 }
@@ -334,15 +384,37 @@ struct QuinnConfigs {
 }
 
 /// A self-signed certificate for "localhost", trusted by the client; quinn's default transport
-/// settings and rustls' default ring cipher suites.
-fn self_signed_configs() -> anyhow::Result<QuinnConfigs> {
+/// settings and the ring provider's cipher suites, in its own order (AES-GCM first) or, with
+/// `chacha_first`, in libp2p-tls' (ChaCha20-Poly1305 first). A TLS 1.3 server in rustls picks
+/// the first of the client's suites it supports, so the client's order decides.
+fn self_signed_configs(chacha_first: bool) -> anyhow::Result<QuinnConfigs> {
+    use quinn::rustls::crypto::ring::{cipher_suite, default_provider};
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     let certificate = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-    let server = quinn::ServerConfig::with_single_cert(vec![certificate.clone()], key)?;
+    let mut provider = default_provider();
+    if chacha_first {
+        provider.cipher_suites = vec![
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ];
+    }
+    let provider = Arc::new(provider);
+    let tls13: &[&quinn::rustls::SupportedProtocolVersion] = &[&quinn::rustls::version::TLS13];
+    let server_tls = quinn::rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(tls13)?
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.clone()], key)?;
+    let server =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     let mut roots = quinn::rustls::RootCertStore::empty();
     roots.add(certificate)?;
-    let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    let client_tls = quinn::rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(tls13)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
     Ok(QuinnConfigs {
         server,
         client,
@@ -414,6 +486,7 @@ async fn quinn_link(configs: QuinnConfigs) -> anyhow::Result<Link> {
     .context("quinn handshake timed out")??;
     Ok(Link {
         opener: Opener::Quinn(connection),
+        retried: Arc::default(),
         tasks: vec![acceptor],
         _endpoints: vec![server, client],
     })
@@ -485,6 +558,7 @@ async fn libp2p_link(listen: Multiaddr) -> anyhow::Result<Link> {
             control,
             server: server_id,
         },
+        retried: Arc::default(),
         tasks,
         _endpoints: Vec::new(),
     })
@@ -508,15 +582,17 @@ fn process_cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((user + system) * 10))
 }
 
-/// One throughput run: MB/s, and CPU seconds per GiB moved (both ends).
+/// One throughput run: MB/s, CPU seconds per GiB moved (both ends), streams opened again.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     megabytes_per_second: f64,
     cpu_seconds_per_gib: Option<f64>,
+    retried_streams: u64,
 }
 
 async fn throughput_run(link: &Link, total: u64, streams: usize) -> anyhow::Result<Sample> {
     let cpu_before = process_cpu_time();
+    let retried_before = link.retried_streams();
     let started = Instant::now();
     if streams == 1 {
         link.fetch(total, None).await?;
@@ -531,6 +607,7 @@ async fn throughput_run(link: &Link, total: u64, streams: usize) -> anyhow::Resu
     Ok(Sample {
         megabytes_per_second: total as f64 / elapsed / 1e6,
         cpu_seconds_per_gib: cpu,
+        retried_streams: link.retried_streams() - retried_before,
     })
 }
 
@@ -565,13 +642,19 @@ async fn check_delivery(links: &[(Transport, Link)], streams: usize) -> anyhow::
     let expected = payload_hash(len);
     for (transport, link) in links {
         let mut hasher = blake3::Hasher::new();
-        link.fetch(len, Some(&mut hasher)).await?;
+        link.fetch(len, Some(&mut hasher))
+            .await
+            .with_context(|| format!("{}: one stream", transport.label()))?;
         anyhow::ensure!(
             hasher.finalize() == expected,
             "{}: one stream delivered wrong bytes",
             transport.label()
         );
-        for hash in link.fetch_concurrently(streams, len, true).await? {
+        let hashes = link
+            .fetch_concurrently(streams, len, true)
+            .await
+            .with_context(|| format!("{}: {streams} streams", transport.label()))?;
+        for hash in hashes {
             anyhow::ensure!(
                 hash == Some(expected),
                 "{}: concurrent streams delivered wrong bytes",
@@ -587,7 +670,7 @@ pub fn run(args: TransportArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.size_mib > 0, "--size-mib must be at least 1");
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(
-        args.streams > 0 && args.size_mib % args.streams as u64 == 0,
+        args.size_mib.checked_rem(args.streams as u64) == Some(0),
         "--streams must divide --size-mib"
     );
     anyhow::ensure!(args.round_trips > 0, "--round-trips must be at least 1");
@@ -629,8 +712,8 @@ async fn measure(args: TransportArgs) -> anyhow::Result<()> {
             args.runs
         );
         println!(
-            "{:<46} {:>8} {:>8} {:>8} {:>9} {:>10}",
-            "transport", "median", "min", "max", "vs quinn", "CPU s/GiB"
+            "{:<46} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
+            "transport (MB/s)", "median", "min", "max", "vs quinn", "CPU s/GiB", "retried"
         );
         let mut baseline = None;
         for ((transport, _), samples) in links.iter().zip(samples) {
@@ -642,14 +725,16 @@ async fn measure(args: TransportArgs) -> anyhow::Result<()> {
                 .collect::<Option<Vec<_>>>()
                 .map(spread);
             let baseline = *baseline.get_or_insert(median);
+            let retried: u64 = samples.iter().map(|s| s.retried_streams).sum();
             println!(
-                "{:<46} {:>8.0} {:>8.0} {:>8.0} {:>8.2}x {:>10}",
+                "{:<46} {:>8.0} {:>8.0} {:>8.0} {:>8.2}x {:>10} {:>8}",
                 transport.label(),
                 median,
                 min,
                 max,
                 median / baseline,
                 cpu.map_or("-".to_owned(), |(median, _, _)| format!("{median:.2}")),
+                retried,
             );
         }
     }
@@ -717,6 +802,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn quinn_self_signed_delivers_exact_bytes() {
         delivers_exact_bytes(Transport::QuinnSelfSigned).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quinn_self_signed_chacha_delivers_exact_bytes() {
+        delivers_exact_bytes(Transport::QuinnSelfSignedChaCha).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
