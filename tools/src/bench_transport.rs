@@ -8,8 +8,8 @@
 //!
 //! The bench protocol is one request and one answer per round, repeatable on one stream: the
 //! client writes a [`REQUEST_LEN`]-byte request whose first 8 bytes (little-endian) ask for an
-//! answer of that many bytes; the server writes the answer in [`PIECE_LEN`] pieces, the size of
-//! the largest shard, which is how the node writes shards. Answer bytes are a pure function of
+//! answer of that many bytes; the server writes the answer in [`PIECE_LEN`] pieces, the average
+//! shard at the default chunking, as the node writes a shard at a time. Answer bytes are a pure function of
 //! their position, so the client can check a whole answer's BLAKE3 without the server hashing.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,7 +33,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 const BENCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal-bench/transport/1");
 /// Every request's length; also the answer length of the latency rounds.
 pub const REQUEST_LEN: usize = 64;
-/// The write size of an answer: a shard-sized piece (the largest shard is 1 MiB).
+/// The write size of an answer: a shard-sized piece (the default chunking averages 1 MiB).
 pub const PIECE_LEN: usize = 1 << 20;
 /// The largest answer a server agrees to send; longer requests end the stream.
 const MAX_ANSWER: u64 = 64 << 30;
