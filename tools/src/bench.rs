@@ -44,6 +44,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         requests: usize,
     },
+    /// Shard-transfer throughput and small-message latency over loopback: raw quinn beside the
+    /// node's libp2p QUIC and TCP stacks.
+    Transport(crate::bench_transport::TransportArgs),
 }
 
 /// Runs a benchmark.
@@ -62,6 +65,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => {
             tokio::runtime::Runtime::new()?.block_on(http(url, concurrency.max(1), requests.max(1)))
         }
+        BenchCommand::Transport(args) => crate::bench_transport::run(args),
     }
 }
 

@@ -5,9 +5,11 @@
 //!   `--repair`, removes what is bad and rebuilds the index.
 //! * `shoal inspect --data-dir DIR <digest>`: prints a stored blob's shard map. Reads the map file
 //!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
-//! * `shoal bench ingest` and `shoal bench http`: the measurements behind BENCHMARKS.md.
+//! * `shoal bench ingest`, `shoal bench http` and `shoal bench transport`: the measurements behind
+//!   BENCHMARKS.md.
 
 mod bench;
+mod bench_transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
