@@ -51,6 +51,9 @@ const FIRST_HEDGE: Duration = Duration::from_secs(2);
 const MIN_HEDGE: Duration = Duration::from_millis(300);
 /// How many holders are asked for the shard map before giving up on them.
 const HOLDERS_ASKED: usize = 3;
+/// Failed requests (streams refused or broken, timeouts) after which a holder is dropped from a
+/// blob's plan. A holder that sends bad bytes, or lacks the blob, is dropped at once.
+const HOLDER_FAILURES: u32 = 3;
 
 /// Why assembly from peers stopped.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +261,8 @@ pub struct ParallelFetch {
     /// Batch completion times, for the hedging delay.
     batch_times: Vec<Duration>,
     hedged: HashSet<usize>,
+    /// Failed requests per holder.
+    failures: HashMap<PeerId, u32>,
     last_failure: String,
 }
 
@@ -301,6 +306,7 @@ impl ParallelFetch {
             head_shards: Default::default(),
             batch_times: Vec::new(),
             hedged: HashSet::new(),
+            failures: HashMap::new(),
             last_failure: String::new(),
         }
     }
@@ -431,7 +437,16 @@ impl ParallelFetch {
                     self.network.avoid(peer);
                 }
                 self.last_failure = format!("{peer}: {error}");
-                self.holders.retain(|p| *p != peer);
+                // A stream can be refused when many open at once; a holder gets a few chances
+                // unless it lied or does not have the blob.
+                let failures = self.failures.entry(peer).or_default();
+                *failures += 1;
+                if error.is_misbehaviour()
+                    || matches!(error, TransferError::NotHere)
+                    || *failures >= HOLDER_FAILURES
+                {
+                    self.holders.retain(|p| *p != peer);
+                }
                 if self.open.get(&batch).is_some_and(Vec::is_empty) {
                     self.open.remove(&batch);
                 }
