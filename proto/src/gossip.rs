@@ -107,24 +107,33 @@ pub trait GossipMessage: WireMessage {
     }
 }
 
-/// News about what the author holds.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum Announcement {
-    /// The author holds some or all shards of a blob (it committed the blob, or is downloading it).
-    Holds {
-        /// SHA-256 of the blob.
-        blob: [u8; 32],
-        /// How many shards the blob's shard map lists (1 to [`MAX_SHARDS_PER_MAP`]).
-        shard_count: u32,
-        /// The shards held: [`ShardSet::All`] for the whole blob, or a bitfield with at least one
-        /// bit set and none at or past `shard_count`.
-        shards: ShardSet,
-    },
-    /// The author no longer holds the blob (it was evicted).
-    Dropped {
-        /// SHA-256 of the blob.
-        blob: [u8; 32],
-    },
+pub use announcement::Announcement;
+
+// rkyv's derive generates the archived twin's variant fields without docs; they mirror the
+// documented fields here.
+#[allow(missing_docs)]
+mod announcement {
+    use crate::wire::ShardSet;
+
+    /// News about what the author holds.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub enum Announcement {
+        /// The author holds some or all shards of a blob (it committed the blob, or is downloading it).
+        Holds {
+            /// SHA-256 of the blob.
+            blob: [u8; 32],
+            /// How many shards the blob's shard map lists (1 to [`crate::limits::MAX_SHARDS_PER_MAP`]).
+            shard_count: u32,
+            /// The shards held: [`ShardSet::All`] for the whole blob, or a bitfield with at least one
+            /// bit set and none at or past `shard_count`.
+            shards: ShardSet,
+        },
+        /// The author no longer holds the blob (it was evicted).
+        Dropped {
+            /// SHA-256 of the blob.
+            blob: [u8; 32],
+        },
+    }
 }
 
 impl Announcement {
@@ -150,7 +159,7 @@ impl Announcement {
             ShardSet::All => ShardSet::All,
             ShardSet::Bitfield(bits) => {
                 let mut bits = bits[..bits.len().min(count.div_ceil(8))].to_vec();
-                if count % 8 != 0 {
+                if !count.is_multiple_of(8) {
                     if let Some(last) = bits.get_mut(count / 8) {
                         *last &= (1u8 << (count % 8)) - 1;
                     }
@@ -216,7 +225,7 @@ impl Announcement {
         if bits.iter().all(|byte| *byte == 0) {
             return Err(WireError::Invalid("announcement holds no shard"));
         }
-        if count % 8 != 0 && bits.len() == count.div_ceil(8) {
+        if !count.is_multiple_of(8) && bits.len() == count.div_ceil(8) {
             let past_end = bits[count / 8] >> (count % 8);
             if past_end != 0 {
                 return Err(WireError::Invalid("bit set past the last shard"));
