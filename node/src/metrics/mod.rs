@@ -91,6 +91,25 @@ pub struct Metrics {
     pub p2p_failed_proofs: Counter,
     /// Connected peers that have proved membership.
     pub p2p_members: AtomicU64,
+    /// Open peer connections (members or not).
+    pub p2p_connections: AtomicU64,
+    /// Entries in Kademlia's routing table (members only).
+    pub p2p_routing_table_peers: AtomicU64,
+    /// Provider records in the local DHT store naming this node.
+    pub p2p_provider_records_local: AtomicU64,
+    /// Provider records in the local DHT store that other members asked this node to keep.
+    pub p2p_provider_records_remote: AtomicU64,
+    /// (member, blob) holdings learned from gossip announcements.
+    pub p2p_announced_holdings: AtomicU64,
+    /// Gossip messages this node published.
+    pub p2p_gossip_published: Counter,
+    /// Gossip messages this node meant to publish but could not (no member connected, or the
+    /// swarm was busy).
+    pub p2p_gossip_unpublished: Counter,
+    /// Gossip messages received (before validation).
+    pub p2p_gossip_received: Counter,
+    /// Received gossip messages rejected by validation (not from a member, or malformed).
+    pub p2p_gossip_rejected: Counter,
 }
 
 impl Metrics {
@@ -240,10 +259,68 @@ impl Metrics {
                 "Connected peers that have proved membership.",
                 self.p2p_members.load(Ordering::Relaxed),
             ),
+            (
+                "shoal_p2p_connections",
+                "gauge",
+                "Open peer connections, members or not.",
+                self.p2p_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_routing_table_peers",
+                "gauge",
+                "Entries in the Kademlia routing table.",
+                self.p2p_routing_table_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_announced_holdings",
+                "gauge",
+                "Member and blob pairs learned from gossip announcements.",
+                self.p2p_announced_holdings.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_gossip_published_total",
+                "counter",
+                "Gossip messages published.",
+                self.p2p_gossip_published.get(),
+            ),
+            (
+                "shoal_p2p_gossip_unpublished_total",
+                "counter",
+                "Gossip messages not published (no member connected, or the swarm was busy).",
+                self.p2p_gossip_unpublished.get(),
+            ),
+            (
+                "shoal_p2p_gossip_received_total",
+                "counter",
+                "Gossip messages received, before validation.",
+                self.p2p_gossip_received.get(),
+            ),
+            (
+                "shoal_p2p_gossip_rejected_total",
+                "counter",
+                "Received gossip messages rejected by validation.",
+                self.p2p_gossip_rejected.get(),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        header(
+            &mut out,
+            "shoal_p2p_provider_records",
+            "gauge",
+            "Provider records in the local DHT store, by provider (this node, or other members).",
+        );
+        let _ = writeln!(
+            out,
+            "shoal_p2p_provider_records{{provider=\"local\"}} {}",
+            self.p2p_provider_records_local.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "shoal_p2p_provider_records{{provider=\"remote\"}} {}",
+            self.p2p_provider_records_remote.load(Ordering::Relaxed)
+        );
         let hits = self.cache_hits.get();
         let misses = self.cache_misses.get();
         let ratio = if hits + misses == 0 {
@@ -418,6 +495,15 @@ mod tests {
         assert!(text.contains("shoal_bytes_served_total{source=\"cache\"} 10"));
         assert!(text.contains("shoal_cache_hit_ratio 1"));
         assert!(text.contains("shoal_store_bytes 30"));
+        metrics
+            .p2p_provider_records_remote
+            .store(4, Ordering::Relaxed);
+        metrics.p2p_gossip_rejected.inc();
+        let text = metrics.render(StoreStats::default());
+        assert!(text.contains("shoal_p2p_provider_records{provider=\"remote\"} 4"));
+        assert!(text.contains("shoal_p2p_provider_records{provider=\"local\"} 0"));
+        assert!(text.contains("shoal_p2p_gossip_rejected_total 1"));
+        assert!(text.contains("shoal_p2p_connections 0"));
         assert!(
             text.contains(
                 "shoal_http_request_duration_seconds{route=\"blob\",quantile=\"0.99\"} 0.003"

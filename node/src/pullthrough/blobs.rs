@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use shoal_proto::gossip::Announcement;
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
@@ -219,6 +220,7 @@ impl PullThrough {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
                         peers.provide(digest);
+                        peers.announce_held(digest);
                     }
                     tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
                     Outcome::Committed
@@ -240,6 +242,9 @@ impl PullThrough {
                 metrics.evictions.add(evicted.len() as u64);
                 for digest in evicted {
                     tracing::info!(%digest, "evicted for the disk budget");
+                    if let Some(peers) = &this.peers {
+                        peers.announce(Announcement::dropped(digest));
+                    }
                 }
             }
         });
