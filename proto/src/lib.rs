@@ -9,6 +9,8 @@
 //! * [`records`]: the index records the node keeps in sled (manifests, tags, access statistics).
 //! * [`wire`]: the peer protocols' messages (membership proof, shard transfer), framed behind a
 //!   versioned header with per-message size limits.
+//! * [`gossip`]: the gossip topics and their messages (announcements of which shards a member
+//!   holds), in the same framing as the peer wire.
 //! * [`limits`]: every size bound that is checked before memory is allocated for outside input.
 //!
 //! Goals: one definition of each format, validated on decode, usable from the daemon, the operator
@@ -18,6 +20,7 @@
 //! allocates and returns an error (never panics) on bad input.
 
 pub mod digest;
+pub mod gossip;
 pub mod limits;
 pub mod oci;
 pub mod records;

@@ -118,6 +118,8 @@ pub enum Kind {
     Answer = 4,
     /// [`ShardFrame`].
     Frame = 5,
+    /// [`crate::gossip::Announcement`] (a gossip payload, not a stream frame).
+    Announcement = 10,
 }
 
 /// Why a frame was refused.
@@ -325,7 +327,7 @@ pub fn body_len(prefix: [u8; PREFIX_LEN]) -> usize {
     u32::from_le_bytes(prefix) as usize
 }
 
-fn frame(kind: Kind, archive: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: Kind, archive: &[u8]) -> Vec<u8> {
     let len = (HEADER_LEN + archive.len()) as u32;
     let mut out = Vec::with_capacity(PREFIX_LEN + len as usize);
     out.extend_from_slice(&len.to_le_bytes());
@@ -338,7 +340,7 @@ fn frame(kind: Kind, archive: &[u8]) -> Vec<u8> {
 }
 
 /// Checks the header and returns the archive, aligned for rkyv.
-fn open<M: WireMessage>(body: &[u8]) -> Result<rkyv::util::AlignedVec<16>, WireError> {
+pub(crate) fn open<M: WireMessage>(body: &[u8]) -> Result<rkyv::util::AlignedVec<16>, WireError> {
     check_len::<M>(body.len())?;
     if &body[0..4] != MAGIC {
         return Err(WireError::Magic);
@@ -360,11 +362,11 @@ fn open<M: WireMessage>(body: &[u8]) -> Result<rkyv::util::AlignedVec<16>, WireE
 
 macro_rules! wire_message {
     ($ty:ty, $kind:expr, $max:expr, $check:expr) => {
-        impl WireMessage for $ty {
-            const KIND: Kind = $kind;
+        impl $crate::wire::WireMessage for $ty {
+            const KIND: $crate::wire::Kind = $kind;
             const MAX_BYTES: usize = $max;
 
-            fn check(&self) -> Result<(), WireError> {
+            fn check(&self) -> Result<(), $crate::wire::WireError> {
                 #[allow(clippy::redundant_closure_call)]
                 ($check)(self)
             }
@@ -372,19 +374,20 @@ macro_rules! wire_message {
             fn encode(&self) -> Vec<u8> {
                 let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
                     .expect("serialising plain data to memory cannot fail");
-                frame(Self::KIND, &archive)
+                $crate::wire::frame(Self::KIND, &archive)
             }
 
-            fn decode(body: &[u8]) -> Result<Self, WireError> {
-                let aligned = open::<Self>(body)?;
+            fn decode(body: &[u8]) -> Result<Self, $crate::wire::WireError> {
+                let aligned = $crate::wire::open::<Self>(body)?;
                 let message = rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
-                    .map_err(|e| WireError::Archive(e.to_string()))?;
+                    .map_err(|e| $crate::wire::WireError::Archive(e.to_string()))?;
                 message.check()?;
                 Ok(message)
             }
         }
     };
 }
+pub(crate) use wire_message;
 
 wire_message!(
     Challenge,

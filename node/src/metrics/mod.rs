@@ -97,6 +97,25 @@ pub struct Metrics {
     peer_bytes: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Time from asking a peer for a shard to holding its verified bytes, in microseconds.
     shard_fetch_us: Mutex<Option<Histogram<u64>>>,
+    /// Open peer connections (members or not).
+    pub p2p_connections: AtomicU64,
+    /// Entries in Kademlia's routing table (members only).
+    pub p2p_routing_table_peers: AtomicU64,
+    /// Provider records in the local DHT store naming this node.
+    pub p2p_provider_records_local: AtomicU64,
+    /// Provider records in the local DHT store that other members asked this node to keep.
+    pub p2p_provider_records_remote: AtomicU64,
+    /// (member, blob) holdings learned from gossip announcements.
+    pub p2p_announced_holdings: AtomicU64,
+    /// Gossip messages this node published.
+    pub p2p_gossip_published: Counter,
+    /// Gossip messages this node meant to publish but could not (no member connected, or the
+    /// swarm was busy).
+    pub p2p_gossip_unpublished: Counter,
+    /// Gossip messages received (before validation).
+    pub p2p_gossip_received: Counter,
+    /// Received gossip messages rejected by validation (not from a member, or malformed).
+    pub p2p_gossip_rejected: Counter,
 }
 
 /// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
@@ -329,10 +348,68 @@ impl Metrics {
                 "Connected peers that have proved membership.",
                 self.p2p_members.load(Ordering::Relaxed),
             ),
+            (
+                "shoal_p2p_connections",
+                "gauge",
+                "Open peer connections, members or not.",
+                self.p2p_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_routing_table_peers",
+                "gauge",
+                "Entries in the Kademlia routing table.",
+                self.p2p_routing_table_peers.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_announced_holdings",
+                "gauge",
+                "Member and blob pairs learned from gossip announcements.",
+                self.p2p_announced_holdings.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_gossip_published_total",
+                "counter",
+                "Gossip messages published.",
+                self.p2p_gossip_published.get(),
+            ),
+            (
+                "shoal_p2p_gossip_unpublished_total",
+                "counter",
+                "Gossip messages not published (no member connected, or the swarm was busy).",
+                self.p2p_gossip_unpublished.get(),
+            ),
+            (
+                "shoal_p2p_gossip_received_total",
+                "counter",
+                "Gossip messages received, before validation.",
+                self.p2p_gossip_received.get(),
+            ),
+            (
+                "shoal_p2p_gossip_rejected_total",
+                "counter",
+                "Received gossip messages rejected by validation.",
+                self.p2p_gossip_rejected.get(),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        header(
+            &mut out,
+            "shoal_p2p_provider_records",
+            "gauge",
+            "Provider records in the local DHT store, by provider (this node, or other members).",
+        );
+        let _ = writeln!(
+            out,
+            "shoal_p2p_provider_records{{provider=\"local\"}} {}",
+            self.p2p_provider_records_local.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "shoal_p2p_provider_records{{provider=\"remote\"}} {}",
+            self.p2p_provider_records_remote.load(Ordering::Relaxed)
+        );
         let hits = self.cache_hits.get();
         let misses = self.cache_misses.get();
         let ratio = if hits + misses == 0 {
@@ -516,6 +593,15 @@ mod tests {
         assert!(text.contains("shoal_bytes_received_total{source=\"peer\"} 7"));
         assert!(text.contains("shoal_shard_fetch_duration_seconds{quantile=\"0.5\"} 0.002"));
         assert!(text.contains("shoal_store_bytes 30"));
+        metrics
+            .p2p_provider_records_remote
+            .store(4, Ordering::Relaxed);
+        metrics.p2p_gossip_rejected.inc();
+        let text = metrics.render(StoreStats::default());
+        assert!(text.contains("shoal_p2p_provider_records{provider=\"remote\"} 4"));
+        assert!(text.contains("shoal_p2p_provider_records{provider=\"local\"} 0"));
+        assert!(text.contains("shoal_p2p_gossip_rejected_total 1"));
+        assert!(text.contains("shoal_p2p_connections 0"));
         assert!(
             text.contains(
                 "shoal_http_request_duration_seconds{route=\"blob\",quantile=\"0.99\"} 0.003"

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::kad;
-use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
@@ -17,9 +16,10 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use super::record_store::CountedStore;
 use super::PeerTable;
 
-type Kad = kad::Behaviour<MemoryStore>;
+type Kad = kad::Behaviour<CountedStore>;
 type KadHandler = THandler<Kad>;
 
 /// Kademlia that answers members only.

@@ -3,7 +3,9 @@
 //!
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
 //! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
-//! by its digest) and the shard transfer protocol on both sides (`transfer`). It reads the disk
+//! by its digest, counted in `record_store`), gossip among members (`gossip`: announcements of
+//! which shards a member holds, kept in `holdings`) and the shard transfer protocol on both sides
+//! (`transfer`). It reads the disk
 //! only through [`ShardStore`] (shard maps and verified shards) and never writes it: a blob fetched
 //! from a peer is ingested, verified and committed by `pullthrough`, which decides when to ask
 //! peers at all. It speaks no HTTP and knows nothing of upstreams.
@@ -11,12 +13,16 @@
 //! The swarm lives in one task that owns it; a cloneable [`PeerNetwork`] sends it commands over a
 //! bounded channel. Until a peer has proved that it holds the network key, it is not added to the
 //! routing table, its Kademlia requests are dropped unanswered (`gate`), its provider records
-//! are not stored and its transfer streams are refused; a peer
+//! are not stored, it gets and gives no gossip (`gossip`) and its transfer streams are refused; a
+//! peer
 //! that fails the proof, or does not give it within [`PROOF_DEADLINE`], is disconnected.
 
 mod gate;
+mod gossip;
+mod holdings;
 mod membership;
 mod peers;
+mod record_store;
 mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -28,19 +34,26 @@ use futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{
+    gossipsub, identify, identity, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
+};
+use shoal_proto::gossip::{Announcement, GossipMessage, Topic};
 use shoal_proto::BlobDigest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
+pub use gossip::{gossipsub_config, GOSSIP_PROTOCOL_PREFIX};
+pub use holdings::AnnouncedHolding;
 pub use peers::PeerInfo;
 pub use transfer::{
     InFlightBlob, InFlightBlobs, InFlightShard, Offer, PeerAnswer, ShardStream, TransferError,
 };
 
+use holdings::Holdings;
 use peers::PeerTable;
+use record_store::CountedStore;
 
 /// The membership proof's protocol.
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/membership/1");
@@ -116,6 +129,7 @@ pub enum P2pError {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     kad: gate::MembersOnly,
+    gossip: gossip::MembersOnlyGossip,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -125,6 +139,7 @@ enum Command {
     Provide(BlobDigest),
     StopProviding(BlobDigest),
     FindProviders(BlobDigest, oneshot::Sender<Vec<PeerId>>),
+    Publish(Topic, Vec<u8>),
     Proved(PeerId),
     FailedProof(PeerId, String),
     ProofDeadline(PeerId),
@@ -139,6 +154,9 @@ pub struct PeerNetwork {
     control: libp2p_stream::Control,
     avoid: Arc<Mutex<HashMap<PeerId, Instant>>>,
     peers: PeerTable,
+    holdings: Arc<Mutex<Holdings>>,
+    store: ShardStore,
+    metrics: Arc<Metrics>,
     region: String,
     in_flight: transfer::InFlightSlot,
 }
@@ -214,6 +232,53 @@ impl PeerNetwork {
         peers
             .into_iter()
             .filter(|peer| *peer != self.local && !avoid.contains_key(peer))
+            .collect()
+    }
+
+    /// Tells every member over gossip what this node holds of a blob (on commit, while
+    /// downloading, on eviction). Never waits: if the swarm is too busy the announcement is
+    /// dropped and counted (`shoal_p2p_gossip_unpublished_total`).
+    pub fn announce(&self, announcement: Announcement) {
+        self.publish(&announcement);
+    }
+
+    /// Announces that this node holds the whole of `digest`, committed in its store (reads the
+    /// shard count from the store's index; nothing is announced if the blob is not there).
+    pub fn announce_held(&self, digest: BlobDigest) {
+        match self.store.shard_map(&digest) {
+            Ok(Some(map)) => {
+                self.announce(Announcement::complete(digest, map.shards.len() as u32));
+            }
+            Ok(None) => tracing::debug!(%digest, "not in the store; nothing to announce"),
+            Err(error) => tracing::warn!(%digest, %error, "cannot read the shard map to announce"),
+        }
+    }
+
+    fn publish<M: GossipMessage>(&self, message: &M) {
+        let command = Command::Publish(M::TOPIC, message.to_payload());
+        if self.commands.try_send(command).is_err() {
+            self.metrics.p2p_gossip_unpublished.inc();
+            tracing::debug!(
+                topic = M::TOPIC.name(),
+                "swarm busy; gossip message dropped"
+            );
+        }
+    }
+
+    /// Connected members that announced holding shards of `digest` over gossip, complete
+    /// holders first, then by most shards held; excludes peers being avoided. A hint, not a
+    /// proof: the DHT's providers ([`PeerNetwork::find_providers`]) are the other source.
+    pub fn announced_holders(&self, digest: &BlobDigest) -> Vec<AnnouncedHolding> {
+        let holders = self
+            .holdings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holders(digest);
+        let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
+        avoid.retain(|_, until| *until > Instant::now());
+        holders
+            .into_iter()
+            .filter(|holding| holding.peer != self.local && !avoid.contains_key(&holding.peer))
             .collect()
     }
 
@@ -352,17 +417,20 @@ pub async fn start(
                     ..MemoryStoreConfig::default()
                 },
             );
+            let store = CountedStore::new(local, store);
             let mut kad = kad::Behaviour::with_config(local, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
-            Behaviour {
+            let gossip = gossip::MembersOnlyGossip::new(key, members.clone())?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 kad: gate::MembersOnly::new(kad, members.clone()),
+                gossip,
                 identify: identify::Behaviour::new(
                     identify::Config::new("/shoal/1".into(), key.public())
                         .with_agent_version(agent.clone()),
                 ),
                 ping: ping::Behaviour::default(),
                 stream: libp2p_stream::Behaviour::new(),
-            }
+            })
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
@@ -398,12 +466,16 @@ pub async fn start(
 
     let mut control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);
+    let holdings = Arc::new(Mutex::new(Holdings::default()));
     let network = PeerNetwork {
         local,
         commands: commands.clone(),
         control: control.clone(),
         avoid: Arc::default(),
         peers: members.clone(),
+        holdings: holdings.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
         region: config.region.clone(),
         in_flight: Arc::default(),
     };
@@ -442,6 +514,7 @@ pub async fn start(
         key,
         control,
         members,
+        holdings,
         metrics,
         commands,
         addresses: HashMap::new(),
@@ -455,6 +528,7 @@ pub async fn start(
                 Some(command) = command_rx.recv() => task.on_command(command),
                 event = task.swarm.select_next_some() => task.on_event(event),
             }
+            task.update_network_gauges();
         }
         tracing::debug!("peer network stopped");
     });
@@ -467,6 +541,7 @@ struct SwarmTask {
     key: Arc<NetworkKey>,
     control: libp2p_stream::Control,
     members: PeerTable,
+    holdings: Arc<Mutex<Holdings>>,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
     /// Addresses learned per peer, added to the routing table once the peer proved membership.
@@ -497,6 +572,22 @@ impl SwarmTask {
                 let key = kad::RecordKey::new(digest.as_bytes());
                 self.swarm.behaviour_mut().kad.kad.stop_providing(&key);
             }
+            Command::Publish(topic, payload) => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .gossip
+                    .publish(gossip::ident(topic), payload)
+                {
+                    Ok(_) => self.metrics.p2p_gossip_published.inc(),
+                    Err(error) => {
+                        // Usually no member is connected yet; the DHT still has the record.
+                        self.metrics.p2p_gossip_unpublished.inc();
+                        tracing::debug!(topic = topic.name(), %error, "gossip message not published");
+                    }
+                }
+            }
             Command::FindProviders(digest, reply) => {
                 let key = kad::RecordKey::new(digest.as_bytes());
                 let id = self.swarm.behaviour_mut().kad.kad.get_providers(key);
@@ -514,6 +605,7 @@ impl SwarmTask {
                 if self.members.member_count() == 1 {
                     let _ = self.swarm.behaviour_mut().kad.kad.bootstrap();
                 }
+                self.swarm.behaviour_mut().gossip.member_proved(peer);
                 self.update_member_gauge();
                 tracing::info!("peer proved membership");
             }
@@ -535,6 +627,40 @@ impl SwarmTask {
                 }
             }
         }
+    }
+
+    /// The gauges read from the swarm: open connections, routing table entries, provider
+    /// records, announced holdings. Cheap enough to refresh after every event.
+    fn update_network_gauges(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let connections = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_established();
+        self.metrics
+            .p2p_connections
+            .store(u64::from(connections), Relaxed);
+        let kad = &mut self.swarm.behaviour_mut().kad.kad;
+        let routing_peers: usize = kad.kbuckets().map(|bucket| bucket.num_entries()).sum();
+        self.metrics
+            .p2p_routing_table_peers
+            .store(routing_peers as u64, Relaxed);
+        let providers = kad.store_mut().provider_counts();
+        self.metrics
+            .p2p_provider_records_local
+            .store(providers.local as u64, Relaxed);
+        self.metrics
+            .p2p_provider_records_remote
+            .store(providers.remote as u64, Relaxed);
+        let holdings = self
+            .holdings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        self.metrics
+            .p2p_announced_holdings
+            .store(holdings as u64, Relaxed);
     }
 
     fn update_member_gauge(&self) {
@@ -585,6 +711,14 @@ impl SwarmTask {
                 if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }
+                let forgotten = self
+                    .holdings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forget_peer(&peer_id);
+                if forgotten > 0 {
+                    tracing::debug!(peer = %peer_id, forgotten, "announced holdings forgotten");
+                }
                 self.update_member_gauge();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -605,8 +739,51 @@ impl SwarmTask {
                 ..
             })) => self.members.set_rtt(peer, rtt),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
             _ => {}
         }
+    }
+
+    /// Judges a gossip message, acts on it, and tells gossipsub whether to forward it.
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let span = tracing::debug_span!("peer", peer = %source);
+        let _enter = span.enter();
+        self.metrics.p2p_gossip_received.inc();
+        let verdict = match gossip::judge(&source, &message, &self.members) {
+            Err(reason) => {
+                self.metrics.p2p_gossip_rejected.inc();
+                tracing::debug!(author = ?message.source, reason, "gossip message rejected");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Ok(judged) => match judged.message {
+                gossip::Received::Announcement(announcement) if judged.author_connected => {
+                    let applied = self
+                        .holdings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .apply(judged.author, judged.sequence, &announcement);
+                    tracing::debug!(author = %judged.author, blob = %announcement.blob_digest(), ?applied, "announcement");
+                    match applied {
+                        holdings::Applied::Stale => gossipsub::MessageAcceptance::Ignore,
+                        holdings::Applied::Recorded | holdings::Applied::Removed => {
+                            gossipsub::MessageAcceptance::Accept
+                        }
+                    }
+                }
+                // News from a member this node has no connection to: passed on, not recorded
+                // (this node could not fetch from it without dialling it first).
+                gossip::Received::Announcement(_) => gossipsub::MessageAcceptance::Accept,
+            },
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .gossip
+            .report_message_validation_result(&id, &source, verdict);
     }
 
     fn on_kad(&mut self, event: kad::Event) {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use shoal_proto::gossip::Announcement;
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
@@ -233,6 +234,7 @@ impl PullThrough {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
                         peers.provide(digest);
+                        peers.announce_held(digest);
                     }
                     tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
                     Outcome::Committed
@@ -257,6 +259,9 @@ impl PullThrough {
                 metrics.evictions.add(evicted.len() as u64);
                 for digest in evicted {
                     tracing::info!(%digest, "evicted for the disk budget");
+                    if let Some(peers) = &this.peers {
+                        peers.announce(Announcement::dropped(digest));
+                    }
                 }
             }
         });
@@ -505,7 +510,19 @@ impl PullThrough {
         repo: &RepoName,
     ) -> Option<PeerFetch> {
         let peers = self.peers.as_ref()?;
-        let providers = peers.find_providers(digest, PROVIDER_LOOKUP).await;
+        // Members that announced the whole blob over gossip need no DHT lookup; otherwise the
+        // DHT names holders and nodes still fetching it.
+        let announced: Vec<_> = peers
+            .announced_holders(&digest)
+            .into_iter()
+            .filter(|holding| holding.complete)
+            .map(|holding| holding.peer)
+            .collect();
+        let providers = if announced.is_empty() {
+            peers.find_providers(digest, PROVIDER_LOOKUP).await
+        } else {
+            announced
+        };
         if providers.is_empty() {
             tracing::debug!(%digest, "no peer provides the blob");
         }

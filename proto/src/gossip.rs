@@ -1,0 +1,370 @@
+//! The gossip messages: what members tell every other member without being asked.
+//!
+//! ## Goals and non-goals
+//!
+//! Goals: let every member learn, within a few gossip rounds, which members hold which shards of
+//! which blob, without asking the DHT; make room for later kinds of news (usage, threat) as new
+//! topics and message kinds, decoded and dispatched by the same code. Every payload is bounded and
+//! validated before anything is believed or forwarded. Non-goals: completeness (a member that
+//! joins late hears only what is announced after it joined; the DHT's provider records stay the
+//! complete source), ordering beyond the author's sequence numbers, trust in what a holding
+//! claims (the shard transfer verifies every byte it moves).
+//!
+//! ## Topics
+//!
+//! One gossipsub topic per kind of news, named `shoal/<name>/<version>` ([`Topic`]). Now:
+//! `shoal/announce/1` carries [`Announcement`]s.
+//!
+//! ## Payload
+//!
+//! A gossip payload is a frame body of the peer wire format ([`crate::wire`]) without the length
+//! prefix (gossipsub delimits messages itself):
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "SHWR"
+//! 4       2     format version, little endian (currently 1)
+//! 6       1     message kind: 10 = Announcement
+//! 7       1     reserved, zero
+//! 8       N-8   rkyv archive of the message (validated with bytecheck on decode)
+//! ```
+//!
+//! The payload's length is checked against the message's limit before anything is copied.
+//!
+//! ## Message flow
+//!
+//! ```text
+//! member A                     gossipsub mesh (members only)                member B
+//!   commits blob X ── Holds { X, shard_count, All } ─────────────────────▶ holdings[X] += A
+//!   downloading Y  ── Holds { Y, shard_count, Bitfield } ────────────────▶ holdings[Y] = A's bits
+//!   evicts X       ── Dropped { X } ─────────────────────────────────────▶ holdings[X] -= A
+//! ```
+//!
+//! Messages are signed by their author's peer identity (gossipsub's strict mode: author, sequence
+//! number and signature are required). A newer `Holds` for the same blob and author replaces the
+//! older one; a `Dropped` removes it.
+//!
+//! ## Limits
+//!
+//! * An [`Announcement`] is at most [`MAX_ANNOUNCEMENT_BYTES`]; a bitfield at most
+//!   [`MAX_ANNOUNCED_BITFIELD_BYTES`] (262,144 shards, 256 GiB of blob at the default 1 MiB
+//!   average). A holder of a larger partial blob announces a prefix of its bitfield, which is
+//!   still true.
+//! * A gossipsub transmission (one RPC, with signature, key and control messages) is at most
+//!   [`MAX_GOSSIP_TRANSMIT_BYTES`].
+
+use crate::digest::BlobDigest;
+use crate::limits::MAX_SHARDS_PER_MAP;
+use crate::wire::{wire_message, Kind, ShardSet, WireError, WireMessage, HEADER_LEN, PREFIX_LEN};
+
+/// Largest bitfield an [`Announcement::Holds`] may carry.
+pub const MAX_ANNOUNCED_BITFIELD_BYTES: usize = 32 * 1024;
+/// Largest encoded [`Announcement`] (header included).
+pub const MAX_ANNOUNCEMENT_BYTES: usize = HEADER_LEN + 128 + MAX_ANNOUNCED_BITFIELD_BYTES;
+/// Largest gossipsub transmission accepted or sent: one announcement with room for the
+/// signature, the author's key, the topic and control messages.
+pub const MAX_GOSSIP_TRANSMIT_BYTES: usize = 64 * 1024;
+
+/// A gossip topic: one per kind of news.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Which members hold which shards of which blob ([`Announcement`]).
+    Announce,
+}
+
+impl Topic {
+    /// Every topic a node subscribes to.
+    pub const ALL: [Topic; 1] = [Topic::Announce];
+
+    /// The topic's name on the network.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Announce => "shoal/announce/1",
+        }
+    }
+
+    /// The topic with this name, if this build knows it.
+    pub fn from_name(name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|topic| topic.name() == name)
+    }
+}
+
+/// A message published on a gossip topic.
+pub trait GossipMessage: WireMessage {
+    /// The topic it travels on.
+    const TOPIC: Topic;
+
+    /// The payload to publish: the frame body, without the length prefix.
+    fn to_payload(&self) -> Vec<u8> {
+        let mut frame = self.encode();
+        frame.drain(..PREFIX_LEN);
+        frame
+    }
+
+    /// Decodes a received payload (length, header, archive and rules checked, in that order).
+    fn from_payload(payload: &[u8]) -> Result<Self, WireError> {
+        Self::decode(payload)
+    }
+}
+
+pub use announcement::Announcement;
+
+// rkyv's derive generates the archived twin's variant fields without docs; they mirror the
+// documented fields here.
+#[allow(missing_docs)]
+mod announcement {
+    use crate::wire::ShardSet;
+
+    /// News about what the author holds.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub enum Announcement {
+        /// The author holds some or all shards of a blob (it committed the blob, or is downloading it).
+        Holds {
+            /// SHA-256 of the blob.
+            blob: [u8; 32],
+            /// How many shards the blob's shard map lists (1 to [`crate::limits::MAX_SHARDS_PER_MAP`]).
+            shard_count: u32,
+            /// The shards held: [`ShardSet::All`] for the whole blob, or a bitfield with at least one
+            /// bit set and none at or past `shard_count`.
+            shards: ShardSet,
+        },
+        /// The author no longer holds the blob (it was evicted).
+        Dropped {
+            /// SHA-256 of the blob.
+            blob: [u8; 32],
+        },
+    }
+}
+
+impl Announcement {
+    /// The author holds the whole of `blob`.
+    pub fn complete(blob: BlobDigest, shard_count: u32) -> Self {
+        Announcement::Holds {
+            blob: *blob.as_bytes(),
+            shard_count,
+            shards: ShardSet::All,
+        }
+    }
+
+    /// The author holds the shards of `blob` in `held`, normalised: bits at or past
+    /// `shard_count` cleared, a full bitfield sent as [`ShardSet::All`], trailing empty bytes
+    /// trimmed, and a bitfield longer than [`MAX_ANNOUNCED_BITFIELD_BYTES`] cut to that (a prefix
+    /// of what is held is still true). `None` if that leaves nothing to announce.
+    pub fn holds(blob: BlobDigest, shard_count: u32, held: &ShardSet) -> Option<Self> {
+        let count = shard_count as usize;
+        if count == 0 || count > MAX_SHARDS_PER_MAP {
+            return None;
+        }
+        let shards = match held {
+            ShardSet::All => ShardSet::All,
+            ShardSet::Bitfield(bits) => {
+                let mut bits = bits[..bits.len().min(count.div_ceil(8))].to_vec();
+                if !count.is_multiple_of(8) {
+                    if let Some(last) = bits.get_mut(count / 8) {
+                        *last &= (1u8 << (count % 8)) - 1;
+                    }
+                }
+                let full = bits.len() == count.div_ceil(8)
+                    && (0..count).all(|i| bits[i / 8] & (1 << (i % 8)) != 0);
+                if full {
+                    ShardSet::All
+                } else {
+                    bits.truncate(MAX_ANNOUNCED_BITFIELD_BYTES);
+                    while bits.last() == Some(&0) {
+                        bits.pop();
+                    }
+                    if bits.is_empty() {
+                        return None;
+                    }
+                    ShardSet::Bitfield(bits)
+                }
+            }
+        };
+        Some(Announcement::Holds {
+            blob: *blob.as_bytes(),
+            shard_count,
+            shards,
+        })
+    }
+
+    /// The author no longer holds `blob`.
+    pub fn dropped(blob: BlobDigest) -> Self {
+        Announcement::Dropped {
+            blob: *blob.as_bytes(),
+        }
+    }
+
+    /// The blob the announcement is about.
+    pub fn blob_digest(&self) -> BlobDigest {
+        match self {
+            Announcement::Holds { blob, .. } | Announcement::Dropped { blob } => {
+                BlobDigest::from_bytes(*blob)
+            }
+        }
+    }
+
+    fn check_rules(&self) -> Result<(), WireError> {
+        let Announcement::Holds {
+            shard_count,
+            shards,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let count = *shard_count as usize;
+        if count == 0 || count > MAX_SHARDS_PER_MAP {
+            return Err(WireError::Invalid("shard count out of range"));
+        }
+        let ShardSet::Bitfield(bits) = shards else {
+            return Ok(());
+        };
+        if bits.len() > MAX_ANNOUNCED_BITFIELD_BYTES || bits.len() > count.div_ceil(8) {
+            return Err(WireError::Invalid("bitfield longer than the blob's shards"));
+        }
+        if bits.iter().all(|byte| *byte == 0) {
+            return Err(WireError::Invalid("announcement holds no shard"));
+        }
+        if !count.is_multiple_of(8) && bits.len() == count.div_ceil(8) {
+            let past_end = bits[count / 8] >> (count % 8);
+            if past_end != 0 {
+                return Err(WireError::Invalid("bit set past the last shard"));
+            }
+        }
+        Ok(())
+    }
+}
+
+wire_message!(
+    Announcement,
+    Kind::Announcement,
+    MAX_ANNOUNCEMENT_BYTES,
+    Announcement::check_rules
+);
+
+impl GossipMessage for Announcement {
+    const TOPIC: Topic = Topic::Announce;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn digest(byte: u8) -> BlobDigest {
+        BlobDigest::from_bytes([byte; 32])
+    }
+
+    proptest! {
+        #[test]
+        fn announcements_round_trip(
+            blob in any::<u8>(),
+            shard_count in 1u32..100_000,
+            indices in proptest::collection::vec(0usize..100_000, 0..64),
+        ) {
+            let held = ShardSet::from_indices(indices.iter().copied());
+            if let Some(holds) = Announcement::holds(digest(blob), shard_count, &held) {
+                prop_assert_eq!(Announcement::from_payload(&holds.to_payload()), Ok(holds.clone()));
+                let Announcement::Holds { shards, .. } = &holds else { unreachable!() };
+                // Normalising keeps exactly the held shards below the count.
+                for i in 0..shard_count as usize {
+                    prop_assert_eq!(shards.contains(i), held.contains(i), "shard {}", i);
+                }
+            } else {
+                prop_assert!(indices.iter().all(|i| *i >= shard_count as usize));
+            }
+            let complete = Announcement::complete(digest(blob), shard_count);
+            prop_assert_eq!(Announcement::from_payload(&complete.to_payload()), Ok(complete));
+            let dropped = Announcement::dropped(digest(blob));
+            prop_assert_eq!(Announcement::from_payload(&dropped.to_payload()), Ok(dropped));
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2_000),
+            kind in prop_oneof![Just(10u8), any::<u8>()],
+        ) {
+            let _ = Announcement::from_payload(&bytes);
+            let mut with_header = b"SHWR\x01\x00".to_vec();
+            with_header.extend_from_slice(&[kind, 0]);
+            with_header.extend_from_slice(&bytes);
+            let _ = Announcement::from_payload(&with_header);
+        }
+    }
+
+    #[test]
+    fn full_bitfields_become_all_and_large_ones_are_cut_to_a_prefix() {
+        let all_ten = ShardSet::from_indices(0..10);
+        assert_eq!(
+            Announcement::holds(digest(1), 10, &all_ten),
+            Some(Announcement::complete(digest(1), 10))
+        );
+        assert_eq!(Announcement::holds(digest(1), 0, &all_ten), None);
+        assert_eq!(
+            Announcement::holds(digest(1), 10, &ShardSet::from_indices([12])),
+            None
+        );
+        let count = (MAX_ANNOUNCED_BITFIELD_BYTES * 8 + 100) as u32;
+        let most = ShardSet::from_indices(1..count as usize);
+        let cut = Announcement::holds(digest(1), count, &most).unwrap();
+        let payload = cut.to_payload();
+        assert!(payload.len() <= MAX_ANNOUNCEMENT_BYTES);
+        assert!(payload.len() < MAX_GOSSIP_TRANSMIT_BYTES - 1024);
+        let Announcement::Holds { shards, .. } = Announcement::from_payload(&payload).unwrap()
+        else {
+            panic!("not a Holds");
+        };
+        assert!(!shards.contains(0));
+        assert!(shards.contains(MAX_ANNOUNCED_BITFIELD_BYTES * 8 - 1));
+        assert!(!shards.contains(MAX_ANNOUNCED_BITFIELD_BYTES * 8));
+    }
+
+    #[test]
+    fn rules_and_header_are_checked() {
+        let encode = |announcement: &Announcement| announcement.to_payload();
+        let holds = |shard_count, shards| Announcement::Holds {
+            blob: [2; 32],
+            shard_count,
+            shards,
+        };
+        for (bad, why) in [
+            (holds(0, ShardSet::All), "shard count out of range"),
+            (
+                holds(MAX_SHARDS_PER_MAP as u32 + 1, ShardSet::All),
+                "shard count out of range",
+            ),
+            (
+                holds(3, ShardSet::Bitfield(vec![0])),
+                "announcement holds no shard",
+            ),
+            (
+                holds(3, ShardSet::Bitfield(vec![0b1000])),
+                "bit set past the last shard",
+            ),
+            (
+                holds(8, ShardSet::Bitfield(vec![1, 1])),
+                "bitfield longer than the blob's shards",
+            ),
+        ] {
+            assert_eq!(
+                Announcement::from_payload(&encode(&bad)),
+                Err(WireError::Invalid(why))
+            );
+        }
+        assert!(
+            Announcement::from_payload(&encode(&holds(3, ShardSet::Bitfield(vec![0b101])))).is_ok()
+        );
+        let mut wrong_kind = encode(&Announcement::dropped(digest(3)));
+        wrong_kind[6] = Kind::Request as u8;
+        assert!(matches!(
+            Announcement::from_payload(&wrong_kind),
+            Err(WireError::Kind { expected: 10, .. })
+        ));
+        assert!(matches!(
+            Announcement::from_payload(&vec![0; MAX_ANNOUNCEMENT_BYTES + 1]),
+            Err(WireError::Length { .. })
+        ));
+        assert_eq!(Topic::from_name("shoal/announce/1"), Some(Topic::Announce));
+        assert_eq!(Topic::from_name("shoal/announce/2"), None);
+    }
+}
