@@ -17,6 +17,7 @@
 mod gate;
 mod membership;
 mod peers;
+pub mod shaping;
 mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,8 @@ pub struct P2pConfig {
     pub region: String,
     /// The network key.
     pub network_key: NetworkKey,
+    /// TESTING ONLY: egress cap and added latency for served transfers (off by default).
+    pub shaping: shaping::ShapingConfig,
 }
 
 /// Why the peer network could not start.
@@ -394,9 +397,13 @@ pub async fn start(
         commands.clone(),
         stop.clone(),
     ));
+    if config.shaping.is_enabled() {
+        tracing::warn!(shaping = ?config.shaping, "TESTING ONLY network shaping is on: served transfers are delayed and paced");
+    }
     tokio::spawn(transfer::serve(
         shards_incoming,
         members.clone(),
+        shaping::Shaping::new(&config.shaping, &config.region),
         store,
         metrics.clone(),
         stop.clone(),

@@ -18,6 +18,7 @@ use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
+use super::shaping::Shaping;
 use super::{PeerTable, SHARDS_PROTOCOL};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
@@ -161,6 +162,7 @@ pub(super) async fn open_blob(
 pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     members: PeerTable,
+    shaping: Shaping,
     store: ShardStore,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -182,11 +184,12 @@ pub(super) async fn serve(
             tracing::debug!(%peer, "too many transfers in progress; request refused");
             continue;
         };
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let (store, metrics, shaping) = (store.clone(), metrics.clone(), shaping.clone());
+        let peer_region = members.info(&peer).and_then(|info| info.region);
         let span = tracing::info_span!("peer", %peer);
         tokio::spawn(
             async move {
-                if let Err(error) = serve_one(stream, store, metrics).await {
+                if let Err(error) = serve_one(stream, store, metrics, shaping, peer_region).await {
                     tracing::debug!(%error, "transfer ended early");
                 }
                 drop(permit);
@@ -200,6 +203,8 @@ async fn serve_one(
     mut stream: libp2p::Stream,
     store: ShardStore,
     metrics: Arc<Metrics>,
+    shaping: Shaping,
+    peer_region: Option<String>,
 ) -> Result<(), TransferError> {
     let request: ShardRequest = read_message(&mut stream).await?;
     let digest = request.blob_digest();
@@ -211,6 +216,7 @@ async fn serve_one(
             .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
             .map_err(|e| TransferError::Io(std::io::Error::other(e)))?
     };
+    shaping.delay_answer(peer_region.as_deref()).await;
     let Some((map, _guard)) = opened else {
         stream.write_all(&ShardAnswer::NotHere.encode()).await?;
         stream.close().await?;
@@ -245,7 +251,7 @@ async fn serve_one(
             len: entry.len,
         };
         stream.write_all(&frame.encode()).await?;
-        stream.write_all(&bytes).await?;
+        shaping.write_paced(&mut stream, &bytes).await?;
         sent += bytes.len() as u64;
     }
     stream.close().await?;
