@@ -398,7 +398,11 @@ pub async fn start(
         stop.clone(),
     ));
     if config.shaping.is_enabled() {
-        tracing::warn!(shaping = ?config.shaping, "TESTING ONLY network shaping is on: served transfers are delayed and paced");
+        tracing::warn!(
+            egress_bytes_per_sec = config.shaping.egress_bytes_per_sec.map_or(0, |r| r.get()),
+            latency = %config.shaping.latency_list(),
+            "TESTING ONLY network shaping is on: served transfers are delayed and paced"
+        );
     }
     tokio::spawn(transfer::serve(
         shards_incoming,

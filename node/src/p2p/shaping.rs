@@ -97,6 +97,12 @@ impl std::str::FromStr for RegionLatency {
     }
 }
 
+impl std::fmt::Display for RegionLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}={}", self.low, self.high, self.delay.as_millis())
+    }
+}
+
 /// The shaping settings, validated; the default is off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShapingConfig {
@@ -130,6 +136,12 @@ impl ShapingConfig {
             egress_bytes_per_sec,
             latency: parsed,
         })
+    }
+
+    /// The latency pairs as `A:B=MS`, comma-separated (for logs).
+    pub fn latency_list(&self) -> String {
+        let pairs: Vec<String> = self.latency.iter().map(ToString::to_string).collect();
+        pairs.join(",")
     }
 
     /// Whether any shaping is configured.
@@ -250,7 +262,7 @@ impl Shaping {
         };
         tracing::debug!(
             local = %state.local_region,
-            peer_region = peer_region.unwrap_or_default(),
+            peer_region = %peer_region.unwrap_or_default(),
             delay_ms = delay.as_millis() as u64,
             "testing: added latency before answering"
         );
@@ -354,6 +366,7 @@ mod tests {
     #[test]
     fn latency_entries_parse_symmetric_and_are_checked() {
         let pair: RegionLatency = "us:eu=80".parse().unwrap();
+        assert_eq!(pair.to_string(), "eu:us=80");
         assert_eq!(
             pair,
             RegionLatency {
