@@ -184,8 +184,8 @@ fn print_network(network: &Network, demo: Option<&str>) {
         .unwrap_or_else(|| format!("{}/<repository>:<tag>", shoal_testnet::REGISTRY_HOST));
     println!("origin registry: {}", origin.url());
     println!(
-        "  push images to it, e.g. {}/v2/<repository>/..., then pull them as {}/<repository>:<tag>",
-        origin.url(),
+        "  push your own images to {} (plain HTTP, no auth), then pull them through a node as {}/<repository>:<tag>",
+        origin.addr(),
         shoal_testnet::REGISTRY_HOST
     );
     if let Some(pid) = origin.pid() {
