@@ -427,6 +427,17 @@ mod tests {
             .is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_latency_text_is_refused_or_round_trips(text in "[a-z0-9:=-]{0,24}") {
+            if let Ok(pair) = text.parse::<RegionLatency>() {
+                proptest::prop_assert!(pair.low <= pair.high);
+                proptest::prop_assert!(pair.delay <= Duration::from_millis(MAX_LATENCY_MS));
+                proptest::prop_assert_eq!(pair.to_string().parse::<RegionLatency>(), Ok(pair));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn paced_writes_deliver_every_byte_in_order() {
         let config = ShapingConfig::new(Some(rate(64 * MIB)), &[]).unwrap();
