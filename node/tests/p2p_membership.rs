@@ -37,6 +37,7 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         bootstrap,
         region: "test".into(),
         network_key: NetworkKey::derive(key),
+        shaping: Default::default(),
     };
     let (network, addr, _task) = p2p::start(
         config,

@@ -13,6 +13,9 @@
 //!   mirror.
 //! - [`node`]: `shoald` as a child process, with restart, `kill -9` and the
 //!   admin endpoint's metrics.
+//! - [`network`]: N nodes in named regions joined into one peer network
+//!   behind one origin, each with its hosts directory (and the
+//!   `shoal-testnet up` command built on it).
 //! - [`cli`]: the operator CLI `shoal` (`fsck`, `inspect`).
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
@@ -28,6 +31,7 @@ pub mod containerd;
 pub mod hosts;
 pub mod image;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod origin;
 mod process;

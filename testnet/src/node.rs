@@ -78,6 +78,11 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// `--region NAME`.
     pub region: Option<String>,
+    /// `--test-egress-bytes-per-sec N` (the node's TESTING ONLY uplink cap).
+    pub test_egress_bytes_per_sec: Option<u64>,
+    /// `--test-latency A:B=MS` values (TESTING ONLY added latency per region
+    /// pair).
+    pub test_latency: Vec<String>,
     /// Further arguments, passed as they are.
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the node; defaults to the test's `RUST_LOG`, else
@@ -127,6 +132,20 @@ impl NodeConfig {
     /// Sets `--region`.
     pub fn region(mut self, region: &str) -> NodeConfig {
         self.region = Some(region.to_string());
+        self
+    }
+
+    /// Caps the node's outgoing shard transfers at `bytes_per_sec` in all
+    /// (`--test-egress-bytes-per-sec`, TESTING ONLY).
+    pub fn test_egress_bytes_per_sec(mut self, bytes_per_sec: u64) -> NodeConfig {
+        self.test_egress_bytes_per_sec = Some(bytes_per_sec);
+        self
+    }
+
+    /// Adds `ms` milliseconds before the node answers a transfer request
+    /// between regions `a` and `b` (`--test-latency a:b=ms`, TESTING ONLY).
+    pub fn test_latency(mut self, a: &str, b: &str, ms: u64) -> NodeConfig {
+        self.test_latency.push(format!("{a}:{b}={ms}"));
         self
     }
 
@@ -258,6 +277,14 @@ impl Node {
         }
         if let Some(region) = &self.config.region {
             command.arg("--region").arg(region);
+        }
+        if let Some(rate) = self.config.test_egress_bytes_per_sec {
+            command
+                .arg("--test-egress-bytes-per-sec")
+                .arg(rate.to_string());
+        }
+        for pair in &self.config.test_latency {
+            command.arg("--test-latency").arg(pair);
         }
         command.args(&self.config.extra_args);
         let rust_log = self

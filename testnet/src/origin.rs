@@ -157,6 +157,11 @@ impl Origin {
         Ok(())
     }
 
+    /// The registry's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the registry process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

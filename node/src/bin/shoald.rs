@@ -50,6 +50,14 @@ struct Args {
     /// one the node runs alone, without the peer network.
     #[arg(long = "network-key", value_name = "FILE")]
     network_key: Option<PathBuf>,
+    /// TESTING ONLY: cap this node's outgoing shard transfers at N bytes per second in all (one
+    /// token bucket, like an uplink). For emulating distance on one machine; never in production.
+    #[arg(long, value_name = "N")]
+    test_egress_bytes_per_sec: Option<u64>,
+    /// TESTING ONLY: add MS milliseconds before answering a transfer request from a peer when its
+    /// region and this node's are A and B (symmetric); repeatable. Replaces `[testing] latency`.
+    #[arg(long = "test-latency", value_name = "A:B=MS")]
+    test_latency: Vec<String>,
     /// Once both listeners are bound, write their addresses as JSON to this file (for test
     /// harnesses and supervisors that start shoald on port 0); with the peer network on, also its
     /// address as "p2p" (a multiaddr ending in `/p2p/<peer id>`).
@@ -77,6 +85,8 @@ fn main() -> ExitCode {
         bootstrap: args.bootstrap.clone(),
         region: args.region.clone(),
         network_key_file: args.network_key.clone(),
+        test_egress_bytes_per_sec: args.test_egress_bytes_per_sec,
+        test_latency: args.test_latency.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,

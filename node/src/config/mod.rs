@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use shoal_proto::ChunkingParams;
 
 use libp2p::Multiaddr;
 
+use crate::p2p::shaping::ShapingConfig;
 use crate::p2p::{NetworkKey, P2pConfig};
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
@@ -84,6 +86,15 @@ pub struct FileConfig {
     bootstrap: Option<Vec<String>>,
     region: Option<String>,
     network_key_file: Option<PathBuf>,
+    testing: Option<FileTesting>,
+}
+
+/// `[testing]`: TESTING ONLY network shaping (see `p2p::shaping`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTesting {
+    egress_bytes_per_sec: Option<u64>,
+    latency: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +148,10 @@ pub struct Overrides {
     pub region: Option<String>,
     /// `--network-key FILE`
     pub network_key_file: Option<PathBuf>,
+    /// `--test-egress-bytes-per-sec N` (TESTING ONLY)
+    pub test_egress_bytes_per_sec: Option<u64>,
+    /// `--test-latency A:B=MS`, repeatable; replaces the file's list (TESTING ONLY).
+    pub test_latency: Vec<String>,
 }
 
 /// The default peer listen address: QUIC on UDP 4001, all interfaces.
@@ -188,6 +203,7 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
             format!("{region:?} must be 1 to 63 of a-z, 0-9 and -"),
         ));
     }
+    let shaping = shaping_config(file, overrides)?;
     let Some(key_path) = overrides
         .network_key_file
         .clone()
@@ -197,6 +213,12 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
             return Err(error(
                 "network_key_file",
                 "bootstrap peers are configured but no network key: set network_key_file",
+            ));
+        }
+        if shaping.is_enabled() {
+            return Err(error(
+                "testing",
+                "network shaping applies to peer transfers, but no network key is configured",
             ));
         }
         return Ok(None);
@@ -223,7 +245,31 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         bootstrap,
         region,
         network_key: NetworkKey::derive(material),
+        shaping,
     }))
+}
+
+/// Validates the TESTING ONLY shaping keys (`[testing]`, `--test-*` flags).
+fn shaping_config(file: &FileConfig, overrides: &Overrides) -> Result<ShapingConfig, ConfigError> {
+    let testing = file.testing.as_ref();
+    let egress = match overrides
+        .test_egress_bytes_per_sec
+        .or(testing.and_then(|t| t.egress_bytes_per_sec))
+    {
+        None => None,
+        Some(rate) => Some(NonZeroU64::new(rate).ok_or_else(|| {
+            error(
+                "testing.egress_bytes_per_sec",
+                "must be at least 1 byte per second",
+            )
+        })?),
+    };
+    let latency = if overrides.test_latency.is_empty() {
+        testing.and_then(|t| t.latency.clone()).unwrap_or_default()
+    } else {
+        overrides.test_latency.clone()
+    };
+    ShapingConfig::new(egress, &latency).map_err(|e| error("testing.latency", e.to_string()))
 }
 
 /// The public registries used when nothing else is configured.
@@ -657,6 +703,59 @@ mod tests {
         assert_eq!(p2p.listen.to_string(), DEFAULT_P2P_LISTEN);
         assert_eq!(p2p.region, "eu-west");
         assert_eq!(p2p.bootstrap.len(), 1);
+    }
+
+    #[test]
+    fn testing_shaping_is_validated_and_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("net.key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let with_key = Overrides {
+            network_key_file: Some(key),
+            ..Overrides::default()
+        };
+        let load = |text: &str, overrides: &Overrides| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::from_parts(file, overrides)
+        };
+        let off = load("", &with_key).unwrap().p2p.unwrap();
+        assert!(!off.shaping.is_enabled());
+        let text = "[testing]\negress_bytes_per_sec = 1000\nlatency = [\"eu:us=40\"]";
+        let shaping = load(text, &with_key).unwrap().p2p.unwrap().shaping;
+        assert_eq!(shaping.egress_bytes_per_sec, NonZeroU64::new(1000));
+        assert_eq!(
+            shaping.latency_between("us", "eu"),
+            Some(Duration::from_millis(40))
+        );
+        let flags = Overrides {
+            test_egress_bytes_per_sec: Some(5),
+            test_latency: vec!["ap:eu=7".into()],
+            ..with_key.clone()
+        };
+        let shaping = load(text, &flags).unwrap().p2p.unwrap().shaping;
+        assert_eq!(shaping.egress_bytes_per_sec, NonZeroU64::new(5));
+        assert_eq!(shaping.latency_between("us", "eu"), None);
+        assert_eq!(
+            shaping.latency_between("eu", "ap"),
+            Some(Duration::from_millis(7))
+        );
+        let key_of = |text: &str, overrides: &Overrides| load(text, overrides).unwrap_err().key;
+        assert_eq!(
+            key_of("[testing]\negress_bytes_per_sec = 0", &with_key),
+            "testing.egress_bytes_per_sec"
+        );
+        assert_eq!(
+            key_of("[testing]\nlatency = [\"eu:us=60001\"]", &with_key),
+            "testing.latency"
+        );
+        assert_eq!(
+            key_of("[testing]\nlatency = [\"eu-us=1\"]", &with_key),
+            "testing.latency"
+        );
+        assert_eq!(
+            key_of("[testing]\negress_bytes_per_sec = 1", &Overrides::default()),
+            "testing"
+        );
     }
 
     #[test]

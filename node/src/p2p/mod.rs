@@ -23,6 +23,7 @@ mod holdings;
 mod membership;
 mod peers;
 mod record_store;
+pub mod shaping;
 mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -100,6 +101,8 @@ pub struct P2pConfig {
     pub region: String,
     /// The network key.
     pub network_key: NetworkKey,
+    /// TESTING ONLY: egress cap and added latency for served transfers (off by default).
+    pub shaping: shaping::ShapingConfig,
 }
 
 /// Why the peer network could not start.
@@ -493,12 +496,20 @@ pub async fn start(
         commands.clone(),
         stop.clone(),
     ));
+    if config.shaping.is_enabled() {
+        tracing::warn!(
+            egress_bytes_per_sec = config.shaping.egress_bytes_per_sec.map_or(0, |r| r.get()),
+            latency = %config.shaping.latency_list(),
+            "TESTING ONLY network shaping is on: served transfers are delayed and paced"
+        );
+    }
     tokio::spawn(transfer::serve(
         shards_incoming,
         transfer::Serving {
             members: members.clone(),
             store,
             in_flight: network.in_flight.clone(),
+            shaping: shaping::Shaping::new(&config.shaping, &config.region),
             metrics: metrics.clone(),
         },
         stop.clone(),

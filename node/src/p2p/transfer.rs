@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
 use super::peers::OpenRequest;
+use super::shaping::Shaping;
 use super::{PeerTable, SHARDS_PROTOCOL};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
@@ -234,6 +235,8 @@ pub(super) struct Serving {
     pub(super) store: ShardStore,
     pub(super) in_flight: InFlightSlot,
     pub(super) metrics: Arc<Metrics>,
+    /// TESTING ONLY delays and pacing (off in production).
+    pub(super) shaping: Shaping,
 }
 
 /// Serves transfer requests from members until `stop`.
@@ -280,6 +283,8 @@ async fn serve_one(
 ) -> Result<(), TransferError> {
     let request: ShardRequest = read_message(&mut stream, READ_TIMEOUT).await?;
     let digest = request.blob_digest();
+    let peer_region = serving.members.info(&peer).and_then(|info| info.region);
+    serving.shaping.delay_answer(peer_region.as_deref()).await;
     let mut offered = false;
     loop {
         // Hold a reader guard so the blob is not evicted while it is being sent.
@@ -353,7 +358,7 @@ async fn send_stored(
             hash: entry.hash,
         };
         stream.write_all(&frame.encode()).await?;
-        stream.write_all(&bytes).await?;
+        serving.shaping.write_paced(&mut stream, &bytes).await?;
         sent += bytes.len() as u64;
     }
     stream.close().await?;
@@ -385,7 +390,10 @@ async fn send_in_flight(
             hash: shard.hash,
         };
         stream.write_all(&frame.encode()).await?;
-        stream.write_all(&shard.bytes).await?;
+        serving
+            .shaping
+            .write_paced(&mut stream, &shard.bytes)
+            .await?;
         sent += shard.bytes.len() as u64;
         index += 1;
     }

@@ -1,0 +1,262 @@
+//! `shoal-testnet`: starts a local multi-region Shoal network on loopback for
+//! trying Shoal by hand, prints how to point containerd at each node, and
+//! tears everything down on Ctrl-C (SIGINT) or SIGTERM.
+//!
+//! It runs the same programs the end-to-end tests do (`shoald`, the origin
+//! registry `docker-registry`) through [`shoal_testnet::network`]; `shoald`
+//! is looked up next to this binary, or in `$SHOAL_BIN_DIR`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use clap::{Parser, Subcommand};
+use shoal_testnet::image::{push_image, ImageSpec};
+use shoal_testnet::network::{Network, NetworkSpec, MAX_NODES};
+use shoal_testnet::node::NodeConfig;
+
+/// The line printed once the network is up; everything above it describes
+/// the network.
+const READY_LINE: &str = "ready: press Ctrl-C to stop the network";
+
+/// A local Shoal network on loopback, for trying Shoal by hand.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-testnet", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an origin registry and shoald nodes in named regions, print how
+    /// to pull through each node, and run until Ctrl-C.
+    Up(UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Region names, comma-separated (a-z, 0-9, -).
+    #[arg(long, value_delimiter = ',', default_value = "eu,us")]
+    regions: Vec<String>,
+    /// Nodes started in each region.
+    #[arg(long, default_value_t = 1)]
+    nodes_per_region: usize,
+    /// Added latency between two regions, A:B=MS (symmetric; TESTING ONLY
+    /// shaping in every node); repeatable.
+    #[arg(long = "latency", value_name = "A:B=MS")]
+    latency: Vec<String>,
+    /// Cap on each node's outgoing peer transfers, in MiB per second (TESTING
+    /// ONLY shaping).
+    #[arg(long, value_name = "N")]
+    egress_mib_per_sec: Option<u64>,
+    /// Build a small demo image and push it to the origin, and print the
+    /// pull command for it.
+    #[arg(long)]
+    demo_image: bool,
+    /// Seed of the network key (nodes started with the same seed form one
+    /// network).
+    #[arg(long, default_value_t = 1)]
+    key_seed: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("shoal-testnet: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Up(up) => run_up(up).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shoal-testnet: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Parses `A:B=MS`, with both regions among `regions`.
+fn parse_latency(text: &str, regions: &[String]) -> Result<(String, String, u64)> {
+    let parse = || -> Option<(&str, &str, u64)> {
+        let (pair, ms) = text.split_once('=')?;
+        let (a, b) = pair.split_once(':')?;
+        Some((a, b, ms.parse().ok()?))
+    };
+    let Some((a, b, ms)) = parse() else {
+        bail!("--latency {text:?} is not A:B=MS, e.g. eu:us=80");
+    };
+    for region in [a, b] {
+        ensure!(
+            regions.iter().any(|r| r == region),
+            "--latency {text:?}: {region:?} is not one of --regions {regions:?}"
+        );
+    }
+    ensure!(ms <= 60_000, "--latency {text:?}: at most 60000 ms");
+    Ok((a.to_string(), b.to_string(), ms))
+}
+
+fn network_spec(up: &UpArgs) -> Result<NetworkSpec> {
+    ensure!(!up.regions.is_empty(), "--regions names no region");
+    for region in &up.regions {
+        ensure!(
+            is_region_name(region),
+            "--regions: {region:?} is not a region name (1 to 63 of a-z, 0-9 and -)"
+        );
+    }
+    let total = up.regions.len().saturating_mul(up.nodes_per_region);
+    ensure!(
+        (1..=MAX_NODES).contains(&total),
+        "{total} nodes asked for; 1 to {MAX_NODES} are allowed"
+    );
+    let mut options = NodeConfig::default();
+    if let Some(mib) = up.egress_mib_per_sec {
+        ensure!(mib >= 1, "--egress-mib-per-sec must be at least 1");
+        let bytes = mib
+            .checked_mul(1 << 20)
+            .context("--egress-mib-per-sec is too large")?;
+        options = options.test_egress_bytes_per_sec(bytes);
+    }
+    let mut spec = NetworkSpec::new(up.key_seed);
+    for text in &up.latency {
+        let (a, b, ms) = parse_latency(text, &up.regions)?;
+        spec = spec.latency(&a, &b, ms);
+    }
+    for region in &up.regions {
+        for _ in 0..up.nodes_per_region {
+            spec = spec.node_with(region, options.clone());
+        }
+    }
+    Ok(spec)
+}
+
+async fn run_up(up: UpArgs) -> Result<()> {
+    // Installed before anything starts, so an early Ctrl-C still tears down what was started.
+    let mut stop = Box::pin(shutdown_signal()?);
+    let spec = network_spec(&up)?;
+    eprintln!("shoal-testnet: starting an origin and {} nodes", spec.len());
+    let network = tokio::select! {
+        network = Network::start(spec) => network?,
+        () = &mut stop => {
+            eprintln!("shoal-testnet: interrupted during start-up");
+            return Ok(());
+        }
+    };
+    let demo = if up.demo_image {
+        let spec = ImageSpec::multi_layer("demo/app", "v1", up.key_seed);
+        tokio::select! {
+            image = push_image(network.origin(), spec) => Some(image.context("pushing the demo image")?),
+            () = &mut stop => {
+                eprintln!("shoal-testnet: interrupted while pushing the demo image");
+                return network.shutdown().await;
+            }
+        }
+    } else {
+        None
+    };
+    print_network(
+        &network,
+        demo.as_ref().map(|image| image.reference.as_str()),
+    );
+    stop.await;
+    eprintln!("shoal-testnet: stopping");
+    network.shutdown().await
+}
+
+fn print_network(network: &Network, demo: Option<&str>) {
+    let origin = network.origin();
+    let reference = demo
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}/<repository>:<tag>", shoal_testnet::REGISTRY_HOST));
+    println!("origin registry: {}", origin.url());
+    println!(
+        "  push your own images to {} (plain HTTP, no auth), then pull them through a node as {}/<repository>:<tag>",
+        origin.addr(),
+        shoal_testnet::REGISTRY_HOST
+    );
+    if let Some(pid) = origin.pid() {
+        println!("  pid: {pid}");
+    }
+    for (index, member) in network.nodes().iter().enumerate() {
+        let node = member.node();
+        println!("node {index}: region {}", member.region());
+        if let Some(pid) = node.pid() {
+            println!("  pid: {pid}");
+        }
+        println!("  registry: {}", node.registry_url());
+        println!("  metrics: {}/metrics", node.admin_url());
+        println!("  data dir: {}", node.data_dir().display());
+        println!("  log: {}", node.log_path().display());
+        println!("  hosts dir: {}", member.hosts_dir().display());
+        println!(
+            "  pull: ctr image pull --hosts-dir {} {reference}",
+            member.hosts_dir().display()
+        );
+    }
+    println!("{READY_LINE}");
+}
+
+/// A future that completes on the first SIGINT or SIGTERM; the handlers are
+/// installed when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_must_name_known_regions() {
+        let regions = vec!["eu".to_string(), "us".to_string()];
+        assert_eq!(
+            parse_latency("eu:us=80", &regions).unwrap(),
+            ("eu".into(), "us".into(), 80)
+        );
+        assert!(parse_latency("eu:ap=80", &regions).is_err());
+        assert!(parse_latency("eu-us=80", &regions).is_err());
+        assert!(parse_latency("eu:us=70000", &regions).is_err());
+    }
+
+    #[test]
+    fn one_node_per_region_by_default_and_limits_hold() {
+        let up = Args::parse_from(["shoal-testnet", "up", "--regions", "eu,us,ap"]);
+        let Command::Up(up) = up.command;
+        assert_eq!(network_spec(&up).unwrap().len(), 3);
+        let too_many = Args::parse_from([
+            "shoal-testnet",
+            "up",
+            "--regions",
+            "eu",
+            "--nodes-per-region",
+            "1000",
+        ]);
+        let Command::Up(too_many) = too_many.command;
+        assert!(network_spec(&too_many).is_err());
+        let bad = Args::parse_from(["shoal-testnet", "up", "--regions", "EU"]);
+        let Command::Up(bad) = bad.command;
+        assert!(network_spec(&bad).is_err());
+    }
+}
