@@ -63,7 +63,8 @@
 //! ```text
 //! requester                                holder
 //!   ── ManifestRequest { upstream, repo, reference } ──▶   answered from the holder's cache only
-//!   ◀──── ManifestAnswer::Found { media_type, digest, body, tag_fetched_at_ms } | NotHere
+//!   ◀──── ManifestAnswer::Found(FoundManifest { media_type, digest, body, tag_fetched_at_ms })
+//!         | ManifestAnswer::NotHere
 //! ```
 //!
 //! `reference` is a tag or a digest, in the OCI grammar; `upstream` is the registry host name as
@@ -294,33 +295,34 @@ impl ManifestRequest {
     }
 }
 
+/// A manifest from a holder's cache. Untrusted until the sha256 of `body` matched `digest`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FoundManifest {
+    /// The `Content-Type` the manifest is served with.
+    pub media_type: String,
+    /// SHA-256 of `body`: the requested digest, or what the requested tag resolved to.
+    pub digest: [u8; 32],
+    /// The manifest's exact bytes.
+    pub body: Vec<u8>,
+    /// For a tag: when the holder's upstream resolved it, in milliseconds since the Unix epoch.
+    /// `None` for a request by digest.
+    pub tag_fetched_at_ms: Option<u64>,
+}
+
+impl FoundManifest {
+    /// The manifest's digest as a typed value.
+    pub fn digest(&self) -> BlobDigest {
+        BlobDigest::from_bytes(self.digest)
+    }
+}
+
 /// The holder's answer to a [`ManifestRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ManifestAnswer {
-    /// The holder has the manifest cached. Untrusted until the sha256 of `body` matched `digest`.
-    Found {
-        /// The `Content-Type` the manifest is served with.
-        media_type: String,
-        /// SHA-256 of `body`: the requested digest, or what the requested tag resolved to.
-        digest: [u8; 32],
-        /// The manifest's exact bytes.
-        body: Vec<u8>,
-        /// For a tag: when the holder's upstream resolved it, in milliseconds since the Unix epoch.
-        /// `None` for a request by digest.
-        tag_fetched_at_ms: Option<u64>,
-    },
+    /// The holder has the manifest cached.
+    Found(FoundManifest),
     /// The holder has nothing cached for the request.
     NotHere,
-}
-
-impl ManifestAnswer {
-    /// The manifest's digest as a typed value, if found.
-    pub fn digest(&self) -> Option<BlobDigest> {
-        match self {
-            ManifestAnswer::Found { digest, .. } => Some(BlobDigest::from_bytes(*digest)),
-            ManifestAnswer::NotHere => None,
-        }
-    }
 }
 
 fn check_manifest_request(request: &ManifestRequest) -> Result<(), WireError> {
@@ -331,9 +333,9 @@ fn check_manifest_request(request: &ManifestRequest) -> Result<(), WireError> {
 }
 
 fn check_manifest_answer(answer: &ManifestAnswer) -> Result<(), WireError> {
-    let ManifestAnswer::Found {
+    let ManifestAnswer::Found(FoundManifest {
         media_type, body, ..
-    } = answer
+    }) = answer
     else {
         return Ok(());
     };
@@ -627,7 +629,7 @@ mod tests {
             repo in "[a-z0-9]{1,20}(/[a-z0-9]{1,20}){0,3}",
             tag in "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}",
             digest in any::<[u8; 32]>(),
-            body in proptest::collection::vec(any::<u8>(), 1..2000),
+            manifest in proptest::collection::vec(any::<u8>(), 1..2000),
             fetched_at in proptest::option::of(any::<u64>()),
         ) {
             let repo: RepoName = repo.parse().unwrap();
@@ -637,12 +639,12 @@ mod tests {
                 prop_assert_eq!(decoded.parse().unwrap(), (repo.clone(), reference));
                 prop_assert_eq!(decoded, request);
             }
-            let answer = ManifestAnswer::Found {
+            let answer = ManifestAnswer::Found(FoundManifest {
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                 digest,
-                body,
+                body: manifest,
                 tag_fetched_at_ms: fetched_at,
-            };
+            });
             prop_assert_eq!(ManifestAnswer::decode(body(&answer.encode())), Ok(answer));
         }
 
@@ -683,32 +685,32 @@ mod tests {
         assert!(encoded.len() - PREFIX_LEN <= MAX_MANIFEST_REQUEST_BYTES);
         assert_eq!(ManifestRequest::decode(body(&encoded)), Ok(request));
 
-        let largest = ManifestAnswer::Found {
+        let largest = ManifestAnswer::Found(FoundManifest {
             media_type: "m".repeat(MAX_MEDIA_TYPE_BYTES),
             digest: [1; 32],
             body: vec![b'{'; MAX_MANIFEST_BYTES as usize],
             tag_fetched_at_ms: Some(u64::MAX),
-        };
+        });
         let encoded = largest.encode();
         assert!(encoded.len() - PREFIX_LEN <= MAX_MANIFEST_ANSWER_BYTES);
         assert_eq!(ManifestAnswer::decode(body(&encoded)), Ok(largest));
         assert!(check_len::<ManifestAnswer>(MAX_MANIFEST_ANSWER_BYTES + 1).is_err());
         assert!(check_len::<ManifestRequest>(MAX_MANIFEST_REQUEST_BYTES + 1).is_err());
 
-        let too_long = ManifestAnswer::Found {
+        let too_long = ManifestAnswer::Found(FoundManifest {
             media_type: "m".into(),
             digest: [1; 32],
             body: vec![b'{'; MAX_MANIFEST_BYTES as usize + 1],
             tag_fetched_at_ms: None,
-        };
+        });
         assert!(ManifestAnswer::decode(body(&too_long.encode())).is_err());
         for (media_type, len) in [("", 2), ("a b", 2), ("a\nb", 2), ("m", 0)] {
-            let bad = ManifestAnswer::Found {
+            let bad = ManifestAnswer::Found(FoundManifest {
                 media_type: media_type.into(),
                 digest: [1; 32],
                 body: vec![b'{'; len],
                 tag_fetched_at_ms: None,
-            };
+            });
             assert!(
                 matches!(
                     ManifestAnswer::decode(body(&bad.encode())),
