@@ -11,6 +11,7 @@ use libp2p::{kad, Multiaddr};
 use sha2::{Digest as _, Sha256};
 use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::metrics::Metrics;
+use shoal_node::pullthrough::CachedManifests;
 use shoal_node::p2p::{self, NetworkKey, P2pConfig, PeerNetwork, KAD_PROTOCOL};
 use shoal_node::store::{ShardStore, StoreConfig};
 use shoal_proto::BlobDigest;
@@ -41,6 +42,7 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         config,
         dir.path(),
         store.clone(),
+        Arc::new(CachedManifests::new(store.clone())),
         Arc::new(Metrics::default()),
         stop,
     )
