@@ -124,9 +124,9 @@ fn verify_answer(
             ))
         }
         Reference::Digest(_) => None,
-        Reference::Tag(_) => Some(found.tag_fetched_at_ms.ok_or(
-            ManifestFetchError::Protocol("a tag's answer without the time it was resolved"),
-        )?),
+        Reference::Tag(_) => Some(found.tag_fetched_at_ms.ok_or(ManifestFetchError::Protocol(
+            "a tag's answer without the time it was resolved",
+        ))?),
     };
     if Sha256::digest(&found.body).as_slice() != digest.as_bytes() {
         return Err(ManifestFetchError::Protocol(
