@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::MAX_MANIFEST_BYTES;
 use shoal_proto::records::{ManifestRecord, TagRecord};
 use shoal_proto::{BlobDigest, Reference, RepoName};
+use tracing::Instrument as _;
 
 use super::{PullError, PullThrough};
 use crate::p2p::{CachedManifest, ManifestFetchError, ManifestSource};
@@ -300,11 +301,14 @@ impl PullThrough {
             .members_to_ask()
             .into_iter()
             .take(PEER_MANIFEST_CANDIDATES);
-        let ask = |peer: PeerId| async move {
-            let answer = peers
-                .fetch_manifest(peer, upstream.name(), repo, reference)
-                .await;
-            (peer, answer)
+        let ask = |peer: PeerId| {
+            async move {
+                let answer = peers
+                    .fetch_manifest(peer, upstream.name(), repo, reference)
+                    .await;
+                (peer, answer)
+            }
+            .instrument(tracing::info_span!("peer", %peer))
         };
         let mut asking: FuturesUnordered<_> = candidates
             .by_ref()
