@@ -6,7 +6,7 @@
 //! go upstream, single flight, healing), [`upstream`] (the only code that contacts registries),
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
 //! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
-//! membership, DHT provider records, shard transfer).
+//! membership, DHT provider records, shard transfer, manifest lookup).
 
 pub mod admin;
 pub mod assembly;
@@ -114,6 +114,7 @@ pub async fn run_with(
                 p2p_config,
                 &config.data_dir,
                 store.clone(),
+                Arc::new(pullthrough::CachedManifests::new(store.clone())),
                 metrics.clone(),
                 stop_rx.clone(),
             )

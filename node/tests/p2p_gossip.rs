@@ -45,10 +45,16 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         shaping: Default::default(),
     };
     let metrics = Arc::new(Metrics::default());
-    let (network, addr, _task) =
-        p2p::start(config, dir.path(), store.clone(), metrics.clone(), stop)
-            .await
-            .unwrap();
+    let (network, addr, _task) = p2p::start(
+        config,
+        dir.path(),
+        store.clone(),
+        Arc::new(shoal_node::pullthrough::CachedManifests::new(store.clone())),
+        metrics.clone(),
+        stop,
+    )
+    .await
+    .unwrap();
     TestNode {
         network,
         addr,

@@ -1,26 +1,32 @@
-//! The peer network in one process: a member finds a blob's provider through the DHT, and a
-//! peer that never proves the network key gets no Kademlia answer from the same node.
+//! The peer network in one process: a member finds a blob's provider through the DHT and looks
+//! manifests up in another member's cache, and a peer that never proves the network key gets no
+//! Kademlia answer and no manifest from the same node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{kad, Multiaddr};
 use sha2::{Digest as _, Sha256};
 use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::metrics::Metrics;
-use shoal_node::p2p::{self, NetworkKey, P2pConfig, PeerAnswer, PeerNetwork, KAD_PROTOCOL};
+use shoal_node::p2p::{
+    self, NetworkKey, P2pConfig, PeerAnswer, PeerNetwork, KAD_PROTOCOL, MANIFESTS_PROTOCOL,
+};
+use shoal_node::pullthrough::CachedManifests;
 use shoal_node::store::{ShardStore, StoreConfig};
-use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
-use shoal_proto::BlobDigest;
+use shoal_proto::records::{ManifestRecord, TagRecord};
+use shoal_proto::wire::{ManifestRequest, MapWanted, ShardRequest, ShardSet, WireMessage as _};
+use shoal_proto::{BlobDigest, Reference, RepoName};
 use tokio::sync::watch;
 
 struct TestNode {
     network: PeerNetwork,
     addr: Multiaddr,
     store: ShardStore,
+    metrics: Arc<Metrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -39,11 +45,13 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         network_key: NetworkKey::derive(key),
         shaping: Default::default(),
     };
+    let metrics = Arc::new(Metrics::default());
     let (network, addr, _task) = p2p::start(
         config,
         dir.path(),
         store.clone(),
-        Arc::new(Metrics::default()),
+        Arc::new(CachedManifests::new(store.clone())),
+        metrics.clone(),
         stop,
     )
     .await
@@ -52,6 +60,7 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         network,
         addr,
         store,
+        metrics,
         _dir: dir,
     }
 }
@@ -166,4 +175,113 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
     .await
     .expect("the outsider's query never finished");
     assert!(found.is_empty(), "an outsider learned providers: {found:?}");
+}
+
+/// Waits until `node` counts `peer` as a member.
+async fn wait_for_member(node: &TestNode, peer: libp2p::PeerId) {
+    for _ in 0..400 {
+        if node.network.members().contains(&peer) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{peer} never became a member");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_get_cached_manifests_and_outsiders_get_none() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [8u8; 32];
+    let a = node(&key, Vec::new(), stop.clone()).await;
+    let repo: RepoName = "team/app".parse().unwrap();
+    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let digest = BlobDigest::from_bytes(Sha256::digest(body).into());
+    a.store
+        .put_manifest(
+            &digest,
+            &ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                body: body.to_vec(),
+            },
+        )
+        .unwrap();
+    // Resolved long ago: a peer is told anyway, with the time, and decides.
+    a.store
+        .put_tag(
+            "reg.example:5000/team/app:v1",
+            &TagRecord {
+                digest: *digest.as_bytes(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                fetched_at_ms: 1_000,
+            },
+        )
+        .unwrap();
+
+    let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
+    let a_id = a.network.local_peer_id();
+    wait_for_member(&b, a_id).await;
+    let tag = Reference::Tag("v1".into());
+    let by_tag = b
+        .network
+        .fetch_manifest(a_id, "reg.example:5000", &repo, &tag)
+        .await
+        .unwrap()
+        .expect("A has the tag cached");
+    assert_eq!(by_tag.digest, digest);
+    assert_eq!(by_tag.body.as_ref(), body);
+    assert_eq!(by_tag.tag_fetched_at_ms, Some(1_000));
+    let by_digest = b
+        .network
+        .fetch_manifest(a_id, "reg.example:5000", &repo, &Reference::Digest(digest))
+        .await
+        .unwrap()
+        .expect("A has the manifest cached");
+    assert_eq!(by_digest.body.as_ref(), body);
+    assert_eq!(by_digest.tag_fetched_at_ms, None);
+    // Another upstream's tag of the same name is another tag.
+    let elsewhere = b
+        .network
+        .fetch_manifest(a_id, "docker.io", &repo, &tag)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, None);
+    assert_eq!(a.metrics.manifests_sent_peer.get(), 2);
+
+    // A bare stream client that never proves the key asks A on the manifest protocol directly.
+    let mut outsider = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .build();
+    let mut control = outsider.behaviour().new_control();
+    outsider.dial(a.addr.clone()).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            outsider.select_next_some().await;
+        }
+    });
+    // The stream opens (A speaks the protocol), then A drops it: the write or the read fails, and
+    // no byte of an answer arrives.
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stream = control
+            .open_stream(a_id, MANIFESTS_PROTOCOL)
+            .await
+            .expect("the outsider could not open a stream to A");
+        let request = ManifestRequest::new("reg.example:5000", &repo, &tag);
+        let mut answer = Vec::new();
+        if stream.write_all(&request.encode()).await.is_ok() && stream.flush().await.is_ok() {
+            let _ = stream.read_to_end(&mut answer).await;
+        }
+        answer
+    })
+    .await
+    .expect("A neither answered nor closed the outsider's stream");
+    driver.abort();
+    assert!(
+        answer.is_empty(),
+        "an outsider received {} bytes on the manifest protocol",
+        answer.len()
+    );
+    assert_eq!(a.metrics.manifests_sent_peer.get(), 2);
 }

@@ -3,12 +3,13 @@
 //!
 //! * [`digest`]: blob digests (`sha256:<64 hex>`) and shard hashes (BLAKE3), as types that can only
 //!   hold valid values.
-//! * [`oci`]: the OCI Distribution grammar for repository names, tags and references.
+//! * [`oci`]: the OCI Distribution grammar for repository names, tags and references, and the
+//!   registry host names containerd sends as `ns`.
 //! * [`shard_map`]: the record that says how a blob is cut into shards, encoded with rkyv behind a
 //!   versioned header.
 //! * [`records`]: the index records the node keeps in sled (manifests, tags, access statistics).
-//! * [`wire`]: the peer protocols' messages (membership proof, shard transfer), framed behind a
-//!   versioned header with per-message size limits.
+//! * [`wire`]: the peer protocols' messages (membership proof, shard transfer, manifest lookup),
+//!   framed behind a versioned header with per-message size limits.
 //! * [`gossip`]: the gossip topics and their messages (announcements of which shards a member
 //!   holds), in the same framing as the peer wire.
 //! * [`limits`]: every size bound that is checked before memory is allocated for outside input.

@@ -27,3 +27,9 @@ pub const MAX_REPO_NAME_BYTES: usize = 255;
 
 /// Longest tag accepted (OCI distribution grammar: 1 + 127).
 pub const MAX_TAG_BYTES: usize = 128;
+
+/// Longest registry host name accepted (as containerd sends it in `ns`; a DNS name's limit).
+pub const MAX_REGISTRY_HOST_BYTES: usize = 253;
+
+/// Longest manifest media type accepted from a peer (RFC 6838's limit for a type and subtype).
+pub const MAX_MEDIA_TYPE_BYTES: usize = 255;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::{BlobDigest, DigestError};
-use crate::limits::{MAX_REPO_NAME_BYTES, MAX_TAG_BYTES};
+use crate::limits::{MAX_REGISTRY_HOST_BYTES, MAX_REPO_NAME_BYTES, MAX_TAG_BYTES};
 
 /// Why a name or reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +119,15 @@ pub fn is_valid_tag(s: &str) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Checks a registry host name as containerd sends it in `ns` (`docker.io`, `reg.example:5000`):
+/// 1 to [`MAX_REGISTRY_HOST_BYTES`] bytes of ASCII letters, digits, `.`, `-`, `_` and `:`.
+pub fn is_valid_registry_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_REGISTRY_HOST_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+}
+
 impl FromStr for Reference {
     type Err = NameError;
 
@@ -189,6 +198,16 @@ mod tests {
             "a".repeat(256).parse::<RepoName>(),
             Err(NameError::NameLength)
         );
+    }
+
+    #[test]
+    fn registry_hosts() {
+        for host in ["docker.io", "reg.example:5000", "127.0.0.1:5000", "my_reg"] {
+            assert!(is_valid_registry_host(host), "{host}");
+        }
+        for host in ["", "a/b", "a b", "a?ns=b", "é", &"a".repeat(254)] {
+            assert!(!is_valid_registry_host(host), "{host:?}");
+        }
     }
 
     #[test]

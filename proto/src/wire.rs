@@ -1,13 +1,15 @@
-//! The peer protocols' messages: membership proof and shard transfer.
+//! The peer protocols' messages: membership proof, shard transfer and manifest lookup.
 //!
 //! ## Goals and non-goals
 //!
-//! Goals: move a blob's shards from a peer that holds them to a peer that wants them, over one
-//! authenticated, multiplexed stream per request (the node runs them over libp2p QUIC streams), with
-//! every length checked before memory is allocated for it, so a hostile peer can cost a receiver
-//! at most one bounded frame. Non-goals: trusting a peer (the receiver checks every shard's BLAKE3
-//! against the shard map and the whole blob's sha256 before anything is committed or completed),
-//! compression (layers are gzip already), encryption (the transport does it).
+//! Goals: move a blob's shards from a peer that holds them to a peer that wants them, and a cached
+//! manifest (by digest, or what a tag resolved to) from a peer's cache to a peer whose upstream is
+//! unavailable, over one authenticated, multiplexed stream per request (the node runs them over
+//! libp2p QUIC streams), with every length checked before memory is allocated for it, so a hostile
+//! peer can cost a receiver at most one bounded frame. Non-goals: trusting a peer (the receiver
+//! checks every shard's BLAKE3 against the shard map and the whole blob's sha256 before anything is
+//! committed or completed, and a manifest's sha256 against its digest), compression (layers are
+//! gzip already), encryption (the transport does it).
 //!
 //! ## Framing
 //!
@@ -71,6 +73,22 @@
 //! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
 //! requester on arrival; they prove nothing about the blob until its sha256 matches.
 //!
+//! Manifests (protocol `/shoal/manifests/1`, one stream per request, requester first; asked only
+//! when the requester's upstream is unavailable and its own cache cannot answer):
+//!
+//! ```text
+//! requester                                holder
+//!   ── ManifestRequest { upstream, repo, reference } ──▶   answered from the holder's cache only
+//!   ◀──── ManifestAnswer::Found(FoundManifest { media_type, digest, body, tag_fetched_at_ms })
+//!         | ManifestAnswer::NotHere
+//! ```
+//!
+//! `reference` is a tag or a digest, in the OCI grammar; `upstream` is the registry host name as
+//! containerd sends it in `ns`. For a digest, `digest` must equal it; for a tag, `digest` is what
+//! the tag resolved to and `tag_fetched_at_ms` when the holder's upstream said so (milliseconds
+//! since the Unix epoch; possibly older than the holder's tag lifetime). In both cases the
+//! requester checks that the sha256 of `body` is `digest` before it caches or serves anything.
+//!
 //! ## Limits
 //!
 //! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map and a
@@ -78,9 +96,17 @@
 //! * [`ShardAnswer`]: at most [`MAX_ANSWER_BYTES`] (the largest shard map plus slack).
 //! * [`ShardFrame`], [`Challenge`], [`Proof`]: at most [`MAX_SMALL_BYTES`]; a shard's bytes at most
 //!   [`MAX_SHARD_BYTES`] and exactly the length its shard map entry gives.
+//! * [`ManifestRequest`]: at most [`MAX_MANIFEST_REQUEST_BYTES`]; each field in its grammar.
+//! * [`ManifestAnswer`]: at most [`MAX_MANIFEST_ANSWER_BYTES`]; the body 1 to
+//!   [`MAX_MANIFEST_BYTES`] bytes (the node's own manifest limit), the media type 1 to
+//!   [`MAX_MEDIA_TYPE_BYTES`] printable ASCII bytes.
 
 use crate::digest::BlobDigest;
-use crate::limits::{MAX_SHARDS_PER_MAP, MAX_SHARD_BYTES, MAX_SHARD_MAP_BYTES};
+use crate::limits::{
+    MAX_MANIFEST_BYTES, MAX_MEDIA_TYPE_BYTES, MAX_REGISTRY_HOST_BYTES, MAX_REPO_NAME_BYTES,
+    MAX_SHARDS_PER_MAP, MAX_SHARD_BYTES, MAX_SHARD_MAP_BYTES, MAX_TAG_BYTES,
+};
+use crate::oci::{is_valid_registry_host, Reference, RepoName};
 use crate::shard_map::ShardMap;
 
 const MAGIC: &[u8; 4] = b"SHWR";
@@ -100,6 +126,20 @@ pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 256 + 2 * MAX_HINT_BYTES + MAX
 pub const MAX_ANSWER_BYTES: usize = HEADER_LEN + 256 + MAX_SHARD_MAP_BYTES;
 /// Largest encoded body of the fixed-size messages.
 pub const MAX_SMALL_BYTES: usize = HEADER_LEN + 128;
+/// Longest manifest reference: a tag, or `sha256:` and 64 hex digits, whichever is longer.
+const MAX_REFERENCE_BYTES: usize = if MAX_TAG_BYTES > 71 {
+    MAX_TAG_BYTES
+} else {
+    71
+};
+/// Largest encoded [`ManifestRequest`] body: its three strings at their limits plus the archive's
+/// fixed part.
+pub const MAX_MANIFEST_REQUEST_BYTES: usize =
+    HEADER_LEN + 64 + MAX_REGISTRY_HOST_BYTES + MAX_REPO_NAME_BYTES + MAX_REFERENCE_BYTES;
+/// Largest encoded [`ManifestAnswer`] body: the largest manifest, the longest media type and the
+/// archive's fixed part.
+pub const MAX_MANIFEST_ANSWER_BYTES: usize =
+    HEADER_LEN + 128 + MAX_MEDIA_TYPE_BYTES + MAX_MANIFEST_BYTES as usize;
 
 /// Domain separation for the membership MAC.
 const MEMBERSHIP_DOMAIN: &[u8] = b"shoal membership proof v1";
@@ -118,6 +158,10 @@ pub enum Kind {
     Answer = 4,
     /// [`ShardFrame`].
     Frame = 5,
+    /// [`ManifestRequest`].
+    ManifestRequest = 8,
+    /// [`ManifestAnswer`].
+    ManifestAnswer = 9,
     /// [`crate::gossip::Announcement`] (a gossip payload, not a stream frame).
     Announcement = 10,
 }
@@ -292,6 +336,98 @@ impl ShardFrame {
     }
 }
 
+/// A request for one manifest from a peer's cache.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ManifestRequest {
+    /// The registry host the manifest belongs to, as containerd names it in `ns`.
+    pub upstream: String,
+    /// The repository, in the OCI grammar.
+    pub repo: String,
+    /// A tag or a digest, in the OCI grammar.
+    pub reference: String,
+}
+
+impl ManifestRequest {
+    /// A request for `reference` in `repo` of `upstream`.
+    pub fn new(upstream: &str, repo: &RepoName, reference: &Reference) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            repo: repo.to_string(),
+            reference: reference.to_string(),
+        }
+    }
+
+    /// The repository and reference as typed values; an error if either breaks the grammar (never
+    /// after a successful decode, which checks them).
+    pub fn parse(&self) -> Result<(RepoName, Reference), WireError> {
+        let repo = self
+            .repo
+            .parse()
+            .map_err(|_| WireError::Invalid("repository name outside the grammar"))?;
+        let reference = self
+            .reference
+            .parse()
+            .map_err(|_| WireError::Invalid("reference outside the grammar"))?;
+        Ok((repo, reference))
+    }
+}
+
+/// A manifest from a holder's cache. Untrusted until the sha256 of `body` matched `digest`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FoundManifest {
+    /// The `Content-Type` the manifest is served with.
+    pub media_type: String,
+    /// SHA-256 of `body`: the requested digest, or what the requested tag resolved to.
+    pub digest: [u8; 32],
+    /// The manifest's exact bytes.
+    pub body: Vec<u8>,
+    /// For a tag: when the holder's upstream resolved it, in milliseconds since the Unix epoch.
+    /// `None` for a request by digest.
+    pub tag_fetched_at_ms: Option<u64>,
+}
+
+impl FoundManifest {
+    /// The manifest's digest as a typed value.
+    pub fn digest(&self) -> BlobDigest {
+        BlobDigest::from_bytes(self.digest)
+    }
+}
+
+/// The holder's answer to a [`ManifestRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ManifestAnswer {
+    /// The holder has the manifest cached.
+    Found(FoundManifest),
+    /// The holder has nothing cached for the request.
+    NotHere,
+}
+
+fn check_manifest_request(request: &ManifestRequest) -> Result<(), WireError> {
+    if !is_valid_registry_host(&request.upstream) {
+        return Err(WireError::Invalid("upstream is not a registry host name"));
+    }
+    request.parse().map(|_| ())
+}
+
+fn check_manifest_answer(answer: &ManifestAnswer) -> Result<(), WireError> {
+    let ManifestAnswer::Found(FoundManifest {
+        media_type, body, ..
+    }) = answer
+    else {
+        return Ok(());
+    };
+    if media_type.is_empty()
+        || media_type.len() > MAX_MEDIA_TYPE_BYTES
+        || !media_type.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(WireError::Invalid("media type out of range"));
+    }
+    if body.is_empty() || body.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(WireError::Invalid("manifest length out of range"));
+    }
+    Ok(())
+}
+
 /// A message with a byte layout on the peer wire.
 pub trait WireMessage: Sized {
     /// The kind written in the header.
@@ -451,6 +587,19 @@ wire_message!(
     }
 );
 
+wire_message!(
+    ManifestRequest,
+    Kind::ManifestRequest,
+    MAX_MANIFEST_REQUEST_BYTES,
+    check_manifest_request
+);
+wire_message!(
+    ManifestAnswer,
+    Kind::ManifestAnswer,
+    MAX_MANIFEST_ANSWER_BYTES,
+    check_manifest_answer
+);
+
 /// Which side of a connection a membership proof is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -560,12 +709,14 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), kind in 1u8..=5) {
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), kind in 1u8..=9) {
             let _ = ShardRequest::decode(&bytes);
             let _ = ShardAnswer::decode(&bytes);
             let _ = ShardFrame::decode(&bytes);
             let _ = Challenge::decode(&bytes);
             let _ = Proof::decode(&bytes);
+            let _ = ManifestRequest::decode(&bytes);
+            let _ = ManifestAnswer::decode(&bytes);
             let mut with_header = b"SHWR\x02\x00".to_vec();
             with_header.extend_from_slice(&[kind, 0]);
             with_header.extend_from_slice(&bytes);
@@ -574,7 +725,118 @@ mod tests {
             let _ = ShardFrame::decode(&with_header);
             let _ = Challenge::decode(&with_header);
             let _ = Proof::decode(&with_header);
+            let _ = ManifestRequest::decode(&with_header);
+            let _ = ManifestAnswer::decode(&with_header);
         }
+
+        #[test]
+        fn manifest_messages_round_trip(
+            upstream in "[a-z0-9.:-]{1,40}",
+            repo in "[a-z0-9]{1,20}(/[a-z0-9]{1,20}){0,3}",
+            tag in "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}",
+            digest in any::<[u8; 32]>(),
+            manifest in proptest::collection::vec(any::<u8>(), 1..2000),
+            fetched_at in proptest::option::of(any::<u64>()),
+        ) {
+            let repo: RepoName = repo.parse().unwrap();
+            for reference in [Reference::Tag(tag.clone()), Reference::Digest(BlobDigest::from_bytes(digest))] {
+                let request = ManifestRequest::new(&upstream, &repo, &reference);
+                let decoded = ManifestRequest::decode(body(&request.encode())).unwrap();
+                prop_assert_eq!(decoded.parse().unwrap(), (repo.clone(), reference));
+                prop_assert_eq!(decoded, request);
+            }
+            let answer = ManifestAnswer::Found(FoundManifest {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest,
+                body: manifest,
+                tag_fetched_at_ms: fetched_at,
+            });
+            prop_assert_eq!(ManifestAnswer::decode(body(&answer.encode())), Ok(answer));
+        }
+
+        /// Any field that breaks its grammar is refused at decode, whatever else the message holds.
+        #[test]
+        fn manifest_requests_outside_the_grammar_are_refused(
+            upstream in "[a-z]{1,10}",
+            bad in "[^a-z0-9]{1,10}",
+        ) {
+            let good_repo = "team/app".to_owned();
+            for (upstream, repo, reference) in [
+                (format!("{upstream}/{bad}"), good_repo.clone(), "latest".to_owned()),
+                (upstream.clone(), format!("{bad}/../x"), "latest".to_owned()),
+                (upstream.clone(), good_repo.clone(), format!(".{bad}")),
+                (upstream.clone(), good_repo.clone(), format!("sha256:{bad}")),
+            ] {
+                let request = ManifestRequest { upstream, repo, reference };
+                prop_assert!(matches!(
+                    ManifestRequest::decode(body(&request.encode())),
+                    Err(WireError::Invalid(_))
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn manifest_messages_at_their_limits_fit() {
+        let repo: RepoName = ["a".repeat(127), "b".repeat(127)]
+            .join("/")
+            .parse()
+            .unwrap();
+        let request = ManifestRequest::new(
+            &"h".repeat(MAX_REGISTRY_HOST_BYTES),
+            &repo,
+            &Reference::Tag("t".repeat(MAX_TAG_BYTES)),
+        );
+        let encoded = request.encode();
+        assert!(encoded.len() - PREFIX_LEN <= MAX_MANIFEST_REQUEST_BYTES);
+        assert_eq!(ManifestRequest::decode(body(&encoded)), Ok(request));
+
+        let largest = ManifestAnswer::Found(FoundManifest {
+            media_type: "m".repeat(MAX_MEDIA_TYPE_BYTES),
+            digest: [1; 32],
+            body: vec![b'{'; MAX_MANIFEST_BYTES as usize],
+            tag_fetched_at_ms: Some(u64::MAX),
+        });
+        let encoded = largest.encode();
+        assert!(encoded.len() - PREFIX_LEN <= MAX_MANIFEST_ANSWER_BYTES);
+        assert_eq!(ManifestAnswer::decode(body(&encoded)), Ok(largest));
+        assert!(check_len::<ManifestAnswer>(MAX_MANIFEST_ANSWER_BYTES + 1).is_err());
+        assert!(check_len::<ManifestRequest>(MAX_MANIFEST_REQUEST_BYTES + 1).is_err());
+
+        let too_long = ManifestAnswer::Found(FoundManifest {
+            media_type: "m".into(),
+            digest: [1; 32],
+            body: vec![b'{'; MAX_MANIFEST_BYTES as usize + 1],
+            tag_fetched_at_ms: None,
+        });
+        assert!(ManifestAnswer::decode(body(&too_long.encode())).is_err());
+        for (media_type, len) in [("", 2), ("a b", 2), ("a\nb", 2), ("m", 0)] {
+            let bad = ManifestAnswer::Found(FoundManifest {
+                media_type: media_type.into(),
+                digest: [1; 32],
+                body: vec![b'{'; len],
+                tag_fetched_at_ms: None,
+            });
+            assert!(
+                matches!(
+                    ManifestAnswer::decode(body(&bad.encode())),
+                    Err(WireError::Invalid(_))
+                ),
+                "{media_type:?} {len}"
+            );
+        }
+        let not_here = ManifestAnswer::NotHere;
+        assert_eq!(
+            ManifestAnswer::decode(body(&not_here.encode())),
+            Ok(not_here)
+        );
+        assert!(matches!(
+            ManifestAnswer::decode(body(&ShardAnswer::NotHere.encode())),
+            Err(WireError::Kind {
+                expected: 9,
+                actual: 4
+            })
+        ));
     }
 
     #[test]

@@ -534,6 +534,27 @@ impl Node {
         Ok(())
     }
 
+    /// `GET` a blob through the node; fails unless the node answers 200 and
+    /// sends the whole body.
+    pub async fn fetch_blob(&self, repo: &str, digest: &str) -> Result<()> {
+        let url = format!(
+            "{}/v2/{repo}/blobs/{digest}?ns={}",
+            self.registry_url(),
+            crate::REGISTRY_HOST
+        );
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !resp.status().is_success() {
+            bail!("GET {url} answered {}", resp.status());
+        }
+        resp.bytes().await.context("reading blob")?;
+        Ok(())
+    }
+
     /// Files under `<data>/shards/`, largest first.
     pub fn shard_files(&self) -> Result<Vec<(PathBuf, u64)>> {
         let mut files = Vec::new();

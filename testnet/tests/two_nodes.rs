@@ -1,19 +1,19 @@
 //! End-to-end tests of two `shoald` nodes joined by the peer network, with a
 //! real origin registry and real containerd instances:
 //!
-//! - an image pulled through node A is pulled through node B with the origin
-//!   stopped, its blobs coming from A;
-//! - a node holding another network key gets nothing from A, and A logs the
-//!   failed membership proof;
+//! - an image pulled through node A is pulled through a fresh node B with the
+//!   origin stopped: everything comes from A, the tag's resolution and the
+//!   manifests over `/shoal/manifests/1`, the config and layers over
+//!   `/shoal/shards/1`;
+//! - a node holding another network key gets nothing from A, neither manifests
+//!   nor blobs, and A logs the failed membership proof;
 //! - a shard corrupted on A's disk is not sent, and B gets the rest of that
 //!   blob from the origin;
 //! - A restarted with its data directory keeps its peer id and serves what it
-//!   holds (announced again at start).
+//!   holds (blobs announced again at start, manifests from its cache).
 //!
-//! Manifests do not travel between peers yet: before stopping the origin the
-//! tests fetch the image's manifests through B once (a plain HTTP GET), so
-//! B's cache can answer containerd's manifest requests and only the blobs
-//! depend on the peer network.
+//! B never sees the origin before it is stopped in the first, second and last
+//! tests: whatever B serves there came from A.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,14 +28,24 @@ use shoal_testnet::origin::Origin;
 /// How long a new node may take to prove membership to its bootstrap peer.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Caches the image's manifests (tag, index and the manifest) in `node`.
-async fn warm_manifests(node: &Node, image: &ImageInfo) -> Result<()> {
-    node.fetch_manifest(&image.repo, &image.tag).await?;
-    if let Some(index) = &image.index {
-        node.fetch_manifest(&image.repo, &index.digest).await?;
-    }
-    node.fetch_manifest(&image.repo, &image.manifest.digest)
-        .await
+/// Checks that `b` took the image's manifests from its peer `a`: the tag's answer (which also
+/// caches its target, the index or the manifest) and, behind an index, the platform manifest by
+/// digest, each a manifest A sent.
+async fn ensure_manifests_came_from_peer(a: &Node, b: &Node, image: &ImageInfo) -> Result<()> {
+    let wanted = 1.0 + f64::from(u8::from(image.index.is_some()));
+    let received = b
+        .metric("shoal_manifests_received_from_peers_total")
+        .await?;
+    ensure!(
+        received >= wanted,
+        "B received {received} manifests from peers, want at least {wanted}"
+    );
+    let sent = a.metric("shoal_manifests_sent_to_peers_total").await?;
+    ensure!(
+        sent >= received,
+        "A sent {sent} manifests to peers, B received {received}"
+    );
+    Ok(())
 }
 
 /// Prints the nodes' logs when a test fails by returning an error.
@@ -92,7 +102,6 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
-    warm_manifests(&b, &image).await?;
     origin.stop().await?;
 
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
@@ -102,6 +111,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
         .await
         .context("pull through B with the origin stopped")?;
     second.ensure_holds(&image).await?;
+    ensure_manifests_came_from_peer(&a, &b, &image).await?;
 
     let blob_bytes: u64 = image.blobs().map(|blob| blob.size).sum();
     let from_peer = b
@@ -158,8 +168,30 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
     ensure!(outsider.metric("shoal_p2p_members").await? == 0.0);
     ensure!(a.metric("shoal_p2p_failed_proofs_total").await? >= 1.0);
 
-    warm_manifests(&outsider, &image).await?;
     origin.stop().await?;
+    // Asked directly, the outsider has neither the tag, nor the manifests, nor any blob: A gave it
+    // nothing and the origin is down.
+    let mut references = vec![image.tag.clone(), image.manifest.digest.clone()];
+    references.extend(image.index.iter().map(|index| index.digest.clone()));
+    for reference in &references {
+        ensure!(
+            outsider
+                .fetch_manifest(&image.repo, reference)
+                .await
+                .is_err(),
+            "the outsider served manifest {reference} with the origin down"
+        );
+    }
+    for blob in image.blobs() {
+        ensure!(
+            outsider
+                .fetch_blob(&image.repo, &blob.digest)
+                .await
+                .is_err(),
+            "the outsider served blob {} with the origin down",
+            blob.digest
+        );
+    }
     let hosts = HostsDir::for_test_registry(outsider.registry_addr())?;
     let second = Containerd::start().await?;
     let output = second
@@ -178,6 +210,14 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
         "the outsider received bytes from a peer"
     );
     ensure!(a.metric("shoal_bytes_sent_to_peers_total").await? == 0.0);
+    ensure!(
+        outsider
+            .metric("shoal_manifests_received_from_peers_total")
+            .await?
+            == 0.0,
+        "the outsider received manifests from a peer"
+    );
+    ensure!(a.metric("shoal_manifests_sent_to_peers_total").await? == 0.0);
     a.healthz().await?;
     logs.1 = true;
     Ok(())
@@ -284,12 +324,12 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
-    warm_manifests(&b, &image).await?;
     origin.stop().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
     second.pull_ok(&image.reference, hosts_b.path()).await?;
     second.ensure_holds(&image).await?;
+    ensure_manifests_came_from_peer(&a, &b, &image).await?;
     ensure!(
         b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
             .await?

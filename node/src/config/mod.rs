@@ -317,12 +317,7 @@ fn parse_upstream(
     username: Option<String>,
     password: Option<String>,
 ) -> Result<UpstreamConfig, ConfigError> {
-    if name.is_empty()
-        || name.len() > 253
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
-    {
+    if !shoal_proto::oci::is_valid_registry_host(name) {
         return Err(error(
             key,
             format!("{name:?} is not a registry host name (as containerd sends it in `ns`)"),

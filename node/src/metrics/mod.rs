@@ -89,6 +89,10 @@ pub struct Metrics {
     pub peer_fetch_failures: Counter,
     /// Batches of shards asked of a second peer because the first was late.
     pub hedged_requests: Counter,
+    /// Manifests sent to members from this node's cache.
+    pub manifests_sent_peer: Counter,
+    /// Manifests received from members (verified) while the upstream was unavailable.
+    pub manifests_received_peer: Counter,
     /// Peers that failed the membership proof or did not give it in time.
     pub p2p_failed_proofs: Counter,
     /// Connected peers that have proved membership.
@@ -335,6 +339,18 @@ impl Metrics {
                 "counter",
                 "Batches of shards asked of a second peer because the first was late.",
                 self.hedged_requests.get(),
+            ),
+            (
+                "shoal_manifests_sent_to_peers_total",
+                "counter",
+                "Manifests sent to members from this node's cache.",
+                self.manifests_sent_peer.get(),
+            ),
+            (
+                "shoal_manifests_received_from_peers_total",
+                "counter",
+                "Manifests received from members while the upstream was unavailable.",
+                self.manifests_received_peer.get(),
             ),
             (
                 "shoal_p2p_failed_proofs_total",

@@ -4,22 +4,24 @@
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
 //! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
 //! by its digest, counted in `record_store`), gossip among members (`gossip`: announcements of
-//! which shards a member holds, kept in `holdings`) and the shard transfer protocol on both sides
-//! (`transfer`). It reads the disk
-//! only through [`ShardStore`] (shard maps and verified shards) and never writes it: a blob fetched
-//! from a peer is ingested, verified and committed by `pullthrough`, which decides when to ask
-//! peers at all. It speaks no HTTP and knows nothing of upstreams.
+//! which shards a member holds, kept in `holdings`), the shard transfer protocol on both sides
+//! (`transfer`) and the manifest lookup protocol on both sides (`manifests`). It reads the disk
+//! only through [`ShardStore`] (shard maps and verified shards) and [`ManifestSource`] (the
+//! manifest cache, implemented by `pullthrough`) and never writes it: a blob or manifest fetched
+//! from a peer is verified and cached by `pullthrough`, which decides when to ask peers at all. It
+//! speaks no HTTP and never contacts an upstream (an upstream's name is only a label in a request).
 //!
 //! The swarm lives in one task that owns it; a cloneable [`PeerNetwork`] sends it commands over a
 //! bounded channel. Until a peer has proved that it holds the network key, it is not added to the
 //! routing table, its Kademlia requests are dropped unanswered (`gate`), its provider records
-//! are not stored, it gets and gives no gossip (`gossip`) and its transfer streams are refused; a
-//! peer
-//! that fails the proof, or does not give it within [`PROOF_DEADLINE`], is disconnected.
+//! are not stored, it gets and gives no gossip (`gossip`) and its transfer and manifest streams are
+//! refused; a peer that fails the proof, or does not give it within [`PROOF_DEADLINE`], is
+//! disconnected.
 
 mod gate;
 mod gossip;
 mod holdings;
+mod manifests;
 mod membership;
 mod peers;
 mod record_store;
@@ -39,7 +41,8 @@ use libp2p::{
     gossipsub, identify, identity, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
 };
 use shoal_proto::gossip::{Announcement, GossipMessage, Topic};
-use shoal_proto::BlobDigest;
+use shoal_proto::wire::ManifestRequest;
+use shoal_proto::{BlobDigest, Reference, RepoName};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
@@ -47,6 +50,7 @@ use crate::store::ShardStore;
 
 pub use gossip::{gossipsub_config, GOSSIP_PROTOCOL_PREFIX};
 pub use holdings::AnnouncedHolding;
+pub use manifests::{CachedManifest, ManifestFetchError, ManifestSource};
 pub use peers::PeerInfo;
 pub use transfer::{
     InFlightBlob, InFlightBlobs, InFlightShard, Offer, PeerAnswer, ShardStream, TransferError,
@@ -60,6 +64,8 @@ use record_store::CountedStore;
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/membership/1");
 /// The shard transfer protocol.
 pub const SHARDS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/shards/1");
+/// The manifest lookup protocol.
+pub const MANIFESTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/manifests/1");
 /// Shoal's Kademlia protocol (a network of its own, apart from any public DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 /// How long a connected peer has to prove membership before it is disconnected.
@@ -317,6 +323,37 @@ impl PeerNetwork {
         self.peers.rank(candidates, &self.region)
     }
 
+    /// Members connected now that are not being avoided, best first (see [`Self::rank`]).
+    pub fn members_to_ask(&self) -> Vec<PeerId> {
+        let mut members = self.members();
+        {
+            let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
+            avoid.retain(|_, until| *until > Instant::now());
+            members.retain(|peer| !avoid.contains_key(peer));
+        }
+        self.rank(&members)
+    }
+
+    /// Asks `peer` for a manifest from its cache: `reference` in `repo` of the registry
+    /// `upstream` (the name containerd sends as `ns`). `None` if the peer has none cached. A
+    /// returned manifest's bytes hash to its digest, which for a request by digest is the one
+    /// asked for; a tag's answer carries when the peer's upstream resolved it.
+    pub async fn fetch_manifest(
+        &self,
+        peer: PeerId,
+        upstream: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<CachedManifest>, ManifestFetchError> {
+        manifests::fetch_manifest(
+            self.control.clone(),
+            peer,
+            ManifestRequest::new(upstream, repo, reference),
+            self.peers.begin_request(peer),
+        )
+        .await
+    }
+
     /// Sends `request` to `peer`; the answer carries the stream its shards follow on.
     pub async fn request(
         &self,
@@ -377,13 +414,14 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<identity::Keypair, P2p
     }
 }
 
-/// Starts the swarm: listens, dials the bootstrap peers and serves the membership and transfer
-/// protocols until `stop` turns true. Returns the handle and the first listen address, with this
-/// node's `/p2p/<peer id>` appended.
+/// Starts the swarm: listens, dials the bootstrap peers and serves the membership, transfer and
+/// manifest protocols (manifests from `manifests`) until `stop` turns true. Returns the handle and
+/// the first listen address, with this node's `/p2p/<peer id>` appended.
 pub async fn start(
     config: P2pConfig,
     data_dir: &Path,
     store: ShardStore,
+    manifests: Arc<dyn ManifestSource>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(PeerNetwork, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
@@ -489,6 +527,9 @@ pub async fn start(
     let shards_incoming = control
         .accept(SHARDS_PROTOCOL)
         .map_err(|e| P2pError::Transport(e.to_string()))?;
+    let manifests_incoming = control
+        .accept(MANIFESTS_PROTOCOL)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
     tokio::spawn(membership::answer_proofs(
         membership_incoming,
         key.clone(),
@@ -512,6 +553,13 @@ pub async fn start(
             shaping: shaping::Shaping::new(&config.shaping, &config.region),
             metrics: metrics.clone(),
         },
+        stop.clone(),
+    ));
+    tokio::spawn(manifests::serve(
+        manifests_incoming,
+        members.clone(),
+        manifests,
+        metrics.clone(),
         stop.clone(),
     ));
     for addr in &config.bootstrap {

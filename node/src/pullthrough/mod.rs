@@ -6,7 +6,9 @@
 //! (that is `upstream`), and reaches the disk only through `store`. A cold blob is asked of peers
 //! first when the node has a peer network (`p2p` finds them and moves the bytes; the ingest,
 //! verification and commit stay here), else, or when no peer has it or a peer fails, of the
-//! upstream.
+//! upstream. A manifest is asked of peers only when the upstream is unavailable and the cache has
+//! nothing to serve, not even a stale tag; this module also says what peers are told from the
+//! manifest cache ([`CachedManifests`]).
 //!
 //! **Invariant:** a blob response is completed only with bytes that are verified: shards by BLAKE3
 //! as they are read, a blob fetched from an upstream by its sha256 before its last byte is released.
@@ -30,7 +32,7 @@ use crate::store::ShardStore;
 
 pub use blobs::{BlobBody, BlobReply};
 pub use for_peers::PeerOffers;
-pub use manifests::{ManifestReply, MANIFEST_MEDIA_TYPES};
+pub use manifests::{CachedManifests, ManifestReply, MANIFEST_MEDIA_TYPES};
 
 /// Why a request could not be answered.
 #[derive(Debug, Clone, thiserror::Error)]
