@@ -133,10 +133,7 @@ pub async fn run_with(
                 }
             });
             pull = pull.with_peers(network.clone());
-            network.serve_in_flight(Arc::new(pullthrough::PeerOffers::new(
-                pull.clone(),
-                upstreams.clone(),
-            )));
+            network.serve_in_flight(Arc::new(pullthrough::PeerOffers::new(pull.clone())));
             p2p_task = Some(task);
         }
         None => {

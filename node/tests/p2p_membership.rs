@@ -100,7 +100,7 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         blob: *digest.as_bytes(),
         shards: ShardSet::All,
         map: MapWanted::Full,
-        fetch: None,
+        claim: false,
     };
     let PeerAnswer::Map(map, mut stream) = b.network.request(providers[0], whole).await.unwrap()
     else {
@@ -119,7 +119,7 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         blob: *digest.as_bytes(),
         shards: ShardSet::from_indices([last]),
         map: MapWanted::HashOnly,
-        fetch: None,
+        claim: false,
     };
     let PeerAnswer::MapHash(hash, mut stream) =
         b.network.request(providers[0], some).await.unwrap()

@@ -49,8 +49,8 @@
 //!
 //! ```text
 //! requester                                holder
-//!   ── ShardRequest { blob, shards, map, fetch } ──▶
-//!   ◀──── ShardAnswer::Map(map) | MapHash(h) | InFlight(header) | NotHere
+//!   ── ShardRequest { blob, shards, map, claim } ──▶
+//!   ◀──── ShardAnswer::Map(map) | MapHash(h) | InFlight(header) | Claimed(peer) | NotHere
 //!   ◀──── ShardFrame { index, len, hash } + len bytes   (once per wanted shard, in index order)
 //!   ◀──── ShardFrame { len: 0 }                          (in-flight answers only: the end)
 //! ```
@@ -63,11 +63,11 @@
 //!   in order, as it gets them, then an end frame (`len` 0) once the blob has matched its digest
 //!   at the holder. A holder only offers this when its own bytes come from the origin or from a
 //!   holder of the whole blob, so in-flight chains never loop.
-//! * `fetch` names the upstream and repository the requester would fetch the blob from. A holder
-//!   that has neither the blob nor a fetch of it may start one for the requester (it is the
-//!   blob's home: the member closest to the blob's key), so that nodes missing the same blob at the
-//!   same time share one origin fetch. It only ever contacts an upstream configured under that
-//!   name.
+//! * `claim` asks the blob's home (the member closest to the blob's key) to coordinate: if it
+//!   neither holds nor fetches the blob, it answers `Claimed(peer)` when another member already
+//!   said it is fetching the blob from the origin (the requester follows that member), or
+//!   `NotHere` after recording the requester as the one that fetches it. Nodes that miss the same
+//!   blob at the same time thus share one origin fetch. The home never fetches for anyone.
 //!
 //! A holder that cannot send a shard (for example it failed verification on its disk) closes the
 //! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
@@ -91,8 +91,8 @@
 //!
 //! ## Limits
 //!
-//! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map and a
-//!   fetch hint of at most [`MAX_HINT_BYTES`] per name).
+//! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map).
+//! * A peer id in `Claimed`: at most [`MAX_PEER_ID_BYTES`].
 //! * [`ShardAnswer`]: at most [`MAX_ANSWER_BYTES`] (the largest shard map plus slack).
 //! * [`ShardFrame`], [`Challenge`], [`Proof`]: at most [`MAX_SMALL_BYTES`]; a shard's bytes at most
 //!   [`MAX_SHARD_BYTES`] and exactly the length its shard map entry gives.
@@ -110,18 +110,18 @@ use crate::oci::{is_valid_registry_host, Reference, RepoName};
 use crate::shard_map::ShardMap;
 
 const MAGIC: &[u8; 4] = b"SHWR";
-/// The wire format version this build speaks (2: map hashes, in-flight answers, fetch hints and
-/// hashed frames).
+/// The wire format version this build speaks (2: map hashes, in-flight answers, claims and hashed
+/// frames).
 pub const WIRE_VERSION: u16 = 2;
 /// Bytes of the header inside a frame body (magic, version, kind, reserved).
 pub const HEADER_LEN: usize = 8;
 /// Bytes of the length prefix before every frame body.
 pub const PREFIX_LEN: usize = 4;
 
-/// Longest upstream name or repository name in a [`FetchHint`].
-pub const MAX_HINT_BYTES: usize = 256;
+/// Longest peer id (a multihash of a public key) in a [`ShardAnswer::Claimed`].
+pub const MAX_PEER_ID_BYTES: usize = 64;
 /// Largest encoded [`ShardRequest`] body.
-pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 256 + 2 * MAX_HINT_BYTES + MAX_SHARDS_PER_MAP / 8;
+pub const MAX_REQUEST_BYTES: usize = HEADER_LEN + 256 + MAX_SHARDS_PER_MAP / 8;
 /// Largest encoded [`ShardAnswer`] body.
 pub const MAX_ANSWER_BYTES: usize = HEADER_LEN + 256 + MAX_SHARD_MAP_BYTES;
 /// Largest encoded body of the fixed-size messages.
@@ -255,15 +255,6 @@ pub enum MapWanted {
     HashOnly,
 }
 
-/// Where the requester would fetch the blob from; lets the blob's home fetch it on its behalf.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct FetchHint {
-    /// The upstream's configured name.
-    pub upstream: String,
-    /// The repository (checked against the OCI name grammar by the holder).
-    pub repo: String,
-}
-
 /// A request for some shards of one blob.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardRequest {
@@ -273,8 +264,9 @@ pub struct ShardRequest {
     pub shards: ShardSet,
     /// How much of the map to send back.
     pub map: MapWanted,
-    /// Fetch the blob for the requester if nobody has it.
-    pub fetch: Option<FetchHint>,
+    /// The requester asks the blob's home who fetches the blob when nobody holds it (see the
+    /// module docs).
+    pub claim: bool,
 }
 
 impl ShardRequest {
@@ -295,7 +287,11 @@ pub enum ShardAnswer {
     /// The holder is fetching the blob: every shard follows in order as it arrives, then an end
     /// frame.
     InFlight(InFlightHeader),
-    /// The holder does not have the blob (and will not fetch it).
+    /// The holder does not fetch the blob, but this member (its peer id's bytes) said it is
+    /// fetching it from the origin: ask that member.
+    Claimed(Vec<u8>),
+    /// The holder does not have the blob (after a claim: the requester is now the one that
+    /// fetches it).
     NotHere,
 }
 
@@ -544,17 +540,7 @@ wire_message!(
                 ));
             }
         }
-        match &r.fetch {
-            Some(hint)
-                if hint.upstream.is_empty()
-                    || hint.upstream.len() > MAX_HINT_BYTES
-                    || hint.repo.is_empty()
-                    || hint.repo.len() > MAX_HINT_BYTES =>
-            {
-                Err(WireError::Invalid("fetch hint name out of range"))
-            }
-            _ => Ok(()),
-        }
+        Ok(())
     }
 );
 wire_message!(
@@ -570,6 +556,9 @@ wire_message!(
             ..
         }) if *len > crate::limits::MAX_BLOB_BYTES => {
             Err(WireError::Invalid("blob length over the limit"))
+        }
+        ShardAnswer::Claimed(peer) if peer.is_empty() || peer.len() > MAX_PEER_ID_BYTES => {
+            Err(WireError::Invalid("peer id length out of range"))
         }
         _ => Ok(()),
     }
@@ -689,7 +678,7 @@ mod tests {
                 blob,
                 shards: ShardSet::from_indices(indices.iter().copied()),
                 map: MapWanted::HashOnly,
-                fetch: Some(FetchHint { upstream: "docker".into(), repo: "library/alpine".into() }),
+                claim: true,
             };
             prop_assert_eq!(ShardRequest::decode(body(&request.encode())), Ok(request.clone()));
             for i in &indices {
@@ -860,20 +849,10 @@ mod tests {
             ShardFrame::decode(body(&oversized.encode())),
             Err(WireError::Invalid("shard length out of range"))
         );
-        let hint = |upstream: &str| ShardRequest {
-            blob: [0; 32],
-            shards: ShardSet::All,
-            map: MapWanted::Full,
-            fetch: Some(FetchHint {
-                upstream: upstream.into(),
-                repo: "r".into(),
-            }),
-        };
-        assert!(ShardRequest::decode(body(&hint("docker").encode())).is_ok());
-        assert!(ShardRequest::decode(body(&hint("").encode())).is_err());
-        assert!(
-            ShardRequest::decode(body(&hint(&"x".repeat(MAX_HINT_BYTES + 1)).encode())).is_err()
-        );
+        let claimed = |peer: Vec<u8>| ShardAnswer::Claimed(peer).encode();
+        assert!(ShardAnswer::decode(body(&claimed(vec![1; 38]))).is_ok());
+        assert!(ShardAnswer::decode(body(&claimed(Vec::new()))).is_err());
+        assert!(ShardAnswer::decode(body(&claimed(vec![1; MAX_PEER_ID_BYTES + 1]))).is_err());
         let mut bad = map(&[10, 20]);
         bad.blob_len = 31;
         let encoded = ShardAnswer::Map(bad).encode();

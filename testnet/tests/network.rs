@@ -79,7 +79,8 @@ async fn three_nodes_in_two_regions_see_each_other_and_latency_follows_regions()
         .await?;
     assert!(
         from_peer >= blob_bytes as f64,
-        "node 2 received {from_peer} of {blob_bytes} bytes from peers"
+        "node 2 received {from_peer} of {blob_bytes} bytes from peers:\n{}",
+        network.node(2).log_tail(60)
     );
     let log = std::fs::read_to_string(network.node(0).log_path())?;
     let delays: Vec<&str> = log

@@ -145,7 +145,8 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
     ensure!(from_origin > 0.0, "B took nothing from the origin");
     ensure!(
         from_origin < layer.size as f64,
-        "B fetched the whole layer again from the origin ({from_origin} bytes) instead of the rest"
+        "B fetched the whole layer again from the origin ({from_origin} bytes) instead of the rest:\n{}",
+        b.log_tail(40)
     );
     ensure!(
         from_peer + from_origin >= layer.size as f64,

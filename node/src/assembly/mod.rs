@@ -27,11 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt as _, StreamExt as _};
 use libp2p::PeerId;
-use shoal_proto::wire::{FetchHint, MapWanted, ShardRequest, ShardSet};
+use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
 use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 
 use crate::metrics::Metrics;
@@ -116,49 +113,66 @@ impl PeerFetch {
 }
 
 /// Finds peers that can send `digest` and opens a fetch from them: first the providers the DHT
-/// names (best ranked first), then the blob's home, asked to fetch it for us (`hint`) when nobody
-/// has it yet. `None` when no peer can help; the caller goes to the origin.
+/// names (best ranked first); when none can help, the blob's home says who is fetching it, and that
+/// member is followed. `None` when no peer can help: the caller fetches from the origin, and the
+/// home has recorded that it does.
 pub async fn open(
     network: &PeerNetwork,
     metrics: &Arc<Metrics>,
     digest: BlobDigest,
     providers: Vec<PeerId>,
-    hint: Option<FetchHint>,
 ) -> Option<PeerFetch> {
     let ranked = network.rank(&providers);
     for peer in ranked.iter().copied().take(HOLDERS_ASKED) {
-        if let Some(fetch) = ask(network, metrics, digest, peer, &ranked, None).await {
-            return Some(fetch);
+        match ask(network, metrics, digest, peer, &ranked, false).await {
+            Asked::Fetch(fetch) => return Some(fetch),
+            Asked::Claimed(_) | Asked::Nothing => {}
         }
     }
-    let hint = hint?;
     let home = network.home(digest);
-    if home == network.local_peer_id() || ranked.contains(&home) {
-        return None;
+    let claimant = if home == network.local_peer_id() {
+        network.claim_locally(digest)?
+    } else {
+        tracing::debug!(%digest, %home, "nobody provides the blob; asking its home who fetches it");
+        match ask(network, metrics, digest, home, &[home], true).await {
+            Asked::Fetch(fetch) => return Some(fetch),
+            Asked::Claimed(claimant) if claimant != network.local_peer_id() => claimant,
+            Asked::Claimed(_) | Asked::Nothing => return None,
+        }
+    };
+    tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
+    match ask(network, metrics, digest, claimant, &[claimant], false).await {
+        Asked::Fetch(fetch) => Some(fetch),
+        Asked::Claimed(_) | Asked::Nothing => None,
     }
-    tracing::debug!(%digest, %home, "nobody provides the blob; asking its home");
-    ask(network, metrics, digest, home, &[home], Some(hint)).await
 }
 
-/// Asks `peer` for the blob's map; with `hint`, asks it to fetch the blob if it has not.
+/// What asking one peer gave.
+enum Asked {
+    Fetch(PeerFetch),
+    Claimed(PeerId),
+    Nothing,
+}
+
+/// Asks `peer` for the blob's map; with `claim`, asks it (the blob's home) who fetches the blob.
 async fn ask(
     network: &PeerNetwork,
     metrics: &Arc<Metrics>,
     digest: BlobDigest,
     peer: PeerId,
     holders: &[PeerId],
-    hint: Option<FetchHint>,
-) -> Option<PeerFetch> {
+    claim: bool,
+) -> Asked {
     let request = ShardRequest {
         blob: *digest.as_bytes(),
         shards: ShardSet::Bitfield(Vec::new()),
         map: MapWanted::Full,
-        fetch: hint,
+        claim,
     };
     match network.request(peer, request).await {
         Ok(PeerAnswer::Map(map, _)) => {
             tracing::info!(%digest, %peer, shards = map.shards.len(), holders = holders.len(), "fetching blob from peers that hold it");
-            Some(PeerFetch::Parallel(Box::new(ParallelFetch::new(
+            Asked::Fetch(PeerFetch::Parallel(Box::new(ParallelFetch::new(
                 network.clone(),
                 metrics.clone(),
                 map,
@@ -168,7 +182,7 @@ async fn ask(
         }
         Ok(PeerAnswer::InFlight(header, stream)) => {
             tracing::info!(%digest, %peer, "following a peer that is fetching the blob");
-            Some(PeerFetch::Follow(Box::new(FollowFetch {
+            Asked::Fetch(PeerFetch::Follow(Box::new(FollowFetch {
                 stream,
                 blob_len: header.blob_len,
                 chunking: header.chunking,
@@ -177,18 +191,19 @@ async fn ask(
                 metrics: metrics.clone(),
             })))
         }
+        Ok(PeerAnswer::Claimed(claimant)) => Asked::Claimed(claimant),
         Ok(PeerAnswer::MapHash(..)) => {
             tracing::warn!(%digest, %peer, "peer sent a map hash where a map was asked for");
-            None
+            Asked::Nothing
         }
-        Err(TransferError::NotHere) => None,
+        Err(TransferError::NotHere) => Asked::Nothing,
         Err(error) => {
             metrics.peer_fetch_failures.inc();
             tracing::warn!(%digest, %peer, %error, "peer cannot send the blob; trying the next source");
             if error.is_misbehaviour() {
                 network.avoid(peer);
             }
-            None
+            Asked::Nothing
         }
     }
 }
@@ -231,14 +246,28 @@ impl FollowFetch {
     }
 }
 
-/// One request for a batch of shards.
-type BatchResult = (
-    usize,
-    PeerId,
-    Result<Vec<(Bytes, ShardHash)>, TransferError>,
-);
+/// What a batch request reports, as it happens.
+enum BatchEvent {
+    /// Shard `index` arrived (BLAKE3-checked against the map).
+    Shard(u64, usize, Bytes, ShardHash),
+    /// The request sent every shard it asked for.
+    Done(u64),
+    /// The request failed after the shards it already reported.
+    Failed(u64, TransferError),
+}
 
-/// A blob fetched from several holders of the whole blob at once.
+/// One request open to a holder: shards `next..end` still to come.
+struct OpenBatch {
+    peer: PeerId,
+    next: usize,
+    end: usize,
+    started: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A blob fetched from several holders of the whole blob at once. Shards are handed on as soon as
+/// the next one in blob order has arrived, whichever request brought it, so a request that fails
+/// half way loses nothing it delivered: only its missing shards are asked of someone else.
 pub struct ParallelFetch {
     network: PeerNetwork,
     metrics: Arc<Metrics>,
@@ -247,23 +276,31 @@ pub struct ParallelFetch {
     map_source: PeerId,
     /// Holders still usable, best first.
     holders: Vec<PeerId>,
-    /// Shard index ranges, in blob order.
-    batches: Vec<Range<usize>>,
-    /// Batches not yet requested (or to request again), lowest first.
-    unassigned: std::collections::BTreeSet<usize>,
-    /// Requests open, per batch: who, since when.
-    open: HashMap<usize, Vec<(PeerId, Instant)>>,
-    requests: FuturesUnordered<BoxFuture<'static, BatchResult>>,
-    done: BTreeMap<usize, Vec<(Bytes, ShardHash)>>,
-    /// The batch being handed on, and the shards of it not yet handed on.
-    head: usize,
-    head_shards: std::collections::VecDeque<(Bytes, ShardHash)>,
+    /// Shard ranges not yet requested (or to request again), in blob order.
+    pending: std::collections::VecDeque<Range<usize>>,
+    open: HashMap<u64, OpenBatch>,
+    next_request: u64,
+    events: tokio::sync::mpsc::UnboundedReceiver<BatchEvent>,
+    events_tx: tokio::sync::mpsc::UnboundedSender<BatchEvent>,
+    /// Shards arrived ahead of the one being waited for.
+    arrived: BTreeMap<usize, (Bytes, ShardHash)>,
+    /// The next shard to hand on.
+    next_shard: usize,
     /// Batch completion times, for the hedging delay.
     batch_times: Vec<Duration>,
+    /// The shard whose wait has been hedged already.
     hedged: HashSet<usize>,
     /// Failed requests per holder.
     failures: HashMap<PeerId, u32>,
     last_failure: String,
+}
+
+impl Drop for ParallelFetch {
+    fn drop(&mut self) {
+        for batch in self.open.values() {
+            batch.task.abort();
+        }
+    }
 }
 
 impl ParallelFetch {
@@ -274,22 +311,23 @@ impl ParallelFetch {
         map_source: PeerId,
         holders: &[PeerId],
     ) -> Self {
-        let mut batches = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
         let mut start = 0;
         let mut bytes = 0u64;
         for (index, entry) in map.shards.iter().enumerate() {
             bytes += u64::from(entry.len);
             if bytes >= BATCH_BYTES {
-                batches.push(start..index + 1);
+                pending.push_back(start..index + 1);
                 start = index + 1;
                 bytes = 0;
             }
         }
         if start < map.shards.len() {
-            batches.push(start..map.shards.len());
+            pending.push_back(start..map.shards.len());
         }
         let mut ranked = vec![map_source];
         ranked.extend(holders.iter().copied().filter(|p| *p != map_source));
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         Self {
             map_hash: *blake3::hash(&map.encode()).as_bytes(),
             network,
@@ -297,13 +335,13 @@ impl ParallelFetch {
             map,
             map_source,
             holders: ranked,
-            unassigned: (0..batches.len()).collect(),
-            batches,
+            pending,
             open: HashMap::new(),
-            requests: FuturesUnordered::new(),
-            done: BTreeMap::new(),
-            head: 0,
-            head_shards: Default::default(),
+            next_request: 0,
+            events,
+            events_tx,
+            arrived: BTreeMap::new(),
+            next_shard: 0,
             batch_times: Vec::new(),
             hedged: HashSet::new(),
             failures: HashMap::new(),
@@ -312,11 +350,7 @@ impl ParallelFetch {
     }
 
     fn open_to(&self, peer: PeerId) -> usize {
-        self.open
-            .values()
-            .flatten()
-            .filter(|(p, _)| *p == peer)
-            .count()
+        self.open.values().filter(|b| b.peer == peer).count()
     }
 
     /// The usable holder with the fewest open requests (best ranked on ties), other than `not`.
@@ -340,17 +374,15 @@ impl ParallelFetch {
         (times[times.len() / 2] * 4).max(MIN_HEDGE)
     }
 
-    fn send(&mut self, batch: usize, peer: PeerId) {
-        self.open
-            .entry(batch)
-            .or_default()
-            .push((peer, Instant::now()));
-        let range = self.batches[batch].clone();
+    /// Asks `peer` for shards `range`; their arrival is reported on the event channel.
+    fn send(&mut self, range: Range<usize>, peer: PeerId) {
+        let id = self.next_request;
+        self.next_request += 1;
         let request = ShardRequest {
             blob: self.map.blob,
             shards: ShardSet::from_indices(range.clone()),
             map: MapWanted::HashOnly,
-            fetch: None,
+            claim: false,
         };
         let network = self.network.clone();
         let metrics = self.metrics.clone();
@@ -360,77 +392,98 @@ impl ParallelFetch {
             .collect();
         let map_hash = self.map_hash;
         let first = range.start;
-        self.requests.push(
-            async move {
-                let started = Instant::now();
-                let result = async {
-                    let mut stream = match network.request(peer, request).await? {
-                        PeerAnswer::MapHash(hash, stream) if hash == map_hash => stream,
-                        PeerAnswer::Map(map, stream)
-                            if *blake3::hash(&map.encode()).as_bytes() == map_hash =>
-                        {
-                            stream
-                        }
-                        // Another layout (other chunking settings) or still fetching: not a fault,
-                        // but no use for this plan.
-                        _ => return Err(TransferError::NotHere),
-                    };
-                    let mut shards = Vec::with_capacity(expected.len());
-                    for (offset, hash) in expected.iter().enumerate() {
-                        let Some((frame, bytes)) = stream.next_frame().await? else {
-                            return Err(TransferError::Protocol("batch ended short"));
-                        };
-                        if frame.index as usize != first + offset || &frame.hash != hash {
-                            return Err(TransferError::Protocol(
-                                "shard frame does not match the shard map",
-                            ));
-                        }
-                        metrics.record_shard_from_peer(
-                            &peer,
-                            bytes.len() as u64,
-                            Some(started.elapsed()),
-                        );
-                        shards.push((bytes, ShardHash::from_bytes(frame.hash)));
+        let events = self.events_tx.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = async {
+                let mut stream = match network.request(peer, request).await? {
+                    PeerAnswer::MapHash(hash, stream) if hash == map_hash => stream,
+                    PeerAnswer::Map(map, stream)
+                        if *blake3::hash(&map.encode()).as_bytes() == map_hash =>
+                    {
+                        stream
                     }
-                    Ok(shards)
+                    // Another layout (other chunking settings) or still fetching: not a fault,
+                    // but no use for this plan.
+                    _ => return Err(TransferError::NotHere),
+                };
+                for (offset, hash) in expected.iter().enumerate() {
+                    let Some((frame, bytes)) = stream.next_frame().await? else {
+                        return Err(TransferError::Protocol("batch ended short"));
+                    };
+                    if frame.index as usize != first + offset || &frame.hash != hash {
+                        return Err(TransferError::Protocol(
+                            "shard frame does not match the shard map",
+                        ));
+                    }
+                    metrics.record_shard_from_peer(
+                        &peer,
+                        bytes.len() as u64,
+                        Some(started.elapsed()),
+                    );
+                    let hash = ShardHash::from_bytes(frame.hash);
+                    let _ = events.send(BatchEvent::Shard(id, first + offset, bytes, hash));
                 }
-                .await;
-                (batch, peer, result)
+                Ok(())
             }
-            .boxed(),
+            .await;
+            let _ = events.send(match result {
+                Ok(()) => BatchEvent::Done(id),
+                Err(error) => BatchEvent::Failed(id, error),
+            });
+        });
+        self.open.insert(
+            id,
+            OpenBatch {
+                peer,
+                next: range.start,
+                end: range.end,
+                started: Instant::now(),
+                task,
+            },
         );
     }
 
-    /// Requests unassigned batches, lowest first, while the window and the holders allow.
+    /// Requests pending ranges, in blob order, while the window and the holders allow.
     fn fill_window(&mut self) {
         while self.open.len() < WINDOW {
-            let Some(&batch) = self.unassigned.iter().next() else {
+            let Some(range) = self.pending.front().cloned() else {
                 return;
             };
             let Some(peer) = self.pick(&[]) else { return };
-            self.unassigned.remove(&batch);
-            self.send(batch, peer);
+            self.pending.pop_front();
+            self.send(range, peer);
         }
     }
 
-    fn on_result(&mut self, (batch, peer, result): BatchResult) {
-        let started = self.open.get_mut(&batch).and_then(|open| {
-            let at = open.iter().position(|(p, _)| *p == peer)?;
-            Some(open.swap_remove(at).1)
-        });
-        match result {
-            Ok(shards) => {
-                if let Some(started) = started {
-                    self.batch_times.push(started.elapsed());
+    fn on_event(&mut self, event: BatchEvent) {
+        match event {
+            BatchEvent::Shard(id, index, bytes, hash) => {
+                if let Some(batch) = self.open.get_mut(&id) {
+                    batch.next = batch.next.max(index + 1);
                 }
-                if batch >= self.head && !self.done.contains_key(&batch) {
-                    self.done.insert(batch, shards);
-                    self.unassigned.remove(&batch);
+                if index >= self.next_shard {
+                    self.arrived.entry(index).or_insert((bytes, hash));
                 }
-                // The other copy of a hedged batch is no longer wanted; its answer is ignored.
-                self.open.remove(&batch);
             }
-            Err(error) => {
+            BatchEvent::Done(id) => {
+                if let Some(batch) = self.open.remove(&id) {
+                    self.batch_times.push(batch.started.elapsed());
+                    // A hedged copy of the same shards is no longer needed.
+                    self.open.retain(|_, other| {
+                        let redundant = other.end == batch.end;
+                        if redundant {
+                            other.task.abort();
+                        }
+                        !redundant
+                    });
+                }
+            }
+            BatchEvent::Failed(id, error) => {
+                let Some(batch) = self.open.remove(&id) else {
+                    return;
+                };
+                let peer = batch.peer;
                 self.metrics.peer_fetch_failures.inc();
                 tracing::warn!(digest = %self.map.blob_digest(), %peer, %error, "peer failed a batch; asking another holder");
                 if error.is_misbehaviour() {
@@ -447,14 +500,14 @@ impl ParallelFetch {
                 {
                     self.holders.retain(|p| *p != peer);
                 }
-                if self.open.get(&batch).is_some_and(Vec::is_empty) {
-                    self.open.remove(&batch);
-                }
-                if !self.done.contains_key(&batch)
-                    && batch >= self.head
-                    && !self.open.contains_key(&batch)
-                {
-                    self.unassigned.insert(batch);
+                // Ask again for what it did not deliver, unless another request brings it.
+                let missing = batch.next.max(self.next_shard)..batch.end;
+                let covered = self
+                    .open
+                    .values()
+                    .any(|other| other.next <= missing.start && other.end >= missing.end);
+                if !missing.is_empty() && !covered {
+                    self.pending.push_front(missing);
                 }
             }
         }
@@ -462,60 +515,64 @@ impl ParallelFetch {
 
     async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
         loop {
-            if let Some(shard) = self.head_shards.pop_front() {
-                return Ok(Some(shard));
-            }
-            if self.head >= self.batches.len() {
+            if self.next_shard >= self.map.shards.len() {
                 return Ok(None);
             }
-            if let Some(shards) = self.done.remove(&self.head) {
-                self.head_shards = shards.into();
-                self.head += 1;
-                continue;
+            if let Some(shard) = self.arrived.remove(&self.next_shard) {
+                self.next_shard += 1;
+                return Ok(Some(shard));
             }
             self.fill_window();
-            if self.requests.is_empty() {
+            if self.open.is_empty() {
                 return Err(AssemblyError::NoPeersLeft(self.last_failure.clone()));
             }
-            // Wait for an answer, or until the head batch is late and worth asking elsewhere.
-            let head_started = self
+            // Wait for news, or until the shard waited for is late and worth asking elsewhere.
+            let waiting_since = self
                 .open
-                .get(&self.head)
-                .and_then(|open| open.iter().map(|(_, at)| *at).min());
-            let deadline = match head_started {
-                Some(at) if !self.hedged.contains(&self.head) => Some(at + self.hedge_delay()),
+                .values()
+                .filter(|b| b.next <= self.next_shard && self.next_shard < b.end)
+                .map(|b| b.started)
+                .min();
+            let deadline = match waiting_since {
+                Some(at) if !self.hedged.contains(&self.next_shard) => {
+                    Some(at + self.hedge_delay())
+                }
                 _ => None,
             };
-            let next = match deadline {
+            let event = match deadline {
                 Some(deadline) => {
-                    match tokio::time::timeout_at(deadline.into(), self.requests.next()).await {
-                        Ok(next) => next,
+                    match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
+                        Ok(event) => event,
                         Err(_) => {
-                            self.hedge_head();
+                            self.hedge();
                             continue;
                         }
                     }
                 }
-                None => self.requests.next().await,
+                None => self.events.recv().await,
             };
-            if let Some(result) = next {
-                self.on_result(result);
+            match event {
+                Some(event) => self.on_event(event),
+                None => return Err(AssemblyError::NoPeersLeft(self.last_failure.clone())),
             }
         }
     }
 
-    /// Asks another holder for the late head batch; the first answer wins.
-    fn hedge_head(&mut self) {
-        self.hedged.insert(self.head);
-        let busy: Vec<PeerId> = self
+    /// Asks another holder for the late shard and the rest of its batch; the first copy wins.
+    fn hedge(&mut self) {
+        self.hedged.insert(self.next_shard);
+        let Some(late) = self
             .open
-            .get(&self.head)
-            .map(|open| open.iter().map(|(p, _)| *p).collect())
-            .unwrap_or_default();
-        if let Some(peer) = self.pick(&busy) {
-            tracing::debug!(digest = %self.map.blob_digest(), batch = self.head, %peer, "batch is late; hedging with another holder");
+            .values()
+            .find(|b| b.next <= self.next_shard && self.next_shard < b.end)
+        else {
+            return;
+        };
+        let (busy, end) = (late.peer, late.end);
+        if let Some(peer) = self.pick(&[busy]) {
+            tracing::debug!(digest = %self.map.blob_digest(), shard = self.next_shard, %peer, "shard is late; hedging with another holder");
             self.metrics.hedged_requests.inc();
-            self.send(self.head, peer);
+            self.send(self.next_shard..end, peer);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! refused; a peer that fails the proof, or does not give it within [`PROOF_DEADLINE`], is
 //! disconnected.
 
+mod claims;
 mod gate;
 mod gossip;
 mod holdings;
@@ -168,6 +169,7 @@ pub struct PeerNetwork {
     metrics: Arc<Metrics>,
     region: String,
     in_flight: transfer::InFlightSlot,
+    claims: claims::Claims,
 }
 
 impl std::fmt::Debug for PeerNetwork {
@@ -203,9 +205,19 @@ impl PeerNetwork {
         let _ = self.in_flight.set(blobs);
     }
 
+    /// As the blob's home, records that this node fetches `digest` from the origin, unless a
+    /// member claimed it first: then that member, to follow instead.
+    pub fn claim_locally(&self, digest: BlobDigest) -> Option<PeerId> {
+        match self.claims.claim(digest, self.local, Instant::now()) {
+            claims::Claim::Granted => None,
+            claims::Claim::Held(holder) => Some(holder),
+        }
+    }
+
     /// The blob's home: of this node and the members connected now, the one whose peer id is
     /// closest to the blob's DHT key (XOR distance, as Kademlia measures it). Nodes that see the
-    /// same members agree on it, so nodes missing the same blob at once all ask the same one.
+    /// same members agree on it, so nodes missing the same blob at once all ask the same one,
+    /// which records who fetches it (see `claims`).
     pub fn home(&self, digest: BlobDigest) -> PeerId {
         let key = kad::KBucketKey::new(kad::RecordKey::new(digest.as_bytes()));
         std::iter::once(self.local)
@@ -519,6 +531,7 @@ pub async fn start(
         metrics: metrics.clone(),
         region: config.region.clone(),
         in_flight: Arc::default(),
+        claims: claims::Claims::default(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control
@@ -551,6 +564,8 @@ pub async fn start(
             store,
             in_flight: network.in_flight.clone(),
             shaping: shaping::Shaping::new(&config.shaping, &config.region),
+            claims: network.claims.clone(),
+            local,
             metrics: metrics.clone(),
         },
         stop.clone(),

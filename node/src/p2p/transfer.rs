@@ -7,7 +7,7 @@
 //! itself is untrusted until the whole blob's sha256 matches, which is `pullthrough`'s job.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -15,13 +15,13 @@ use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{
-    self, FetchHint, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError,
-    WireMessage,
+    self, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError, WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
+use super::claims::{Claim, Claims};
 use super::peers::OpenRequest;
 use super::shaping::Shaping;
 use super::{PeerTable, SHARDS_PROTOCOL};
@@ -37,6 +37,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait to open a stream to a peer (dialling it if needed).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times a request is sent again when its stream is refused or reset before any answer.
+const OPEN_RETRIES: u32 = 2;
 
 /// Why a transfer from a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +100,11 @@ pub enum Offer {
 }
 
 /// Blobs this node is fetching, for peers: implemented by `pullthrough`, which owns the flights
-/// (this module never starts a fetch itself).
+/// (this module never starts a fetch).
 pub trait InFlightBlobs: Send + Sync + 'static {
-    /// Offers `digest` to a peer; with a `fetch` hint, may start fetching it from the named
-    /// upstream first (this node is the blob's home).
-    fn offer(&self, digest: BlobDigest, fetch: Option<FetchHint>) -> BoxFuture<'static, Offer>;
+    /// Offers `digest` to a peer. With `wait`, a flight that has not yet picked its source is
+    /// waited for; without, only a flight already fed by a shareable source is offered.
+    fn offer(&self, digest: BlobDigest, wait: bool) -> BoxFuture<'static, Offer>;
 }
 
 /// The late-bound in-flight source (set once the pull-through cache exists).
@@ -186,6 +188,8 @@ pub enum PeerAnswer {
     MapHash([u8; 32], ShardStream),
     /// The holder is fetching the blob; every shard follows in order.
     InFlight(InFlightHeader, ShardStream),
+    /// The blob's home says this member is fetching the blob: ask it.
+    Claimed(PeerId),
 }
 
 /// Sends `request` to `peer` and reads the answer.
@@ -195,19 +199,22 @@ pub(super) async fn request(
     request: ShardRequest,
     load: OpenRequest,
 ) -> Result<PeerAnswer, TransferError> {
-    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARDS_PROTOCOL))
-        .await
-        .map_err(|_| TransferError::Timeout)?
-        .map_err(|e| TransferError::Open(e.to_string()))?;
-    stream.write_all(&request.encode()).await?;
-    stream.flush().await?;
-    // A home that starts a fetch for us answers once its source answered.
-    let first_answer = if request.fetch.is_some() {
-        IN_FLIGHT_TIMEOUT
-    } else {
-        READ_TIMEOUT
+    // A holder whose fetch has not picked its source yet answers once it has.
+    let first_answer = IN_FLIGHT_TIMEOUT;
+    let mut attempt = 0;
+    let (stream, answer) = loop {
+        match ask_once(&mut control, peer, &request, first_answer).await {
+            Ok(answered) => break answered,
+            // A stream refused or reset before any answer (libp2p-stream refuses an inbound
+            // stream while another waits to be accepted) is worth asking again: the request has
+            // no effect until it is answered.
+            Err(TransferError::Open(_) | TransferError::Io(_)) if attempt < OPEN_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
     };
-    let answer = read_message::<ShardAnswer>(&mut stream, first_answer).await?;
     let shards = |stream, timeout| ShardStream {
         peer,
         stream,
@@ -225,7 +232,27 @@ pub(super) async fn request(
             header,
             shards(stream, IN_FLIGHT_TIMEOUT),
         )),
+        ShardAnswer::Claimed(claimant) => PeerId::from_bytes(&claimant)
+            .map(PeerAnswer::Claimed)
+            .map_err(|_| TransferError::Protocol("the claimant is not a peer id")),
     }
+}
+
+/// Opens a stream, sends the request and reads the answer.
+async fn ask_once(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &ShardRequest,
+    timeout: Duration,
+) -> Result<(libp2p::Stream, ShardAnswer), TransferError> {
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARDS_PROTOCOL))
+        .await
+        .map_err(|_| TransferError::Timeout)?
+        .map_err(|e| TransferError::Open(e.to_string()))?;
+    stream.write_all(&request.encode()).await?;
+    stream.flush().await?;
+    let answer = read_message::<ShardAnswer>(&mut stream, timeout).await?;
+    Ok((stream, answer))
 }
 
 /// What serving needs, shared by every transfer.
@@ -237,6 +264,10 @@ pub(super) struct Serving {
     pub(super) metrics: Arc<Metrics>,
     /// TESTING ONLY delays and pacing (off in production).
     pub(super) shaping: Shaping,
+    /// Who fetches which blob, for the blobs this node is home of.
+    pub(super) claims: Claims,
+    /// This node.
+    pub(super) local: PeerId,
 }
 
 /// Serves transfer requests from members until `stop`.
@@ -298,23 +329,57 @@ async fn serve_one(
         if let Some((map, _guard)) = opened {
             return send_stored(stream, peer, &request, map, &serving).await;
         }
-        let offer = match (offered, serving.in_flight.get()) {
-            (false, Some(in_flight)) => in_flight.offer(digest, request.fetch.clone()).await,
-            _ => Offer::NotHere,
-        };
+        if offered {
+            return answer(&mut stream, ShardAnswer::NotHere).await;
+        }
         offered = true;
-        match offer {
+        // A request with a claim never waits on this node's own fetch: the home answers at once
+        // (a fetch here that has not picked its source may be about to follow the requester).
+        let offered_now = offer(&serving, digest, !request.claim).await;
+        match offered_now {
             Offer::Stored => continue,
             Offer::InFlight(blob) => {
                 return send_in_flight(stream, peer, digest, blob, &serving).await
             }
-            Offer::NotHere => {
-                stream.write_all(&ShardAnswer::NotHere.encode()).await?;
-                stream.close().await?;
-                return Ok(());
+            Offer::NotHere if !request.claim => {
+                return answer(&mut stream, ShardAnswer::NotHere).await
+            }
+            Offer::NotHere => {}
+        }
+        match serving.claims.claim(digest, peer, Instant::now()) {
+            Claim::Granted => {
+                tracing::debug!(%digest, "nobody fetches the blob; the requester will");
+                return answer(&mut stream, ShardAnswer::NotHere).await;
+            }
+            Claim::Held(holder) if holder == serving.local => {
+                // This node fetches it: wait until its flight is under way, then offer it.
+                match offer(&serving, digest, true).await {
+                    Offer::Stored => continue,
+                    Offer::InFlight(blob) => {
+                        return send_in_flight(stream, peer, digest, blob, &serving).await
+                    }
+                    Offer::NotHere => return answer(&mut stream, ShardAnswer::NotHere).await,
+                }
+            }
+            Claim::Held(holder) => {
+                tracing::debug!(%digest, claimant = %holder, "the blob is being fetched by another member");
+                return answer(&mut stream, ShardAnswer::Claimed(holder.to_bytes())).await;
             }
         }
     }
+}
+
+async fn offer(serving: &Serving, digest: BlobDigest, wait: bool) -> Offer {
+    match serving.in_flight.get() {
+        Some(in_flight) => in_flight.offer(digest, wait).await,
+        None => Offer::NotHere,
+    }
+}
+
+async fn answer(stream: &mut libp2p::Stream, answer: ShardAnswer) -> Result<(), TransferError> {
+    stream.write_all(&answer.encode()).await?;
+    stream.close().await?;
+    Ok(())
 }
 
 /// Answers from a committed blob: the map (or its hash), then the wanted shards.

@@ -53,16 +53,6 @@ enum Source {
     Origin(crate::upstream::BlobResponse),
 }
 
-/// Who a flight is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FetchFor {
-    /// A client of this node: ask peers first.
-    Client,
-    /// A peer that found nobody holding the blob and asked this node, its home, to fetch it: go
-    /// straight to the origin.
-    Peer,
-}
-
 impl PullThrough {
     /// The length of a blob, from the store or the upstream (`HEAD`).
     pub async fn blob_length(
@@ -152,9 +142,7 @@ impl PullThrough {
             if let Some(reply) = self.open_cached(upstream, repo, digest, range).await? {
                 return Ok(reply);
             }
-            if let Some(flight) =
-                self.join_or_start_flight(upstream, repo, digest, FetchFor::Client)?
-            {
+            if let Some(flight) = self.join_or_start_flight(upstream, repo, digest)? {
                 self.metrics.cache_misses.inc();
                 return self.follow(flight, digest, range).await;
             }
@@ -202,12 +190,11 @@ impl PullThrough {
         })
     }
 
-    pub(super) fn join_or_start_flight(
+    fn join_or_start_flight(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
         digest: BlobDigest,
-        fetch_for: FetchFor,
     ) -> Result<Option<Arc<Flight>>, PullError> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&digest) {
@@ -226,10 +213,7 @@ impl PullThrough {
         let (upstream, repo, driven) = (upstream.clone(), repo.clone(), flight.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = match this
-                .fetch_and_ingest(&driven, &upstream, &repo, fetch_for)
-                .await
-            {
+            let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
                 Ok((len, source)) => {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
@@ -276,14 +260,9 @@ impl PullThrough {
         flight: &Flight,
         upstream: &Upstream,
         repo: &RepoName,
-        fetch_for: FetchFor,
     ) -> Result<(u64, &'static str), PullError> {
         let digest = flight.digest;
-        let from_peers = match fetch_for {
-            FetchFor::Client => self.peer_fetch(digest, upstream, repo).await,
-            FetchFor::Peer => None,
-        };
-        let mut source = match from_peers {
+        let mut source = match self.peer_fetch(digest).await {
             Some(fetch) => Source::Peers(fetch),
             None => Source::Origin(upstream.fetch_blob(repo, &digest, None).await?),
         };
@@ -501,14 +480,10 @@ impl PullThrough {
         Ok(hash_feed.send(chunk).await.is_ok() && feed.send(piece).await.is_ok())
     }
 
-    /// Peers that can send the blob: the DHT's providers, or the blob's home asked to fetch it for
-    /// this node. `None` when there is no peer network or no peer can help.
-    async fn peer_fetch(
-        &self,
-        digest: BlobDigest,
-        upstream: &Upstream,
-        repo: &RepoName,
-    ) -> Option<PeerFetch> {
+    /// Peers that can send the blob: members that announced it, the DHT's providers, or the member
+    /// the blob's home says is fetching it. `None` when there is no peer network or no peer can
+    /// help (then this node fetches it, and the home knows).
+    async fn peer_fetch(&self, digest: BlobDigest) -> Option<PeerFetch> {
         let peers = self.peers.as_ref()?;
         // Members that announced the whole blob over gossip need no DHT lookup; otherwise the
         // DHT names holders and nodes still fetching it.
@@ -526,11 +501,7 @@ impl PullThrough {
         if providers.is_empty() {
             tracing::debug!(%digest, "no peer provides the blob");
         }
-        let hint = shoal_proto::wire::FetchHint {
-            upstream: upstream.name().to_owned(),
-            repo: repo.as_str().to_owned(),
-        };
-        assembly::open(peers, &self.metrics, digest, providers, Some(hint)).await
+        assembly::open(peers, &self.metrics, digest, providers).await
     }
 
     /// Records where a flight's bytes now come from and, when peers may follow it, announces it

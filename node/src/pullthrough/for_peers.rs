@@ -1,24 +1,20 @@
 //! What this node offers peers for blobs it has not committed: the flights it is running, shard by
-//! shard, and, as a blob's home, a fetch started on a peer's behalf.
+//! shard.
 //!
 //! A flight is offered only once its source is known and only when its bytes do not come from
-//! another flight (see [`FlightSource::shareable`]), so followers form trees, never loops. A fetch
-//! for a peer only ever goes to an upstream configured here under the name the peer gave.
+//! another flight (see [`FlightSource::shareable`]), so followers form trees, never loops. Peers
+//! never make this node fetch anything.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
-use shoal_proto::wire::FetchHint;
-use shoal_proto::{BlobDigest, RepoName};
+use shoal_proto::BlobDigest;
 
-use super::blobs::FetchFor;
 use super::flight::{Flight, FlightSource, NextShard};
 use super::PullThrough;
 use crate::p2p::{InFlightBlob, InFlightBlobs, InFlightShard, Offer};
-use crate::upstream::Upstream;
 
 /// How long a peer's request waits for a new flight to pick its source before it is told no.
 const SOURCE_WAIT: Duration = Duration::from_secs(15);
@@ -27,16 +23,12 @@ const SOURCE_WAIT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct PeerOffers {
     pull: PullThrough,
-    upstreams: Arc<BTreeMap<String, Upstream>>,
 }
 
 impl PeerOffers {
-    /// Offers `pull`'s flights; fetches for peers may use `upstreams`.
-    pub fn new(pull: PullThrough, upstreams: BTreeMap<String, Upstream>) -> Self {
-        Self {
-            pull,
-            upstreams: Arc::new(upstreams),
-        }
+    /// Offers `pull`'s flights.
+    pub fn new(pull: PullThrough) -> Self {
+        Self { pull }
     }
 
     fn flight(&self, digest: &BlobDigest) -> Option<Arc<Flight>> {
@@ -48,38 +40,13 @@ impl PeerOffers {
             .cloned()
     }
 
-    /// Starts (or joins) a fetch of `digest` for a peer, if the hint names an upstream and a
-    /// repository this node accepts.
-    fn fetch_for_peer(&self, digest: BlobDigest, hint: &FetchHint) -> Option<Arc<Flight>> {
-        let upstream = self.upstreams.get(&hint.upstream)?;
-        let repo: RepoName = hint.repo.parse().ok()?;
-        match self
-            .pull
-            .join_or_start_flight(upstream, &repo, digest, FetchFor::Peer)
-        {
-            Ok(flight) => {
-                if flight.is_some() {
-                    tracing::info!(%digest, %repo, upstream = upstream.name(), "fetching a blob for a peer (this node is its home)");
-                }
-                flight
-            }
-            Err(error) => {
-                tracing::warn!(%digest, %error, "cannot fetch a blob for a peer");
-                None
-            }
-        }
-    }
-
-    async fn offer_now(self, digest: BlobDigest, hint: Option<FetchHint>) -> Offer {
-        let flight = match self.flight(&digest) {
-            Some(flight) => flight,
-            None => match hint.and_then(|hint| self.fetch_for_peer(digest, &hint)) {
-                Some(flight) => flight,
-                None => return self.stored_or_not(&digest),
-            },
+    async fn offer_now(self, digest: BlobDigest, wait: bool) -> Offer {
+        let Some(flight) = self.flight(&digest) else {
+            return self.stored_or_not(&digest);
         };
         let mut changes = flight.watch();
-        let decided = tokio::time::timeout(SOURCE_WAIT, async {
+        let limit = if wait { SOURCE_WAIT } else { Duration::ZERO };
+        let decided = tokio::time::timeout(limit, async {
             loop {
                 changes.borrow_and_update();
                 if let Some(source) = flight.source() {
@@ -175,7 +142,7 @@ impl PeerOffers {
 }
 
 impl InFlightBlobs for PeerOffers {
-    fn offer(&self, digest: BlobDigest, fetch: Option<FetchHint>) -> BoxFuture<'static, Offer> {
-        self.clone().offer_now(digest, fetch).boxed()
+    fn offer(&self, digest: BlobDigest, wait: bool) -> BoxFuture<'static, Offer> {
+        self.clone().offer_now(digest, wait).boxed()
     }
 }
