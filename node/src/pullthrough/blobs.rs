@@ -270,7 +270,6 @@ impl PullThrough {
             Source::Peers(fetch) => fetch.blob_len(),
             Source::Origin(response) => response.content_length,
         };
-        self.announce_source(flight, &source);
         if total.is_some_and(|len| len > MAX_BLOB_BYTES) {
             return Err(PullError::UpstreamInvalid(format!(
                 "blob larger than {MAX_BLOB_BYTES} bytes"
@@ -282,6 +281,8 @@ impl PullThrough {
             Source::Origin(_) => None,
         };
         flight.start(total);
+        // Followers learn the blob's length from the flight, so announce it once it is known.
+        self.announce_source(flight, &source);
         // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
         // hashes and writes shards; the driver hands each network read to both.
         let (feed, mut worker_feed) = mpsc::channel::<Feed>(16);
