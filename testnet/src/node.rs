@@ -595,3 +595,49 @@ impl Drop for Node {
         }
     }
 }
+
+/// Prints the last lines of the nodes' logs when a test ends by returning an error, unless
+/// [`LogsOnFailure::passed`] was called (a panic prints them through [`Node`]'s own drop).
+#[derive(Debug, Default)]
+pub struct LogsOnFailure {
+    paths: Vec<PathBuf>,
+    passed: bool,
+}
+
+impl LogsOnFailure {
+    /// Watches the logs of `nodes`.
+    pub fn new<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> LogsOnFailure {
+        let mut logs = LogsOnFailure::default();
+        for node in nodes {
+            logs.add(node);
+        }
+        logs
+    }
+
+    /// Watches `node`'s log too.
+    pub fn add(&mut self, node: &Node) {
+        self.paths.push(node.log_path());
+    }
+
+    /// The test passed: print nothing.
+    pub fn passed(&mut self) {
+        self.passed = true;
+    }
+}
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if self.passed || std::thread::panicking() {
+            return;
+        }
+        for path in &self.paths {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- shoald log {} (last lines):\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+    }
+}

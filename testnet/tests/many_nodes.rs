@@ -9,39 +9,18 @@
 //!   holders in parallel, the bad holder stops at its first bad shard, and every
 //!   byte comes from the good holder instead (none from the origin).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use shoal_testnet::containerd::Containerd;
 use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, ImageSpec};
-use shoal_testnet::node::{NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 
 const NODES: usize = 5;
 /// How long the nodes may take to find each other.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Prints the nodes' logs when a test fails by returning an error.
-struct Logs(Vec<PathBuf>, bool);
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if self.1 {
-            return;
-        }
-        for path in &self.0 {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- shoald log {} (last lines):\n{}",
-                path.display(),
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -> Result<()> {
@@ -60,7 +39,7 @@ async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -
     let key = NetworkKeyFile::new(51)?;
 
     let mut nodes: Vec<Node> = Vec::new();
-    let mut logs = Logs(Vec::new(), false);
+    let mut logs = LogsOnFailure::default();
     for index in 0..NODES {
         let mut config = NodeConfig::for_origin(&origin)
             .network_key(&key)
@@ -69,7 +48,7 @@ async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -
             config = config.bootstrap(earlier.p2p_addr().context("no p2p address")?);
         }
         let node = Node::start(config).await?;
-        logs.0.push(node.log_path());
+        logs.add(&node);
         nodes.push(node);
     }
     for node in &nodes {
@@ -123,7 +102,7 @@ async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -
         "only {from_peers} bytes moved between peers"
     );
     origin.stop().await?;
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }
 
@@ -144,7 +123,7 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
             .bootstrap(&a_addr),
     )
     .await?;
-    let mut logs = Logs(vec![a.log_path(), c.log_path()], false);
+    let mut logs = LogsOnFailure::new([&a, &c]);
     c.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await?;
     for holder in [&a, &c] {
@@ -166,7 +145,7 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
             .bootstrap(&a_addr),
     )
     .await?;
-    logs.0.push(b.log_path());
+    logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 2.0)
         .await
         .context("B never saw both holders")?;
@@ -198,6 +177,6 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
         b.metric("shoal_peer_fetch_failures_total").await? >= 1.0,
         "B never saw a holder fail"
     );
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }

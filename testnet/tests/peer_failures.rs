@@ -9,14 +9,13 @@
 //! the large layer lasts seconds and the kill lands in its middle; the cap
 //! does not affect its own first pull, which comes from the origin.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use shoal_testnet::containerd::{describe, Containerd};
 use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, ImageSpec, ManifestFormat};
-use shoal_testnet::node::{NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 
 /// How long a new node may take to prove membership to its bootstrap peer.
@@ -26,30 +25,6 @@ const EGRESS_BYTES_PER_SEC: u64 = 8 << 20;
 /// Peer bytes the receiving node must have before the kill: more than the
 /// image config, so part of the large layer has come from the peer.
 const PEER_BYTES_BEFORE_KILL: f64 = (1 << 20) as f64;
-
-/// Prints the nodes' logs when the test fails by returning an error (a
-/// panic prints them through `Node`'s own drop).
-struct LogsOnFailure {
-    paths: Vec<PathBuf>,
-    passed: bool,
-}
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if self.passed || std::thread::panicking() {
-            return;
-        }
-        for path in &self.paths {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- shoald log {} (last lines):\n{}",
-                path.display(),
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            );
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result<()> {
@@ -76,10 +51,7 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
         .p2p_addr()
         .context("A reported no p2p address")?
         .to_owned();
-    let mut logs = LogsOnFailure {
-        paths: vec![a.log_path()],
-        passed: false,
-    };
+    let mut logs = LogsOnFailure::new([&a]);
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
     first.pull_ok(&image.reference, hosts_a.path()).await?;
@@ -92,7 +64,7 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
             .bootstrap(&a_addr),
     )
     .await?;
-    logs.paths.push(b.log_path());
+    logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
@@ -160,6 +132,6 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
         "B did not resume the layer from the origin with a Range request"
     );
     b.healthz().await?;
-    logs.passed = true;
+    logs.passed();
     Ok(())
 }

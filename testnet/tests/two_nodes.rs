@@ -15,14 +15,13 @@
 //! B never sees the origin before it is stopped in the first, second and last
 //! tests: whatever B serves there came from A.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use shoal_testnet::containerd::{describe, Containerd};
 use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, ImageInfo, ImageSpec};
-use shoal_testnet::node::{NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 
 /// How long a new node may take to prove membership to its bootstrap peer.
@@ -48,26 +47,6 @@ async fn ensure_manifests_came_from_peer(a: &Node, b: &Node, image: &ImageInfo) 
     Ok(())
 }
 
-/// Prints the nodes' logs when a test fails by returning an error.
-struct Logs(Vec<PathBuf>, bool);
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if self.1 {
-            return;
-        }
-        for path in &self.0 {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- shoald log {} (last lines):\n{}",
-                path.display(),
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            );
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     let mut origin = Origin::start().await?;
@@ -83,7 +62,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
         .p2p_addr()
         .context("node A reported no p2p address")?
         .to_owned();
-    let mut logs = Logs(vec![a.log_path()], false);
+    let mut logs = LogsOnFailure::new([&a]);
 
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
@@ -98,7 +77,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
             .bootstrap(&a_addr),
     )
     .await?;
-    logs.0.push(b.log_path());
+    logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
@@ -132,7 +111,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     ensure!(sent >= blob_bytes as f64, "A sent {sent} bytes to peers");
     a.healthz().await?;
     b.healthz().await?;
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }
 
@@ -147,7 +126,7 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
         .p2p_addr()
         .context("node A reported no p2p address")?
         .to_owned();
-    let mut logs = Logs(vec![a.log_path()], false);
+    let mut logs = LogsOnFailure::new([&a]);
 
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
@@ -160,7 +139,7 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
             .bootstrap(&a_addr),
     )
     .await?;
-    logs.0.push(outsider.log_path());
+    logs.add(&outsider);
     a.wait_for_log("failed the membership proof", JOIN_TIMEOUT)
         .await
         .context("A never logged the outsider's failed proof")?;
@@ -219,7 +198,7 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
     );
     ensure!(a.metric("shoal_manifests_sent_to_peers_total").await? == 0.0);
     a.healthz().await?;
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }
 
@@ -233,7 +212,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
         .p2p_addr()
         .context("node A reported no p2p address")?
         .to_owned();
-    let mut logs = Logs(vec![a.log_path()], false);
+    let mut logs = LogsOnFailure::new([&a]);
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
     first.pull_ok(&image.reference, hosts_a.path()).await?;
@@ -255,7 +234,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
             .bootstrap(&a_addr),
     )
     .await?;
-    logs.0.push(b.log_path());
+    logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
@@ -280,7 +259,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
         "B took nothing from its peer"
     );
     b.healthz().await?;
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }
 
@@ -294,7 +273,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     .await?;
     let key = NetworkKeyFile::new(35)?;
     let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
-    let mut logs = Logs(vec![a.log_path()], false);
+    let mut logs = LogsOnFailure::new([&a]);
     let before = a.p2p_addr().context("no p2p address")?.to_owned();
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
     let first = Containerd::start().await?;
@@ -320,7 +299,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
             .bootstrap(&after),
     )
     .await?;
-    logs.0.push(b.log_path());
+    logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await
         .context("B never joined A")?;
@@ -335,6 +314,6 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
             .await?
             == 0.0
     );
-    logs.1 = true;
+    logs.passed();
     Ok(())
 }
