@@ -7,7 +7,9 @@
 //!   hold every blob, and the other copies must have moved between peers;
 //! - a holder whose shards are corrupt on disk: a third node fetches from both
 //!   holders in parallel, the bad holder stops at its first bad shard, and every
-//!   byte comes from the good holder instead (none from the origin).
+//!   byte comes from the good holder instead (none from the origin);
+//! - a Range request for a blob the node does not have, with the origin down,
+//!   answered from the flight a peer feeds.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, ImageSpec};
 use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
+use shoal_testnet::raw_http;
 
 const NODES: usize = 5;
 /// How long the nodes may take to find each other.
@@ -176,6 +179,61 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
     ensure!(
         b.metric("shoal_peer_fetch_failures_total").await? >= 1.0,
         "B never saw a holder fail"
+    );
+    logs.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_range_request_is_served_from_a_peer_with_the_origin_down() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let image = push_image(&origin, ImageSpec::multi_layer("test/p2p-range", "v1", 53)).await?;
+    let key = NetworkKeyFile::new(53)?;
+    let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let mut logs = LogsOnFailure::new([&a]);
+    let client = Containerd::start().await?;
+    let hosts = HostsDir::for_test_registry(a.registry_addr())?;
+    client.pull_ok(&image.reference, hosts.path()).await?;
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(a.p2p_addr().context("no p2p address")?),
+    )
+    .await?;
+    logs.add(&b);
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await?;
+    origin.stop().await?;
+
+    // B has nothing: a Range on the largest layer is answered from the flight A feeds.
+    let layer = image.largest_layer().clone();
+    let target = format!(
+        "/v2/{}/blobs/{}?ns={}",
+        image.repo,
+        layer.digest,
+        shoal_testnet::REGISTRY_HOST
+    );
+    let (from, to) = (layer.size / 2, layer.size / 2 + 99_999);
+    let range = format!("Range: bytes={from}-{to}");
+    let part = raw_http::request(b.registry_addr(), "GET", &target, &[range.as_str()]).await?;
+    ensure!(part.status == 206, "cold Range answered {}", part.status);
+    let want = format!("bytes {from}-{to}/{}", layer.size);
+    ensure!(
+        part.header("content-range") == Some(want.as_str()),
+        "Content-Range {:?}, want {want:?}",
+        part.header("content-range")
+    );
+    let whole = raw_http::request(a.registry_addr(), "GET", &target, &[]).await?;
+    ensure!(whole.status == 200, "A answered {}", whole.status);
+    ensure!(
+        part.body == whole.body[from as usize..=to as usize],
+        "B's Range answer has the wrong bytes"
+    );
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "peer")])
+            .await?
+            >= layer.size as f64,
+        "B did not take the layer from its peer"
     );
     logs.passed();
     Ok(())
