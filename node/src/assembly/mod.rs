@@ -68,6 +68,19 @@ pub enum AssemblyError {
     },
 }
 
+/// The next piece of a blob, in order.
+#[derive(Debug)]
+pub enum Piece {
+    /// A shard from a peer, with its (checked) BLAKE3.
+    Shard(Bytes, ShardHash),
+    /// Bytes no peer can send any more, while later shards did arrive: fetch this range from the
+    /// origin, then carry on.
+    FromOrigin(Range<u64>),
+}
+
+/// Largest range handed to the origin in one [`Piece::FromOrigin`].
+pub const MAX_ORIGIN_FILL: u64 = 16 << 20;
+
 /// A blob being fetched from peers.
 pub enum PeerFetch {
     /// From holders of the whole blob, in parallel.
@@ -103,11 +116,14 @@ impl PeerFetch {
         }
     }
 
-    /// The next shard of the blob, in order, with its (checked) BLAKE3; `None` after the last.
-    pub async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
+    /// The next piece of the blob, in order; `None` after the last.
+    pub async fn next_piece(&mut self) -> Result<Option<Piece>, AssemblyError> {
         match self {
-            PeerFetch::Parallel(fetch) => fetch.next_shard().await,
-            PeerFetch::Follow(fetch) => fetch.next_shard().await,
+            PeerFetch::Parallel(fetch) => fetch.next_piece().await,
+            PeerFetch::Follow(fetch) => Ok(fetch
+                .next_shard()
+                .await?
+                .map(|(bytes, hash)| Piece::Shard(bytes, hash))),
         }
     }
 }
@@ -513,18 +529,26 @@ impl ParallelFetch {
         }
     }
 
-    async fn next_shard(&mut self) -> Result<Option<(Bytes, ShardHash)>, AssemblyError> {
+    async fn next_piece(&mut self) -> Result<Option<Piece>, AssemblyError> {
         loop {
             if self.next_shard >= self.map.shards.len() {
                 return Ok(None);
             }
-            if let Some(shard) = self.arrived.remove(&self.next_shard) {
+            if let Some((bytes, hash)) = self.arrived.remove(&self.next_shard) {
                 self.next_shard += 1;
-                return Ok(Some(shard));
+                return Ok(Some(Piece::Shard(bytes, hash)));
             }
             self.fill_window();
             if self.open.is_empty() {
-                return Err(AssemblyError::NoPeersLeft(self.last_failure.clone()));
+                // No holder left. Shards that did arrive further on are kept: only the gap before
+                // them goes to the origin. With nothing further on, the caller takes the rest
+                // from the origin in one request.
+                return match self.arrived.keys().next() {
+                    Some(&next_arrived) => {
+                        Ok(Some(Piece::FromOrigin(self.origin_fill(next_arrived))))
+                    }
+                    None => Err(AssemblyError::NoPeersLeft(self.last_failure.clone())),
+                };
             }
             // Wait for news, or until the shard waited for is late and worth asking elsewhere.
             let waiting_since = self
@@ -556,6 +580,22 @@ impl ParallelFetch {
                 None => return Err(AssemblyError::NoPeersLeft(self.last_failure.clone())),
             }
         }
+    }
+
+    /// The byte range of the shards from the next one up to `next_arrived` (at most
+    /// [`MAX_ORIGIN_FILL`] bytes, at least one shard), which the caller fetches from the origin.
+    fn origin_fill(&mut self, next_arrived: usize) -> Range<u64> {
+        let start = self.map.shards[self.next_shard].offset;
+        let mut end = start;
+        while self.next_shard < next_arrived {
+            let entry = self.map.shards[self.next_shard];
+            if end > start && entry.end() - start > MAX_ORIGIN_FILL {
+                break;
+            }
+            end = entry.end();
+            self.next_shard += 1;
+        }
+        start..end
     }
 
     /// Asks another holder for the late shard and the rest of its batch; the first copy wins.

@@ -339,14 +339,36 @@ impl PullThrough {
             Ok(len)
         });
         let mut resumes = 0;
+        // Whether any bytes came from the origin (a gap no peer could fill, or the rest).
+        let mut origin_filled = false;
         loop {
             while let Ok(event) = events.try_recv() {
                 apply(flight, event);
             }
             let response = match &mut source {
                 Source::Origin(response) => response,
-                Source::Peers(fetch) => match fetch.next_shard().await {
-                    Ok(Some((chunk, hash))) => {
+                Source::Peers(fetch) => match fetch.next_piece().await {
+                    Ok(Some(assembly::Piece::FromOrigin(range))) => {
+                        tracing::info!(%digest, start = range.start, end = range.end, "no peer can send these shards; fetching them from the origin");
+                        let chunk = upstream
+                            .fetch_blob_range(repo, &digest, range.clone())
+                            .await?;
+                        if chunk.len() as u64 != range.end - range.start {
+                            return Err(PullError::UpstreamInvalid(
+                                "the upstream sent a short range".into(),
+                            ));
+                        }
+                        self.metrics.bytes_received_origin.add(chunk.len() as u64);
+                        origin_filled = true;
+                        if !self
+                            .push_piece(flight, total, chunk, None, &hash_feed, &feed)
+                            .await?
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(Some(assembly::Piece::Shard(chunk, hash))) => {
                         // A shard cut with this store's settings is stored as it came (its BLAKE3
                         // is checked); otherwise its bytes are cut again like origin bytes.
                         let hash = (fetch.chunking() == self.store.chunking()).then_some(hash);
@@ -432,7 +454,10 @@ impl PullThrough {
         let result = worker
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
-        let source = match (peer_used, matches!(source, Source::Origin(_))) {
+        let source = match (
+            peer_used,
+            origin_filled || matches!(source, Source::Origin(_)),
+        ) {
             (Some(_), true) => "peer+origin",
             (Some(_), false) => "peer",
             (None, _) => "origin",
