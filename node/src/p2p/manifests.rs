@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{AsyncWriteExt as _, StreamExt as _};
+use futures::AsyncWriteExt as _;
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::{MAX_MANIFEST_BYTES, MAX_MEDIA_TYPE_BYTES};
 use shoal_proto::wire::{FoundManifest, ManifestAnswer, ManifestRequest, WireMessage as _};
 use shoal_proto::{BlobDigest, Reference, RepoName};
-use tokio::sync::{watch, Semaphore};
-use tracing::Instrument as _;
+use tokio::sync::watch;
+
+use super::accept::{accept_streams, Admit};
 
 use super::transfer::{read_message, TransferError};
 use super::{PeerTable, MANIFESTS_PROTOCOL};
@@ -143,32 +144,20 @@ fn verify_answer(
 
 /// Serves manifest requests from members until `stop`.
 pub(super) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     members: PeerTable,
     source: Arc<dyn ManifestSource>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(CONCURRENT_SERVES));
-    loop {
-        let (peer, stream) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        if !members.is_member(&peer) {
-            tracing::warn!(%peer, "manifest request from a peer that has not proved membership; refused");
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many manifest requests in progress; request refused");
-            continue;
-        };
-        let (source, metrics) = (source.clone(), metrics.clone());
-        let span = tracing::info_span!("peer", %peer);
-        tokio::spawn(
+    accept_streams(
+        incoming,
+        Admit::Members(members),
+        CONCURRENT_SERVES,
+        "manifest lookup",
+        stop,
+        |_peer, stream| {
+            let (source, metrics) = (source.clone(), metrics.clone());
             async move {
                 match tokio::time::timeout(SERVE_TIMEOUT, serve_one(stream, source, metrics)).await
                 {
@@ -176,11 +165,10 @@ pub(super) async fn serve(
                     Ok(Err(error)) => tracing::debug!(%error, "manifest request ended early"),
                     Err(_) => tracing::debug!("manifest request timed out"),
                 }
-                drop(permit);
             }
-            .instrument(span),
-        );
-    }
+        },
+    )
+    .await;
 }
 
 /// Why serving one manifest request stopped.

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{self, Challenge, Proof, Role, WireMessage};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
+use super::accept::{accept_streams, Admit};
 use super::transfer::read_message;
 use super::{Command, NetworkKey, MEMBERSHIP_PROTOCOL};
 
@@ -78,39 +79,34 @@ pub(super) async fn prove(
 
 /// Listener side: answers proof streams, at most [`CONCURRENT_PROOFS`] at once.
 pub(super) async fn answer_proofs(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     key: Arc<NetworkKey>,
     local: PeerId,
     commands: mpsc::Sender<Command>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(CONCURRENT_PROOFS));
-    loop {
-        let (peer, stream) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many proofs in progress; stream refused");
-            continue;
-        };
-        let (key, commands) = (key.clone(), commands.clone());
-        tokio::spawn(async move {
-            let outcome =
-                match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &key, local, peer))
-                    .await
-                {
-                    Ok(Ok(())) => Command::Proved(peer),
-                    Ok(Err(reason)) => Command::FailedProof(peer, reason),
-                    Err(_) => Command::FailedProof(peer, "timed out".into()),
-                };
-            let _ = commands.send(outcome).await;
-            drop(permit);
-        });
-    }
+    accept_streams(
+        incoming,
+        Admit::Anyone,
+        CONCURRENT_PROOFS,
+        "membership proof",
+        stop,
+        |peer, stream| {
+            let (key, commands) = (key.clone(), commands.clone());
+            async move {
+                let outcome =
+                    match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &key, local, peer))
+                        .await
+                    {
+                        Ok(Ok(())) => Command::Proved(peer),
+                        Ok(Err(reason)) => Command::FailedProof(peer, reason),
+                        Err(_) => Command::FailedProof(peer, "timed out".into()),
+                    };
+                let _ = commands.send(outcome).await;
+            }
+        },
+    )
+    .await;
 }
 
 async fn answer(

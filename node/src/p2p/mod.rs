@@ -18,6 +18,7 @@
 //! refused; a peer that fails the proof, or does not give it within [`PROOF_DEADLINE`], is
 //! disconnected.
 
+mod accept;
 mod claims;
 mod gate;
 mod gossip;

@@ -18,9 +18,9 @@ use shoal_proto::wire::{
     self, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError, WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
-use tokio::sync::{watch, Semaphore};
-use tracing::Instrument as _;
+use tokio::sync::watch;
 
+use super::accept::{accept_streams, Admit};
 use super::claims::{Claim, Claims};
 use super::peers::OpenRequest;
 use super::shaping::Shaping;
@@ -272,39 +272,27 @@ pub(super) struct Serving {
 
 /// Serves transfer requests from members until `stop`.
 pub(super) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     serving: Serving,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(CONCURRENT_SERVES));
-    loop {
-        let (peer, stream) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        if !serving.members.is_member(&peer) {
-            tracing::warn!(%peer, "transfer request from a peer that has not proved membership; refused");
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many transfers in progress; request refused");
-            continue;
-        };
-        let serving = serving.clone();
-        let span = tracing::info_span!("peer", %peer);
-        tokio::spawn(
+    let admit = Admit::Members(serving.members.clone());
+    accept_streams(
+        incoming,
+        admit,
+        CONCURRENT_SERVES,
+        "shard transfer",
+        stop,
+        |peer, stream| {
+            let serving = serving.clone();
             async move {
                 if let Err(error) = serve_one(stream, peer, serving).await {
                     tracing::debug!(%error, "transfer ended early");
                 }
-                drop(permit);
             }
-            .instrument(span),
-        );
-    }
+        },
+    )
+    .await;
 }
 
 async fn serve_one(
