@@ -20,6 +20,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +35,8 @@ use crate::process;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shoald may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The node's log file, inside its temp directory.
+const LOG_FILE: &str = "shoald.log";
 
 /// Where the project's binaries are: `$SHOAL_BIN_DIR`, else the directory
 /// above the running test executable (`target/<profile>/deps/..`).
@@ -205,7 +208,8 @@ impl NetworkKeyFile {
 /// A `shoald` child process and its directories.
 pub struct Node {
     config: NodeConfig,
-    dir: TempDir,
+    /// Shared with [`LogsOnFailure`], so the log outlives the node when the watcher was made first.
+    dir: Arc<TempDir>,
     child: Option<Child>,
     registry: SocketAddr,
     admin: SocketAddr,
@@ -217,11 +221,13 @@ impl Node {
     /// Starts shoald on fresh ports with an empty data directory and waits
     /// for its ready file.
     pub async fn start(config: NodeConfig) -> Result<Node> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("shoal-node-")
             .tempdir()
             .context("creating node temp dir")?;
         std::fs::create_dir_all(dir.path().join("data")).context("creating data dir")?;
+        process::keep_if_requested(&mut dir, "shoald dir");
+        let dir = Arc::new(dir);
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut node = Node {
             config,
@@ -367,7 +373,7 @@ impl Node {
 
     /// The file with shoald's stdout and stderr.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("shoald.log")
+        self.dir.path().join(LOG_FILE)
     }
 
     fn ready_path(&self) -> PathBuf {
@@ -479,14 +485,25 @@ impl Node {
         timeout: Duration,
         until: impl Fn(f64) -> bool,
     ) -> Result<f64> {
+        self.wait_for_metric_with(name, &[], timeout, until).await
+    }
+
+    /// [`Node::wait_for_metric`] over the label sets carrying all of `labels`.
+    pub async fn wait_for_metric_with(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        until: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let value = self.metric(name).await.unwrap_or(f64::NAN);
+            let value = self.metric_with(name, labels).await.unwrap_or(f64::NAN);
             if until(value) {
                 return Ok(value);
             }
             if Instant::now() >= deadline {
-                bail!("metric {name} still {value} after {timeout:?}");
+                bail!("metric {name}{labels:?} still {value} after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -585,7 +602,6 @@ fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
-        process::keep_if_requested(&mut self.dir, "shoald dir");
         if std::thread::panicking() {
             eprintln!(
                 "--- shoald log ({}), last lines:\n{}",
@@ -600,7 +616,8 @@ impl Drop for Node {
 /// [`LogsOnFailure::passed`] was called (a panic prints them through [`Node`]'s own drop).
 #[derive(Debug, Default)]
 pub struct LogsOnFailure {
-    paths: Vec<PathBuf>,
+    /// Each node's directory, kept alive until the logs have been printed.
+    dirs: Vec<Arc<TempDir>>,
     passed: bool,
 }
 
@@ -616,7 +633,7 @@ impl LogsOnFailure {
 
     /// Watches `node`'s log too.
     pub fn add(&mut self, node: &Node) {
-        self.paths.push(node.log_path());
+        self.dirs.push(Arc::clone(&node.dir));
     }
 
     /// The test passed: print nothing.
@@ -630,8 +647,9 @@ impl Drop for LogsOnFailure {
         if self.passed || std::thread::panicking() {
             return;
         }
-        for path in &self.paths {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+        for dir in &self.dirs {
+            let path = dir.path().join(LOG_FILE);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             eprintln!(
                 "--- shoald log {} (last lines):\n{}",

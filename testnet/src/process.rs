@@ -95,7 +95,7 @@ pub(crate) fn keep_if_requested(dir: &mut tempfile::TempDir, what: &str) {
     if std::env::var_os("SHOAL_TESTNET_KEEP").is_some() {
         dir.disable_cleanup(true);
         eprintln!(
-            "SHOAL_TESTNET_KEEP: kept {what} at {}",
+            "SHOAL_TESTNET_KEEP: keeping {what} at {}",
             dir.path().display()
         );
     }
