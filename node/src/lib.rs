@@ -32,6 +32,9 @@ use crate::pullthrough::{PullConfig, PullThrough};
 use crate::store::{ShardStore, StoreConfig, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 
+/// How long a stopping node waits for blob fetches in flight to finish and commit.
+const FLIGHT_DRAIN: Duration = Duration::from_secs(30);
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -99,7 +102,9 @@ pub async fn run_with(
         })?;
         upstreams.insert(name.clone(), upstream);
     }
+    // HTTP stops first; the peer network only after the flights it may be feeding have ended.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (p2p_stop_tx, p2p_stop_rx) = tokio::sync::watch::channel(false);
     let mut pull = PullThrough::new(
         store.clone(),
         metrics.clone(),
@@ -116,7 +121,7 @@ pub async fn run_with(
                 store.clone(),
                 Arc::new(pullthrough::CachedManifests::new(store.clone())),
                 metrics.clone(),
-                stop_rx.clone(),
+                p2p_stop_rx,
             )
             .await?;
             if let Some(ready) = p2p_ready {
@@ -141,6 +146,7 @@ pub async fn run_with(
             tracing::info!("no network key configured: running without the peer network");
         }
     }
+    let flights = pull.clone();
     let registry_state = Arc::new(registry::RegistryState {
         pull,
         upstreams,
@@ -176,6 +182,14 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = registry_task.await;
     let _ = admin_task.await;
+    let unfinished = flights.drain_flights(FLIGHT_DRAIN).await;
+    if unfinished > 0 {
+        tracing::warn!(
+            unfinished,
+            "blob fetches still running at shutdown are abandoned"
+        );
+    }
+    let _ = p2p_stop_tx.send(true);
     if let Some(task) = p2p_task {
         let _ = task.await;
     }

@@ -179,7 +179,7 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
 
 /// Waits until `node` counts `peer` as a member.
 async fn wait_for_member(node: &TestNode, peer: libp2p::PeerId) {
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if node.network.members().contains(&peer) {
             return;
         }

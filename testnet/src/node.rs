@@ -33,8 +33,10 @@ use crate::process;
 
 /// How long shoald may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shoald may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long shoald may take to exit after SIGTERM: it lets fetches in flight commit first.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a blob may take to be committed after its response ended.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The node's log file, inside its temp directory.
 const LOG_FILE: &str = "shoald.log";
 
@@ -507,6 +509,14 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the store holds at least `blobs` blobs: a pull's response can end before its
+    /// last blob is committed, and tests that touch shard files must wait for the commit.
+    pub async fn wait_for_stored_blobs(&self, blobs: usize) -> Result<()> {
+        self.wait_for_metric("shoal_store_blobs", COMMIT_TIMEOUT, |n| n >= blobs as f64)
+            .await
+            .map(|_| ())
     }
 
     /// Waits until the log contains `needle`, for at most `timeout`.

@@ -25,7 +25,7 @@ use tempfile::TempDir;
 use crate::process;
 
 /// How long the registry may take to answer `GET /v2/` after it starts.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running (or deliberately stopped) origin registry.
 pub struct Origin {
@@ -187,12 +187,12 @@ impl Origin {
         self.dir.path().join("registry.log")
     }
 
-    /// Waits until the log has stopped growing for 300 ms (at most 5 s).
+    /// Waits until the log has stopped growing for a second (at most 15 s).
     /// The registry writes an access-log line after the response has gone
     /// out, so a count taken right after a response may miss its line: call
-    /// this before counting.
+    /// this before counting. The quiet second allows for a loaded machine.
     pub async fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         let size = || {
             std::fs::metadata(self.log_path())
                 .map(|m| m.len())
@@ -206,7 +206,7 @@ impl Origin {
             if now != last {
                 last = now;
                 stable_since = Instant::now();
-            } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            } else if stable_since.elapsed() >= Duration::from_secs(1) {
                 return;
             }
         }

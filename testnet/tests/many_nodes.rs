@@ -135,6 +135,7 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
         let client = Containerd::start().await?;
         let hosts = HostsDir::for_test_registry(holder.registry_addr())?;
         client.pull_ok(&image.reference, hosts.path()).await?;
+        holder.wait_for_stored_blobs(image.blobs().count()).await?;
     }
 
     // Every shard A holds goes bad on disk: A must refuse to send any of them.

@@ -19,7 +19,7 @@ use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 
 /// How long a new node may take to prove membership to its bootstrap peer.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The serving node's uplink: 56 MiB take about 7 s.
 const EGRESS_BYTES_PER_SEC: u64 = 8 << 20;
 /// Peer bytes the receiving node must have before the kill: more than the

@@ -323,6 +323,9 @@ async fn kill9_during_large_cold_pull_then_restart_recovers() -> Result<()> {
 async fn corrupted_shard_is_detected_and_healed_from_upstream() -> Result<()> {
     let net = net_with(ImageSpec::multi_layer("test/heal", "v1", 16)).await?;
     drop(net.pull_fresh().await.context("cold pull")?);
+    net.node
+        .wait_for_stored_blobs(net.image.blobs().count())
+        .await?;
 
     let shards = net.node.shard_files()?;
     let (path, len) = shards
@@ -481,7 +484,7 @@ async fn absurd_ranges_on_a_cached_blob_are_refused() -> Result<()> {
         "full GET served wrong bytes"
     );
     net.node
-        .wait_for_metric("shoal_store_blobs", Duration::from_secs(10), |v| v >= 1.0)
+        .wait_for_metric("shoal_store_blobs", Duration::from_secs(60), |v| v >= 1.0)
         .await
         .context("the blob was not stored after a full GET")?;
 
@@ -554,7 +557,7 @@ async fn ranges_and_heads_on_a_cold_blob_are_served_while_it_is_fetched() -> Res
         resp.header("content-range")
     );
     net.node
-        .wait_for_metric("shoal_store_blobs", Duration::from_secs(10), |v| v >= 1.0)
+        .wait_for_metric("shoal_store_blobs", Duration::from_secs(60), |v| v >= 1.0)
         .await
         .context("the blob was not stored after a cold Range request")?;
     let full = raw_http::request(addr, "GET", &target, &[]).await?;

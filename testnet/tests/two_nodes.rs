@@ -10,7 +10,11 @@
 //! - a shard corrupted on A's disk is not sent, and B gets the rest of that
 //!   blob from the origin;
 //! - A restarted with its data directory keeps its peer id and serves what it
-//!   holds (blobs announced again at start, manifests from its cache).
+//!   holds (blobs announced again at start, manifests from its cache);
+//! - A holds a shard map that lies (another layer's shards under the largest
+//!   layer's digest, each shard's BLAKE3 true): B's response fails at the
+//!   sha256, A is avoided, and B fetches the layer again from the origin on its
+//!   own, so the retry is served from B's store.
 //!
 //! B never sees the origin before it is stopped in the first, second and last
 //! tests: whatever B serves there came from A.
@@ -20,12 +24,13 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use shoal_testnet::containerd::{describe, Containerd};
 use shoal_testnet::hosts::HostsDir;
-use shoal_testnet::image::{push_image, ImageInfo, ImageSpec};
+use shoal_testnet::image::{push_image, sha256_digest, ImageInfo, ImageSpec};
 use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
+use shoal_testnet::raw_http;
 
 /// How long a new node may take to prove membership to its bootstrap peer.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Checks that `b` took the image's manifests from its peer `a`: the tag's answer (which also
 /// caches its target, the index or the manifest) and, behind an index, the platform manifest by
@@ -107,8 +112,12 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
         from_origin == 0.0,
         "B received {from_origin} bytes from the origin"
     );
-    let sent = a.metric("shoal_bytes_sent_to_peers_total").await?;
-    ensure!(sent >= blob_bytes as f64, "A sent {sent} bytes to peers");
+    // A counts each shard after writing it, so its count may trail B's by a moment.
+    a.wait_for_metric("shoal_bytes_sent_to_peers_total", JOIN_TIMEOUT, |sent| {
+        sent >= blob_bytes as f64
+    })
+    .await
+    .context("A did not count all the bytes it sent")?;
     a.healthz().await?;
     b.healthz().await?;
     logs.passed();
@@ -217,6 +226,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
     let first = Containerd::start().await?;
     first.pull_ok(&image.reference, hosts_a.path()).await?;
     drop(first);
+    a.wait_for_stored_blobs(image.blobs().count()).await?;
 
     // Flip a byte in A's largest shard: A must not send it, and B must get the rest elsewhere.
     let (shard, len) = a
@@ -313,6 +323,98 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
         b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
             .await?
             == 0.0
+    );
+    logs.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_blob_fails_its_digest_is_avoided_and_the_blob_fetched_again() -> Result<()> {
+    let origin = Origin::start().await?;
+    let image = push_image(&origin, ImageSpec::multi_layer("test/p2p-liar", "v1", 37)).await?;
+    let key = NetworkKeyFile::new(37)?;
+    let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
+    let mut logs = LogsOnFailure::new([&a]);
+    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
+    let first = Containerd::start().await?;
+    first.pull_ok(&image.reference, hosts_a.path()).await?;
+    drop(first);
+    a.wait_for_stored_blobs(image.blobs().count()).await?;
+    a.stop().await?;
+
+    // The lie: the largest layer's map now lists the smallest layer's shards. Every shard is
+    // what its BLAKE3 says; only the blob's sha256 can tell. The index is rebuilt from the maps.
+    let (target, other) = (
+        image.largest_layer().clone(),
+        image.smallest_layer().clone(),
+    );
+    ensure!(
+        target.digest != other.digest,
+        "the image needs two distinct layers"
+    );
+    let maps = a.data_dir().join("maps");
+    let digest_bytes = |digest: &str| hex::decode(digest.trim_start_matches("sha256:"));
+    let (target_bytes, other_bytes) = (digest_bytes(&target.digest)?, digest_bytes(&other.digest)?);
+    let mut map = std::fs::read(maps.join(hex::encode(&other_bytes)))?;
+    let at: Vec<usize> = map
+        .windows(32)
+        .enumerate()
+        .filter(|(_, w)| *w == other_bytes.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    ensure!(at.len() == 1, "the map names its blob {} times", at.len());
+    map[at[0]..at[0] + 32].copy_from_slice(&target_bytes);
+    std::fs::write(maps.join(hex::encode(&target_bytes)), map)?;
+    std::fs::remove_dir_all(a.data_dir().join("index"))?;
+    a.restart().await?;
+
+    let b = Node::start(
+        NodeConfig::for_origin(&origin)
+            .network_key(&key)
+            .bootstrap(a.p2p_addr().context("no p2p address")?),
+    )
+    .await?;
+    logs.add(&b);
+    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+        .await
+        .context("B never joined A")?;
+    let path = format!(
+        "/v2/{}/blobs/{}?ns={}",
+        image.repo,
+        target.digest,
+        shoal_testnet::REGISTRY_HOST
+    );
+    // The first answer streams A's bytes and cannot be completed: it must fail, not end.
+    if let Ok(reply) = raw_http::request(b.registry_addr(), "GET", &path, &[]).await {
+        ensure!(
+            reply.status != 200 || sha256_digest(&reply.body) != target.digest,
+            "B completed a response with bytes that fail the digest"
+        );
+    }
+    ensure!(b.metric("shoal_digest_mismatches_total").await? >= 1.0);
+    // Without another request, B fetches the layer again, without A, and commits it.
+    b.wait_for_stored_blobs(1).await?;
+    ensure!(b.metric("shoal_refetches_after_bad_peer_total").await? >= 1.0);
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
+            .await?
+            >= target.size as f64,
+        "B did not take the layer from the origin after the bad peer"
+    );
+    let origin_before = b
+        .metric_with("shoal_bytes_received_total", &[("source", "origin")])
+        .await?;
+    let retry = raw_http::request(b.registry_addr(), "GET", &path, &[]).await?;
+    ensure!(retry.status == 200, "the retry answered {}", retry.status);
+    ensure!(
+        sha256_digest(&retry.body) == target.digest,
+        "the retry served wrong bytes"
+    );
+    ensure!(
+        b.metric_with("shoal_bytes_received_total", &[("source", "origin")])
+            .await?
+            == origin_before,
+        "the retry was not served from B's store"
     );
     logs.passed();
     Ok(())

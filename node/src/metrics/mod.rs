@@ -67,6 +67,8 @@ pub struct Metrics {
     pub blobs_committed: Counter,
     /// Blobs whose bytes did not match their digest.
     pub digest_mismatches: Counter,
+    /// Blobs fetched again because a peer's bytes did not match their digest.
+    pub refetches_after_bad_peer: Counter,
     /// Shards that failed BLAKE3 verification (or were missing) when served.
     pub shard_verify_failures: Counter,
     /// Shards fetched again from an upstream and put back.
@@ -435,7 +437,7 @@ impl Metrics {
         };
         let ingest_bps = rate(self.ingested_bytes.get(), self.ingest_busy_us.get());
         let serve_bps = rate(self.bytes_served_cache.get(), self.serve_busy_us.get());
-        let simple: [(&str, &str, &str, String); 19] = [
+        let simple: [(&str, &str, &str, String); 20] = [
             (
                 "shoal_cache_hits_total",
                 "counter",
@@ -495,6 +497,12 @@ impl Metrics {
                 "counter",
                 "Blobs whose bytes did not match their digest.",
                 self.digest_mismatches.get().to_string(),
+            ),
+            (
+                "shoal_refetches_after_bad_peer_total",
+                "counter",
+                "Blobs fetched again, without the peer, because a peer's bytes did not match their digest.",
+                self.refetches_after_bad_peer.get().to_string(),
             ),
             (
                 "shoal_shard_verify_failures_total",

@@ -687,8 +687,8 @@ impl SwarmTask {
             Command::FailedProof(peer, reason) => {
                 let span = tracing::warn_span!("peer", %peer);
                 let _enter = span.enter();
-                tracing::warn!(%reason, "peer failed the membership proof; disconnecting");
                 self.metrics.p2p_failed_proofs.inc();
+                tracing::warn!(%reason, "peer failed the membership proof; disconnecting");
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Disconnect(peer) => {
@@ -696,8 +696,8 @@ impl SwarmTask {
             }
             Command::ProofDeadline(peer) => {
                 if !self.members.is_member(&peer) && self.swarm.is_connected(&peer) {
-                    tracing::warn!(%peer, "peer did not prove membership in time; disconnecting");
                     self.metrics.p2p_failed_proofs.inc();
+                    tracing::warn!(%peer, "peer did not prove membership in time; disconnecting");
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }

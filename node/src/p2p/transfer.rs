@@ -412,10 +412,13 @@ async fn send_stored(
         };
         stream.write_all(&frame.encode()).await?;
         serving.shaping.write_paced(&mut stream, &bytes).await?;
+        // Counted shard by shard, so a transfer cut short still reports what it delivered.
+        serving
+            .metrics
+            .record_bytes_sent_to_peer(&peer, bytes.len() as u64);
         sent += bytes.len() as u64;
     }
     stream.close().await?;
-    serving.metrics.record_bytes_sent_to_peer(&peer, sent);
     tracing::debug!(%digest, bytes = sent, "shards sent to peer");
     Ok(())
 }
@@ -447,12 +450,14 @@ async fn send_in_flight(
             .shaping
             .write_paced(&mut stream, &shard.bytes)
             .await?;
+        serving
+            .metrics
+            .record_bytes_sent_to_peer(&peer, shard.bytes.len() as u64);
         sent += shard.bytes.len() as u64;
         index += 1;
     }
     stream.write_all(&ShardFrame::end(index).encode()).await?;
     stream.close().await?;
-    serving.metrics.record_bytes_sent_to_peer(&peer, sent);
     tracing::info!(%digest, bytes = sent, shards = index, "blob sent to peer while fetching it");
     Ok(())
 }

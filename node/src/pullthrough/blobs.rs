@@ -44,6 +44,9 @@ const INLINE_MAX: u32 = 1 << 20;
 const RESUME_ATTEMPTS: u32 = 3;
 /// How long a cold miss waits for the DHT to name a provider before going to the origin.
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
+/// How many times a blob whose peer bytes failed its sha256 is fetched again, in the background,
+/// from the remaining peers or the origin.
+const REFETCHES_AFTER_BAD_PEER: u32 = 2;
 
 /// Where a cold blob's bytes are coming from.
 enum Source {
@@ -196,6 +199,18 @@ impl PullThrough {
         repo: &RepoName,
         digest: BlobDigest,
     ) -> Result<Option<Arc<Flight>>, PullError> {
+        self.join_or_start_attempt(upstream, repo, digest, 0)
+    }
+
+    /// [`Self::join_or_start_flight`], where `refetch` counts the fetches of this blob already
+    /// discarded because a peer's bytes failed its sha256.
+    fn join_or_start_attempt(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+        refetch: u32,
+    ) -> Result<Option<Arc<Flight>>, PullError> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&digest) {
             self.metrics.single_flight_joins.inc();
@@ -231,11 +246,23 @@ impl PullThrough {
                     Outcome::Failed(error)
                 }
             };
+            let peer_lied = matches!(&outcome, Outcome::Failed(PullError::PeerInvalid(_)));
             driven.finish(outcome);
             this.flights
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&digest);
+            // The clients of this flight got bytes that cannot be taken back, so their responses
+            // were aborted; the blob is fetched again without that peer for their retries.
+            if peer_lied && refetch < REFETCHES_AFTER_BAD_PEER {
+                tracing::info!(%digest, "fetching the blob again without the peer that sent bad bytes");
+                this.metrics.refetches_after_bad_peer.inc();
+                if let Err(error) =
+                    this.join_or_start_attempt(&upstream, &repo, digest, refetch + 1)
+                {
+                    tracing::warn!(%digest, %error, "cannot fetch the blob again");
+                }
+            }
             let store = this.store.clone();
             let metrics = this.metrics.clone();
             let evicted = tokio::task::spawn_blocking(move || store.evict_to_budget()).await;
@@ -469,7 +496,7 @@ impl PullThrough {
                 if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
                     tracing::error!(%expected, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
                     peers.avoid(peer);
-                    return Err(PullError::UpstreamInvalid(format!(
+                    return Err(PullError::PeerInvalid(format!(
                         "digest mismatch from peer {peer}: got {actual}"
                     )));
                 }

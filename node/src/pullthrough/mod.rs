@@ -49,6 +49,10 @@ pub enum PullError {
     /// The upstream sent something invalid (wrong digest, oversized or malformed manifest).
     #[error("upstream sent invalid content: {0}")]
     UpstreamInvalid(String),
+    /// A peer's shard map and shards, each BLAKE3-checked, made bytes that fail the blob's sha256:
+    /// the peer is avoided and the blob fetched again without it.
+    #[error("a peer sent invalid content: {0}")]
+    PeerInvalid(String),
     /// The `Range` cannot be served; carries the blob's length.
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
@@ -116,5 +120,18 @@ impl PullThrough {
     /// The store underneath.
     pub fn store(&self) -> &ShardStore {
         &self.store
+    }
+
+    /// Waits, for at most `timeout`, until no blob fetch is in flight, so that a stopping node
+    /// commits what it has already fetched. Returns how many were still in flight.
+    pub async fn drain_flights(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let in_flight = self.flights.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                return in_flight;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

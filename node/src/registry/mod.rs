@@ -409,9 +409,9 @@ fn pull_error(
 ) -> Response<Body> {
     let (status, code) = match &error {
         PullError::NotFound => (StatusCode::NOT_FOUND, unknown),
-        PullError::UpstreamUnavailable(_) | PullError::UpstreamInvalid(_) => {
-            (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
-        }
+        PullError::UpstreamUnavailable(_)
+        | PullError::UpstreamInvalid(_)
+        | PullError::PeerInvalid(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
         PullError::UpstreamDenied(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Denied),
         PullError::RangeNotSatisfiable(_) => {
             (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)

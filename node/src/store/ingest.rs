@@ -227,6 +227,7 @@ impl Ingest {
     }
 
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
+        let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
         let mut dirs = BTreeSet::new();
         for hash in &self.shards.created {

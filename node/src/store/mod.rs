@@ -53,6 +53,9 @@ pub enum StoreError {
     /// The index database failed.
     #[error("index database: {0}")]
     Index(#[from] sled::Error),
+    /// The store is shutting down and takes no more commits.
+    #[error("the store is closed")]
+    Closed,
 }
 
 pub(crate) fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -111,6 +114,22 @@ struct LiveState {
     /// many have gathered. A crash loses only recency, never data.
     pending_access: HashMap<BlobDigest, (u64, u64)>,
     stats: StoreStats,
+    /// Set by [`ShardStore::close`]: no commit may start after it.
+    closed: bool,
+    /// Commits between their first fsync and their index update. A close that finds any
+    /// leaves the store marked unclean, so the next start rebuilds the index from the maps.
+    committing: usize,
+}
+
+/// A commit in progress ([`ShardStore::begin_commit`]).
+struct CommitGuard<'a> {
+    store: &'a ShardStore,
+}
+
+impl Drop for CommitGuard<'_> {
+    fn drop(&mut self) {
+        self.store.live().committing -= 1;
+    }
 }
 
 struct StoreInner {
@@ -245,13 +264,37 @@ impl ShardStore {
         Ok(store)
     }
 
-    /// Marks the store as cleanly closed, so the next start skips recovery.
+    /// Closes the store: no commit starts after this. The store is marked clean, so the next
+    /// start skips recovery, only if no commit was half done; otherwise the next start rebuilds
+    /// the index from the shard maps, which are the source of truth.
     pub fn close(&self) -> Result<(), StoreError> {
+        let committing = {
+            let mut live = self.live();
+            live.closed = true;
+            live.committing
+        };
         self.flush_access()?;
         self.inner.db.flush()?;
-        self.inner.meta.insert(CLEAN_KEY, &[1])?;
-        self.inner.db.flush()?;
+        if committing == 0 {
+            self.inner.meta.insert(CLEAN_KEY, &[1])?;
+            self.inner.db.flush()?;
+        } else {
+            tracing::warn!(
+                committing,
+                "store closed during a commit; the next start rebuilds the index"
+            );
+        }
         Ok(())
+    }
+
+    /// Admits one commit, unless the store is closed; the commit lasts as long as the guard.
+    fn begin_commit(&self) -> Result<CommitGuard<'_>, StoreError> {
+        let mut live = self.live();
+        if live.closed {
+            return Err(StoreError::Closed);
+        }
+        live.committing += 1;
+        Ok(CommitGuard { store: self })
     }
 
     /// The data directory's layout.
@@ -522,10 +565,11 @@ impl ShardStore {
     }
 
     /// Removes a committed blob: map file first (so a crash leaves no map whose shards are gone),
-    /// then the index entries, then shards no other blob or ingest uses. Refuses blobs being served.
+    /// then the index entries, then shards no other blob or ingest uses. Refuses blobs being served,
+    /// and everything once the store is closed.
     pub fn remove_blob(&self, digest: &BlobDigest) -> Result<bool, StoreError> {
         let mut live = self.live();
-        if live.readers.contains_key(digest) {
+        if live.closed || live.readers.contains_key(digest) {
             return Ok(false);
         }
         let Some(map) = self.shard_map(digest)? else {

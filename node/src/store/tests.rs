@@ -350,3 +350,47 @@ fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
     mixed_map.validate().unwrap();
     assert_eq!(read_all(&store, &digest_of(&other)), other);
 }
+
+#[test]
+fn no_commit_starts_after_close_and_nothing_is_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(60_000, 50);
+    {
+        let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
+        store.close().unwrap();
+        let refused = ingest(&store, &bytes);
+        assert!(
+            matches!(refused, Err(IngestError::Store(StoreError::Closed))),
+            "{refused:?}"
+        );
+    }
+    let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
+    assert!(store.blob_digests().unwrap().is_empty());
+    assert_eq!(
+        shard_file_count(&store),
+        0,
+        "the refused blob's shards removed"
+    );
+}
+
+#[test]
+fn a_close_during_a_commit_leaves_the_index_to_be_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(60_000, 51);
+    {
+        let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
+        ingest(&store, &bytes).unwrap();
+        let commit = store.begin_commit().unwrap();
+        store.close().unwrap();
+        assert!(
+            store.inner.meta.get(CLEAN_KEY).unwrap().is_none(),
+            "a half-done commit must not be called clean"
+        );
+        drop(commit);
+    }
+    let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
+    assert_eq!(store.blob_digests().unwrap(), vec![digest_of(&bytes)]);
+    assert_eq!(read_all(&store, &digest_of(&bytes)), bytes);
+    store.close().unwrap();
+    assert!(store.inner.meta.get(CLEAN_KEY).unwrap().is_some());
+}
