@@ -61,13 +61,16 @@
 //!   shards over several holders this way, each request naming a few shards in a bitfield.
 //! * A holder still fetching the blob answers `InFlight` and streams every shard from the first,
 //!   in order, as it gets them, then an end frame (`len` 0) once the blob has matched its digest
-//!   at the holder. A holder only offers this when its own bytes come from the origin or from a
-//!   holder of the whole blob, so in-flight chains never loop.
+//!   at the holder. A holder offers this only once its own source is decided, and a source is
+//!   decided once, so in-flight chains never loop. A holder whose fetch already has as many
+//!   followers as it serves answers `Claimed(peer)` with one of them instead: the requester follows
+//!   that member, lower in the same tree.
 //! * `claim` asks the blob's home (the member closest to the blob's key) to coordinate: if it
 //!   neither holds nor fetches the blob, it answers `Claimed(peer)` when another member already
-//!   said it is fetching the blob from the origin (the requester follows that member), or
-//!   `NotHere` after recording the requester as the one that fetches it. Nodes that miss the same
-//!   blob at the same time thus share one origin fetch. The home never fetches for anyone.
+//!   said it is fetching the blob (the requester follows that member: the claimant or a follower
+//!   the home placed it under), or `NotHere` after recording the requester as the one that fetches
+//!   it from the origin. Nodes that miss the same blob at the same time thus share one origin
+//!   fetch. The home never fetches for anyone.
 //!
 //! A holder that cannot send a shard (for example it failed verification on its disk) closes the
 //! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
@@ -287,8 +290,8 @@ pub enum ShardAnswer {
     /// The holder is fetching the blob: every shard follows in order as it arrives, then an end
     /// frame.
     InFlight(InFlightHeader),
-    /// The holder does not fetch the blob, but this member (its peer id's bytes) said it is
-    /// fetching it from the origin: ask that member.
+    /// Ask this member (its peer id's bytes) instead: it fetches the blob or follows a member
+    /// that does (the answer of a blob's home, or of a holder whose followers are full).
     Claimed(Vec<u8>),
     /// The holder does not have the blob (after a claim: the requester is now the one that
     /// fetches it).

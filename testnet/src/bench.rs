@@ -125,10 +125,15 @@ pub struct CrowdRun {
     pub origin_copies: f64,
     /// Blob bytes the nodes received from peers, over the blob's size.
     pub peer_copies: f64,
+    /// The most blob bytes one node sent to peers, over the blob's size.
+    pub max_upload_copies: f64,
 }
 
 /// `nodes` fresh nodes, joined by the peer network, each asked for the same cold blob at once.
-pub async fn crowd(nodes: usize, size: usize, seed: u64) -> Result<CrowdRun> {
+/// With `egress`, each node's uplink to peers is capped at that many bytes per second (the node's
+/// TESTING ONLY option), so that upload bandwidth, not this machine's cores, is what runs out, as
+/// it would across machines.
+pub async fn crowd(nodes: usize, size: usize, seed: u64, egress: Option<u64>) -> Result<CrowdRun> {
     let origin = Origin::start().await?;
     let blob = push_random_blob(&origin, size, seed).await?;
     origin.settle().await;
@@ -139,6 +144,9 @@ pub async fn crowd(nodes: usize, size: usize, seed: u64) -> Result<CrowdRun> {
         let mut config = NodeConfig::for_origin(&origin)
             .network_key(&key)
             .region(if index % 2 == 0 { "east" } else { "west" });
+        if let Some(rate) = egress {
+            config = config.test_egress_bytes_per_sec(rate);
+        }
         // Every node knows the first; the rest they find through it.
         if let Some(first) = started.first() {
             config = config.bootstrap(first.p2p_addr().context("no p2p address")?);
@@ -161,16 +169,18 @@ pub async fn crowd(nodes: usize, size: usize, seed: u64) -> Result<CrowdRun> {
     let seconds = clock.elapsed().as_secs_f64();
     origin.settle().await;
     let served = origin.blob_bytes_served() - before;
-    let mut from_peers = 0.0;
+    let (mut from_peers, mut max_upload) = (0.0, 0.0f64);
     for node in &started {
         from_peers += node
             .metric_with("shoal_bytes_received_total", &[("source", "peer")])
             .await?;
+        max_upload = max_upload.max(node.metric("shoal_bytes_sent_to_peers_total").await?);
     }
     Ok(CrowdRun {
         nodes,
         seconds,
         origin_copies: served as f64 / blob.size() as f64,
         peer_copies: from_peers / blob.size() as f64,
+        max_upload_copies: max_upload / blob.size() as f64,
     })
 }

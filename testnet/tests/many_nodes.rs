@@ -9,7 +9,10 @@
 //!   holders in parallel, the bad holder stops at its first bad shard, and every
 //!   byte comes from the good holder instead (none from the origin);
 //! - a Range request for a blob the node does not have, with the origin down,
-//!   answered from the flight a peer feeds.
+//!   answered from the flight a peer feeds;
+//! - six nodes with capped uplinks asking for one blob at once form a tree, not
+//!   a star: the origin serves one copy and no node uploads much more than the
+//!   two copies its followers take (a star would make one node upload five).
 
 use std::time::Duration;
 
@@ -242,5 +245,29 @@ async fn a_cold_range_request_is_served_from_a_peer_with_the_origin_down() -> Re
     .await
     .context("B did not take the whole layer from its peer")?;
     logs.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_missing_one_blob_at_once_form_a_tree_not_a_star() -> Result<()> {
+    const NODES: usize = 6;
+    let run = shoal_testnet::bench::crowd(NODES, 24 << 20, 61, Some(12 << 20)).await?;
+    ensure!(
+        run.origin_copies <= 1.1,
+        "the origin served {:.2} copies",
+        run.origin_copies
+    );
+    ensure!(
+        run.peer_copies >= (NODES - 1) as f64 * 0.99,
+        "only {:.2} copies moved between peers",
+        run.peer_copies
+    );
+    // Two followers per fetch; a little more allows for a late node fetching from stored holders
+    // with a hedged batch. A star would be five copies from one node.
+    ensure!(
+        run.max_upload_copies <= 2.5,
+        "one node uploaded {:.2} copies of the blob",
+        run.max_upload_copies
+    );
     Ok(())
 }

@@ -17,6 +17,8 @@
 //!   that fails is dropped for this blob (and avoided by the node for a while if it sent bad
 //!   bytes); its batches go to the others.
 //! - **A holder still fetching it** ([`FollowFetch`]): its shards arrive in order as it gets them.
+//!   A fetch feeds at most two followers; a full one names one of its followers instead, and this
+//!   node follows that one, down the blob's tree (see `p2p::claims` and `p2p::followers`).
 //!
 //! **Invariant:** every shard handed on has matched the BLAKE3 its map gives; the map itself is
 //! proven only by the blob's sha256, which `pullthrough` checks before completing anything.
@@ -48,6 +50,9 @@ const FIRST_HEDGE: Duration = Duration::from_secs(2);
 const MIN_HEDGE: Duration = Duration::from_millis(300);
 /// How many holders are asked for the shard map before giving up on them.
 const HOLDERS_ASKED: usize = 3;
+/// How many times a peer may send this node on to another member of a blob's tree (a full fetch
+/// names one of its followers) before this node stops following.
+const MAX_REDIRECTS: usize = 8;
 /// Failed requests (streams refused or broken, timeouts) after which a holder is dropped from a
 /// blob's plan. A holder that sends bad bytes, or lacks the blob, is dropped at once.
 const HOLDER_FAILURES: u32 = 3;
@@ -142,7 +147,12 @@ pub async fn open(
     for peer in ranked.iter().copied().take(HOLDERS_ASKED) {
         match ask(network, metrics, digest, peer, &ranked, false).await {
             Asked::Fetch(fetch) => return Some(fetch),
-            Asked::Claimed(_) | Asked::Nothing => {}
+            Asked::Claimed(next) => {
+                if let Some(fetch) = follow_down(network, metrics, digest, next).await {
+                    return Some(fetch);
+                }
+            }
+            Asked::Nothing => {}
         }
     }
     let home = network.home(digest);
@@ -157,10 +167,34 @@ pub async fn open(
         }
     };
     tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
-    match ask(network, metrics, digest, claimant, &[claimant], false).await {
-        Asked::Fetch(fetch) => Some(fetch),
-        Asked::Claimed(_) | Asked::Nothing => None,
+    follow_down(network, metrics, digest, claimant).await
+}
+
+/// Follows `first`'s fetch of the blob or, when its followers are full, the member it names, down
+/// the blob's tree for at most [`MAX_REDIRECTS`] hops.
+async fn follow_down(
+    network: &PeerNetwork,
+    metrics: &Arc<Metrics>,
+    digest: BlobDigest,
+    first: PeerId,
+) -> Option<PeerFetch> {
+    let mut asked = Vec::new();
+    let mut next = first;
+    for _ in 0..=MAX_REDIRECTS {
+        if next == network.local_peer_id() || asked.contains(&next) {
+            return None;
+        }
+        asked.push(next);
+        match ask(network, metrics, digest, next, &[next], false).await {
+            Asked::Fetch(fetch) => return Some(fetch),
+            Asked::Claimed(further) => {
+                tracing::debug!(%digest, from = %next, to = %further, "sent on down the blob's tree");
+                next = further;
+            }
+            Asked::Nothing => return None,
+        }
     }
+    None
 }
 
 /// What asking one peer gave.

@@ -1,9 +1,17 @@
-//! Who is fetching a blob from the origin, as recorded by the blob's home: the first member to
-//! ask (or the home itself) is granted the fetch, and everyone asking after it is told to follow
-//! that member. A claim lapses after [`CLAIM_TTL`], by then the blob is stored somewhere and
-//! announced, or the claimant failed and the next asker fetches it instead.
+//! Who fetches a blob from the origin, and whom everyone else follows, as recorded by the blob's
+//! home.
 //!
-//! Bounded: at most [`MAX_CLAIMS`] blobs, the oldest claim dropped first.
+//! The first member to ask (or the home itself) is granted the origin fetch. Everyone asking
+//! after it is given a parent to follow, chosen to build a tree rather than a star: a member of
+//! the asker's own region if one has room, else the shallowest member with room, where room means
+//! fewer than [`FANOUT`] followers. So one origin copy enters the network, each member uploads at
+//! most [`FANOUT`] copies while it downloads one, and the tree is about `log_FANOUT(N)` deep.
+//!
+//! A tree lapses [`CLAIM_TTL`] after its claim; by then the blob is stored somewhere and announced,
+//! or the claimant failed and the next asker fetches it instead.
+//!
+//! Bounded: at most [`MAX_CLAIMS`] blobs, the oldest claim dropped first, and at most
+//! [`MAX_FOLLOWERS`] followers placed per blob (later ones follow the claimant).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,19 +24,88 @@ use shoal_proto::BlobDigest;
 pub const CLAIM_TTL: Duration = Duration::from_secs(60);
 /// Claims kept at once.
 pub const MAX_CLAIMS: usize = 65_536;
+/// Followers a member is given at most.
+pub const FANOUT: u8 = 2;
+/// Followers placed in one blob's tree.
+pub const MAX_FOLLOWERS: usize = 256;
 
 /// The answer to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// The claimant fetches the blob.
     Granted,
-    /// This member claimed it first and has not lapsed: follow it.
+    /// Follow this member, which fetches the blob or follows another that does.
     Held(PeerId),
+}
+
+/// One member of a blob's tree.
+#[derive(Debug)]
+struct Placed {
+    peer: PeerId,
+    region: Option<String>,
+    /// Hops from the claimant (0).
+    depth: u8,
+    /// Whom it follows; `None` for the claimant.
+    parent: Option<PeerId>,
+    followers: u8,
+}
+
+/// The tree of one blob.
+#[derive(Debug)]
+struct Tree {
+    claimed_at: Instant,
+    /// The claimant first, then followers in the order they asked.
+    members: Vec<Placed>,
+}
+
+impl Tree {
+    fn new(claimant: PeerId, region: Option<String>, now: Instant) -> Self {
+        Tree {
+            claimed_at: now,
+            members: vec![Placed {
+                peer: claimant,
+                region,
+                depth: 0,
+                parent: None,
+                followers: 0,
+            }],
+        }
+    }
+
+    /// Places `asker` under a parent and returns the parent.
+    fn place(&mut self, asker: PeerId, region: Option<String>) -> PeerId {
+        if let Some(placed) = self.members.iter().find(|m| m.peer == asker) {
+            return placed.parent.unwrap_or(placed.peer);
+        }
+        let same_region = |m: &Placed| region.is_some() && m.region == region;
+        let parent = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.followers < FANOUT)
+            // Same region first, then shallowest, then the earliest to ask.
+            .min_by_key(|(order, m)| (!same_region(m), m.depth, *order))
+            .map(|(order, _)| order);
+        let Some(parent) = parent.filter(|_| self.members.len() <= MAX_FOLLOWERS) else {
+            return self.members[0].peer;
+        };
+        let parent = &mut self.members[parent];
+        parent.followers += 1;
+        let (parent_peer, depth) = (parent.peer, parent.depth.saturating_add(1));
+        self.members.push(Placed {
+            peer: asker,
+            region,
+            depth,
+            parent: Some(parent_peer),
+            followers: 0,
+        });
+        parent_peer
+    }
 }
 
 #[derive(Debug, Default)]
 struct ClaimTable {
-    by_blob: HashMap<BlobDigest, (PeerId, Instant)>,
+    by_blob: HashMap<BlobDigest, Tree>,
     /// Claims in the order they were made (entries whose claim was replaced are skipped).
     order: VecDeque<(BlobDigest, Instant)>,
 }
@@ -38,15 +115,24 @@ struct ClaimTable {
 pub(crate) struct Claims(Arc<Mutex<ClaimTable>>);
 
 impl Claims {
-    /// `claimant` asks to fetch `digest` at `now`.
-    pub(crate) fn claim(&self, digest: BlobDigest, claimant: PeerId, now: Instant) -> Claim {
+    /// `asker`, in `region`, asks at `now` to fetch `digest`.
+    pub(crate) fn claim(
+        &self,
+        digest: BlobDigest,
+        asker: PeerId,
+        region: Option<String>,
+        now: Instant,
+    ) -> Claim {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((holder, at)) = table.by_blob.get(&digest) {
-            if *holder != claimant && now.saturating_duration_since(*at) < CLAIM_TTL {
-                return Claim::Held(*holder);
+        if let Some(tree) = table.by_blob.get_mut(&digest) {
+            if now.saturating_duration_since(tree.claimed_at) < CLAIM_TTL {
+                if tree.members[0].peer == asker {
+                    return Claim::Granted;
+                }
+                return Claim::Held(tree.place(asker, region));
             }
         }
-        table.by_blob.insert(digest, (claimant, now));
+        table.by_blob.insert(digest, Tree::new(asker, region, now));
         table.order.push_back((digest, now));
         while table.by_blob.len() > MAX_CLAIMS || table.order.len() > 2 * MAX_CLAIMS {
             let Some((oldest, at)) = table.order.pop_front() else {
@@ -55,7 +141,7 @@ impl Claims {
             if table
                 .by_blob
                 .get(&oldest)
-                .is_some_and(|(_, when)| *when == at)
+                .is_some_and(|tree| tree.claimed_at == at)
             {
                 table.by_blob.remove(&oldest);
             }
@@ -71,6 +157,8 @@ impl Claims {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn digest(n: u64) -> BlobDigest {
@@ -79,19 +167,90 @@ mod tests {
         BlobDigest::from_bytes(bytes)
     }
 
+    fn region(name: &str) -> Option<String> {
+        Some(name.to_owned())
+    }
+
     #[test]
     fn the_first_claimant_fetches_and_later_ones_follow_until_it_lapses() {
         let claims = Claims::default();
         let (a, b) = (PeerId::random(), PeerId::random());
         let now = Instant::now();
-        assert_eq!(claims.claim(digest(1), a, now), Claim::Granted);
-        assert_eq!(claims.claim(digest(1), b, now), Claim::Held(a));
-        // Asking again is not a conflict with oneself.
-        assert_eq!(claims.claim(digest(1), a, now), Claim::Granted);
-        assert_eq!(claims.claim(digest(2), b, now), Claim::Granted);
+        assert_eq!(claims.claim(digest(1), a, None, now), Claim::Granted);
+        assert_eq!(claims.claim(digest(1), b, None, now), Claim::Held(a));
+        // Asking again is not a conflict with oneself, and a follower keeps its parent.
+        assert_eq!(claims.claim(digest(1), a, None, now), Claim::Granted);
+        assert_eq!(claims.claim(digest(1), b, None, now), Claim::Held(a));
+        assert_eq!(claims.claim(digest(2), b, None, now), Claim::Granted);
         let later = now + CLAIM_TTL;
-        assert_eq!(claims.claim(digest(1), b, later), Claim::Granted);
-        assert_eq!(claims.claim(digest(1), a, later), Claim::Held(b));
+        assert_eq!(claims.claim(digest(1), b, None, later), Claim::Granted);
+        assert_eq!(claims.claim(digest(1), a, None, later), Claim::Held(b));
+    }
+
+    #[test]
+    fn followers_form_a_shallow_tree_with_bounded_fanout() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let claimant = PeerId::random();
+        assert_eq!(claims.claim(digest(1), claimant, None, now), Claim::Granted);
+        let mut parent_of = HashMap::new();
+        let mut followers: HashMap<PeerId, usize> = HashMap::new();
+        for _ in 0..100 {
+            let asker = PeerId::random();
+            let Claim::Held(parent) = claims.claim(digest(1), asker, None, now) else {
+                panic!("a second asker was granted the fetch");
+            };
+            assert_ne!(parent, asker);
+            parent_of.insert(asker, parent);
+            *followers.entry(parent).or_default() += 1;
+        }
+        assert!(followers.values().all(|&n| n <= usize::from(FANOUT)));
+        let depth = |mut peer: PeerId| {
+            let mut hops = 0;
+            while let Some(&parent) = parent_of.get(&peer) {
+                peer = parent;
+                hops += 1;
+                assert!(hops <= 100, "a loop in the tree");
+            }
+            assert_eq!(peer, claimant, "every chain ends at the claimant");
+            hops
+        };
+        // 101 members in a binary tree filled breadth first: 7 levels below the claimant.
+        let deepest = parent_of.keys().map(|&p| depth(p)).max().unwrap();
+        assert_eq!(deepest, 6);
+    }
+
+    #[test]
+    fn a_follower_is_placed_in_its_own_region_when_there_is_room() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let (claimant, east_1, east_2, west_1, west_2) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        claims.claim(digest(1), claimant, region("west"), now);
+        // Nobody in the east yet: the shallowest member with room.
+        assert_eq!(
+            claims.claim(digest(1), east_1, region("east"), now),
+            Claim::Held(claimant)
+        );
+        // Now the east has a member: the next one follows it rather than cross regions again.
+        assert_eq!(
+            claims.claim(digest(1), east_2, region("east"), now),
+            Claim::Held(east_1)
+        );
+        assert_eq!(
+            claims.claim(digest(1), west_1, region("west"), now),
+            Claim::Held(claimant)
+        );
+        // The claimant is full (FANOUT 2): the next westerner follows the other westerner.
+        assert_eq!(
+            claims.claim(digest(1), west_2, region("west"), now),
+            Claim::Held(west_1)
+        );
     }
 
     #[test]
@@ -100,17 +259,32 @@ mod tests {
         let peer = PeerId::random();
         let now = Instant::now();
         for n in 0..(MAX_CLAIMS as u64 + 10) {
-            claims.claim(digest(n), peer, now);
+            claims.claim(digest(n), peer, None, now);
         }
         assert_eq!(claims.len(), MAX_CLAIMS);
         // The oldest went first: a new claimant gets it.
         assert_eq!(
-            claims.claim(digest(0), PeerId::random(), now),
+            claims.claim(digest(0), PeerId::random(), None, now),
             Claim::Granted
         );
         assert_eq!(
-            claims.claim(digest(MAX_CLAIMS as u64 + 9), PeerId::random(), now),
+            claims.claim(digest(MAX_CLAIMS as u64 + 9), PeerId::random(), None, now),
             Claim::Held(peer)
+        );
+    }
+
+    #[test]
+    fn a_full_tree_sends_later_followers_to_the_claimant() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let claimant = PeerId::random();
+        claims.claim(digest(1), claimant, None, now);
+        for _ in 0..MAX_FOLLOWERS {
+            claims.claim(digest(1), PeerId::random(), None, now);
+        }
+        assert_eq!(
+            claims.claim(digest(1), PeerId::random(), None, now),
+            Claim::Held(claimant)
         );
     }
 }

@@ -20,6 +20,7 @@
 
 mod accept;
 mod claims;
+mod followers;
 mod gate;
 mod gossip;
 mod holdings;
@@ -207,9 +208,13 @@ impl PeerNetwork {
     }
 
     /// As the blob's home, records that this node fetches `digest` from the origin, unless a
-    /// member claimed it first: then that member, to follow instead.
+    /// member claimed it first: then the member of its tree to follow instead.
     pub fn claim_locally(&self, digest: BlobDigest) -> Option<PeerId> {
-        match self.claims.claim(digest, self.local, Instant::now()) {
+        let region = Some(self.region.clone());
+        match self
+            .claims
+            .claim(digest, self.local, region, Instant::now())
+        {
             claims::Claim::Granted => None,
             claims::Claim::Held(holder) => Some(holder),
         }
@@ -566,6 +571,7 @@ pub async fn start(
             in_flight: network.in_flight.clone(),
             shaping: shaping::Shaping::new(&config.shaping, &config.region),
             claims: network.claims.clone(),
+            followers: followers::Followers::default(),
             local,
             metrics: metrics.clone(),
         },

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::accept::{accept_streams, Admit};
 use super::claims::{Claim, Claims};
+use super::followers::{Admission, Followers};
 use super::peers::OpenRequest;
 use super::shaping::Shaping;
 use super::{PeerTable, SHARDS_PROTOCOL};
@@ -103,7 +104,7 @@ pub enum Offer {
 /// (this module never starts a fetch).
 pub trait InFlightBlobs: Send + Sync + 'static {
     /// Offers `digest` to a peer. With `wait`, a flight that has not yet picked its source is
-    /// waited for; without, only a flight already fed by a shareable source is offered.
+    /// waited for; without, only a flight that has already picked its source is offered.
     fn offer(&self, digest: BlobDigest, wait: bool) -> BoxFuture<'static, Offer>;
 }
 
@@ -266,6 +267,8 @@ pub(super) struct Serving {
     pub(super) shaping: Shaping,
     /// Who fetches which blob, for the blobs this node is home of.
     pub(super) claims: Claims,
+    /// Who follows this node's fetches.
+    pub(super) followers: Followers,
     /// This node.
     pub(super) local: PeerId,
 }
@@ -327,14 +330,17 @@ async fn serve_one(
         match offered_now {
             Offer::Stored => continue,
             Offer::InFlight(blob) => {
-                return send_in_flight(stream, peer, digest, blob, &serving).await
+                return follow_or_redirect(stream, peer, peer_region, digest, blob, &serving).await
             }
             Offer::NotHere if !request.claim => {
                 return answer(&mut stream, ShardAnswer::NotHere).await
             }
             Offer::NotHere => {}
         }
-        match serving.claims.claim(digest, peer, Instant::now()) {
+        match serving
+            .claims
+            .claim(digest, peer, peer_region.clone(), Instant::now())
+        {
             Claim::Granted => {
                 tracing::debug!(%digest, "nobody fetches the blob; the requester will");
                 return answer(&mut stream, ShardAnswer::NotHere).await;
@@ -344,7 +350,15 @@ async fn serve_one(
                 match offer(&serving, digest, true).await {
                     Offer::Stored => continue,
                     Offer::InFlight(blob) => {
-                        return send_in_flight(stream, peer, digest, blob, &serving).await
+                        return follow_or_redirect(
+                            stream,
+                            peer,
+                            peer_region,
+                            digest,
+                            blob,
+                            &serving,
+                        )
+                        .await
                     }
                     Offer::NotHere => return answer(&mut stream, ShardAnswer::NotHere).await,
                 }
@@ -421,6 +435,26 @@ async fn send_stored(
     stream.close().await?;
     tracing::debug!(%digest, bytes = sent, "shards sent to peer");
     Ok(())
+}
+
+/// Streams this node's fetch of `digest` to `peer`, unless the fetch already feeds as many
+/// followers as it may: then `peer` is told which follower to ask instead (see `followers`).
+async fn follow_or_redirect(
+    mut stream: libp2p::Stream,
+    peer: PeerId,
+    peer_region: Option<String>,
+    digest: BlobDigest,
+    blob: InFlightBlob,
+    serving: &Serving,
+) -> Result<(), TransferError> {
+    match serving.followers.admit(digest, peer, peer_region) {
+        Admission::Follow(_following) => send_in_flight(stream, peer, digest, blob, serving).await,
+        Admission::Elsewhere(next) => {
+            drop(blob);
+            tracing::debug!(%digest, %next, "this fetch feeds enough followers; sending the peer to one of them");
+            answer(&mut stream, ShardAnswer::Claimed(next.to_bytes())).await
+        }
+    }
 }
 
 /// Answers from a blob still being fetched: every shard in order as it is written, then the end

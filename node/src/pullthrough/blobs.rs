@@ -557,8 +557,8 @@ impl PullThrough {
         assembly::open(peers, &self.metrics, digest, providers).await
     }
 
-    /// Records where a flight's bytes now come from and, when peers may follow it, announces it
-    /// in the DHT at once so that nodes missing the blob meanwhile find this flight.
+    /// Records where a flight's bytes now come from and announces the flight in the DHT at once,
+    /// so that nodes missing the blob meanwhile find it and follow it.
     fn announce_source(&self, flight: &Flight, source: &Source) {
         let kind = match source {
             Source::Origin(_) => FlightSource::Origin,
@@ -566,7 +566,7 @@ impl PullThrough {
             Source::Peers(PeerFetch::Follow(_)) => FlightSource::InFlightPeer,
         };
         flight.set_source(kind);
-        if let (true, Some(peers)) = (kind.shareable(), &self.peers) {
+        if let Some(peers) = &self.peers {
             peers.provide(flight.digest);
         }
     }

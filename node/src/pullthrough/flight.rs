@@ -38,14 +38,6 @@ pub enum FlightSource {
     InFlightPeer,
 }
 
-impl FlightSource {
-    /// Whether peers may follow this flight: only when its bytes do not come from another
-    /// flight, so chains of flights never loop.
-    pub fn shareable(self) -> bool {
-        !matches!(self, FlightSource::InFlightPeer)
-    }
-}
-
 /// What a peer following a flight shard by shard may do next.
 pub enum NextShard {
     /// Shard `index` is written.

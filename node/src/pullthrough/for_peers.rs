@@ -1,8 +1,10 @@
 //! What this node offers peers for blobs it has not committed: the flights it is running, shard by
 //! shard.
 //!
-//! A flight is offered only once its source is known and only when its bytes do not come from
-//! another flight (see [`FlightSource::shareable`]), so followers form trees, never loops. Peers
+//! A flight is offered only once its source is known. A flight that follows another flight is
+//! offered too, so followers form trees (the blob's home places them, see `p2p::claims`). They
+//! never form loops: a flight picks its source once, among flights whose source was already
+//! known, and when that source fails it goes on from the origin, never from another flight. Peers
 //! never make this node fetch anything.
 
 use std::sync::Arc;
@@ -59,10 +61,8 @@ impl PeerOffers {
         })
         .await;
         match decided {
-            Ok(Some(source)) if source.shareable() => {
-                Offer::InFlight(self.follow(flight, digest, source))
-            }
-            Ok(Some(_)) | Err(_) => Offer::NotHere,
+            Ok(Some(source)) => Offer::InFlight(self.follow(flight, digest, source)),
+            Err(_) => Offer::NotHere,
             // The flight ended before it could be offered: committed, or failed.
             Ok(None) => self.stored_or_not(&digest),
         }

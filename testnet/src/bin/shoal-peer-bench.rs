@@ -35,6 +35,10 @@ enum Command {
         /// Runs per node count.
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// Caps each node's uplink to peers at this many MiB/s (the node's TESTING ONLY option),
+        /// so that upload bandwidth runs out before this machine's cores do.
+        #[arg(long)]
+        egress_mib_per_sec: Option<u64>,
     },
 }
 
@@ -75,22 +79,25 @@ async fn main() -> Result<()> {
             nodes,
             size_mib,
             runs,
+            egress_mib_per_sec,
         } => {
             let size = size_mib << 20;
+            let egress = egress_mib_per_sec.map(|mib| mib << 20);
             println!(
-                "| nodes | run | time to last byte | origin bytes / blob | peer bytes / blob |"
+                "| nodes | run | time to last byte | origin bytes / blob | peer bytes / blob | most one node uploaded / blob |"
             );
-            println!("|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|");
             for n in nodes {
                 for run in 0..runs {
-                    let r = bench::crowd(n, size, 900 + (n * 10 + run) as u64).await?;
+                    let r = bench::crowd(n, size, 900 + (n * 10 + run) as u64, egress).await?;
                     println!(
-                        "| {} | {} | {:.2} s | {:.2}x | {:.2}x |",
+                        "| {} | {} | {:.2} s | {:.2}x | {:.2}x | {:.2}x |",
                         r.nodes,
                         run + 1,
                         r.seconds,
                         r.origin_copies,
-                        r.peer_copies
+                        r.peer_copies,
+                        r.max_upload_copies
                     );
                 }
             }
