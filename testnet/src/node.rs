@@ -27,6 +27,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tempfile::TempDir;
 
+use crate::containerd::Containerd;
+use crate::hosts::HostsDir;
+use crate::image::ImageInfo;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::process;
@@ -35,6 +38,8 @@ use crate::process;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shoald may take to exit after SIGTERM: it lets fetches in flight commit first.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to prove membership to a peer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a blob may take to be committed after its response ended.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The node's log file, inside its temp directory.
@@ -509,6 +514,24 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Pulls `image` through this node with a fresh containerd, then waits until every blob of it
+    /// is committed here.
+    pub async fn pull_and_store(&self, image: &ImageInfo) -> Result<()> {
+        let hosts = HostsDir::for_test_registry(self.registry_addr())?;
+        let client = Containerd::start().await?;
+        client.pull_ok(&image.reference, hosts.path()).await?;
+        drop(client);
+        self.wait_for_stored_blobs(image.blobs().count()).await
+    }
+
+    /// Waits until this node has proved membership to at least one peer.
+    pub async fn wait_until_joined(&self) -> Result<()> {
+        self.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+            .await
+            .map(|_| ())
+            .context("the node never joined a member")
     }
 
     /// Waits until the store holds at least `blobs` blobs: a pull's response can end before its

@@ -132,8 +132,7 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
     )
     .await?;
     let mut logs = LogsOnFailure::new([&a, &c]);
-    c.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await?;
+    c.wait_until_joined().await?;
     for holder in [&a, &c] {
         let client = Containerd::start().await?;
         let hosts = HostsDir::for_test_registry(holder.registry_addr())?;
@@ -207,8 +206,7 @@ async fn a_cold_range_request_is_served_from_a_peer_with_the_origin_down() -> Re
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await?;
+    b.wait_until_joined().await?;
     origin.stop().await?;
 
     // B has nothing: a Range on the largest layer is answered from the flight A feeds.

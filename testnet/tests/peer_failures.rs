@@ -18,8 +18,6 @@ use shoal_testnet::image::{push_image, ImageSpec, ManifestFormat};
 use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 
-/// How long a new node may take to prove membership to its bootstrap peer.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The serving node's uplink: 56 MiB take about 7 s.
 const EGRESS_BYTES_PER_SEC: u64 = 8 << 20;
 /// Peer bytes the receiving node must have before the kill: more than the
@@ -52,10 +50,7 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
         .context("A reported no p2p address")?
         .to_owned();
     let mut logs = LogsOnFailure::new([&a]);
-    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
-    let first = Containerd::start().await?;
-    first.pull_ok(&image.reference, hosts_a.path()).await?;
-    drop(first);
+    a.pull_and_store(&image).await?;
 
     let b = Node::start(
         NodeConfig::for_origin(&origin)
@@ -65,9 +60,7 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await
-        .context("B never joined A")?;
+    b.wait_until_joined().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
     let (reference, hosts_path) = (image.reference.clone(), hosts_b.path().to_path_buf());

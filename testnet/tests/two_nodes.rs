@@ -83,9 +83,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await
-        .context("B never joined A")?;
+    b.wait_until_joined().await?;
     origin.stop().await?;
 
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
@@ -137,10 +135,7 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
         .to_owned();
     let mut logs = LogsOnFailure::new([&a]);
 
-    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
-    let first = Containerd::start().await?;
-    first.pull_ok(&image.reference, hosts_a.path()).await?;
-    drop(first);
+    a.pull_and_store(&image).await?;
 
     let outsider = Node::start(
         NodeConfig::for_origin(&origin)
@@ -222,11 +217,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
         .context("node A reported no p2p address")?
         .to_owned();
     let mut logs = LogsOnFailure::new([&a]);
-    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
-    let first = Containerd::start().await?;
-    first.pull_ok(&image.reference, hosts_a.path()).await?;
-    drop(first);
-    a.wait_for_stored_blobs(image.blobs().count()).await?;
+    a.pull_and_store(&image).await?;
 
     // Flip a byte in A's largest shard: A must not send it, and B must get the rest elsewhere.
     let (shard, len) = a
@@ -245,9 +236,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await
-        .context("B never joined A")?;
+    b.wait_until_joined().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
     second.pull_ok(&image.reference, hosts_b.path()).await?;
@@ -285,10 +274,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
     let mut logs = LogsOnFailure::new([&a]);
     let before = a.p2p_addr().context("no p2p address")?.to_owned();
-    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
-    let first = Containerd::start().await?;
-    first.pull_ok(&image.reference, hosts_a.path()).await?;
-    drop(first);
+    a.pull_and_store(&image).await?;
 
     a.stop().await?;
     a.restart().await?;
@@ -310,9 +296,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await
-        .context("B never joined A")?;
+    b.wait_until_joined().await?;
     origin.stop().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
     let second = Containerd::start().await?;
@@ -335,11 +319,7 @@ async fn a_peer_whose_blob_fails_its_digest_is_avoided_and_the_blob_fetched_agai
     let key = NetworkKeyFile::new(37)?;
     let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
     let mut logs = LogsOnFailure::new([&a]);
-    let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
-    let first = Containerd::start().await?;
-    first.pull_ok(&image.reference, hosts_a.path()).await?;
-    drop(first);
-    a.wait_for_stored_blobs(image.blobs().count()).await?;
+    a.pull_and_store(&image).await?;
     a.stop().await?;
 
     // The lie: the largest layer's map now lists the smallest layer's shards. Every shard is
@@ -375,9 +355,7 @@ async fn a_peer_whose_blob_fails_its_digest_is_avoided_and_the_blob_fetched_agai
     )
     .await?;
     logs.add(&b);
-    b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
-        .await
-        .context("B never joined A")?;
+    b.wait_until_joined().await?;
     let path = format!(
         "/v2/{}/blobs/{}?ns={}",
         image.repo,
