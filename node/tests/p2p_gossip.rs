@@ -42,6 +42,7 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         bootstrap,
         region: "test".into(),
         network_key: NetworkKey::derive(key),
+        allowed_peers: None,
         shaping: Default::default(),
     };
     let metrics = Arc::new(Metrics::default());

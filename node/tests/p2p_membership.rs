@@ -1,14 +1,16 @@
 //! The peer network in one process: a member finds a blob's provider through the DHT and looks
-//! manifests up in another member's cache, and a peer that never proves the network key gets no
-//! Kademlia answer and no manifest from the same node.
+//! manifests up in another member's cache, a peer that never proves the network key gets no
+//! Kademlia answer and no manifest from the same node, and a node with an allowlist refuses a
+//! holder of the key that it does not name.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{kad, Multiaddr};
+use libp2p::{kad, Multiaddr, PeerId};
 use sha2::{Digest as _, Sha256};
 use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::metrics::Metrics;
@@ -31,6 +33,15 @@ struct TestNode {
 }
 
 async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>) -> TestNode {
+    node_allowing(key, bootstrap, stop, None).await
+}
+
+async fn node_allowing(
+    key: &[u8],
+    bootstrap: Vec<Multiaddr>,
+    stop: watch::Receiver<bool>,
+    allowed_peers: Option<BTreeSet<PeerId>>,
+) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open(&StoreConfig {
         data_dir: dir.path().to_path_buf(),
@@ -43,6 +54,7 @@ async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>
         bootstrap,
         region: "test".into(),
         network_key: NetworkKey::derive(key),
+        allowed_peers,
         shaping: Default::default(),
     };
     let metrics = Arc::new(Metrics::default());
@@ -284,4 +296,31 @@ async fn members_get_cached_manifests_and_outsiders_get_none() {
         answer.len()
     );
     assert_eq!(a.metrics.manifests_sent_peer.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_refuses_a_key_holder_it_does_not_name() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [9u8; 32];
+    let named = node(&key, Vec::new(), stop.clone()).await;
+    let allowed = BTreeSet::from([named.network.local_peer_id()]);
+    let a = node_allowing(&key, vec![named.addr.clone()], stop.clone(), Some(allowed)).await;
+    wait_for_member(&a, named.network.local_peer_id()).await;
+
+    let unnamed = node(&key, vec![a.addr.clone()], stop.clone()).await;
+    for _ in 0..1200 {
+        if a.metrics.p2p_failed_proofs.get() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.metrics.p2p_failed_proofs.get() >= 1,
+        "A never refused the key holder it does not name"
+    );
+    assert!(!a
+        .network
+        .members()
+        .contains(&unnamed.network.local_peer_id()));
+    assert_eq!(a.network.members(), vec![named.network.local_peer_id()]);
 }

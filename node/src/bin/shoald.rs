@@ -50,6 +50,10 @@ struct Args {
     /// one the node runs alone, without the peer network.
     #[arg(long = "network-key", value_name = "FILE")]
     network_key: Option<PathBuf>,
+    /// Admit only this peer id (besides holding the network key); repeatable. Replaces the config
+    /// file's `allowed_peers`. Without any, every holder of the key may join.
+    #[arg(long = "allow-peer", value_name = "PEER_ID")]
+    allow_peer: Vec<String>,
     /// TESTING ONLY: cap this node's outgoing shard transfers at N bytes per second in all (one
     /// token bucket, like an uplink). For emulating distance on one machine; never in production.
     #[arg(long, value_name = "N")]
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         bootstrap: args.bootstrap.clone(),
         region: args.region.clone(),
         network_key_file: args.network_key.clone(),
+        allowed_peers: args.allow_peer.clone(),
         test_egress_bytes_per_sec: args.test_egress_bytes_per_sec,
         test_latency: args.test_latency.clone(),
     };

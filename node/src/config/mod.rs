@@ -4,7 +4,7 @@
 //! Every problem is reported as one [`ConfigError`] naming the key, so `shoald` can print it and
 //! exit with status 2.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use shoal_proto::limits::{MAX_SHARD_BYTES, MIN_MAX_SHARD_BYTES};
 use shoal_proto::ChunkingParams;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::p2p::shaping::ShapingConfig;
 use crate::p2p::{NetworkKey, P2pConfig};
@@ -86,6 +86,7 @@ pub struct FileConfig {
     bootstrap: Option<Vec<String>>,
     region: Option<String>,
     network_key_file: Option<PathBuf>,
+    allowed_peers: Option<Vec<String>>,
     testing: Option<FileTesting>,
 }
 
@@ -148,6 +149,8 @@ pub struct Overrides {
     pub region: Option<String>,
     /// `--network-key FILE`
     pub network_key_file: Option<PathBuf>,
+    /// `--allow-peer PEER_ID`, repeatable; replaces the file's list.
+    pub allowed_peers: Vec<String>,
     /// `--test-egress-bytes-per-sec N` (TESTING ONLY)
     pub test_egress_bytes_per_sec: Option<u64>,
     /// `--test-latency A:B=MS`, repeatable; replaces the file's list (TESTING ONLY).
@@ -158,6 +161,8 @@ pub struct Overrides {
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/udp/4001/quic-v1";
 /// Smallest network key file accepted, in bytes.
 pub const MIN_NETWORK_KEY_BYTES: usize = 32;
+/// Most peer ids an allowlist may name.
+pub const MAX_ALLOWED_PEERS: usize = 10_000;
 
 fn parse_multiaddr(key: &str, value: &str) -> Result<Multiaddr, ConfigError> {
     value.parse().map_err(|e| {
@@ -204,6 +209,7 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         ));
     }
     let shaping = shaping_config(file, overrides)?;
+    let allowed_peers = allowed_peers(file, overrides)?;
     let Some(key_path) = overrides
         .network_key_file
         .clone()
@@ -219,6 +225,12 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
             return Err(error(
                 "testing",
                 "network shaping applies to peer transfers, but no network key is configured",
+            ));
+        }
+        if allowed_peers.is_some() {
+            return Err(error(
+                "allowed_peers",
+                "an allowlist of peers is configured but no network key: set network_key_file",
             ));
         }
         return Ok(None);
@@ -245,8 +257,45 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         bootstrap,
         region,
         network_key: NetworkKey::derive(material),
+        allowed_peers,
         shaping,
     }))
+}
+
+/// Validates the optional allowlist of peer ids (`allowed_peers`, `--allow-peer`).
+fn allowed_peers(
+    file: &FileConfig,
+    overrides: &Overrides,
+) -> Result<Option<BTreeSet<PeerId>>, ConfigError> {
+    let listed = if overrides.allowed_peers.is_empty() {
+        match &file.allowed_peers {
+            Some(listed) => listed.clone(),
+            None => return Ok(None),
+        }
+    } else {
+        overrides.allowed_peers.clone()
+    };
+    if listed.is_empty() || listed.len() > MAX_ALLOWED_PEERS {
+        return Err(error(
+            "allowed_peers",
+            format!(
+                "lists {} peer ids; give 1 to {MAX_ALLOWED_PEERS}, or leave it out to admit every holder of the network key",
+                listed.len()
+            ),
+        ));
+    }
+    listed
+        .iter()
+        .map(|id| {
+            id.trim().parse::<PeerId>().map_err(|e| {
+                error(
+                    "allowed_peers",
+                    format!("{id:?} is not a peer id (12D3KooW...): {e}"),
+                )
+            })
+        })
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map(Some)
 }
 
 /// Validates the TESTING ONLY shaping keys (`[testing]`, `--test-*` flags).
@@ -698,6 +747,44 @@ mod tests {
         assert_eq!(p2p.listen.to_string(), DEFAULT_P2P_LISTEN);
         assert_eq!(p2p.region, "eu-west");
         assert_eq!(p2p.bootstrap.len(), 1);
+    }
+
+    #[test]
+    fn an_allowlist_needs_a_key_and_valid_peer_ids_and_flags_replace_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("net.key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let with_key = Overrides {
+            network_key_file: Some(key),
+            ..Overrides::default()
+        };
+        let load = |text: &str, overrides: &Overrides| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::from_parts(file, overrides)
+        };
+        let (one, two) = (PeerId::random(), PeerId::random());
+        assert!(load("", &with_key)
+            .unwrap()
+            .p2p
+            .unwrap()
+            .allowed_peers
+            .is_none());
+        let text = format!("allowed_peers = [\"{one}\", \"{two}\"]");
+        let allowed = load(&text, &with_key).unwrap().p2p.unwrap().allowed_peers;
+        assert_eq!(allowed, Some(BTreeSet::from([one, two])));
+        let flags = Overrides {
+            allowed_peers: vec![two.to_string()],
+            ..with_key.clone()
+        };
+        let allowed = load(&text, &flags).unwrap().p2p.unwrap().allowed_peers;
+        assert_eq!(allowed, Some(BTreeSet::from([two])));
+        for bad in ["allowed_peers = []", "allowed_peers = [\"not-a-peer\"]"] {
+            assert_eq!(load(bad, &with_key).unwrap_err().key, "allowed_peers");
+        }
+        assert_eq!(
+            load(&text, &Overrides::default()).unwrap_err().key,
+            "allowed_peers"
+        );
     }
 
     #[test]

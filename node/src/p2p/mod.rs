@@ -31,7 +31,7 @@ mod record_store;
 pub mod shaping;
 mod transfer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,6 +110,9 @@ pub struct P2pConfig {
     pub region: String,
     /// The network key.
     pub network_key: NetworkKey,
+    /// When set, only these peers may join, key or not (a peer left out is refused like one that
+    /// failed the proof); `None` admits every holder of the key.
+    pub allowed_peers: Option<BTreeSet<PeerId>>,
     /// TESTING ONLY: egress cap and added latency for served transfers (off by default).
     pub shaping: shaping::ShapingConfig,
 }
@@ -589,6 +592,7 @@ pub async fn start(
             tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
         }
     }
+    let allowed_peers = config.allowed_peers.clone();
     let mut task = SwarmTask {
         swarm,
         local,
@@ -600,6 +604,7 @@ pub async fn start(
         commands,
         addresses: HashMap::new(),
         lookups: HashMap::new(),
+        allowed_peers,
     };
     let handle = tokio::spawn(async move {
         let mut command_rx = command_rx;
@@ -628,6 +633,8 @@ struct SwarmTask {
     /// Addresses learned per peer, added to the routing table once the peer proved membership.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// The configured allowlist of peer ids, if any.
+    allowed_peers: Option<BTreeSet<PeerId>>,
 }
 
 impl SwarmTask {
@@ -673,6 +680,17 @@ impl SwarmTask {
                 let key = kad::RecordKey::new(digest.as_bytes());
                 let id = self.swarm.behaviour_mut().kad.kad.get_providers(key);
                 self.lookups.insert(id, (reply, HashSet::new()));
+            }
+            Command::Proved(peer)
+                if self
+                    .allowed_peers
+                    .as_ref()
+                    .is_some_and(|allowed| !allowed.contains(&peer)) =>
+            {
+                self.on_command(Command::FailedProof(
+                    peer,
+                    "it holds the network key but is not in allowed_peers".into(),
+                ));
             }
             Command::Proved(peer) => {
                 let span = tracing::info_span!("peer", %peer);
