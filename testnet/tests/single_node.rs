@@ -1,7 +1,7 @@
 //! End-to-end tests of one `shoald` between a real containerd and a real
 //! origin registry: cold and warm pulls, the origin going down, concurrent
-//! cold pulls, a lying origin, `kill -9` mid-pull, a corrupted shard on disk
-//! and hostile requests.
+//! cold pulls, a lying origin, `kill -9` mid-pull, a stop mid-fetch, a
+//! corrupted shard on disk and hostile requests.
 //!
 //! Every test starts its own origin, node and containerd instances on their
 //! own ports and directories, so the tests run in parallel. Each ends by
@@ -249,6 +249,51 @@ async fn origin_serving_wrong_bytes_fails_cleanly_then_recovers() -> Result<()> 
             .await
             .context("pull after the origin blob was restored")?,
     );
+    net.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_mid_fetch_commits_the_blob_before_it_exits() -> Result<()> {
+    let spec = ImageSpec::new("test/drain", "v1", 17).layer(200 << 20, 90);
+    let mut net = net_with(spec).await?;
+    let layer = net.image.largest_layer().clone();
+    let target = format!(
+        "/v2/{}/blobs/{}?{}",
+        net.image.repo,
+        layer.digest,
+        net.ns_query()
+    );
+    // The first ten bytes are answered as soon as they arrive; the fetch behind them goes on,
+    // and the node is told to stop while it does.
+    let part = raw_http::request(
+        net.node.registry_addr(),
+        "GET",
+        &target,
+        &["Range: bytes=0-9"],
+    )
+    .await?;
+    ensure!(part.status == 206, "the Range answered {}", part.status);
+    let stopped = net.node.stop().await?;
+    ensure!(stopped.success(), "shoald exited with {stopped}");
+    let log = net.node.log_tail(400);
+    ensure!(
+        log.contains("store closed cleanly") && !log.contains("fetches still running at shutdown"),
+        "the node did not wait for its fetch before closing the store"
+    );
+
+    net.node.restart().await?;
+    ensure!(
+        net.node.metric("shoal_store_blobs").await? >= 1.0,
+        "the blob fetched when the node was told to stop was not committed"
+    );
+    ensure!(
+        !net.node.log_tail(400).contains("index rebuilt"),
+        "the stop was not clean"
+    );
+    net.node.stop().await?;
+    let fsck = cli::fsck(&net.node.data_dir()).await?;
+    ensure!(fsck.status.success(), "shoal fsck: {}", describe(&fsck));
+    net.node.restart().await?;
     net.finish().await
 }
 
