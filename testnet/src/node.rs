@@ -645,6 +645,15 @@ impl Drop for Node {
     }
 }
 
+/// Flips one byte in the middle of a shard file, as a bad disk would.
+pub fn corrupt_shard_file(path: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let middle = bytes.len() / 2;
+    let byte = bytes.get_mut(middle).context("empty shard file")?;
+    *byte ^= 0xff;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Prints the last lines of the nodes' logs when a test ends by returning an error, unless
 /// [`LogsOnFailure::passed`] was called (a panic prints them through [`Node`]'s own drop).
 #[derive(Debug, Default)]

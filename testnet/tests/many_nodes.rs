@@ -20,7 +20,7 @@ use anyhow::{ensure, Context, Result};
 use shoal_testnet::containerd::Containerd;
 use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, ImageSpec};
-use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::node::{corrupt_shard_file, LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 use shoal_testnet::raw_http;
 
@@ -141,10 +141,8 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
     }
 
     // Every shard A holds goes bad on disk: A must refuse to send any of them.
-    for (shard, len) in a.shard_files()? {
-        let mut bytes = std::fs::read(&shard)?;
-        bytes[len as usize / 2] ^= 0xff;
-        std::fs::write(&shard, bytes)?;
+    for (shard, _) in a.shard_files()? {
+        corrupt_shard_file(&shard)?;
     }
 
     let b = Node::start(

@@ -25,7 +25,7 @@ use anyhow::{ensure, Context, Result};
 use shoal_testnet::containerd::{describe, Containerd};
 use shoal_testnet::hosts::HostsDir;
 use shoal_testnet::image::{push_image, sha256_digest, ImageInfo, ImageSpec};
-use shoal_testnet::node::{LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
+use shoal_testnet::node::{corrupt_shard_file, LogsOnFailure, NetworkKeyFile, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
 use shoal_testnet::raw_http;
 
@@ -220,14 +220,12 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
     a.pull_and_store(&image).await?;
 
     // Flip a byte in A's largest shard: A must not send it, and B must get the rest elsewhere.
-    let (shard, len) = a
+    let (shard, _) = a
         .shard_files()?
         .into_iter()
         .next()
         .context("A holds no shards")?;
-    let mut bytes = std::fs::read(&shard)?;
-    bytes[len as usize / 2] ^= 0xff;
-    std::fs::write(&shard, bytes)?;
+    corrupt_shard_file(&shard)?;
 
     let b = Node::start(
         NodeConfig::for_origin(&origin)

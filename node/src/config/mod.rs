@@ -749,19 +749,26 @@ mod tests {
         assert_eq!(p2p.bootstrap.len(), 1);
     }
 
+    /// Command-line overrides that name a valid network key file written in `dir`.
+    fn overrides_with_key(dir: &Path) -> Overrides {
+        let key = dir.join("net.key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        Overrides {
+            network_key_file: Some(key),
+            ..Overrides::default()
+        }
+    }
+
+    /// A config from TOML `text` and `overrides`.
+    fn load(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).unwrap();
+        Config::from_parts(file, overrides)
+    }
+
     #[test]
     fn an_allowlist_needs_a_key_and_valid_peer_ids_and_flags_replace_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("net.key");
-        std::fs::write(&key, "ab".repeat(32)).unwrap();
-        let with_key = Overrides {
-            network_key_file: Some(key),
-            ..Overrides::default()
-        };
-        let load = |text: &str, overrides: &Overrides| {
-            let file: FileConfig = toml::from_str(text).unwrap();
-            Config::from_parts(file, overrides)
-        };
+        let with_key = overrides_with_key(dir.path());
         let (one, two) = (PeerId::random(), PeerId::random());
         assert!(load("", &with_key)
             .unwrap()
@@ -790,16 +797,7 @@ mod tests {
     #[test]
     fn testing_shaping_is_validated_and_flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("net.key");
-        std::fs::write(&key, "ab".repeat(32)).unwrap();
-        let with_key = Overrides {
-            network_key_file: Some(key),
-            ..Overrides::default()
-        };
-        let load = |text: &str, overrides: &Overrides| {
-            let file: FileConfig = toml::from_str(text).unwrap();
-            Config::from_parts(file, overrides)
-        };
+        let with_key = overrides_with_key(dir.path());
         let off = load("", &with_key).unwrap().p2p.unwrap();
         assert!(!off.shaping.is_enabled());
         let text = "[testing]\negress_bytes_per_sec = 1000\nlatency = [\"eu:us=40\"]";
