@@ -113,6 +113,10 @@ pub struct Metrics {
     pub p2p_provider_records_remote: AtomicU64,
     /// (member, blob) holdings learned from gossip announcements.
     pub p2p_announced_holdings: AtomicU64,
+    /// Peers following one of this node's fetches shard by shard now.
+    pub p2p_followers: AtomicU64,
+    /// Peers sent on to one of this node's followers because the fetch they asked for was full.
+    pub p2p_followers_sent_on: Counter,
     /// Gossip messages this node published.
     pub p2p_gossip_published: Counter,
     /// Gossip messages this node meant to publish but could not (no member connected, or the
@@ -385,6 +389,18 @@ impl Metrics {
                 self.p2p_announced_holdings.load(Ordering::Relaxed),
             ),
             (
+                "shoal_p2p_followers",
+                "gauge",
+                "Peers following one of this node's fetches shard by shard.",
+                self.p2p_followers.load(Ordering::Relaxed),
+            ),
+            (
+                "shoal_p2p_followers_sent_on_total",
+                "counter",
+                "Peers sent on to one of this node's followers because the fetch they asked for had as many followers as it serves.",
+                self.p2p_followers_sent_on.get(),
+            ),
+            (
                 "shoal_p2p_gossip_published_total",
                 "counter",
                 "Gossip messages published.",
@@ -621,7 +637,11 @@ mod tests {
             .p2p_provider_records_remote
             .store(4, Ordering::Relaxed);
         metrics.p2p_gossip_rejected.inc();
+        metrics.p2p_followers.store(2, Ordering::Relaxed);
+        metrics.p2p_followers_sent_on.inc();
         let text = metrics.render(StoreStats::default());
+        assert!(text.contains("shoal_p2p_followers 2"));
+        assert!(text.contains("shoal_p2p_followers_sent_on_total 1"));
         assert!(text.contains("shoal_p2p_provider_records{provider=\"remote\"} 4"));
         assert!(text.contains("shoal_p2p_provider_records{provider=\"local\"} 0"));
         assert!(text.contains("shoal_p2p_gossip_rejected_total 1"));

@@ -6,6 +6,7 @@
 //! the frame's hash; which hash is right (the shard map's) is the caller's check, and the map
 //! itself is untrusted until the whole blob's sha256 matches, which is `pullthrough`'s job.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -448,12 +449,32 @@ async fn follow_or_redirect(
     serving: &Serving,
 ) -> Result<(), TransferError> {
     match serving.followers.admit(digest, peer, peer_region) {
-        Admission::Follow(_following) => send_in_flight(stream, peer, digest, blob, serving).await,
+        Admission::Follow(_following) => {
+            let _counted = Counted::new(&serving.metrics.p2p_followers);
+            send_in_flight(stream, peer, digest, blob, serving).await
+        }
         Admission::Elsewhere(next) => {
+            serving.metrics.p2p_followers_sent_on.inc();
             drop(blob);
             tracing::debug!(%digest, %next, "this fetch feeds enough followers; sending the peer to one of them");
             answer(&mut stream, ShardAnswer::Claimed(next.to_bytes())).await
         }
+    }
+}
+
+/// One more in a gauge for as long as it lives (also when the future holding it is dropped).
+struct Counted<'a>(&'a AtomicU64);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
