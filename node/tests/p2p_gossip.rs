@@ -3,67 +3,22 @@
 //! network key (a node with another key, and a bare gossipsub client that never tries) neither
 //! hear the members' gossip nor get their own believed.
 
+mod common;
+
+use common::{node, TestNode};
+
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::swarm::SwarmEvent;
-use libp2p::Multiaddr;
 use sha2::{Digest as _, Sha256};
-use shoal_node::config::DEFAULT_CHUNKING;
-use shoal_node::metrics::Metrics;
-use shoal_node::p2p::{self, AnnouncedHolding, NetworkKey, P2pConfig, PeerNetwork};
-use shoal_node::store::{ShardStore, StoreConfig};
+use shoal_node::p2p::{self, AnnouncedHolding};
 use shoal_proto::gossip::{Announcement, GossipMessage as _, Topic};
 use shoal_proto::wire::ShardSet;
 use shoal_proto::BlobDigest;
 use tokio::sync::{oneshot, watch};
-
-struct TestNode {
-    network: PeerNetwork,
-    addr: Multiaddr,
-    store: ShardStore,
-    metrics: Arc<Metrics>,
-    _dir: tempfile::TempDir,
-}
-
-async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ShardStore::open(&StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        chunking: DEFAULT_CHUNKING,
-        max_disk_bytes: 1 << 30,
-    })
-    .unwrap();
-    let config = P2pConfig {
-        listen: "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-        bootstrap,
-        region: "test".into(),
-        network_key: NetworkKey::derive(key),
-        allowed_peers: None,
-        shaping: Default::default(),
-    };
-    let metrics = Arc::new(Metrics::default());
-    let (network, addr, _task) = p2p::start(
-        config,
-        dir.path(),
-        store.clone(),
-        Arc::new(shoal_node::pullthrough::CachedManifests::new(store.clone())),
-        metrics.clone(),
-        stop,
-    )
-    .await
-    .unwrap();
-    TestNode {
-        network,
-        addr,
-        store,
-        metrics,
-        _dir: dir,
-    }
-}
 
 fn digest(seed: u8) -> BlobDigest {
     BlobDigest::from_bytes(Sha256::digest([seed]).into())

@@ -3,79 +3,24 @@
 //! Kademlia answer and no manifest from the same node, and a node with an allowlist refuses a
 //! holder of the key that it does not name.
 
+mod common;
+
+use common::{node, node_allowing, TestNode};
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::kad;
 use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{kad, Multiaddr, PeerId};
 use sha2::{Digest as _, Sha256};
-use shoal_node::config::DEFAULT_CHUNKING;
-use shoal_node::metrics::Metrics;
-use shoal_node::p2p::{
-    self, NetworkKey, P2pConfig, PeerAnswer, PeerNetwork, KAD_PROTOCOL, MANIFESTS_PROTOCOL,
-};
-use shoal_node::pullthrough::CachedManifests;
-use shoal_node::store::{ShardStore, StoreConfig};
+use shoal_node::p2p::{PeerAnswer, KAD_PROTOCOL, MANIFESTS_PROTOCOL};
+use shoal_node::store::ShardStore;
 use shoal_proto::records::{ManifestRecord, TagRecord};
 use shoal_proto::wire::{ManifestRequest, MapWanted, ShardRequest, ShardSet, WireMessage as _};
 use shoal_proto::{BlobDigest, Reference, RepoName};
 use tokio::sync::watch;
-
-struct TestNode {
-    network: PeerNetwork,
-    addr: Multiaddr,
-    store: ShardStore,
-    metrics: Arc<Metrics>,
-    _dir: tempfile::TempDir,
-}
-
-async fn node(key: &[u8], bootstrap: Vec<Multiaddr>, stop: watch::Receiver<bool>) -> TestNode {
-    node_allowing(key, bootstrap, stop, None).await
-}
-
-async fn node_allowing(
-    key: &[u8],
-    bootstrap: Vec<Multiaddr>,
-    stop: watch::Receiver<bool>,
-    allowed_peers: Option<BTreeSet<PeerId>>,
-) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ShardStore::open(&StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        chunking: DEFAULT_CHUNKING,
-        max_disk_bytes: 1 << 30,
-    })
-    .unwrap();
-    let config = P2pConfig {
-        listen: "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-        bootstrap,
-        region: "test".into(),
-        network_key: NetworkKey::derive(key),
-        allowed_peers,
-        shaping: Default::default(),
-    };
-    let metrics = Arc::new(Metrics::default());
-    let (network, addr, _task) = p2p::start(
-        config,
-        dir.path(),
-        store.clone(),
-        Arc::new(CachedManifests::new(store.clone())),
-        metrics.clone(),
-        stop,
-    )
-    .await
-    .unwrap();
-    TestNode {
-        network,
-        addr,
-        store,
-        metrics,
-        _dir: dir,
-    }
-}
 
 fn commit_blob(store: &ShardStore, bytes: &[u8]) -> BlobDigest {
     let digest = BlobDigest::from_bytes(Sha256::digest(bytes).into());
