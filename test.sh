@@ -26,6 +26,32 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# The end-to-end tests start the shoald and shoal binaries: build them first.
+# A clean CI build gains nothing from incremental state, which would add gigabytes to the build tree.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
+# The end-to-end tests start the shoald and shoal binaries: build them first, then the tests.
 cargo build --workspace --bins --locked
+cargo test --workspace --locked --no-run
+
+# Scratch space: the largest end-to-end test holds about 3.3 GiB at once (the origin, five node
+# stores, five containerd content stores and their unpacked snapshots), all under TMPDIR. When the
+# disk is short, use memory (/dev/shm) if it has room; otherwise stop here and say so, rather than
+# fail halfway with "No space left on device".
+need_mib=4096
+free_mib() { df -Pm "$1" | awk 'NR == 2 { print $4 }'; }
+scratch="${TMPDIR:-/tmp}"
+if [ "$(free_mib "$scratch")" -lt "$need_mib" ]; then
+  if [ -d /dev/shm ] && [ "$(free_mib /dev/shm)" -ge $((need_mib * 2)) ]; then
+    echo "test.sh: only $(free_mib "$scratch") MiB free under $scratch; the tests' scratch space goes to /dev/shm" >&2
+    scratch="$(mktemp -d /dev/shm/shoal-tests.XXXXXX)"
+    trap 'rm -rf "$scratch"' EXIT
+  else
+    echo "test.sh: the end-to-end tests need about $need_mib MiB of scratch space, but only $(free_mib "$scratch") MiB is free under $scratch." >&2
+    echo "  Free some space there, or point TMPDIR at a directory with more room." >&2
+    exit 1
+  fi
+fi
+export TMPDIR="$scratch"
 cargo test --workspace --locked
