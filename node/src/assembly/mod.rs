@@ -289,7 +289,7 @@ impl FollowFetch {
                 Ok(Some((bytes, ShardHash::from_bytes(frame.hash))))
             }
             None if self.blob_len.is_some_and(|len| self.received != len) => {
-                Err(failed(TransferError::Protocol("the blob ended short")))
+                Err(failed(TransferError::EndedEarly("the blob ended short")))
             }
             None => Ok(None),
         }
@@ -459,7 +459,7 @@ impl ParallelFetch {
                 };
                 for (offset, hash) in expected.iter().enumerate() {
                     let Some((frame, bytes)) = stream.next_frame().await? else {
-                        return Err(TransferError::Protocol("batch ended short"));
+                        return Err(TransferError::EndedEarly("batch ended short"));
                     };
                     if frame.index as usize != first + offset || &frame.hash != hash {
                         return Err(TransferError::Protocol(

@@ -63,6 +63,11 @@ pub enum TransferError {
     /// The peer went quiet.
     #[error("timed out")]
     Timeout,
+    /// The peer's stream ended before everything it promised had come. Not misbehaviour: a
+    /// holder whose own fetch failed, or that is shutting down, ends its streams the same way, and
+    /// every shard it did send was checked.
+    #[error("the stream ended early: {0}")]
+    EndedEarly(&'static str),
 }
 
 impl TransferError {
@@ -515,4 +520,21 @@ async fn send_in_flight(
     stream.close().await?;
     tracing::info!(%digest, bytes = sent, shards = index, "blob sent to peer while fetching it");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_ends_early_is_a_failure_not_misbehaviour() {
+        // A parent whose own fetch failed ends its followers' streams early; they must go on from
+        // the origin without disconnecting and avoiding it as if it had lied.
+        assert!(!TransferError::EndedEarly("the blob ended short").is_misbehaviour());
+        assert!(!TransferError::Timeout.is_misbehaviour());
+        assert!(!TransferError::NotHere.is_misbehaviour());
+        assert!(
+            TransferError::Protocol("shard bytes do not match their BLAKE3 hash").is_misbehaviour()
+        );
+    }
 }
