@@ -1,7 +1,7 @@
 //! The peer network in one process: a member finds a blob's provider through the DHT and looks
 //! manifests up in another member's cache, a peer that never proves the network key gets no
 //! Kademlia answer and no manifest from the same node, and a node with an allowlist refuses a
-//! holder of the key that it does not name.
+//! holder of the key that it does not name; nodes joining through one member find all the others.
 
 mod common;
 
@@ -132,6 +132,30 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
     .await
     .expect("the outsider's query never finished");
     assert!(found.is_empty(), "an outsider learned providers: {found:?}");
+}
+
+/// Nodes that join one after another through the first member alone find every member that
+/// joined before them. A newcomer learns the others from its first DHT lookup through the first
+/// member, which must therefore never drop that lookup as coming from a non-member, however soon
+/// after the proof exchange it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joining_through_one_member_find_every_earlier_member() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [9u8; 32];
+    let mut nodes = vec![node(&key, Vec::new(), stop.clone()).await];
+    for _ in 0..8 {
+        let joiner = node(&key, vec![nodes[0].addr.clone()], stop.clone()).await;
+        for earlier in &nodes {
+            wait_for_member(&joiner, earlier.network.local_peer_id()).await;
+        }
+        nodes.push(joiner);
+    }
+    // Every newcomer asked the first member only after both had admitted each other.
+    assert_eq!(
+        nodes[0].metrics.p2p_refused_non_member_requests.get(),
+        0,
+        "the first member refused requests from newcomers it had not yet admitted"
+    );
 }
 
 /// Waits until `node` counts `peer` as a member.

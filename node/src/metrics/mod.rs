@@ -97,6 +97,8 @@ pub struct Metrics {
     pub manifests_received_peer: Counter,
     /// Peers that failed the membership proof or did not give it in time.
     pub p2p_failed_proofs: Counter,
+    /// Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.
+    pub p2p_refused_non_member_requests: Counter,
     /// Connected peers that have proved membership.
     pub p2p_members: AtomicU64,
     /// Blob bytes exchanged with each peer: (received from it, sent to it).
@@ -363,6 +365,12 @@ impl Metrics {
                 "counter",
                 "Peers that failed the membership proof or did not give it in time.",
                 self.p2p_failed_proofs.get(),
+            ),
+            (
+                "shoal_p2p_refused_non_member_requests_total",
+                "counter",
+                "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.",
+                self.p2p_refused_non_member_requests.get(),
             ),
             (
                 "shoal_p2p_members",

@@ -12,13 +12,14 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
 use super::PeerTable;
+use crate::metrics::Metrics;
 
 /// Who may open streams of a protocol.
 pub(super) enum Admit {
     /// Anyone connected (the membership proof itself).
     Anyone,
-    /// Members only.
-    Members(PeerTable),
+    /// Members only; refusals are counted in `metrics`.
+    Members(PeerTable, Arc<Metrics>),
 }
 
 /// Accepts `incoming` until `stop`, at most `limit` handled at once; `what` names the protocol's
@@ -43,8 +44,9 @@ pub(super) async fn accept_streams<H, F>(
                 None => return,
             },
         };
-        if let Admit::Members(members) = &admit {
+        if let Admit::Members(members, metrics) = &admit {
             if !members.is_member(&peer) {
+                metrics.p2p_refused_non_member_requests.inc();
                 tracing::warn!(%peer, what, "request from a peer that has not proved membership; refused");
                 continue;
             }

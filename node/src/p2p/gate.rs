@@ -16,8 +16,11 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use std::sync::Arc;
+
 use super::record_store::CountedStore;
 use super::PeerTable;
+use crate::metrics::Metrics;
 
 type Kad = kad::Behaviour<CountedStore>;
 type KadHandler = THandler<Kad>;
@@ -26,11 +29,16 @@ type KadHandler = THandler<Kad>;
 pub(super) struct MembersOnly {
     pub(super) kad: Kad,
     members: PeerTable,
+    metrics: Arc<Metrics>,
 }
 
 impl MembersOnly {
-    pub(super) fn new(kad: Kad, members: PeerTable) -> Self {
-        Self { kad, members }
+    pub(super) fn new(kad: Kad, members: PeerTable, metrics: Arc<Metrics>) -> Self {
+        Self {
+            kad,
+            members,
+            metrics,
+        }
     }
 
     fn wrap(&self, peer: PeerId, inner: KadHandler) -> GatedHandler {
@@ -38,6 +46,7 @@ impl MembersOnly {
             inner,
             peer,
             members: self.members.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -132,6 +141,7 @@ pub(super) struct GatedHandler {
     inner: KadHandler,
     peer: PeerId,
     members: PeerTable,
+    metrics: Arc<Metrics>,
 }
 
 impl ConnectionHandler for GatedHandler {
@@ -180,6 +190,7 @@ impl ConnectionHandler for GatedHandler {
             && !self.members.is_member(&self.peer)
         {
             // Dropping the stream closes it unanswered.
+            self.metrics.p2p_refused_non_member_requests.inc();
             tracing::debug!(peer = %self.peer, "Kademlia request from a peer that has not proved membership; dropped");
             return;
         }

@@ -152,7 +152,7 @@ pub(super) async fn serve(
 ) {
     accept_streams(
         incoming,
-        Admit::Members(members),
+        Admit::Members(members, metrics.clone()),
         CONCURRENT_SERVES,
         "manifest lookup",
         stop,

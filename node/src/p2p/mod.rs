@@ -155,6 +155,12 @@ enum Command {
     StopProviding(BlobDigest),
     FindProviders(BlobDigest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>),
+    /// The peer's proof checked out: serve its requests from now on. Answered once the peer table
+    /// says so (or `false` when the allowlist refuses it), so that the proof exchange only lets
+    /// the peer know it is in after it is.
+    Admit(PeerId, oneshot::Sender<bool>),
+    /// Both ends have admitted each other: ask the peer things too (routing table, bootstrap,
+    /// gossip).
     Proved(PeerId),
     FailedProof(PeerId, String),
     ProofDeadline(PeerId),
@@ -484,7 +490,7 @@ pub async fn start(
             kad.set_mode(Some(kad::Mode::Server));
             let gossip = gossip::MembersOnlyGossip::new(key, members.clone())?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
-                kad: gate::MembersOnly::new(kad, members.clone()),
+                kad: gate::MembersOnly::new(kad, members.clone(), metrics.clone()),
                 gossip,
                 identify: identify::Behaviour::new(
                     identify::Config::new("/shoal/1".into(), key.public())
@@ -605,6 +611,7 @@ pub async fn start(
         addresses: HashMap::new(),
         lookups: HashMap::new(),
         allowed_peers,
+        proved: HashSet::new(),
     };
     let handle = tokio::spawn(async move {
         let mut command_rx = command_rx;
@@ -635,6 +642,9 @@ struct SwarmTask {
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     /// The configured allowlist of peer ids, if any.
     allowed_peers: Option<BTreeSet<PeerId>>,
+    /// Members both ends of whose proof exchange have finished (a subset of `members`, which also
+    /// holds peers admitted half way through).
+    proved: HashSet<PeerId>,
 }
 
 impl SwarmTask {
@@ -681,27 +691,26 @@ impl SwarmTask {
                 let id = self.swarm.behaviour_mut().kad.kad.get_providers(key);
                 self.lookups.insert(id, (reply, HashSet::new()));
             }
-            Command::Proved(peer)
-                if self
-                    .allowed_peers
-                    .as_ref()
-                    .is_some_and(|allowed| !allowed.contains(&peer)) =>
-            {
-                self.on_command(Command::FailedProof(
-                    peer,
-                    "it holds the network key but is not in allowed_peers".into(),
-                ));
+            Command::Admit(peer, admitted) if !self.allowed(&peer) => {
+                self.refuse_unlisted(peer);
+                let _ = admitted.send(false);
+            }
+            Command::Proved(peer) if !self.allowed(&peer) => self.refuse_unlisted(peer),
+            Command::Admit(peer, admitted) => {
+                self.members.set_member(peer);
+                let _ = admitted.send(true);
             }
             Command::Proved(peer) => {
                 let span = tracing::info_span!("peer", %peer);
                 let _enter = span.enter();
                 self.members.set_member(peer);
+                self.proved.insert(peer);
                 for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
                     self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
                 // The first member is the way in: look ourselves up through it, which connects
                 // us to the members it knows (they prove membership in turn).
-                if self.members.member_count() == 1 {
+                if self.proved.len() == 1 {
                     let _ = self.swarm.behaviour_mut().kad.kad.bootstrap();
                 }
                 self.swarm.behaviour_mut().gossip.member_proved(peer);
@@ -762,6 +771,20 @@ impl SwarmTask {
             .store(holdings as u64, Relaxed);
     }
 
+    /// Whether the allowlist, if there is one, lists `peer`.
+    fn allowed(&self, peer: &PeerId) -> bool {
+        self.allowed_peers
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(peer))
+    }
+
+    fn refuse_unlisted(&mut self, peer: PeerId) {
+        self.on_command(Command::FailedProof(
+            peer,
+            "it holds the network key but is not in allowed_peers".into(),
+        ));
+    }
+
     fn update_member_gauge(&self) {
         let n = self.members.member_count() as u64;
         self.metrics
@@ -807,6 +830,7 @@ impl SwarmTask {
                 num_established: 0,
                 ..
             } => {
+                self.proved.remove(&peer_id);
                 if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }

@@ -285,7 +285,7 @@ pub(super) async fn serve(
     serving: Serving,
     stop: watch::Receiver<bool>,
 ) {
-    let admit = Admit::Members(serving.members.clone());
+    let admit = Admit::Members(serving.members.clone(), serving.metrics.clone());
     accept_streams(
         incoming,
         admit,
