@@ -1,7 +1,8 @@
 //! The peer network in one process: a member finds a blob's provider through the DHT and looks
 //! manifests up in another member's cache, a peer that never proves the network key gets no
 //! Kademlia answer and no manifest from the same node, and a node with an allowlist refuses a
-//! holder of the key that it does not name; nodes joining through one member find all the others.
+//! holder of the key that it does not name; nodes joining through one member find all the others,
+//! and a request made while the proof is under way waits for it.
 
 mod common;
 
@@ -155,6 +156,35 @@ async fn nodes_joining_through_one_member_find_every_earlier_member() {
         nodes[0].metrics.p2p_refused_non_member_requests.get(),
         0,
         "the first member refused requests from newcomers it had not yet admitted"
+    );
+}
+
+/// A request to a peer whose membership proof is still under way waits for both ends of the proof
+/// instead of going out early and being refused (across a wide-area link the proof takes round
+/// trips, longer than a quick retry would wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_while_the_proof_is_under_way_waits_for_it() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [11u8; 32];
+    let a = node(&key, Vec::new(), stop.clone()).await;
+    let digest = commit_blob(&a.store, &[5u8; 100_000]);
+    // B asks A at once: its connection to A has only just been dialled.
+    let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
+    let whole = ShardRequest {
+        blob: *digest.as_bytes(),
+        shards: ShardSet::All,
+        map: MapWanted::Full,
+        claim: false,
+    };
+    let answer = b.network.request(a.network.local_peer_id(), whole).await;
+    assert!(
+        matches!(answer, Ok(PeerAnswer::Map(..))),
+        "A did not answer with its map: {answer:?}"
+    );
+    assert_eq!(
+        a.metrics.p2p_refused_non_member_requests.get(),
+        0,
+        "A refused a request from B before B's proof"
     );
 }
 

@@ -73,6 +73,8 @@ pub const MANIFESTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/manif
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 /// How long a connected peer has to prove membership before it is disconnected.
 pub const PROOF_DEADLINE: Duration = Duration::from_secs(10);
+/// Why a request was not sent.
+const NOT_READY: &str = "the peer did not become a member in time";
 /// How long a peer that sent bad bytes is not asked again.
 pub const AVOID_FOR: Duration = Duration::from_secs(600);
 /// The identity key's file name in the data directory.
@@ -162,6 +164,8 @@ enum Command {
     /// Both ends have admitted each other: ask the peer things too (routing table, bootstrap,
     /// gossip).
     Proved(PeerId),
+    /// Connect to the peer if not connected (its proof follows).
+    Dial(PeerId),
     FailedProof(PeerId, String),
     ProofDeadline(PeerId),
     Disconnect(PeerId),
@@ -372,6 +376,9 @@ impl PeerNetwork {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Option<CachedManifest>, ManifestFetchError> {
+        if !self.ready(peer).await {
+            return Err(ManifestFetchError::Open(NOT_READY.into()));
+        }
         manifests::fetch_manifest(
             self.control.clone(),
             peer,
@@ -381,12 +388,26 @@ impl PeerNetwork {
         .await
     }
 
+    /// Whether `peer` may be asked things, connecting to it and waiting for both ends of the
+    /// membership proof (at most [`PROOF_DEADLINE`]) if need be. A request sent earlier would be
+    /// refused: the peer serves only members it has admitted.
+    async fn ready(&self, peer: PeerId) -> bool {
+        if self.peers.is_ready(&peer) {
+            return true;
+        }
+        let _ = self.commands.send(Command::Dial(peer)).await;
+        self.peers.wait_ready(&peer, PROOF_DEADLINE).await
+    }
+
     /// Sends `request` to `peer`; the answer carries the stream its shards follow on.
     pub async fn request(
         &self,
         peer: PeerId,
         request: shoal_proto::wire::ShardRequest,
     ) -> Result<PeerAnswer, TransferError> {
+        if !self.ready(peer).await {
+            return Err(TransferError::Open(NOT_READY.into()));
+        }
         transfer::request(
             self.control.clone(),
             peer,
@@ -611,7 +632,6 @@ pub async fn start(
         addresses: HashMap::new(),
         lookups: HashMap::new(),
         allowed_peers,
-        proved: HashSet::new(),
     };
     let handle = tokio::spawn(async move {
         let mut command_rx = command_rx;
@@ -642,9 +662,6 @@ struct SwarmTask {
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     /// The configured allowlist of peer ids, if any.
     allowed_peers: Option<BTreeSet<PeerId>>,
-    /// Members both ends of whose proof exchange have finished (a subset of `members`, which also
-    /// holds peers admitted half way through).
-    proved: HashSet<PeerId>,
 }
 
 impl SwarmTask {
@@ -703,14 +720,13 @@ impl SwarmTask {
             Command::Proved(peer) => {
                 let span = tracing::info_span!("peer", %peer);
                 let _enter = span.enter();
-                self.members.set_member(peer);
-                self.proved.insert(peer);
+                let newly = self.members.set_ready(peer);
                 for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
                     self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
                 // The first member is the way in: look ourselves up through it, which connects
                 // us to the members it knows (they prove membership in turn).
-                if self.proved.len() == 1 {
+                if newly && self.members.member_count() == 1 {
                     let _ = self.swarm.behaviour_mut().kad.kad.bootstrap();
                 }
                 self.swarm.behaviour_mut().gossip.member_proved(peer);
@@ -723,6 +739,13 @@ impl SwarmTask {
                 self.metrics.p2p_failed_proofs.inc();
                 tracing::warn!(%reason, "peer failed the membership proof; disconnecting");
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Dial(peer) => {
+                if !self.swarm.is_connected(&peer) {
+                    if let Err(error) = self.swarm.dial(peer) {
+                        tracing::debug!(%peer, %error, "cannot dial peer");
+                    }
+                }
             }
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -830,7 +853,6 @@ impl SwarmTask {
                 num_established: 0,
                 ..
             } => {
-                self.proved.remove(&peer_id);
                 if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }

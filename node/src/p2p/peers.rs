@@ -1,7 +1,8 @@
-//! What this node knows of each connected peer: whether it has proved membership, its region
-//! (from identify), its round-trip time (from ping) and how many of this node's requests it is
-//! serving now. The swarm task writes it; the protocol handlers read it to gate requests, and
-//! fetchers read it to rank peers.
+//! What this node knows of each connected peer: whether it has proved membership (then its
+//! requests are served), whether it has also admitted this node (then it may be asked things), its
+//! region (from identify), its round-trip time (from ping) and how many of this node's requests it
+//! is serving now. The swarm task writes it; the protocol handlers read it to gate requests, and
+//! fetchers read it to pick and rank peers, waiting for a peer that is still proving.
 //!
 //! A peer leaves the table when its last connection closes; what it must not be asked again
 //! (after bad bytes) is kept apart, in `PeerNetwork`'s avoid list, so it outlives the connection.
@@ -11,12 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use libp2p::PeerId;
+use tokio::sync::Notify;
 
 /// One connected peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// It has proved that it holds the network key.
+    /// It has proved that it holds the network key: its requests are served.
     pub member: bool,
+    /// It has admitted this node too: it may be asked things (see `membership` for the order).
+    pub ready: bool,
     /// The region it announced, if any.
     pub region: Option<String>,
     /// The latest round-trip time measured by ping.
@@ -27,11 +31,15 @@ pub struct PeerInfo {
 
 /// The connected peers, shared by the swarm task, the protocol handlers and fetchers.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PeerTable(Arc<Mutex<HashMap<PeerId, PeerInfo>>>);
+pub(crate) struct PeerTable {
+    peers: Arc<Mutex<HashMap<PeerId, PeerInfo>>>,
+    /// Woken whenever a peer becomes ready.
+    became_ready: Arc<Notify>,
+}
 
 impl PeerTable {
     fn lock(&self) -> MutexGuard<'_, HashMap<PeerId, PeerInfo>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `peer` has proved membership on a connection that is still open.
@@ -44,6 +52,41 @@ impl PeerTable {
         let mut table = self.lock();
         let info = table.entry(peer).or_default();
         !std::mem::replace(&mut info.member, true)
+    }
+
+    /// Records that `peer` has admitted this node as well (a member that may be asked things);
+    /// `false` if it had already.
+    pub(crate) fn set_ready(&self, peer: PeerId) -> bool {
+        let newly = {
+            let mut table = self.lock();
+            let info = table.entry(peer).or_default();
+            info.member = true;
+            !std::mem::replace(&mut info.ready, true)
+        };
+        self.became_ready.notify_waiters();
+        newly
+    }
+
+    /// Whether `peer` may be asked things now.
+    pub(crate) fn is_ready(&self, peer: &PeerId) -> bool {
+        self.lock().get(peer).is_some_and(|info| info.ready)
+    }
+
+    /// Waits until `peer` is ready, at most `timeout`; whether it is.
+    pub(crate) async fn wait_ready(&self, peer: &PeerId, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.became_ready.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a peer becoming ready in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_ready(peer) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_ready(peer);
+            }
+        }
     }
 
     /// Forgets `peer` (its last connection closed); `true` if it was a member.
@@ -61,18 +104,18 @@ impl PeerTable {
         self.lock().entry(peer).or_default().rtt = Some(rtt);
     }
 
-    /// Members connected now.
+    /// Members connected now that may be asked things (ready).
     pub(crate) fn members(&self) -> Vec<PeerId> {
         self.lock()
             .iter()
-            .filter(|(_, info)| info.member)
+            .filter(|(_, info)| info.ready)
             .map(|(peer, _)| *peer)
             .collect()
     }
 
-    /// How many members are connected.
+    /// How many ready members are connected.
     pub(crate) fn member_count(&self) -> usize {
-        self.lock().values().filter(|info| info.member).count()
+        self.lock().values().filter(|info| info.ready).count()
     }
 
     /// What is known of `peer`.
@@ -89,15 +132,15 @@ impl PeerTable {
         }
     }
 
-    /// Orders `candidates` best first for a fetch by a node in `local_region`: members in the same
-    /// region first, then by fewest requests open to them, then by lowest measured RTT (unknown
-    /// RTTs last). Peers that are not connected members come after every member, in their given
-    /// order (they may still answer once dialled).
+    /// Orders `candidates` best first for a fetch by a node in `local_region`: ready members in
+    /// the same region first, then by fewest requests open to them, then by lowest measured RTT
+    /// (unknown RTTs last). Peers that are not ready members come after every member, in their
+    /// given order (they may still answer once dialled and proved).
     pub(crate) fn rank(&self, candidates: &[PeerId], local_region: &str) -> Vec<PeerId> {
         let table = self.lock();
         let mut ranked: Vec<(usize, PeerId)> = candidates.iter().copied().enumerate().collect();
         ranked.sort_by_key(|(position, peer)| match table.get(peer) {
-            Some(info) if info.member => (
+            Some(info) if info.ready => (
                 0u8,
                 u8::from(info.region.as_deref() != Some(local_region)),
                 info.open_requests,
@@ -140,7 +183,7 @@ mod tests {
 
     fn member(table: &PeerTable, region: &str, rtt_ms: u64) -> PeerId {
         let peer = PeerId::random();
-        table.set_member(peer);
+        table.set_ready(peer);
         table.set_region(peer, region.to_owned());
         table.set_rtt(peer, Duration::from_millis(rtt_ms));
         peer
@@ -170,10 +213,31 @@ mod tests {
         assert!(!table.is_member(&peer));
         assert!(table.set_member(peer));
         assert!(!table.set_member(peer));
+        // Admitted, but not yet asked: it has not admitted this node.
+        assert!(table.members().is_empty());
+        assert!(table.set_ready(peer));
+        assert!(!table.set_ready(peer));
         assert_eq!(table.members(), vec![peer]);
         assert!(table.remove(&peer));
         assert!(!table.is_member(&peer));
+        assert!(!table.is_ready(&peer));
         assert_eq!(table.member_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_peer_ends_when_it_becomes_ready_or_at_the_timeout() {
+        let table = PeerTable::default();
+        let peer = PeerId::random();
+        table.set_member(peer);
+        assert!(!table.wait_ready(&peer, Duration::from_millis(20)).await);
+        let waiter = {
+            let table = table.clone();
+            tokio::spawn(async move { table.wait_ready(&peer, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        table.set_ready(peer);
+        assert!(waiter.await.unwrap());
+        assert!(table.wait_ready(&peer, Duration::ZERO).await);
     }
 
     #[test]
