@@ -1,18 +1,22 @@
-//! Kademlia for members only: a wrapper behaviour whose connection handler drops every inbound
-//! Kademlia stream from a peer that has not proved membership, before Kademlia sees it. The
-//! unproven peer gets no answer at all (no provider records, no closest peers); once it has proved
-//! the key, its next stream is served. Outbound requests need no gate: only members enter the
-//! routing table.
+//! Kademlia for members only: a wrapper behaviour whose connection handler keeps every inbound
+//! Kademlia stream from a peer that has not proved membership away from Kademlia. The first few
+//! are held unread and handed to Kademlia once the peer is admitted (a member's lookup can arrive
+//! a moment before its proof is recorded: Kademlia asks peers it learns of mid-query as soon as it
+//! connects to them); the rest are dropped, and a peer that never proves is disconnected with its
+//! held streams unanswered. So an unproven peer gets no answer at all (no provider records, no
+//! closest peers). Outbound requests need no gate: only members enter the routing table.
 
+use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::kad;
-use libp2p::swarm::handler::ConnectionEvent;
+use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -24,12 +28,28 @@ use crate::metrics::Metrics;
 
 type Kad = kad::Behaviour<CountedStore>;
 type KadHandler = THandler<Kad>;
+type Inbound = <KadHandler as ConnectionHandler>::InboundProtocol;
+type InboundInfo = <KadHandler as ConnectionHandler>::InboundOpenInfo;
+
+/// Inbound Kademlia streams held per connection until the peer is admitted.
+const MAX_HELD_STREAMS: usize = 4;
 
 /// Kademlia that answers members only.
 pub(super) struct MembersOnly {
     pub(super) kad: Kad,
     members: PeerTable,
     metrics: Arc<Metrics>,
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    opening: VecDeque<(PeerId, ConnectionId)>,
+}
+
+/// What the gate's behaviour tells a connection's handler.
+#[derive(Debug)]
+pub(super) enum GateIn {
+    /// The peer was admitted: hand its held streams to Kademlia, and the next ones as they come.
+    Open,
+    /// For Kademlia's handler.
+    Kad(THandlerInEvent<Kad>),
 }
 
 impl MembersOnly {
@@ -38,6 +58,15 @@ impl MembersOnly {
             kad,
             members,
             metrics,
+            connections: HashMap::new(),
+            opening: VecDeque::new(),
+        }
+    }
+
+    /// Opens the gate on every connection to `peer`, which has just been admitted.
+    pub(super) fn member_admitted(&mut self, peer: PeerId) {
+        for connection in self.connections.get(&peer).into_iter().flatten() {
+            self.opening.push_back((peer, *connection));
         }
     }
 
@@ -45,7 +74,8 @@ impl MembersOnly {
         GatedHandler {
             inner,
             peer,
-            members: self.members.clone(),
+            open: self.members.is_member(&peer),
+            held: Vec::new(),
             metrics: self.metrics.clone(),
         }
     }
@@ -115,6 +145,23 @@ impl NetworkBehaviour for MembersOnly {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        match &event {
+            FromSwarm::ConnectionEstablished(established) => {
+                self.connections
+                    .entry(established.peer_id)
+                    .or_default()
+                    .push(established.connection_id);
+            }
+            FromSwarm::ConnectionClosed(closed) => {
+                if let Some(connections) = self.connections.get_mut(&closed.peer_id) {
+                    connections.retain(|id| *id != closed.connection_id);
+                    if connections.is_empty() {
+                        self.connections.remove(&closed.peer_id);
+                    }
+                }
+            }
+            _ => {}
+        }
         self.kad.on_swarm_event(event);
     }
 
@@ -132,7 +179,14 @@ impl NetworkBehaviour for MembersOnly {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.kad.poll(cx)
+        if let Some((peer_id, connection)) = self.opening.pop_front() {
+            return Poll::Ready(ToSwarm::NotifyHandler {
+                peer_id,
+                handler: NotifyHandler::One(connection),
+                event: GateIn::Open,
+            });
+        }
+        self.kad.poll(cx).map(|event| event.map_in(GateIn::Kad))
     }
 }
 
@@ -140,12 +194,28 @@ impl NetworkBehaviour for MembersOnly {
 pub(super) struct GatedHandler {
     inner: KadHandler,
     peer: PeerId,
-    members: PeerTable,
+    /// The peer was admitted; its streams go to Kademlia.
+    open: bool,
+    /// Streams the peer opened before it was admitted, unread.
+    held: Vec<FullyNegotiatedInbound<Inbound, InboundInfo>>,
     metrics: Arc<Metrics>,
 }
 
+impl GatedHandler {
+    fn open(&mut self) {
+        if self.open {
+            return;
+        }
+        self.open = true;
+        for held in std::mem::take(&mut self.held) {
+            self.inner
+                .on_connection_event(ConnectionEvent::FullyNegotiatedInbound(held));
+        }
+    }
+}
+
 impl ConnectionHandler for GatedHandler {
-    type FromBehaviour = <KadHandler as ConnectionHandler>::FromBehaviour;
+    type FromBehaviour = GateIn;
     type ToBehaviour = <KadHandler as ConnectionHandler>::ToBehaviour;
     type InboundProtocol = <KadHandler as ConnectionHandler>::InboundProtocol;
     type OutboundProtocol = <KadHandler as ConnectionHandler>::OutboundProtocol;
@@ -174,7 +244,10 @@ impl ConnectionHandler for GatedHandler {
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
-        self.inner.on_behaviour_event(event);
+        match event {
+            GateIn::Open => self.open(),
+            GateIn::Kad(event) => self.inner.on_behaviour_event(event),
+        }
     }
 
     fn on_connection_event(
@@ -186,14 +259,18 @@ impl ConnectionHandler for GatedHandler {
             Self::OutboundOpenInfo,
         >,
     ) {
-        if matches!(event, ConnectionEvent::FullyNegotiatedInbound(_))
-            && !self.members.is_member(&self.peer)
-        {
-            // Dropping the stream closes it unanswered.
-            self.metrics.p2p_refused_non_member_requests.inc();
-            tracing::debug!(peer = %self.peer, "Kademlia request from a peer that has not proved membership; dropped");
-            return;
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(inbound) if !self.open => {
+                if self.held.len() < MAX_HELD_STREAMS {
+                    tracing::debug!(peer = %self.peer, "Kademlia request from a peer not admitted yet; held");
+                    self.held.push(inbound);
+                } else {
+                    // Dropping the stream closes it unanswered.
+                    self.metrics.p2p_refused_non_member_requests.inc();
+                    tracing::debug!(peer = %self.peer, "Kademlia request from a peer not admitted yet; dropped");
+                }
+            }
+            event => self.inner.on_connection_event(event),
         }
-        self.inner.on_connection_event(event);
     }
 }

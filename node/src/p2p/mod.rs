@@ -715,6 +715,8 @@ impl SwarmTask {
             Command::Proved(peer) if !self.allowed(&peer) => self.refuse_unlisted(peer),
             Command::Admit(peer, admitted) => {
                 self.members.set_member(peer);
+                // Kademlia requests it sent before this moment were held, not dropped.
+                self.swarm.behaviour_mut().kad.member_admitted(peer);
                 let _ = admitted.send(true);
             }
             Command::Proved(peer) => {
