@@ -32,6 +32,16 @@ fn commit_blob(store: &ShardStore, bytes: &[u8]) -> BlobDigest {
     digest
 }
 
+/// A request for the whole of `digest`, map included.
+fn whole_blob(digest: BlobDigest) -> ShardRequest {
+    ShardRequest {
+        blob: *digest.as_bytes(),
+        shards: ShardSet::All,
+        map: MapWanted::Full,
+        claim: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_find_providers_and_outsiders_get_no_dht_answer() {
     let (_stop_tx, stop) = watch::channel(false);
@@ -54,12 +64,7 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(providers, vec![a.network.local_peer_id()]);
-    let whole = ShardRequest {
-        blob: *digest.as_bytes(),
-        shards: ShardSet::All,
-        map: MapWanted::Full,
-        claim: false,
-    };
+    let whole = whole_blob(digest);
     let PeerAnswer::Map(map, mut stream) = b.network.request(providers[0], whole).await.unwrap()
     else {
         panic!("a holder of the whole blob answers with its map");
@@ -173,12 +178,7 @@ async fn a_request_made_while_the_proof_is_under_way_waits_for_it() {
     let digest = commit_blob(&a.store, &[5u8; 100_000]);
     // B asks A at once: its connection to A has only just been dialled.
     let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
-    let whole = ShardRequest {
-        blob: *digest.as_bytes(),
-        shards: ShardSet::All,
-        map: MapWanted::Full,
-        claim: false,
-    };
+    let whole = whole_blob(digest);
     let answer = b.network.request(a.network.local_peer_id(), whole).await;
     assert!(
         matches!(answer, Ok(PeerAnswer::Map(..))),

@@ -39,17 +39,64 @@ pub(super) struct MembersOnly {
     pub(super) kad: Kad,
     members: PeerTable,
     metrics: Arc<Metrics>,
+    openings: Openings,
+}
+
+/// What a gate's behaviour tells a connection's handler (this one's and gossip's).
+#[derive(Debug)]
+pub(super) enum GateIn<E> {
+    /// The peer was admitted: let its streams through, those held first.
+    Open,
+    /// For the wrapped protocol's handler.
+    Inner(E),
+}
+
+/// Each peer's connections, and the gates waiting to be opened on them: what a gating behaviour
+/// (this one, gossip's) keeps to tell every connection of a peer that it was admitted.
+#[derive(Debug, Default)]
+pub(super) struct Openings {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     opening: VecDeque<(PeerId, ConnectionId)>,
 }
 
-/// What the gate's behaviour tells a connection's handler.
-#[derive(Debug)]
-pub(super) enum GateIn {
-    /// The peer was admitted: hand its held streams to Kademlia, and the next ones as they come.
-    Open,
-    /// For Kademlia's handler.
-    Kad(THandlerInEvent<Kad>),
+impl Openings {
+    /// Follows connections opening and closing.
+    pub(super) fn on_swarm_event(&mut self, event: &FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(established) => {
+                self.connections
+                    .entry(established.peer_id)
+                    .or_default()
+                    .push(established.connection_id);
+            }
+            FromSwarm::ConnectionClosed(closed) => {
+                if let Some(connections) = self.connections.get_mut(&closed.peer_id) {
+                    connections.retain(|id| *id != closed.connection_id);
+                    if connections.is_empty() {
+                        self.connections.remove(&closed.peer_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues an [`GateIn::Open`] for every connection to `peer`.
+    pub(super) fn open(&mut self, peer: PeerId) {
+        for connection in self.connections.get(&peer).into_iter().flatten() {
+            self.opening.push_back((peer, *connection));
+        }
+    }
+
+    /// The next queued [`GateIn::Open`], as the behaviour's `poll` returns it.
+    pub(super) fn next<T, E>(&mut self) -> Option<ToSwarm<T, GateIn<E>>> {
+        let (peer_id, connection) = self.opening.pop_front()?;
+        Some(ToSwarm::NotifyHandler {
+            peer_id,
+            handler: NotifyHandler::One(connection),
+            event: GateIn::Open,
+        })
+    }
 }
 
 impl MembersOnly {
@@ -58,16 +105,13 @@ impl MembersOnly {
             kad,
             members,
             metrics,
-            connections: HashMap::new(),
-            opening: VecDeque::new(),
+            openings: Openings::default(),
         }
     }
 
     /// Opens the gate on every connection to `peer`, which has just been admitted.
     pub(super) fn member_admitted(&mut self, peer: PeerId) {
-        for connection in self.connections.get(&peer).into_iter().flatten() {
-            self.opening.push_back((peer, *connection));
-        }
+        self.openings.open(peer);
     }
 
     fn wrap(&self, peer: PeerId, inner: KadHandler) -> GatedHandler {
@@ -145,23 +189,7 @@ impl NetworkBehaviour for MembersOnly {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        match &event {
-            FromSwarm::ConnectionEstablished(established) => {
-                self.connections
-                    .entry(established.peer_id)
-                    .or_default()
-                    .push(established.connection_id);
-            }
-            FromSwarm::ConnectionClosed(closed) => {
-                if let Some(connections) = self.connections.get_mut(&closed.peer_id) {
-                    connections.retain(|id| *id != closed.connection_id);
-                    if connections.is_empty() {
-                        self.connections.remove(&closed.peer_id);
-                    }
-                }
-            }
-            _ => {}
-        }
+        self.openings.on_swarm_event(&event);
         self.kad.on_swarm_event(event);
     }
 
@@ -179,14 +207,10 @@ impl NetworkBehaviour for MembersOnly {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        if let Some((peer_id, connection)) = self.opening.pop_front() {
-            return Poll::Ready(ToSwarm::NotifyHandler {
-                peer_id,
-                handler: NotifyHandler::One(connection),
-                event: GateIn::Open,
-            });
+        if let Some(open) = self.openings.next() {
+            return Poll::Ready(open);
         }
-        self.kad.poll(cx).map(|event| event.map_in(GateIn::Kad))
+        self.kad.poll(cx).map(|event| event.map_in(GateIn::Inner))
     }
 }
 
@@ -215,7 +239,7 @@ impl GatedHandler {
 }
 
 impl ConnectionHandler for GatedHandler {
-    type FromBehaviour = GateIn;
+    type FromBehaviour = GateIn<THandlerInEvent<Kad>>;
     type ToBehaviour = <KadHandler as ConnectionHandler>::ToBehaviour;
     type InboundProtocol = <KadHandler as ConnectionHandler>::InboundProtocol;
     type OutboundProtocol = <KadHandler as ConnectionHandler>::OutboundProtocol;
@@ -246,7 +270,7 @@ impl ConnectionHandler for GatedHandler {
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
         match event {
             GateIn::Open => self.open(),
-            GateIn::Kad(event) => self.inner.on_behaviour_event(event),
+            GateIn::Inner(event) => self.inner.on_behaviour_event(event),
         }
     }
 

@@ -14,7 +14,6 @@
 //! Topics and payloads are defined in `shoal_proto::gossip`; adding a kind of news means a new
 //! [`Topic`] there and an arm in [`Received`], not new plumbing here.
 
-use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
@@ -24,12 +23,12 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 use shoal_proto::gossip::{Announcement, GossipMessage as _, Topic, MAX_GOSSIP_TRANSMIT_BYTES};
 
+use super::gate::{GateIn, Openings};
 use super::PeerTable;
 
 /// The prefix of Shoal's gossipsub protocol names (`/shoal/meshsub/1.1.0` and so on), so that
@@ -61,8 +60,7 @@ type GossipHandler = THandler<Gossip>;
 pub(super) struct MembersOnlyGossip {
     pub(super) gossip: Gossip,
     members: PeerTable,
-    connections: HashMap<PeerId, Vec<ConnectionId>>,
-    opening: VecDeque<(PeerId, ConnectionId)>,
+    openings: Openings,
 }
 
 impl MembersOnlyGossip {
@@ -80,16 +78,13 @@ impl MembersOnlyGossip {
         Ok(Self {
             gossip,
             members,
-            connections: HashMap::new(),
-            opening: VecDeque::new(),
+            openings: Openings::default(),
         })
     }
 
     /// Opens the gate on every connection to `peer`, which has just proved membership.
     pub(super) fn member_proved(&mut self, peer: PeerId) {
-        for connection in self.connections.get(&peer).into_iter().flatten() {
-            self.opening.push_back((peer, *connection));
-        }
+        self.openings.open(peer);
     }
 
     fn wrap(&self, peer: PeerId, inner: GossipHandler) -> GatedHandler {
@@ -99,15 +94,6 @@ impl MembersOnlyGossip {
             held: None,
         }
     }
-}
-
-/// What the gate's behaviour tells a connection's handler.
-#[derive(Debug)]
-pub(super) enum GateIn {
-    /// The peer proved membership: start gossiping.
-    Open,
-    /// For gossipsub's handler.
-    Gossip(THandlerInEvent<Gossip>),
 }
 
 impl NetworkBehaviour for MembersOnlyGossip {
@@ -174,23 +160,7 @@ impl NetworkBehaviour for MembersOnlyGossip {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        match &event {
-            FromSwarm::ConnectionEstablished(established) => {
-                self.connections
-                    .entry(established.peer_id)
-                    .or_default()
-                    .push(established.connection_id);
-            }
-            FromSwarm::ConnectionClosed(closed) => {
-                if let Some(connections) = self.connections.get_mut(&closed.peer_id) {
-                    connections.retain(|id| *id != closed.connection_id);
-                    if connections.is_empty() {
-                        self.connections.remove(&closed.peer_id);
-                    }
-                }
-            }
-            _ => {}
-        }
+        self.openings.on_swarm_event(&event);
         self.gossip.on_swarm_event(event);
     }
 
@@ -208,16 +178,12 @@ impl NetworkBehaviour for MembersOnlyGossip {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        if let Some((peer_id, connection)) = self.opening.pop_front() {
-            return Poll::Ready(ToSwarm::NotifyHandler {
-                peer_id,
-                handler: NotifyHandler::One(connection),
-                event: GateIn::Open,
-            });
+        if let Some(open) = self.openings.next() {
+            return Poll::Ready(open);
         }
         self.gossip
             .poll(cx)
-            .map(|event| event.map_in(GateIn::Gossip))
+            .map(|event| event.map_in(GateIn::Inner))
     }
 }
 
@@ -247,7 +213,7 @@ impl GatedHandler {
 }
 
 impl ConnectionHandler for GatedHandler {
-    type FromBehaviour = GateIn;
+    type FromBehaviour = GateIn<THandlerInEvent<Gossip>>;
     type ToBehaviour = <GossipHandler as ConnectionHandler>::ToBehaviour;
     type InboundProtocol = Inbound;
     type OutboundProtocol = <GossipHandler as ConnectionHandler>::OutboundProtocol;
@@ -287,7 +253,7 @@ impl ConnectionHandler for GatedHandler {
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
         match event {
             GateIn::Open => self.open(),
-            GateIn::Gossip(event) => self.inner.on_behaviour_event(event),
+            GateIn::Inner(event) => self.inner.on_behaviour_event(event),
         }
     }
 
