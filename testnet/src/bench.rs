@@ -95,12 +95,7 @@ pub async fn one_peer(size: usize, seed: u64) -> Result<OnePeerRun> {
     let holder = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
     fetch(&holder.registry_url(), &blob).await?;
     let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
-    let fetcher = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(holder.p2p_addr().context("no p2p address")?),
-    )
-    .await?;
+    let fetcher = Node::start(NodeConfig::joining(&origin, &key, holder.p2p_addr()?)).await?;
     fetcher
         .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await?;
@@ -149,7 +144,7 @@ pub async fn crowd(nodes: usize, size: usize, seed: u64, egress: Option<u64>) ->
         }
         // Every node knows the first; the rest they find through it.
         if let Some(first) = started.first() {
-            config = config.bootstrap(first.p2p_addr().context("no p2p address")?);
+            config = config.bootstrap(first.p2p_addr()?);
         }
         started.push(Node::start(config).await?);
     }

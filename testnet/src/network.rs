@@ -147,9 +147,7 @@ impl Network {
             let node = Node::start(config)
                 .await
                 .with_context(|| format!("starting node {index} (region {region})"))?;
-            let addr = node
-                .p2p_addr()
-                .with_context(|| format!("node {index} reported no p2p address"))?;
+            let addr = node.p2p_addr()?;
             bootstrap.push(addr.to_string());
             let hosts = HostsDir::for_test_registry(node.registry_addr())?;
             network.nodes.push(NetworkNode {

@@ -109,6 +109,14 @@ impl NodeConfig {
             .default_upstream(crate::REGISTRY_HOST)
     }
 
+    /// [`NodeConfig::for_origin`] in the peer network of `key`, joining it
+    /// through `bootstrap` (a member's [`Node::p2p_addr`]).
+    pub fn joining(origin: &Origin, key: &NetworkKeyFile, bootstrap: &str) -> NodeConfig {
+        NodeConfig::for_origin(origin)
+            .network_key(key)
+            .bootstrap(bootstrap)
+    }
+
     /// Adds `--upstream name=url`.
     pub fn upstream(mut self, name: &str, url: &str) -> NodeConfig {
         self.upstreams.push((name.to_string(), url.to_string()));
@@ -357,10 +365,15 @@ impl Node {
         self.admin
     }
 
-    /// The peer network's address (`/ip4/../udp/../quic-v1/p2p/<peer id>`),
-    /// when the node runs with a network key.
-    pub fn p2p_addr(&self) -> Option<&str> {
-        self.p2p.as_deref()
+    /// The peer network's address (`/ip4/../udp/../quic-v1/p2p/<peer id>`);
+    /// an error when the node runs without a network key (no peer network).
+    pub fn p2p_addr(&self) -> Result<&str> {
+        self.p2p.as_deref().with_context(|| {
+            format!(
+                "the node at {} reported no p2p address (started without a network key?)",
+                self.registry
+            )
+        })
     }
 
     /// `http://<registry addr>`.

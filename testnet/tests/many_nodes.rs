@@ -53,7 +53,7 @@ async fn five_nodes_pulling_one_image_at_once_cost_the_origin_about_one_copy() -
             .network_key(&key)
             .region(if index % 2 == 0 { "east" } else { "west" });
         for earlier in &nodes {
-            config = config.bootstrap(earlier.p2p_addr().context("no p2p address")?);
+            config = config.bootstrap(earlier.p2p_addr()?);
         }
         let node = Node::start(config).await?;
         logs.add(&node);
@@ -124,13 +124,8 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
     .await?;
     let key = NetworkKeyFile::new(52)?;
     let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
-    let a_addr = a.p2p_addr().context("no p2p address")?.to_owned();
-    let c = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let a_addr = a.p2p_addr()?.to_owned();
+    let c = Node::start(NodeConfig::joining(&origin, &key, &a_addr)).await?;
     let mut logs = LogsOnFailure::new([&a, &c]);
     c.wait_until_joined().await?;
     for holder in [&a, &c] {
@@ -145,12 +140,7 @@ async fn shards_a_holder_cannot_send_come_from_another_holder() -> Result<()> {
         corrupt_shard_file(&shard)?;
     }
 
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, &a_addr)).await?;
     logs.add(&b);
     b.wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 2.0)
         .await
@@ -197,12 +187,7 @@ async fn a_cold_range_request_is_served_from_a_peer_with_the_origin_down() -> Re
     let client = Containerd::start().await?;
     let hosts = HostsDir::for_test_registry(a.registry_addr())?;
     client.pull_ok(&image.reference, hosts.path()).await?;
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(a.p2p_addr().context("no p2p address")?),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, a.p2p_addr()?)).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     origin.stop().await?;

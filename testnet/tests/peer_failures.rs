@@ -45,20 +45,11 @@ async fn peer_killed_mid_transfer_the_pull_completes_from_the_origin() -> Result
             .test_egress_bytes_per_sec(EGRESS_BYTES_PER_SEC),
     )
     .await?;
-    let a_addr = a
-        .p2p_addr()
-        .context("A reported no p2p address")?
-        .to_owned();
+    let a_addr = a.p2p_addr()?.to_owned();
     let mut logs = LogsOnFailure::new([&a]);
     a.pull_and_store(&image).await?;
 
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .region("b")
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, &a_addr).region("b")).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;

@@ -63,10 +63,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
             .region("a"),
     )
     .await?;
-    let a_addr = a
-        .p2p_addr()
-        .context("node A reported no p2p address")?
-        .to_owned();
+    let a_addr = a.p2p_addr()?.to_owned();
     let mut logs = LogsOnFailure::new([&a]);
 
     let hosts_a = HostsDir::for_test_registry(a.registry_addr())?;
@@ -75,13 +72,7 @@ async fn second_node_pulls_from_its_peer_with_the_origin_down() -> Result<()> {
     first.ensure_holds(&image).await?;
     drop(first);
 
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .region("b")
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, &a_addr).region("b")).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     origin.stop().await?;
@@ -129,20 +120,12 @@ async fn node_with_another_network_key_gets_nothing() -> Result<()> {
     let key = NetworkKeyFile::new(32)?;
     let other_key = NetworkKeyFile::new(33)?;
     let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
-    let a_addr = a
-        .p2p_addr()
-        .context("node A reported no p2p address")?
-        .to_owned();
+    let a_addr = a.p2p_addr()?.to_owned();
     let mut logs = LogsOnFailure::new([&a]);
 
     a.pull_and_store(&image).await?;
 
-    let outsider = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&other_key)
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let outsider = Node::start(NodeConfig::joining(&origin, &other_key, &a_addr)).await?;
     logs.add(&outsider);
     a.wait_for_log("failed the membership proof", JOIN_TIMEOUT)
         .await
@@ -212,10 +195,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
     let image = push_image(&origin, ImageSpec::multi_layer("test/p2p-bad", "v1", 34)).await?;
     let key = NetworkKeyFile::new(34)?;
     let a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
-    let a_addr = a
-        .p2p_addr()
-        .context("node A reported no p2p address")?
-        .to_owned();
+    let a_addr = a.p2p_addr()?.to_owned();
     let mut logs = LogsOnFailure::new([&a]);
     a.pull_and_store(&image).await?;
 
@@ -227,12 +207,7 @@ async fn corrupt_shard_at_the_peer_falls_back_to_the_origin() -> Result<()> {
         .context("A holds no shards")?;
     corrupt_shard_file(&shard)?;
 
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(&a_addr),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, &a_addr)).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     let hosts_b = HostsDir::for_test_registry(b.registry_addr())?;
@@ -271,15 +246,12 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     let key = NetworkKeyFile::new(35)?;
     let mut a = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
     let mut logs = LogsOnFailure::new([&a]);
-    let before = a.p2p_addr().context("no p2p address")?.to_owned();
+    let before = a.p2p_addr()?.to_owned();
     a.pull_and_store(&image).await?;
 
     a.stop().await?;
     a.restart().await?;
-    let after = a
-        .p2p_addr()
-        .context("no p2p address after restart")?
-        .to_owned();
+    let after = a.p2p_addr()?.to_owned();
     let peer_id = |addr: &str| addr.rsplit("/p2p/").next().map(str::to_owned);
     ensure!(
         peer_id(&before) == peer_id(&after),
@@ -287,12 +259,7 @@ async fn restarted_node_keeps_its_identity_and_serves_what_it_holds() -> Result<
     );
 
     // Only the announcements made at start-up can tell B that A holds the image.
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(&after),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, &after)).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     origin.stop().await?;
@@ -346,12 +313,7 @@ async fn a_peer_whose_blob_fails_its_digest_is_avoided_and_the_blob_fetched_agai
     std::fs::remove_dir_all(a.data_dir().join("index"))?;
     a.restart().await?;
 
-    let b = Node::start(
-        NodeConfig::for_origin(&origin)
-            .network_key(&key)
-            .bootstrap(a.p2p_addr().context("no p2p address")?),
-    )
-    .await?;
+    let b = Node::start(NodeConfig::joining(&origin, &key, a.p2p_addr()?)).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
     let path = format!(
