@@ -254,7 +254,10 @@ fn sweep_finds_the_smallest_configuration() {
         .expect("some configuration of the sweep meets the targets");
     assert!(best.meets_targets);
     assert!(best.offload >= s.targets.min_offload, "{best:?}");
-    assert!(best.p99_pull_secs <= s.targets.max_p99_pull_secs, "{best:?}");
+    assert!(
+        best.p99_pull_secs <= s.targets.max_p99_pull_secs,
+        "{best:?}"
+    );
     for p in sweep.points.iter().filter(|p| p.meets_targets) {
         assert!(p.total_disk_tb >= best.total_disk_tb);
     }
