@@ -5,11 +5,12 @@
 //!
 //! * [`Lru`]: plain least-recently-used; the node's default.
 //! * [`Lfu`]: least-frequently-used, ties by recency.
-//! * [`Predictive`]: lowest expected use per byte first, where expected use is
-//!   the node's own forecast plus its share of the region's forecast plus a
-//!   recency term, discounted by threat, so that high-risk, rarely used
-//!   layers go first (the design seed). Layers whose lifecycle says delete go
-//!   before all others.
+//! * [`Predictive`]: a blend of recency and expected hits per byte (learned
+//!   reuse by size and hit count, plus the node's own forecast and its share
+//!   of the region's, discounted by threat, so that high-risk, rarely used
+//!   layers go first), leaning between the two as an LRU shadow shows which
+//!   wins on this node ([`crate::guard`]). Layers whose lifecycle says delete
+//!   go before all others.
 //! * [`BeladyMin`]: Belady's MIN, the offline optimum for equal-sized items:
 //!   evict what is needed furthest in the future. It needs the future, so it
 //!   exists for comparison in the simulator only.
@@ -34,6 +35,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::guard::{AdaptiveGuard, GuardConfig};
+use crate::reuse::{ReuseConfig, ReuseStats};
 use crate::usage::{UsageConfig, UsageTracker};
 use crate::{LayerId, Timestamp};
 
@@ -299,14 +302,18 @@ pub struct PredictiveConfig {
     pub horizon_buckets: u32,
     /// Fraction of expected use a threat score of 100 takes away. Default 0.5.
     pub threat_discount: f64,
-    /// Expected use is divided by `size ^ size_exponent` before ranking, so
-    /// that a large layer must earn its space (0 ignores size). Default 0.3,
-    /// a compromise between hit ratio by requests and by bytes.
+    /// Exponent of the size in [`Predictive::keep_value`], the fixed-size
+    /// ranking kept for callers that ask for it; eviction itself ranks by the
+    /// learned [`Predictive::value_per_byte`]. Default 0.3.
     pub size_exponent: f64,
-    /// Weight of recency: `recency_weight / (1 + hours since last access)` is
-    /// added to the expected use, so a layer just read is not dropped before
-    /// its history builds up. Default 1.0.
+    /// Weight of recency in [`Predictive::expected_use`]:
+    /// `recency_weight / (1 + hours since last access)` is added to the
+    /// expected use. Default 1.0.
     pub recency_weight: f64,
+    /// The adaptive guard (LRU shadow and hill climbing).
+    pub guard: GuardConfig,
+    /// The learned reuse probabilities by size and hits.
+    pub reuse: ReuseConfig,
 }
 
 impl Default for PredictiveConfig {
@@ -317,35 +324,67 @@ impl Default for PredictiveConfig {
             threat_discount: 0.5,
             size_exponent: 0.3,
             recency_weight: 1.0,
+            guard: GuardConfig::default(),
+            reuse: ReuseConfig::default(),
         }
     }
 }
 
-/// Evicts the layers with the lowest threat-discounted expected use per byte.
+/// Evicts by a blend of recency and predicted value per byte, leaning
+/// between them as the node's [`AdaptiveGuard`] finds it wins or loses
+/// against an LRU shadow.
 ///
-/// Expected use of a layer = the node's own forecast over the horizon + its
-/// share of the region's forecast + a recency term
-/// (`recency_weight / (1 + hours since last access)`), times
-/// `1 - threat_discount * threat / 100`. Layers are ranked by expected use
-/// divided by `size ^ size_exponent`. Ties go least recently used first.
-/// Layers whose lifecycle says delete go first of all.
+/// * Predicted value per byte ([`Predictive::value_per_byte`]): the learned
+///   probability that a layer of its size and hit count is requested again
+///   ([`ReuseStats`]) plus the node's own forecast and its share of the
+///   region's forecast over the horizon, times
+///   `1 - threat_discount * threat / 100`.
+/// * Order: every evictable candidate gets its position in LRU order and its
+///   position in value order (both scaled to 0-1); it is ranked by
+///   `(1 - lean) * lru_position + lean * value_position`, lowest first, ties
+///   least recently used first. With `lean = 0` this is exactly LRU's order.
+/// * Layers whose lifecycle says delete go first of all.
+///
+/// Without a capacity ([`Predictive::new`]) there is no guard and the lean
+/// stays at [`GuardConfig::initial_lean`]; [`Predictive::with_capacity`] or
+/// [`Predictive::set_capacity`] start it.
 #[derive(Debug, Clone, Default)]
 pub struct Predictive {
     config: PredictiveConfig,
     usage: UsageTracker,
     recency: Lru,
     signals: Arc<LayerSignals>,
+    reuse: ReuseStats,
+    guard: Option<AdaptiveGuard>,
 }
 
 impl Predictive {
-    /// A predictive policy with no regional signals yet.
+    /// A predictive policy with no regional signals yet and no guard.
     pub fn new(config: PredictiveConfig) -> Self {
         Predictive {
             usage: UsageTracker::new(config.usage.clone()),
-            config,
+            reuse: ReuseStats::new(config.reuse.clone()),
             recency: Lru::new(),
             signals: Arc::new(LayerSignals::default()),
+            guard: None,
+            config,
         }
+    }
+
+    /// A predictive policy for a node of `capacity_bytes`, guarded by an LRU
+    /// shadow of that size.
+    pub fn with_capacity(config: PredictiveConfig, capacity_bytes: u64) -> Self {
+        let mut p = Predictive::new(config);
+        p.set_capacity(capacity_bytes);
+        p
+    }
+
+    /// Starts (or restarts) the guard for a node of `capacity_bytes`.
+    pub fn set_capacity(&mut self, capacity_bytes: u64) {
+        self.guard = Some(AdaptiveGuard::new(
+            self.config.guard.clone(),
+            capacity_bytes,
+        ));
     }
 
     /// Replaces the regional signals (after a plan recomputation).
@@ -358,8 +397,51 @@ impl Predictive {
         self.usage.record_manifest_pull(now, layers);
     }
 
-    /// The threat-discounted expected use of a layer over the horizon.
-    pub fn expected_use(&self, now: Timestamp, layer: LayerId) -> f64 {
+    /// Records a request of `layer` and whether the node had it. Callers
+    /// that know (the simulator) use this; [`EvictionPolicy::record_access`]
+    /// guesses `hit` from whether the layer is known and not forgotten.
+    pub fn record_request(&mut self, now: Timestamp, layer: LayerId, size: u64, hit: bool) {
+        self.usage.record_pull(now, layer);
+        self.recency.record_access(now, layer, size);
+        self.reuse.record_request(layer, size);
+        if let Some(g) = &mut self.guard {
+            g.record_request(now, layer, size, hit);
+        }
+    }
+
+    /// How far eviction leans toward prediction (0 = LRU's order).
+    pub fn lean(&self) -> f64 {
+        self.guard
+            .as_ref()
+            .map_or(self.config.guard.initial_lean, AdaptiveGuard::lean)
+            .clamp(0.0, 1.0)
+    }
+
+    /// The node's guard, once it has a capacity.
+    pub fn guard(&self) -> Option<&AdaptiveGuard> {
+        self.guard.as_ref()
+    }
+
+    /// The factor the node's pre-cache budget is multiplied by (see
+    /// [`AdaptiveGuard::precache_scale`]); the lean when there is no guard.
+    pub fn precache_scale(&self) -> f64 {
+        self.guard
+            .as_ref()
+            .map_or(self.lean(), AdaptiveGuard::precache_scale)
+    }
+
+    fn threat_factor(&self, layer: LayerId) -> f64 {
+        let threat = self
+            .signals
+            .threat
+            .get(&layer)
+            .copied()
+            .unwrap_or(0.0)
+            .clamp(0.0, 100.0);
+        1.0 - self.config.threat_discount.clamp(0.0, 1.0) * threat / 100.0
+    }
+
+    fn forecast_use(&self, now: Timestamp, layer: LayerId) -> f64 {
         let own = self
             .usage
             .forecast(now, layer, self.config.horizon_buckets)
@@ -370,25 +452,93 @@ impl Predictive {
             .get(&layer)
             .copied()
             .unwrap_or(0.0);
-        let share = regional / f64::from(self.signals.region_nodes.max(1));
+        own + regional / f64::from(self.signals.region_nodes.max(1))
+    }
+
+    /// The threat-discounted expected use of a layer over the horizon.
+    pub fn expected_use(&self, now: Timestamp, layer: LayerId) -> f64 {
         let recency = match self.usage.series(layer).and_then(|s| s.last_access()) {
             Some(t) => self.config.recency_weight / (1.0 + now.since(t) as f64 / 3600.0),
             None => 0.0,
         };
-        let threat = self
-            .signals
-            .threat
-            .get(&layer)
-            .copied()
-            .unwrap_or(0.0)
-            .clamp(0.0, 100.0);
-        (own + share + recency)
-            * (1.0 - self.config.threat_discount.clamp(0.0, 1.0) * threat / 100.0)
+        (self.forecast_use(now, layer) + recency) * self.threat_factor(layer)
     }
 
-    /// The value a layer is ranked by: expected use per `size ^ size_exponent`.
+    /// The fixed-size ranking: expected use per `size ^ size_exponent`.
     pub fn keep_value(&self, now: Timestamp, layer: LayerId, size: u64) -> f64 {
         self.expected_use(now, layer) / (size.max(1) as f64).powf(self.config.size_exponent)
+    }
+
+    /// Expected hits per byte held over the horizon: for byte hits, a byte
+    /// of a layer is worth the number of times the layer is expected to be
+    /// served again. Learned reuse by size and hits, plus the forecasts,
+    /// threat-discounted.
+    pub fn value_per_byte(&self, now: Timestamp, layer: LayerId, size: u64) -> f64 {
+        let learned = self.reuse.layer_reuse_probability(layer, size);
+        (learned + self.forecast_use(now, layer)) * self.threat_factor(layer)
+    }
+
+    /// Every evictable candidate in eviction order (first to go first).
+    pub fn eviction_order(
+        &self,
+        now: Timestamp,
+        candidates: &[CandidateLayer],
+    ) -> Vec<CandidateLayer> {
+        let evictable: Vec<CandidateLayer> = candidates
+            .iter()
+            .filter(|c| c.is_evictable())
+            .copied()
+            .collect();
+        let n = evictable.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let scale = (n.saturating_sub(1)).max(1) as f64;
+        let mut by_recency: Vec<usize> = (0..n).collect();
+        by_recency.sort_by_key(|&i| (self.recency.rank(evictable[i].layer), evictable[i].layer));
+        let values: Vec<f64> = evictable
+            .iter()
+            .map(|c| self.value_per_byte(now, c.layer, c.size))
+            .collect();
+        let mut by_value: Vec<usize> = (0..n).collect();
+        by_value.sort_by(|&a, &b| {
+            values[a]
+                .total_cmp(&values[b])
+                .then(
+                    self.recency
+                        .rank(evictable[a].layer)
+                        .cmp(&self.recency.rank(evictable[b].layer)),
+                )
+                .then(evictable[a].layer.cmp(&evictable[b].layer))
+        });
+        let mut position = vec![(0.0f64, 0.0f64); n];
+        for (pos, &i) in by_recency.iter().enumerate() {
+            position[i].0 = pos as f64 / scale;
+        }
+        for (pos, &i) in by_value.iter().enumerate() {
+            position[i].1 = pos as f64 / scale;
+        }
+        let lean = self.lean();
+        let mut keyed: Vec<(bool, f64, u64, CandidateLayer)> = evictable
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (r, v) = position[i];
+                (
+                    !c.lifecycle_delete,
+                    (1.0 - lean) * r + lean * v,
+                    self.recency.rank(c.layer),
+                    *c,
+                )
+            })
+            .collect();
+        keyed.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.layer.cmp(&b.3.layer))
+        });
+        keyed.into_iter().map(|(_, _, _, c)| c).collect()
     }
 }
 
@@ -398,8 +548,8 @@ impl EvictionPolicy for Predictive {
     }
 
     fn record_access(&mut self, now: Timestamp, layer: LayerId, size: u64) {
-        self.usage.record_pull(now, layer);
-        self.recency.record_access(now, layer, size);
+        let hit = self.recency.rank(layer) != 0;
+        self.record_request(now, layer, size, hit);
     }
 
     fn choose_victims(
@@ -408,29 +558,12 @@ impl EvictionPolicy for Predictive {
         candidates: &[CandidateLayer],
         bytes_to_free: u64,
     ) -> Vec<LayerId> {
-        let mut c: Vec<(bool, f64, u64, CandidateLayer)> = candidates
-            .iter()
-            .filter(|c| c.is_evictable())
-            .map(|c| {
-                (
-                    !c.lifecycle_delete,
-                    self.keep_value(now, c.layer, c.size),
-                    self.recency.rank(c.layer),
-                    *c,
-                )
-            })
-            .collect();
-        c.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-                .then(a.3.layer.cmp(&b.3.layer))
-        });
-        take_until(c.into_iter().map(|(_, _, _, c)| c), bytes_to_free)
+        take_until(self.eviction_order(now, candidates), bytes_to_free)
     }
 
     fn forget(&mut self, layer: LayerId) {
         self.recency.forget(layer);
+        self.reuse.forget(layer);
     }
 }
 

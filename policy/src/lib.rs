@@ -59,11 +59,14 @@ assert_eq!(policy.choose_victims(Timestamp(30), &candidates, 150), vec![LayerId(
 "#]
 
 pub mod eviction;
+pub mod guard;
 pub mod lifecycle;
 pub mod plan;
+pub mod precache;
 pub mod priority;
 pub mod proximity;
 pub mod retention;
+pub mod reuse;
 pub mod threat;
 pub mod usage;
 

@@ -781,15 +781,20 @@ mod tests {
         ));
     }
 
-    /// Exercises the real reports in the shared data folder when it exists.
+    /// Exercises the real reports in the shared data folder. The folder is
+    /// part of the test's input: a missing folder fails the test rather than
+    /// letting it pass without having parsed anything.
     #[test]
     fn real_reports_parse() {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vuln-reports");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            eprintln!("skipping: {} not present", dir.display());
-            return;
-        };
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "the real scanner reports are missing: cannot read {}: {e} \
+                 (the shared data folder must sit beside the repository)",
+                dir.display()
+            )
+        });
         let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         names.sort();
         let mut parsed = 0;
@@ -817,7 +822,11 @@ mod tests {
             }
             parsed += 1;
         }
-        assert!(parsed >= 2);
+        assert!(
+            parsed >= 2,
+            "only {parsed} trivy-/grype- reports parsed in {}",
+            dir.display()
+        );
     }
 
     proptest! {

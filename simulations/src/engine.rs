@@ -40,6 +40,9 @@ use shoal_policy::eviction::{
 };
 use shoal_policy::lifecycle::{next_state, LayerFacts, LifecycleState};
 use shoal_policy::plan::{plan_replication, PlanLayer, PlanNode};
+use shoal_policy::precache::{
+    self, PrecacheBudget, PrecacheCandidate, PrecacheLedger, TransferPath,
+};
 use shoal_policy::priority::usage_score;
 use shoal_policy::threat::combine_scores;
 use shoal_policy::usage::UsageTracker;
@@ -77,6 +80,15 @@ pub struct SourceCounts {
     pub requests: [u64; 4],
     /// Bytes.
     pub bytes: [u64; 4],
+}
+
+/// What was served and fetched after a split time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SplitCounts {
+    /// Layer requests and bytes by source.
+    pub served: SourceCounts,
+    /// Bytes the origin sent (demand and pre-cache).
+    pub origin_egress_bytes: u64,
 }
 
 /// Disk use across nodes at one time.
@@ -123,6 +135,26 @@ pub struct RunResult {
     pub not_stored: u64,
     /// Replication plans computed.
     pub plans: u64,
+    /// Bytes moved between regions (demand and pre-cache).
+    pub inter_region_bytes: u64,
+    /// Pre-cache bytes later served to a request (from the copy, or joined
+    /// while it was still arriving), counted once per copy.
+    pub precache_hit_bytes: u64,
+    /// Pre-cache bytes evicted before any request reached them.
+    pub precache_wasted_bytes: u64,
+    /// Pre-cache bytes still held, unrequested, at the end of the run.
+    pub precache_unused_at_end_bytes: u64,
+    /// Pre-cache copies the plan wanted that did not pay and were skipped.
+    pub precache_rejected: u64,
+    /// Bytes an LRU shadow of each node's size would have served locally
+    /// (predictive only; the guard's reference).
+    pub shadow_lru_hit_bytes: u64,
+    /// Mean lean of the nodes' guards at the end (0 = LRU order, 1 = value
+    /// order; predictive only).
+    pub final_mean_lean: f64,
+    /// The same counts from [`RunOptions::split_at_secs`] on (all zero
+    /// without a split).
+    pub after_split: SplitCounts,
     /// Layers in each lifecycle state at the end (predictive only).
     pub lifecycle: BTreeMap<String, u64>,
     /// Disk use over time.
@@ -140,6 +172,30 @@ impl RunResult {
             return 0.0;
         }
         self.served.requests[source as usize] as f64 / total as f64
+    }
+
+    /// Share of requested bytes served without the origin.
+    pub fn byte_share_without_origin(&self) -> f64 {
+        let total: u64 = self.served.bytes.iter().sum();
+        if total == 0 {
+            return 1.0;
+        }
+        1.0 - self.served.bytes[Source::Origin as usize] as f64 / total as f64
+    }
+
+    /// Bytes crossing the WAN: origin egress plus inter-region transfers,
+    /// pre-cache included.
+    pub fn wan_bytes(&self) -> u64 {
+        self.origin_egress_bytes + self.inter_region_bytes
+    }
+
+    /// Wasted pre-cache bytes as a share of pre-cache bytes (0 without
+    /// pre-cache).
+    pub fn precache_waste_share(&self) -> f64 {
+        if self.replication_bytes == 0 {
+            return 0.0;
+        }
+        self.precache_wasted_bytes as f64 / self.replication_bytes as f64
     }
 
     /// Fraction of pulls that needed nothing from the origin.
@@ -208,6 +264,10 @@ struct Node {
     stored: BTreeSet<LayerId>,
     inflight: BTreeMap<LayerId, u32>,
     required: BTreeSet<LayerId>,
+    /// Copies that arrived by pre-cache and have served no request yet.
+    precached: BTreeSet<LayerId>,
+    /// Bytes this node's pulls requested since the last plan.
+    demand_bytes: u64,
     policy: NodePolicy,
 }
 
@@ -217,6 +277,8 @@ struct Flow {
     source: Source,
     rtt: f64,
     waiters: Vec<u32>,
+    /// Started ahead of demand and no request has joined it yet.
+    precache: bool,
 }
 
 struct Pull {
@@ -224,6 +286,54 @@ struct Pull {
     remaining: u32,
     ready: f64,
     origin: bool,
+}
+
+/// What pre-cache copies to one node would push out, in that node's
+/// eviction order, consumed as copies are accepted during one interval.
+struct Displacement {
+    free: u64,
+    /// (size, expected hits per byte) of the node's layers, first to go first.
+    order: Vec<(u64, f64)>,
+    next: usize,
+}
+
+impl Displacement {
+    /// Expected hits per byte of what `size` more bytes would displace: 0 in
+    /// free space, else the byte-weighted value of the next victims.
+    fn displaced_hits(&self, size: u64) -> f64 {
+        let mut need = size.saturating_sub(self.free);
+        if need == 0 {
+            return 0.0;
+        }
+        let total = need as f64;
+        let mut weighted = 0.0;
+        for &(s, v) in &self.order[self.next.min(self.order.len())..] {
+            let take = s.min(need);
+            weighted += take as f64 * v;
+            need -= take;
+            if need == 0 {
+                break;
+            }
+        }
+        // Bytes that cannot be freed at all make the copy worthless.
+        if need > 0 {
+            return f64::INFINITY;
+        }
+        weighted / total
+    }
+
+    /// Accounts for a copy of `size` bytes accepted.
+    fn commit(&mut self, size: u64) {
+        let mut need = size;
+        let from_free = need.min(self.free);
+        self.free -= from_free;
+        need -= from_free;
+        while need > 0 && self.next < self.order.len() {
+            let s = self.order[self.next].0;
+            need = need.saturating_sub(s);
+            self.next += 1;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -238,6 +348,10 @@ enum Internal {
 pub struct RunOptions {
     /// Print progress to stderr.
     pub progress: bool,
+    /// Also count requests and origin egress from this simulated second on
+    /// ([`RunResult::after_split`]), to compare the parts of a workload that
+    /// changes midway.
+    pub split_at_secs: Option<f64>,
 }
 
 /// One run of one policy.
@@ -265,6 +379,10 @@ pub struct Simulation<'a> {
     lifecycle: BTreeMap<LayerId, LifecycleState>,
     tag_current: Vec<Option<u32>>,
     references: Vec<u32>,
+    split_at: f64,
+    /// Pre-cache bytes the current interval may still start.
+    precache_budget: PrecacheBudget,
+    ledger: PrecacheLedger,
     hist: Histogram<u64>,
     result: RunResult,
 }
@@ -314,10 +432,12 @@ impl<'a> Simulation<'a> {
                 stored: BTreeSet::new(),
                 inflight: BTreeMap::new(),
                 required: BTreeSet::new(),
+                precached: BTreeSet::new(),
+                demand_bytes: 0,
                 policy: match kind {
-                    PolicyKind::Predictive => {
-                        NodePolicy::Predictive(Box::new(Predictive::new(settings.eviction.clone())))
-                    }
+                    PolicyKind::Predictive => NodePolicy::Predictive(Box::new(
+                        Predictive::with_capacity(settings.eviction.clone(), topology.node_disk[n]),
+                    )),
                     PolicyKind::Lru => NodePolicy::Other(Box::new(Lru::new())),
                     PolicyKind::Lfu => NodePolicy::Other(Box::new(Lfu::new())),
                     PolicyKind::Min => NodePolicy::Other(Box::new(BeladyMin::new(
@@ -350,6 +470,9 @@ impl<'a> Simulation<'a> {
             lifecycle: BTreeMap::new(),
             tag_current: vec![None; workload.tags.len()],
             references: vec![0; layers],
+            split_at: f64::INFINITY,
+            precache_budget: PrecacheBudget::for_interval(&settings.precache, 0, 0.0),
+            ledger: PrecacheLedger::default(),
             hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             result: RunResult {
                 policy: kind.name().to_string(),
@@ -367,6 +490,14 @@ impl<'a> Simulation<'a> {
                 evictions: 0,
                 not_stored: 0,
                 plans: 0,
+                inter_region_bytes: 0,
+                precache_hit_bytes: 0,
+                precache_wasted_bytes: 0,
+                precache_unused_at_end_bytes: 0,
+                precache_rejected: 0,
+                shadow_lru_hit_bytes: 0,
+                final_mean_lean: 0.0,
+                after_split: SplitCounts::default(),
                 lifecycle: BTreeMap::new(),
                 disk: Vec::new(),
                 disk_per_node: Vec::new(),
@@ -393,6 +524,7 @@ impl<'a> Simulation<'a> {
 
     /// Runs to the end and returns the result.
     pub fn run(mut self, options: RunOptions) -> RunResult {
+        self.split_at = options.split_at_secs.unwrap_or(f64::INFINITY);
         let sample_every = 3600.0;
         self.schedule(0.0, Internal::Sample);
         if self.kind == PolicyKind::Predictive {
@@ -462,6 +594,25 @@ impl<'a> Simulation<'a> {
     }
 
     fn finish(mut self) -> RunResult {
+        self.result.precache_hit_bytes = self.ledger.hit_bytes;
+        self.result.precache_wasted_bytes = self.ledger.wasted_bytes;
+        let mut leans = Vec::new();
+        for n in &self.nodes {
+            self.result.precache_unused_at_end_bytes += n
+                .precached
+                .iter()
+                .map(|l| self.workload.layer_sizes[l.0 as usize])
+                .sum::<u64>();
+            if let NodePolicy::Predictive(p) = &n.policy {
+                leans.push(p.lean());
+                if let Some(g) = p.guard() {
+                    self.result.shadow_lru_hit_bytes += g.totals().shadow_hit_bytes;
+                }
+            }
+        }
+        if !leans.is_empty() {
+            self.result.final_mean_lean = leans.iter().sum::<f64>() / leans.len() as f64;
+        }
         let h = &self.hist;
         let secs = |v: u64| v as f64 / 1e6;
         if !h.is_empty() {
@@ -553,6 +704,7 @@ impl<'a> Simulation<'a> {
             source,
             rtt,
             waiters: Vec::new(),
+            precache: replication,
         };
         let id = match self.free_flows.pop() {
             Some(id) => {
@@ -569,6 +721,12 @@ impl<'a> Simulation<'a> {
         self.nodes[node as usize].inflight.insert(layer, id);
         if source == Source::Origin {
             self.result.origin_egress_bytes += size;
+            if t >= self.split_at {
+                self.result.after_split.origin_egress_bytes += size;
+            }
+        }
+        if source == Source::OtherRegion {
+            self.result.inter_region_bytes += size;
         }
         if replication {
             self.result.replication_bytes += size;
@@ -611,6 +769,7 @@ impl<'a> Simulation<'a> {
         if let NodePolicy::Predictive(p) = &mut self.nodes[n].policy {
             p.record_manifest_pull(now, layers);
         }
+        let predictive = self.kind == PolicyKind::Predictive;
         let mut seen: Vec<LayerId> = Vec::with_capacity(layers.len());
         for &layer in layers {
             if seen.contains(&layer) {
@@ -618,17 +777,33 @@ impl<'a> Simulation<'a> {
             }
             seen.push(layer);
             let size = self.workload.layer_sizes[layer.0 as usize];
-            self.nodes[n].policy.get().record_access(now, layer, size);
-            if self.kind == PolicyKind::Predictive {
+            let local = self.nodes[n].stored.contains(&layer);
+            match &mut self.nodes[n].policy {
+                NodePolicy::Predictive(p) => p.record_request(now, layer, size, local),
+                NodePolicy::Other(p) => p.record_access(now, layer, size),
+            }
+            self.nodes[n].demand_bytes += size;
+            if predictive {
                 self.trackers[usize::from(region.0)].record_pull(now, layer);
             }
-            let source = if self.nodes[n].stored.contains(&layer) {
+            let source = if local {
+                if self.nodes[n].precached.remove(&layer) {
+                    self.ledger.record_hit(size);
+                }
                 Source::Local
             } else if let Some(&f) = self.nodes[n].inflight.get(&layer) {
-                self.flows[f as usize].waiters.push(pid);
+                let flow = &mut self.flows[f as usize];
+                if flow.precache {
+                    flow.precache = false;
+                    self.ledger.record_hit(size);
+                }
+                flow.waiters.push(pid);
                 self.pulls[pid as usize].remaining += 1;
-                self.flows[f as usize].source
+                flow.source
             } else {
+                if predictive {
+                    self.claim_regional_precache(region, layer, size);
+                }
                 let (f, source) = self.start_flow(t, node.0, layer, false);
                 self.flows[f as usize].waiters.push(pid);
                 self.pulls[pid as usize].remaining += 1;
@@ -636,6 +811,10 @@ impl<'a> Simulation<'a> {
             };
             self.result.served.requests[source as usize] += 1;
             self.result.served.bytes[source as usize] += size;
+            if t >= self.split_at {
+                self.result.after_split.served.requests[source as usize] += 1;
+                self.result.after_split.served.bytes[source as usize] += size;
+            }
             if source == Source::Origin {
                 self.pulls[pid as usize].origin = true;
             }
@@ -662,11 +841,21 @@ impl<'a> Simulation<'a> {
             (f.node, f.layer, f.rtt)
         };
         let waiters = std::mem::take(&mut self.flows[id as usize].waiters);
+        let precache = self.flows[id as usize].precache;
         let region = self.nodes[node as usize].region;
         let i = self.idx(layer, region);
         self.pending[i] -= 1;
         self.nodes[node as usize].inflight.remove(&layer);
         self.store(t, node, layer);
+        if precache {
+            let size = self.workload.layer_sizes[layer.0 as usize];
+            if self.nodes[node as usize].stored.contains(&layer) {
+                self.nodes[node as usize].precached.insert(layer);
+            } else {
+                // It arrived and found no room: moved for nothing.
+                self.ledger.record_waste(size);
+            }
+        }
         for pid in waiters {
             let p = &mut self.pulls[pid as usize];
             p.ready = p.ready.max(t + rtt);
@@ -734,7 +923,11 @@ impl<'a> Simulation<'a> {
         if !self.nodes[n].stored.remove(&layer) {
             return;
         }
-        self.nodes[n].used -= self.workload.layer_sizes[layer.0 as usize];
+        let size = self.workload.layer_sizes[layer.0 as usize];
+        self.nodes[n].used -= size;
+        if self.nodes[n].precached.remove(&layer) {
+            self.ledger.record_waste(size);
+        }
         self.nodes[n].policy.get().forget(layer);
         let region = self.nodes[n].region;
         let i = self.idx(layer, region);
@@ -794,14 +987,135 @@ impl<'a> Simulation<'a> {
             if let NodePolicy::Predictive(p) = &mut self.nodes[target.0 as usize].policy {
                 p.record_manifest_pull(now, &layers);
             }
+            let mut displacement = BTreeMap::new();
             for &l in &layers {
                 let i = self.idx(l, region);
-                if self.copies[i] == 0 && self.pending[i] == 0 {
-                    self.start_flow(t, target.0, l, true);
+                if self.copies[i] == 0
+                    && self.pending[i] == 0
+                    && self.try_precache(t, target.0, l, demand, &mut displacement)
+                {
                     self.result.new_version_bytes += self.workload.layer_sizes[l.0 as usize];
                 }
             }
         }
+    }
+
+    fn precache_scale(node: &Node) -> f64 {
+        match &node.policy {
+            NodePolicy::Predictive(p) => p.precache_scale(),
+            NodePolicy::Other(_) => 0.0,
+        }
+    }
+
+    /// Opens a pre-cache interval: the budget is a fraction of the bytes
+    /// demand requested since the last one, region by region scaled by the
+    /// guards of its nodes, and capped by `replication_gb_per_plan`.
+    fn start_interval(&mut self) {
+        let mut bytes = 0.0;
+        for n in &mut self.nodes {
+            let scale = Self::precache_scale(n);
+            bytes += n.demand_bytes as f64 * scale;
+            n.demand_bytes = 0;
+        }
+        let cap = (self.settings.replication_gb_per_plan * 1e9) as u64;
+        self.precache_budget = PrecacheBudget::for_interval(
+            &self.settings.precache,
+            (bytes.max(0.0) as u64).min(cap),
+            1.0,
+        );
+        self.ledger.decay();
+    }
+
+    /// A request in `region` is about to be served by a same-region peer:
+    /// if a peer holds the layer as an unused pre-cache copy, that copy has
+    /// now paid.
+    fn claim_regional_precache(&mut self, region: RegionId, layer: LayerId, size: u64) {
+        let holder = self.holders[layer.0 as usize].iter().copied().find(|h| {
+            let n = &self.nodes[h.0 as usize];
+            n.region == region && n.precached.contains(&layer)
+        });
+        if let Some(h) = holder {
+            self.nodes[h.0 as usize].precached.remove(&layer);
+            self.ledger.record_hit(size);
+        }
+    }
+
+    /// Starts a pre-cache transfer of `layer` to `node` if the node's guard
+    /// allows it, the copy pays and the budget has room. Returns whether it
+    /// started.
+    fn try_precache(
+        &mut self,
+        t: f64,
+        node: u32,
+        layer: LayerId,
+        forecast_pulls: f64,
+        displacement: &mut BTreeMap<u32, Displacement>,
+    ) -> bool {
+        let size = self.workload.layer_sizes[layer.0 as usize];
+        let n = &self.nodes[node as usize];
+        let NodePolicy::Predictive(policy) = &n.policy else {
+            return false;
+        };
+        if policy.precache_scale() <= 0.0 || size > n.capacity {
+            return false;
+        }
+        let now = ts(t);
+        let region = n.region;
+        let (source, _, _) = self.source_for(layer, region);
+        let path = |s: Source| match s {
+            Source::Local | Source::SameRegion => TransferPath::Lan,
+            Source::OtherRegion => TransferPath::InterRegion,
+            Source::Origin => TransferPath::Origin,
+        };
+        let d = displacement.entry(node).or_insert_with(|| {
+            let candidates: Vec<CandidateLayer> = n
+                .stored
+                .iter()
+                .map(|&l| CandidateLayer {
+                    layer: l,
+                    size: self.workload.layer_sizes[l.0 as usize],
+                    pinned: false,
+                    plan_required: n.required.contains(&l),
+                    lifecycle_delete: false,
+                })
+                .collect();
+            let inbound: u64 = n
+                .inflight
+                .keys()
+                .map(|l| self.workload.layer_sizes[l.0 as usize])
+                .sum();
+            Displacement {
+                free: n.capacity.saturating_sub(n.used + inbound),
+                order: policy
+                    .eviction_order(now, &candidates)
+                    .into_iter()
+                    .map(|c| (c.size, policy.value_per_byte(now, c.layer, c.size)))
+                    .collect(),
+                next: 0,
+            }
+        });
+        let displaced_hits = d.displaced_hits(size);
+        let candidate = PrecacheCandidate {
+            size,
+            forecast_pulls,
+            horizon_secs: f64::from(self.settings.horizon_buckets)
+                * self.settings.eviction.usage.bucket_secs as f64,
+            survival_secs: policy.guard().and_then(|g| g.survival_secs()),
+            source: path(source),
+            demand_path: path(source),
+            displaced_hits,
+        };
+        let calibration = self
+            .ledger
+            .calibration(self.settings.precache.calibration_prior_bytes);
+        let verdict = precache::evaluate(&self.settings.precache, &candidate, calibration);
+        if !verdict.pays || !self.precache_budget.take(size) {
+            self.result.precache_rejected += 1;
+            return false;
+        }
+        d.commit(size);
+        self.start_flow(t, node, layer, true);
+        true
     }
 
     fn plan(&mut self, t: f64) {
@@ -840,7 +1154,11 @@ impl<'a> Simulation<'a> {
             .map(|(i, n)| PlanNode {
                 id: NodeId(i as u32),
                 region: n.region,
-                budget_bytes: (n.capacity as f64 * self.settings.plan_disk_fraction) as u64,
+                // The plan's share of a node shrinks with the node's guard:
+                // a node losing to its LRU shadow lets recency have its disk.
+                budget_bytes: (n.capacity as f64
+                    * self.settings.plan_disk_fraction
+                    * Self::precache_scale(n)) as u64,
             })
             .collect();
         let plan = plan_replication(
@@ -859,15 +1177,17 @@ impl<'a> Simulation<'a> {
             }
         }
         // Pre-cache what the plan places but regions lack, highest priority
-        // first. A region that already holds as many copies as the plan wants
-        // there (on other nodes than planned) keeps those instead: moving a
-        // copy between two nodes of one region gains nothing.
-        let mut budget = (self.settings.replication_gb_per_plan * 1e9) as u64;
+        // first, when the copy pays (shoal_policy::precache) and within the
+        // interval's budget. A region that already holds as many copies as
+        // the plan wants there (on other nodes than planned) keeps those
+        // instead: moving a copy between two nodes of one region gains
+        // nothing.
+        self.start_interval();
+        let mut displacement: BTreeMap<u32, Displacement> = BTreeMap::new();
         for p in &plan.priorities {
             let Some(nodes) = plan.placements.get(&p.layer) else {
                 continue;
             };
-            let size = self.workload.layer_sizes[p.layer.0 as usize];
             let mut wanted = vec![0u32; regions];
             for node in nodes {
                 wanted[usize::from(self.nodes[node.0 as usize].region.0)] += 1;
@@ -889,11 +1209,10 @@ impl<'a> Simulation<'a> {
                     }
                     continue;
                 }
-                if size > budget {
-                    break;
-                }
-                budget -= size;
-                self.start_flow(t, node.0, p.layer, true);
+                let forecast = demand
+                    .get(&p.layer)
+                    .map_or(0.0, |d| d[usize::from(region.0)]);
+                self.try_precache(t, node.0, p.layer, forecast, &mut displacement);
             }
         }
         // Eviction signals per region.

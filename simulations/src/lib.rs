@@ -8,11 +8,14 @@
 //! and [`report`] (table, JSON, CSV, SVG). Runs are deterministic: the same
 //! scenario and seed give the same bytes.
 
+pub mod chart;
 pub mod engine;
 pub mod network;
+pub mod pattern;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod suite;
 pub mod svg;
 pub mod topology;
 pub mod workload;
@@ -114,7 +117,7 @@ pub fn sweep(
                 &scenario.policy,
                 kind,
                 duration,
-                RunOptions { progress: false },
+                RunOptions::default(),
             );
             let p99 = r.pull_secs[2];
             let offload = r.offload();

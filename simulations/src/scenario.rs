@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shoal_policy::eviction::PredictiveConfig;
 use shoal_policy::lifecycle::LifecycleConfig;
 use shoal_policy::plan::PlanConfig;
+use shoal_policy::precache::PrecacheConfig;
 
 /// The largest scenario file accepted, in bytes.
 pub const MAX_SCENARIO_BYTES: u64 = 1024 * 1024;
@@ -173,6 +174,37 @@ pub struct WorkloadConfig {
     /// (overrides the mean; for tests that need equal sizes).
     #[serde(default)]
     pub synthetic_fixed_layer_bytes: Option<u64>,
+    /// Pattern generator only: `uniform`, `scan`, `stable`, `recency` or
+    /// `switch` (see [`crate::pattern`]). Required when `kind = "pattern"`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Pattern generator only: images in the pool. Default 2000.
+    #[serde(default = "d2000u")]
+    pub pattern_images: u32,
+    /// Pattern generator only: images in the stable popular set. Default 100.
+    #[serde(default = "d100u")]
+    pub pattern_popular_images: u32,
+    /// Pattern generator only: layers per image. Default 5.
+    #[serde(default = "d5u")]
+    pub pattern_layers_per_image: u32,
+    /// Catalog only: which repositories to use: `all`, or `train` / `test`
+    /// for the two halves of a fixed split by repository name (see
+    /// [`crate::workload::catalog_part`]). Default `all`.
+    #[serde(default = "d_all")]
+    pub catalog_part: String,
+}
+
+fn d2000u() -> u32 {
+    2000
+}
+fn d100u() -> u32 {
+    100
+}
+fn d5u() -> u32 {
+    5
+}
+fn d_all() -> String {
+    "all".into()
 }
 
 fn d0_3() -> f64 {
@@ -216,8 +248,13 @@ pub struct PolicySettings {
     pub horizon_buckets: u32,
     /// Fraction of each node's disk the plan may fill. Default 0.5.
     pub plan_disk_fraction: f64,
-    /// Most bytes of pre-cache transfers started per plan, GB. Default 200.
+    /// Hard cap on the bytes of demand an interval's pre-cache budget is
+    /// computed from, GB (the budget itself is `precache.budget_fraction` of
+    /// the last interval's demand). Default 200.
     pub replication_gb_per_plan: f64,
+    /// Which pre-cache copies pay, and the budget. Default:
+    /// [`PrecacheConfig::default`].
+    pub precache: PrecacheConfig,
     /// When a tag gets a new version, pre-place its layers where the previous
     /// version was in demand. Default true.
     pub precache_new_versions: bool,
@@ -236,6 +273,7 @@ impl Default for PolicySettings {
             horizon_buckets: 6,
             plan_disk_fraction: 0.5,
             replication_gb_per_plan: 200.0,
+            precache: PrecacheConfig::default(),
             precache_new_versions: true,
             plan: PlanConfig::default(),
             eviction: PredictiveConfig::default(),
@@ -453,13 +491,43 @@ impl Scenario {
             "trace" if w.trace.is_none() => {
                 return Err(invalid("workload.trace", "required when kind = \"trace\""))
             }
+            "pattern" => match w.pattern.as_deref() {
+                Some(p) if crate::pattern::PATTERNS.contains(&p) => {}
+                other => {
+                    return Err(invalid(
+                        "workload.pattern",
+                        format!(
+                            "{other:?}: required when kind = \"pattern\", one of {:?}",
+                            crate::pattern::PATTERNS
+                        ),
+                    ))
+                }
+            },
             "catalog" | "trace" | "synthetic" => {}
             other => {
                 return Err(invalid(
                     "workload.kind",
-                    format!("{other:?} is not catalog, synthetic or trace"),
+                    format!("{other:?} is not catalog, synthetic, trace or pattern"),
                 ))
             }
+        }
+        if !["all", "train", "test"].contains(&w.catalog_part.as_str()) {
+            return Err(invalid(
+                "workload.catalog_part",
+                format!("{:?} is not all, train or test", w.catalog_part),
+            ));
+        }
+        if w.pattern_images == 0 || w.pattern_images > 1_000_000 {
+            return Err(invalid("workload.pattern_images", "between 1 and 1000000"));
+        }
+        if w.pattern_popular_images == 0 {
+            return Err(invalid("workload.pattern_popular_images", "at least 1"));
+        }
+        if w.pattern_layers_per_image == 0 || w.pattern_layers_per_image > 100 {
+            return Err(invalid(
+                "workload.pattern_layers_per_image",
+                "between 1 and 100",
+            ));
         }
         pos("workload.pulls_per_hour", w.pulls_per_hour)?;
         if w.pulls_per_hour * self.duration_hours > 50_000_000.0 {
@@ -502,6 +570,13 @@ impl Scenario {
             .usage
             .validate()
             .map_err(|e| invalid("policy.eviction.usage", e.to_string()))?;
+        p.eviction
+            .guard
+            .validate()
+            .map_err(|e| invalid("policy.eviction.guard", e.to_string()))?;
+        p.precache
+            .validate()
+            .map_err(|e| invalid("policy.precache", e.to_string()))?;
         fraction("targets.min_offload", self.targets.min_offload)?;
         pos("targets.max_p99_pull_secs", self.targets.max_p99_pull_secs)?;
         if self.sweep.disk_gb.len() * self.sweep.nodes_per_region.len() > 400 {

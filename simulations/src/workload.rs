@@ -329,6 +329,32 @@ pub fn load_catalog(path: &Path) -> Result<Catalog, WorkloadError> {
     })
 }
 
+/// Keeps one part of a catalog: `all`, or `train` / `test`, the two halves
+/// of its repositories (image names) taken alternately in name order, so that
+/// parameters chosen on one half can be reported on the other. Tags of the
+/// other half lose their history, so they are never published or pulled.
+pub fn catalog_part(mut catalog: Catalog, part: &str) -> Catalog {
+    let keep_even = match part {
+        "train" => true,
+        "test" => false,
+        _ => return catalog,
+    };
+    let repository = |tag: &str| tag.rsplit_once(':').map_or(tag, |(r, _)| r).to_string();
+    let mut names: Vec<String> = catalog.tags.iter().map(|t| repository(t)).collect();
+    names.sort();
+    names.dedup();
+    for (tag, history) in catalog.history.iter_mut().enumerate() {
+        let Some(name) = catalog.tags.get(tag) else {
+            continue;
+        };
+        let position = names.binary_search(&repository(name)).unwrap_or(0);
+        if position.is_multiple_of(2) != keep_even {
+            history.clear();
+        }
+    }
+    catalog
+}
+
 /// Invents a catalog: repositories built on a few shared base layers, each
 /// with a version history where updates rebuild the top layers (and now and
 /// then the base).
@@ -810,6 +836,54 @@ pub fn read_trace(
     })
 }
 
+/// Writes a workload's pulls and disclosures as a trace [`read_trace`]
+/// reads back: the same events, layers named by a digest made from their
+/// number (`sha256:` and the number in 64 hex digits). Publications are not
+/// part of the trace format and are left out.
+pub fn write_trace(workload: &Workload) -> String {
+    let digest = |l: LayerId| format!("sha256:{:064x}", l.0);
+    let mut out = String::new();
+    for e in &workload.events {
+        match &e.kind {
+            EventKind::Pull { node, version } => {
+                let v = &workload.versions[*version as usize];
+                let layers: Vec<String> = v
+                    .layers
+                    .iter()
+                    .map(|&l| {
+                        format!(
+                            "{{\"digest\": \"{}\", \"size\": {}}}",
+                            digest(l),
+                            workload.layer_sizes[l.0 as usize]
+                        )
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "{{\"time\": {:.3}, \"node\": {}, \"image\": {}, \"layers\": [{}]}}\n",
+                    e.time,
+                    node.0,
+                    serde_json::Value::String(workload.tags[v.tag as usize].clone()),
+                    layers.join(", ")
+                ));
+            }
+            EventKind::Disclose { layers, score } => {
+                let layers: Vec<String> = layers
+                    .iter()
+                    .map(|&l| format!("{{\"digest\": \"{}\"}}", digest(l)))
+                    .collect();
+                out.push_str(&format!(
+                    "{{\"time\": {:.3}, \"kind\": \"disclosure\", \"score\": {:.1}, \"layers\": [{}]}}\n",
+                    e.time,
+                    score,
+                    layers.join(", ")
+                ));
+            }
+            EventKind::Publish { .. } => {}
+        }
+    }
+    out
+}
+
 /// Builds the workload a scenario asks for.
 pub fn build(
     config: &WorkloadConfig,
@@ -824,8 +898,10 @@ pub fn build(
             duration_secs,
             seed,
         ),
+        "pattern" => crate::pattern::build(config, topology, duration_secs, seed),
         "catalog" => {
             let catalog = load_catalog(config.catalog.as_deref().expect("validated"))?;
+            let catalog = catalog_part(catalog, &config.catalog_part);
             let first = catalog
                 .history
                 .iter()

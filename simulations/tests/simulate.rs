@@ -248,12 +248,21 @@ fn sweep_finds_the_smallest_configuration() {
     let s = small("synthetic", "");
     let sweep = shoal_simulations::sweep(&s, RunOptions::default()).unwrap();
     assert_eq!(sweep.points.len(), 6);
-    if let Some(best) = &sweep.smallest {
-        assert!(best.meets_targets);
-        for p in sweep.points.iter().filter(|p| p.meets_targets) {
-            assert!(p.total_disk_tb >= best.total_disk_tb);
-        }
+    let best = sweep
+        .smallest
+        .as_ref()
+        .expect("some configuration of the sweep meets the targets");
+    assert!(best.meets_targets);
+    assert!(best.offload >= s.targets.min_offload, "{best:?}");
+    assert!(
+        best.p99_pull_secs <= s.targets.max_p99_pull_secs,
+        "{best:?}"
+    );
+    for p in sweep.points.iter().filter(|p| p.meets_targets) {
+        assert!(p.total_disk_tb >= best.total_disk_tb);
     }
+    // Not every configuration meets them, or the sweep would show nothing.
+    assert!(sweep.points.iter().any(|p| !p.meets_targets));
     let dir = tempfile::tempdir().unwrap();
     report::write_sweep(dir.path(), &sweep).unwrap();
     assert!(std::fs::read_to_string(dir.path().join("sweep.md"))

@@ -4,6 +4,9 @@
 //!   policies; writes report.md, results.json, CSV and SVG charts.
 //! * `shoal-sim sweep --scenario FILE --out DIR`: capacity planning over the
 //!   scenario's `[sweep]` grid.
+//! * `shoal-sim suite --suite FILE --out DIR`: tune the pre-cache parameters
+//!   on the suite's tuning scenario, then run every scenario of the suite
+//!   with every policy; writes one table (markdown, JSON, CSV) and a chart.
 //! * `shoal-sim bench-scale`: 1,000 nodes in 10 regions, 1 million pulls;
 //!   prints the wall time.
 
@@ -16,6 +19,7 @@ use shoal_simulations::engine::{self, PolicyKind, RunOptions};
 use shoal_simulations::scenario::{
     PolicySettings, RegionConfig, Scenario, SweepConfig, Targets, TopologyConfig, WorkloadConfig,
 };
+use shoal_simulations::suite::{run_suite, SuiteConfig};
 use shoal_simulations::topology::Topology;
 use shoal_simulations::{report, workload};
 
@@ -63,6 +67,29 @@ enum Command {
         /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Tune on the suite's tuning scenario, then run every scenario of the
+    /// suite with every policy: one table and one chart.
+    Suite {
+        /// Suite TOML file.
+        #[arg(long, default_value = "simulations/scenarios/suite.toml")]
+        suite: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "simulations/results/suite")]
+        out: PathBuf,
+        /// No progress on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write a scenario's generated workload as a trace file (JSON lines),
+    /// for a trace-driven scenario or another tool.
+    ExportTrace {
+        /// Scenario TOML file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Trace file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Dry-run the retention rules over a catalog at a point in its history:
     /// which images and layers would go and how many bytes. Changes nothing.
@@ -125,8 +152,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             let s = load(&scenario, catalog, seed)?;
             let started = Instant::now();
-            let report = shoal_simulations::compare(&s, RunOptions { progress: !quiet })
-                .context("building the workload")?;
+            let report = shoal_simulations::compare(
+                &s,
+                RunOptions {
+                    progress: !quiet,
+                    ..RunOptions::default()
+                },
+            )
+            .context("building the workload")?;
             report::write_report(&out, &report)?;
             print!("{}", report::markdown_table(&report));
             eprintln!(
@@ -143,8 +176,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             let s = load(&scenario, catalog, None)?;
             let started = Instant::now();
-            let sweep = shoal_simulations::sweep(&s, RunOptions { progress: !quiet })
-                .context("building the workload")?;
+            let sweep = shoal_simulations::sweep(
+                &s,
+                RunOptions {
+                    progress: !quiet,
+                    ..RunOptions::default()
+                },
+            )
+            .context("building the workload")?;
             report::write_sweep(&out, &sweep)?;
             print!("{}", report::sweep_table(&sweep));
             eprintln!(
@@ -152,6 +191,33 @@ fn main() -> anyhow::Result<()> {
                 out.display(),
                 started.elapsed().as_secs_f64()
             );
+        }
+        Command::Suite { suite, out, quiet } => {
+            let config = SuiteConfig::load(&suite)?;
+            let started = Instant::now();
+            let report = run_suite(
+                &config,
+                RunOptions {
+                    progress: !quiet,
+                    ..RunOptions::default()
+                },
+            )?;
+            shoal_simulations::suite::write(&out, &report)?;
+            print!("{}", shoal_simulations::suite::markdown(&report));
+            eprintln!(
+                "wrote {} in {:.1} s",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::ExportTrace { scenario, out } => {
+            let s = load(&scenario, None, None)?;
+            let topology = Topology::build(&s.topology, None, None);
+            let wl = workload::build(&s.workload, &topology, s.duration_hours * 3600.0, s.seed)
+                .context("building the workload")?;
+            std::fs::write(&out, workload::write_trace(&wl))
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} pulls to {}", wl.pulls(), out.display());
         }
         Command::BenchScale {
             catalog,
@@ -219,6 +285,11 @@ fn bench_scale(catalog: PathBuf, policy: &str, pulls: u64, disk_gb: f64) -> anyh
             synthetic_repositories: 500,
             synthetic_mean_layer_mb: 12.0,
             synthetic_fixed_layer_bytes: None,
+            pattern: None,
+            pattern_images: 2000,
+            pattern_popular_images: 100,
+            pattern_layers_per_image: 5,
+            catalog_part: "all".into(),
         },
         policy: PolicySettings::default(),
         targets: Targets::default(),
@@ -260,7 +331,10 @@ fn bench_scale(catalog: PathBuf, policy: &str, pulls: u64, disk_gb: f64) -> anyh
             &scenario.policy,
             kind,
             hours * 3600.0,
-            RunOptions { progress: true },
+            RunOptions {
+                progress: true,
+                ..RunOptions::default()
+            },
         );
         println!(
             "{}: {} nodes, {} pulls simulated in {:.2} s wall ({} plans, {} evictions); pulls without origin {:.1}%, p99 {:.2} s",
