@@ -351,7 +351,8 @@ fn the_kubernetes_manifests_run_shoald_on_every_node_as_the_readme_says() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(
-        command.contains(&"--hosts-dir=/host/etc/containerd/certs.d"),
+        command.contains(&"--hosts-dir=/etc/containerd/certs.d")
+            && command.contains(&"--host-root=/host"),
         "{command:?}"
     );
     assert!(mounts(configure).contains(&"containerd-config".to_owned()));

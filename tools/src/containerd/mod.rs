@@ -61,6 +61,10 @@ pub struct ConfigureArgs {
     /// containerd's config file, checked for `config_path`.
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     pub containerd_config: PathBuf,
+    /// Where the host's file system is mounted, when this runs in a container (e.g. /host):
+    /// --hosts-dir and --containerd-config are then the host's paths, read and written below it.
+    #[arg(long)]
+    pub host_root: Option<PathBuf>,
     /// Show what would change, as a diff, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -224,6 +228,11 @@ async fn configure(args: &ConfigureArgs) -> Result<ExitCode> {
     if registries.is_empty() {
         bail!("no registries to configure: the node has no upstreams; name them as arguments");
     }
+    let on_host = |path: &Path| match &args.host_root {
+        Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_path_buf(),
+    };
+    let hosts_dir = on_host(&args.hosts_dir);
     let mut changed = 0;
     for registry in &registries {
         if !shoal_proto::oci::is_valid_registry_host(registry) {
@@ -234,7 +243,7 @@ async fn configure(args: &ConfigureArgs) -> Result<ExitCode> {
             .get(registry)
             .cloned()
             .unwrap_or_else(|| hosts::default_server(registry));
-        let path = args.hosts_dir.join(registry).join("hosts.toml");
+        let path = hosts_dir.join(registry).join("hosts.toml");
         let before = read_limited(&path)?;
         let after = hosts::merge_hosts_toml(before.as_deref(), &server, &endpoint)
             .with_context(|| format!("merging {}", path.display()))?;
@@ -271,8 +280,10 @@ async fn configure(args: &ConfigureArgs) -> Result<ExitCode> {
             "changed"
         }
     );
+    // containerd reads the host's paths: judge its config against the hosts directory as the
+    // host names it.
     let finding = hosts::check_cri_config(
-        read_limited(&args.containerd_config)?.as_deref(),
+        read_limited(&on_host(&args.containerd_config))?.as_deref(),
         &args.hosts_dir,
     )
     .with_context(|| format!("reading {}", args.containerd_config.display()))?;
