@@ -10,6 +10,8 @@ cd "$(dirname "$0")"
 missing=()
 command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1 || missing+=(containerd)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+# tools/tests/operator.rs checks deploy/systemd/shoald.service with systemd-analyze verify.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${missing[*]}" >&2

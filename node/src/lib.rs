@@ -113,6 +113,7 @@ pub async fn run_with(
         },
     );
     let mut p2p_task = None;
+    let mut status_network = None;
     match config.p2p.clone() {
         Some(p2p_config) => {
             let (network, listening, task) = p2p::start(
@@ -137,6 +138,7 @@ pub async fn run_with(
                     }
                 }
             });
+            status_network = Some(network.clone());
             pull = pull.with_peers(network.clone());
             network.serve_in_flight(Arc::new(pullthrough::PeerOffers::new(pull.clone())));
             p2p_task = Some(task);
@@ -153,9 +155,27 @@ pub async fn run_with(
         default_upstream: config.default_upstream.clone(),
         metrics: metrics.clone(),
     });
+    let status = admin::status::StatusContext::new(
+        config
+            .p2p
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone()),
+        registry_listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |addr| addr.to_string()),
+        config
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| (name.clone(), upstream.url.to_string()))
+            .collect(),
+        config.max_disk_bytes,
+        status_network,
+        metrics.clone(),
+    );
     let admin_state = admin::AdminState {
         metrics,
         store: store.clone(),
+        status,
     };
 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

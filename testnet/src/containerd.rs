@@ -111,6 +111,11 @@ disabled_plugins = [
         }
     }
 
+    /// containerd's config file (the CRI plugin is disabled in it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     /// The gRPC socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("containerd.sock")

@@ -7,9 +7,15 @@
 //!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
 //! * `shoal bench ingest`, `shoal bench http` and `shoal bench transport`: the measurements behind
 //!   BENCHMARKS.md.
+//! * `shoal containerd configure` and `shoal containerd check`: point containerd's registry hosts
+//!   at a node, and check that pulls go through it (see [`containerd`]).
+//! * `shoal status [--admin URL] [--json]`: a running node at a glance (see [`status`]).
 
+mod admin_client;
 mod bench;
 mod bench_transport;
+mod containerd;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +59,19 @@ enum Command {
     /// Measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Point containerd at a node and check that it pulls through it.
+    #[command(subcommand)]
+    Containerd(containerd::ContainerdCommand),
+    /// A running node at a glance: region, members, disk, hit ratio, traffic, warnings.
+    /// Exit 1 when the node reports warnings.
+    Status {
+        /// The node's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:5051")]
+        admin: String,
+        /// Print the node's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +84,8 @@ fn main() -> ExitCode {
             json,
         } => inspect(data_dir, &digest, json),
         Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Containerd(command) => block_on(containerd::run(command)),
+        Command::Status { admin, json } => block_on(status::run(&admin, json)),
     };
     match result {
         Ok(code) => code,
@@ -73,6 +94,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn fsck(data_dir: PathBuf, repair: bool) -> anyhow::Result<ExitCode> {

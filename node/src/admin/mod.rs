@@ -1,5 +1,8 @@
-//! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`. Binds to loopback
-//! unless configured otherwise; it exposes operational data, never blob content.
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and `GET /status`
+//! ([`status`]: the node at a glance, as JSON). Binds to loopback unless configured otherwise;
+//! it exposes operational data, never blob content.
+
+pub mod status;
 
 use std::sync::Arc;
 
@@ -19,6 +22,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The store, for its gauges.
     pub store: ShardStore,
+    /// What `/status` reads besides the metrics and the store.
+    pub status: status::StatusContext,
 }
 
 /// The admin router.
@@ -26,12 +31,13 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/status", get(status::status))
         .with_state(state)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let text = state.metrics.render(state.store.stats());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 async fn healthz() -> impl IntoResponse {

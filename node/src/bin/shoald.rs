@@ -67,6 +67,10 @@ struct Args {
     /// address as "p2p" (a multiaddr ending in `/p2p/<peer id>`).
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// The admin API's bearer token, in a file (mode 0600); required when --admin-listen is not
+    /// a loopback address. Replaces `admin_token_file`.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         allowed_peers: args.allow_peer.clone(),
         test_egress_bytes_per_sec: args.test_egress_bytes_per_sec,
         test_latency: args.test_latency.clone(),
+        admin_token_file: args.admin_token_file.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -100,6 +105,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

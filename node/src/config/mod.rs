@@ -60,6 +60,52 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
     /// The peer network; `None` (single node) when no network key is configured.
     pub p2p: Option<P2pConfig>,
+    /// The admin API's bearer token (`admin_token_file`), required when the admin listener is
+    /// beyond loopback; mutating admin endpoints check it.
+    pub admin_token: Option<AdminToken>,
+    /// Problems that do not stop the node, one line each with the fix (logged at start).
+    pub warnings: Vec<String>,
+}
+
+/// The admin API's bearer token. Its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether `presented` (an `Authorization: Bearer` value) is this token, compared in time
+    /// that does not depend on where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Smallest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+/// The line that says a secret file is readable or writable by others, with the fix; `None`
+/// when only its owner may read it (mode 0600 or 0400).
+pub fn secret_file_mode_problem(key: &str, path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "`{key}`: {} has mode {:04o}, so other users can read the secret: run chmod 600 {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
+}
+
+fn secret_file_warning(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    secret_file_mode_problem(key, path, mode)
 }
 
 /// FastCDC defaults, chosen by measurement (see BENCHMARKS.md and ARCHITECTURE.md).
@@ -88,6 +134,7 @@ pub struct FileConfig {
     network_key_file: Option<PathBuf>,
     allowed_peers: Option<Vec<String>>,
     testing: Option<FileTesting>,
+    admin_token_file: Option<PathBuf>,
 }
 
 /// `[testing]`: TESTING ONLY network shaping (see `p2p::shaping`).
@@ -155,6 +202,8 @@ pub struct Overrides {
     pub test_egress_bytes_per_sec: Option<u64>,
     /// `--test-latency A:B=MS`, repeatable; replaces the file's list (TESTING ONLY).
     pub test_latency: Vec<String>,
+    /// `--admin-token-file FILE`
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The default peer listen address: QUIC on UDP 4001, all interfaces.
@@ -246,9 +295,21 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         return Err(error(
             "network_key_file",
             format!(
-                "{} holds {} bytes; a network key needs at least {MIN_NETWORK_KEY_BYTES} (e.g. 64 hex digits)",
-                key_path.display(),
-                material.len()
+                "{path} holds {} bytes; a network key needs at least {MIN_NETWORK_KEY_BYTES}: make one with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {path}` and copy it to every node",
+                material.len(),
+                path = key_path.display(),
+            ),
+        ));
+    }
+    if let Some(addr) = bootstrap.iter().find(|addr| {
+        !addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+    }) {
+        return Err(error(
+            "bootstrap",
+            format!(
+                "{addr} names no peer: append /p2p/<peer id> (printed by that node at start as `peer network listening ... addr=...`, and in its --ready-file)"
             ),
         ));
     }
@@ -430,6 +491,14 @@ impl Config {
     /// Validates file values plus overrides.
     pub fn from_parts(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
         let p2p = p2p_config(&file, overrides)?;
+        let mut warnings = Vec::new();
+        if let Some(path) = overrides
+            .network_key_file
+            .as_ref()
+            .or(file.network_key_file.as_ref())
+        {
+            warnings.extend(secret_file_warning("network_key_file", path));
+        }
         let data_dir = overrides
             .data_dir
             .clone()
@@ -564,6 +633,43 @@ impl Config {
             },
             backoff: defaults.backoff,
         };
+        let admin_token = match overrides
+            .admin_token_file
+            .clone()
+            .or(file.admin_token_file.clone())
+        {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(&path).map_err(|e| {
+                    error(
+                        "admin_token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let token = token.trim();
+                if token.len() < MIN_ADMIN_TOKEN_BYTES
+                    || !token.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(error(
+                        "admin_token_file",
+                        format!(
+                            "{path} must hold at least {MIN_ADMIN_TOKEN_BYTES} printable characters: make one with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {path}`",
+                            path = path.display()
+                        ),
+                    ));
+                }
+                warnings.extend(secret_file_warning("admin_token_file", &path));
+                Some(AdminToken(token.to_owned()))
+            }
+        };
+        if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+            return Err(error(
+                "admin_listen",
+                format!(
+                    "{admin_listen} is reachable beyond this host, but no admin token is configured: set admin_token_file (a file of at least {MIN_ADMIN_TOKEN_BYTES} random characters), or listen on 127.0.0.1"
+                ),
+            ));
+        }
         Ok(Self {
             data_dir,
             listen,
@@ -575,6 +681,8 @@ impl Config {
             chunking,
             upstream_timeouts,
             p2p,
+            admin_token,
+            warnings,
         })
     }
 }
@@ -737,7 +845,10 @@ mod tests {
         let flags = Overrides {
             network_key_file: Some(good),
             region: Some("eu-west".into()),
-            bootstrap: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            bootstrap: vec![format!(
+                "/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{}",
+                PeerId::random()
+            )],
             ..Overrides::default()
         };
         let p2p = Config::from_parts(FileConfig::default(), &flags)
@@ -845,5 +956,72 @@ mod tests {
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert_eq!(err.key, "listen_adress");
+    }
+
+    #[test]
+    fn a_bootstrap_address_without_a_peer_id_says_how_to_add_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Overrides {
+            bootstrap: vec!["/ip4/10.0.0.5/udp/4001/quic-v1".into()],
+            ..overrides_with_key(dir.path())
+        };
+        let err = load("", &flags).unwrap_err();
+        assert_eq!(err.key, "bootstrap");
+        assert!(err.message.contains("/p2p/<peer id>"), "{err}");
+    }
+
+    #[test]
+    fn a_short_network_key_says_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abc").unwrap();
+        let flags = Overrides {
+            network_key_file: Some(short),
+            ..Overrides::default()
+        };
+        let err = load("", &flags).unwrap_err();
+        assert_eq!(err.key, "network_key_file");
+        assert!(err.message.contains("head -c 32 /dev/urandom"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_readable_by_others_is_warned_about_with_the_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let flags = overrides_with_key(dir.path());
+        let key = flags.network_key_file.clone().unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warnings = load("", &flags).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(&format!("chmod 600 {}", key.display())));
+        assert!(warnings[0].contains("0644"));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load("", &flags).unwrap().warnings.is_empty());
+        assert!(secret_file_mode_problem("k", Path::new("/x"), 0o100400).is_none());
+    }
+
+    #[test]
+    fn an_admin_listener_beyond_loopback_needs_a_token() {
+        let err = parse("admin_listen = \"0.0.0.0:5051\"").unwrap_err();
+        assert_eq!(err.key, "admin_listen");
+        assert!(err.message.contains("admin_token_file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "short\n").unwrap();
+        let text = format!(
+            "admin_listen = \"0.0.0.0:5051\"\nadmin_token_file = \"{}\"",
+            token.display()
+        );
+        assert_eq!(parse(&text).unwrap_err().key, "admin_token_file");
+        std::fs::write(&token, format!("{}\n", "f".repeat(32))).unwrap();
+        let config = parse(&text).unwrap();
+        let admin_token = config.admin_token.unwrap();
+        assert!(admin_token.matches(&"f".repeat(32)));
+        assert!(!admin_token.matches("f"));
+        assert_eq!(format!("{admin_token:?}"), "AdminToken(..)");
+        assert!(parse("admin_listen = \"127.0.0.1:5051\"")
+            .unwrap()
+            .admin_token
+            .is_none());
     }
 }

@@ -1,17 +1,38 @@
-//! Counters, gauges and latency histograms, rendered in the Prometheus text format.
+//! Counters, gauges and latency histograms, exposed in the OpenMetrics text format by the
+//! `prometheus-client` library.
 //!
 //! Owns only numbers: every subsystem records into one shared [`Metrics`]; the admin endpoint
-//! renders it. Latency percentiles come from hdrhistogram (microseconds, 3 significant figures).
+//! renders it. Each metric is a public field (or a `record_*` method for labelled families) and
+//! one registration line in [`Metrics::default`], which gives its exported name and help text.
+//!
+//! Naming follows Prometheus conventions: base units (`_bytes`, `_seconds`), counters exported
+//! with `_total` (the library appends it to the registered name), no ratios or rates that a query
+//! can derive from counters (`rate(shoal_cache_hits_total[5m])` etc.). Latencies are histograms
+//! with fixed buckets, so percentiles can be aggregated across nodes with
+//! `histogram_quantile(0.99, sum by (le) (rate(shoal_http_request_duration_seconds_bucket[5m])))`.
+//!
+//! **Invariant:** label values that come from outside (peer ids) are bounded: at most
+//! [`MAX_PEERS_TRACKED`] peers get their own series, the rest are summed under `peer="other"`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use crate::store::StoreStats;
+
+/// The HTTP content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
+pub const MAX_PEERS_TRACKED: usize = 1024;
 
 /// Where the bytes of a blob response came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,14 +43,14 @@ pub enum ByteSource {
     Upstream,
 }
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A monotonically increasing counter. Clones share the value.
+#[derive(Debug, Default, Clone)]
+pub struct Counter(prometheus_client::metrics::counter::Counter<u64, AtomicU64>);
 
 impl Counter {
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
 
     /// Adds one.
@@ -39,16 +60,137 @@ impl Counter {
 
     /// The current value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
+impl TypedMetric for Counter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A value that goes up and down. Derefs to its [`AtomicU64`], so it is set with
+/// `gauge.store(n, Relaxed)` and can be counted up and down in place. Clones share the value.
+#[derive(Debug, Default, Clone)]
+pub struct Gauge(prometheus_client::metrics::gauge::Gauge<u64, AtomicU64>);
+
+impl Deref for Gauge {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        self.0.inner()
+    }
+}
+
+impl EncodeMetric for Gauge {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// A counter kept in microseconds and exported in seconds.
+#[derive(Debug)]
+struct MicrosAsSeconds(Counter);
+
+impl EncodeMetric for MicrosAsSeconds {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&(self.0.get() as f64 / 1e6), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Several fields exported as one metric with one label telling them apart, e.g.
+/// `shoal_bytes_served_total{source="cache"}`.
+#[derive(Debug)]
+struct Labelled<M> {
+    label: &'static str,
+    series: Vec<(&'static str, M)>,
+    metric_type: MetricType,
+}
+
+impl<M: EncodeMetric> EncodeMetric for Labelled<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (value, metric) in &self.series {
+            let labels = [(self.label, *value)];
+            metric.encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.metric_type
+    }
+}
+
+fn labelled_counters(
+    label: &'static str,
+    series: Vec<(&'static str, Counter)>,
+) -> Labelled<Counter> {
+    Labelled {
+        label,
+        series,
+        metric_type: MetricType::Counter,
+    }
+}
+
+fn labelled_gauges(label: &'static str, series: Vec<(&'static str, Gauge)>) -> Labelled<Gauge> {
+    Labelled {
+        label,
+        series,
+        metric_type: MetricType::Gauge,
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Buckets for registry requests: 0.5 ms to about 66 s, doubling.
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Buckets for shard fetches from peers: 0.5 ms to about 16 s, doubling.
+fn shard_fetch_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 /// All of the node's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
-    latency_us: Mutex<BTreeMap<&'static str, Histogram<u64>>>,
-    upstream_requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    request_duration: HistogramFamily,
+    upstream_requests: Family<Labels, Counter>,
+    /// Upstream requests by kind over all upstreams, for [`Metrics::upstream_requests`].
+    upstream_requests_by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    upstream_failures: Family<Labels, Counter>,
+    /// Failed upstream requests by upstream, for [`Metrics::upstream_failures`].
+    upstream_failures_by_name: Mutex<BTreeMap<String, u64>>,
+    peer_bytes_received: Family<Labels, Counter>,
+    peer_bytes_sent: Family<Labels, Counter>,
+    /// Peers that have their own series in the per-peer families.
+    peers_tracked: Mutex<BTreeSet<String>>,
+    shard_fetch_duration: Histogram,
+    /// Blobs in the store (set from the store at each render).
+    store_blobs: Gauge,
+    /// Bytes of distinct shards in the store (set from the store at each render).
+    store_bytes: Gauge,
     /// Blob bytes sent to clients from the store.
     pub bytes_served_cache: Counter,
     /// Blob bytes sent to clients while they were being fetched from an upstream.
@@ -100,23 +242,19 @@ pub struct Metrics {
     /// Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.
     pub p2p_refused_non_member_requests: Counter,
     /// Connected peers that have proved membership.
-    pub p2p_members: AtomicU64,
-    /// Blob bytes exchanged with each peer: (received from it, sent to it).
-    peer_bytes: Mutex<BTreeMap<String, (u64, u64)>>,
-    /// Time from asking a peer for a shard to holding its verified bytes, in microseconds.
-    shard_fetch_us: Mutex<Option<Histogram<u64>>>,
+    pub p2p_members: Gauge,
     /// Open peer connections (members or not).
-    pub p2p_connections: AtomicU64,
+    pub p2p_connections: Gauge,
     /// Entries in Kademlia's routing table (members only).
-    pub p2p_routing_table_peers: AtomicU64,
+    pub p2p_routing_table_peers: Gauge,
     /// Provider records in the local DHT store naming this node.
-    pub p2p_provider_records_local: AtomicU64,
+    pub p2p_provider_records_local: Gauge,
     /// Provider records in the local DHT store that other members asked this node to keep.
-    pub p2p_provider_records_remote: AtomicU64,
+    pub p2p_provider_records_remote: Gauge,
     /// (member, blob) holdings learned from gossip announcements.
-    pub p2p_announced_holdings: AtomicU64,
+    pub p2p_announced_holdings: Gauge,
     /// Peers following one of this node's fetches shard by shard now.
-    pub p2p_followers: AtomicU64,
+    pub p2p_followers: Gauge,
     /// Peers sent on to one of this node's followers because the fetch they asked for was full.
     pub p2p_followers_sent_on: Counter,
     /// Gossip messages this node published.
@@ -130,10 +268,294 @@ pub struct Metrics {
     pub p2p_gossip_rejected: Counter,
 }
 
-/// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
-const MAX_PEERS_TRACKED: usize = 1024;
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_buckets),
+            upstream_requests: Family::default(),
+            upstream_requests_by_kind: Mutex::default(),
+            upstream_failures: Family::default(),
+            upstream_failures_by_name: Mutex::default(),
+            peer_bytes_received: Family::default(),
+            peer_bytes_sent: Family::default(),
+            peers_tracked: Mutex::default(),
+            shard_fetch_duration: shard_fetch_buckets(),
+            store_blobs: Gauge::default(),
+            store_bytes: Gauge::default(),
+            bytes_served_cache: Counter::default(),
+            bytes_served_upstream: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            ingested_bytes: Counter::default(),
+            ingest_busy_us: Counter::default(),
+            serve_busy_us: Counter::default(),
+            blobs_committed: Counter::default(),
+            digest_mismatches: Counter::default(),
+            refetches_after_bad_peer: Counter::default(),
+            shard_verify_failures: Counter::default(),
+            shards_healed: Counter::default(),
+            heal_failures: Counter::default(),
+            stale_tags_served: Counter::default(),
+            evictions: Counter::default(),
+            single_flight_joins: Counter::default(),
+            bytes_received_peer: Counter::default(),
+            bytes_received_origin: Counter::default(),
+            bytes_sent_peer: Counter::default(),
+            peer_fetch_failures: Counter::default(),
+            hedged_requests: Counter::default(),
+            manifests_sent_peer: Counter::default(),
+            manifests_received_peer: Counter::default(),
+            p2p_failed_proofs: Counter::default(),
+            p2p_refused_non_member_requests: Counter::default(),
+            p2p_members: Gauge::default(),
+            p2p_connections: Gauge::default(),
+            p2p_routing_table_peers: Gauge::default(),
+            p2p_provider_records_local: Gauge::default(),
+            p2p_provider_records_remote: Gauge::default(),
+            p2p_announced_holdings: Gauge::default(),
+            p2p_followers: Gauge::default(),
+            p2p_followers_sent_on: Counter::default(),
+            p2p_gossip_published: Counter::default(),
+            p2p_gossip_unpublished: Counter::default(),
+            p2p_gossip_received: Counter::default(),
+            p2p_gossip_rejected: Counter::default(),
+        };
+        metrics.register_all();
+        metrics
+    }
+}
 
 impl Metrics {
+    /// Gives every metric its exported name and help. Counters are registered without `_total`:
+    /// the encoder appends it.
+    fn register_all(&mut self) {
+        let m = &*self;
+        let mut r = Registry::default();
+        let up = Gauge::default();
+        up.store(1, Ordering::Relaxed);
+        r.register("shoal_up", "Always 1 while the node runs.", up);
+        r.register(
+            "shoal_http_requests",
+            "Registry requests by route, method and status.",
+            m.requests.clone(),
+        );
+        r.register(
+            "shoal_http_request_duration_seconds",
+            "Registry request latency by route.",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "shoal_upstream_requests",
+            "HTTP requests sent to upstreams, by upstream and kind.",
+            m.upstream_requests.clone(),
+        );
+        r.register("shoal_upstream_failures", "Upstream requests that failed for good (5xx, 429 or transport errors after retries), by upstream.", m.upstream_failures.clone());
+        r.register(
+            "shoal_bytes_served",
+            "Blob bytes sent to clients, by source.",
+            labelled_counters(
+                "source",
+                vec![
+                    ("cache", m.bytes_served_cache.clone()),
+                    ("upstream", m.bytes_served_upstream.clone()),
+                ],
+            ),
+        );
+        r.register(
+            "shoal_bytes_received",
+            "Blob bytes received for ingest, by source.",
+            labelled_counters(
+                "source",
+                vec![
+                    ("peer", m.bytes_received_peer.clone()),
+                    ("origin", m.bytes_received_origin.clone()),
+                ],
+            ),
+        );
+        r.register(
+            "shoal_peer_bytes_received",
+            "Blob bytes received from each peer.",
+            m.peer_bytes_received.clone(),
+        );
+        r.register(
+            "shoal_peer_bytes_sent",
+            "Blob bytes sent to each peer.",
+            m.peer_bytes_sent.clone(),
+        );
+        r.register(
+            "shoal_shard_fetch_duration_seconds",
+            "Time from asking a peer for a shard to holding its verified bytes.",
+            m.shard_fetch_duration.clone(),
+        );
+        r.register(
+            "shoal_bytes_sent_to_peers",
+            "Blob bytes sent to peers.",
+            m.bytes_sent_peer.clone(),
+        );
+        r.register(
+            "shoal_peer_fetch_failures",
+            "Blob fetches from a peer that failed.",
+            m.peer_fetch_failures.clone(),
+        );
+        r.register(
+            "shoal_hedged_requests",
+            "Batches of shards asked of a second peer because the first was late.",
+            m.hedged_requests.clone(),
+        );
+        r.register(
+            "shoal_manifests_sent_to_peers",
+            "Manifests sent to members from this node's cache.",
+            m.manifests_sent_peer.clone(),
+        );
+        r.register(
+            "shoal_manifests_received_from_peers",
+            "Manifests received from members while the upstream was unavailable.",
+            m.manifests_received_peer.clone(),
+        );
+        r.register(
+            "shoal_p2p_failed_proofs",
+            "Peers that failed the membership proof or did not give it in time.",
+            m.p2p_failed_proofs.clone(),
+        );
+        r.register("shoal_p2p_refused_non_member_requests", "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.", m.p2p_refused_non_member_requests.clone());
+        r.register(
+            "shoal_p2p_members",
+            "Connected peers that have proved membership.",
+            m.p2p_members.clone(),
+        );
+        r.register(
+            "shoal_p2p_connections",
+            "Open peer connections, members or not.",
+            m.p2p_connections.clone(),
+        );
+        r.register(
+            "shoal_p2p_routing_table_peers",
+            "Entries in the Kademlia routing table.",
+            m.p2p_routing_table_peers.clone(),
+        );
+        r.register(
+            "shoal_p2p_announced_holdings",
+            "Member and blob pairs learned from gossip announcements.",
+            m.p2p_announced_holdings.clone(),
+        );
+        r.register(
+            "shoal_p2p_followers",
+            "Peers following one of this node's fetches shard by shard.",
+            m.p2p_followers.clone(),
+        );
+        r.register("shoal_p2p_followers_sent_on", "Peers sent on to one of this node's followers because the fetch they asked for had as many followers as it serves.", m.p2p_followers_sent_on.clone());
+        r.register(
+            "shoal_p2p_gossip_published",
+            "Gossip messages published.",
+            m.p2p_gossip_published.clone(),
+        );
+        r.register(
+            "shoal_p2p_gossip_unpublished",
+            "Gossip messages not published (no member connected, or the swarm was busy).",
+            m.p2p_gossip_unpublished.clone(),
+        );
+        r.register(
+            "shoal_p2p_gossip_received",
+            "Gossip messages received, before validation.",
+            m.p2p_gossip_received.clone(),
+        );
+        r.register(
+            "shoal_p2p_gossip_rejected",
+            "Received gossip messages rejected by validation.",
+            m.p2p_gossip_rejected.clone(),
+        );
+        r.register(
+            "shoal_p2p_provider_records",
+            "Provider records in the local DHT store, by provider (this node, or other members).",
+            labelled_gauges(
+                "provider",
+                vec![
+                    ("local", m.p2p_provider_records_local.clone()),
+                    ("remote", m.p2p_provider_records_remote.clone()),
+                ],
+            ),
+        );
+        r.register(
+            "shoal_cache_hits",
+            "Requests answered from the store.",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "shoal_cache_misses",
+            "Requests that needed an upstream.",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "shoal_ingested_bytes",
+            "Bytes chunked, hashed and written.",
+            m.ingested_bytes.clone(),
+        );
+        r.register(
+            "shoal_ingest_busy_seconds",
+            "Time spent ingesting (chunking, hashing, writing).",
+            MicrosAsSeconds(m.ingest_busy_us.clone()),
+        );
+        r.register(
+            "shoal_serve_busy_seconds",
+            "Time spent reading and verifying shards for responses.",
+            MicrosAsSeconds(m.serve_busy_us.clone()),
+        );
+        r.register(
+            "shoal_blobs_committed",
+            "Blobs verified and committed.",
+            m.blobs_committed.clone(),
+        );
+        r.register(
+            "shoal_digest_mismatches",
+            "Blobs whose bytes did not match their digest.",
+            m.digest_mismatches.clone(),
+        );
+        r.register("shoal_refetches_after_bad_peer", "Blobs fetched again, without the peer, because a peer's bytes did not match their digest.", m.refetches_after_bad_peer.clone());
+        r.register(
+            "shoal_shard_verify_failures",
+            "Shards that failed verification when served.",
+            m.shard_verify_failures.clone(),
+        );
+        r.register(
+            "shoal_shards_healed",
+            "Shards fetched again and put back.",
+            m.shards_healed.clone(),
+        );
+        r.register(
+            "shoal_heal_failures",
+            "Shards that could not be healed.",
+            m.heal_failures.clone(),
+        );
+        r.register(
+            "shoal_stale_tags_served",
+            "Tags served stale while the upstream was down.",
+            m.stale_tags_served.clone(),
+        );
+        r.register(
+            "shoal_evictions",
+            "Blobs evicted for the disk budget.",
+            m.evictions.clone(),
+        );
+        r.register(
+            "shoal_single_flight_joins",
+            "Requests that joined a fetch in flight.",
+            m.single_flight_joins.clone(),
+        );
+        r.register(
+            "shoal_store_blobs",
+            "Blobs in the store.",
+            m.store_blobs.clone(),
+        );
+        r.register(
+            "shoal_store_bytes",
+            "Bytes of distinct shards in the store.",
+            m.store_bytes.clone(),
+        );
+        self.registry = r;
+    }
+
     /// Records one finished request.
     pub fn record_request(
         &self,
@@ -142,36 +564,54 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
     ) {
-        *lock(&self.requests)
-            .entry((route, method.to_owned(), status))
-            .or_insert(0) += 1;
-        let mut latency = lock(&self.latency_us);
-        let histogram = latency.entry(route).or_insert_with(|| {
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds are valid")
-        });
-        histogram.saturating_record(elapsed.as_micros().min(u128::from(u64::MAX)) as u64);
+        let labels = vec![
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&vec![("route", route.to_owned())])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records one HTTP request sent to an upstream.
     pub fn record_upstream_request(&self, upstream: &str, kind: &'static str) {
-        *lock(&self.upstream_requests)
-            .entry((upstream.to_owned(), kind))
+        let labels = vec![("upstream", upstream.to_owned()), ("kind", kind.to_owned())];
+        self.upstream_requests.get_or_create(&labels).inc();
+        *lock(&self.upstream_requests_by_kind)
+            .entry(kind)
             .or_insert(0) += 1;
     }
 
     /// Upstream requests of one kind, over all upstreams (for tests and logs).
     pub fn upstream_requests(&self, kind: &str) -> u64 {
-        lock(&self.upstream_requests)
-            .iter()
-            .filter(|((_, k), _)| *k == kind)
-            .map(|(_, n)| n)
-            .sum()
+        lock(&self.upstream_requests_by_kind)
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records an upstream request that failed for good: a server error, 429 or transport error
+    /// after the last retry. Upstream names come from the config, so the series are bounded.
+    pub fn record_upstream_failure(&self, upstream: &str) {
+        let labels = vec![("upstream", upstream.to_owned())];
+        self.upstream_failures.get_or_create(&labels).inc();
+        *lock(&self.upstream_failures_by_name)
+            .entry(upstream.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    /// Failed upstream requests so far, by upstream.
+    pub fn upstream_failures(&self) -> BTreeMap<String, u64> {
+        lock(&self.upstream_failures_by_name).clone()
     }
 
     /// Records blob bytes sent to `peer`.
     pub fn record_bytes_sent_to_peer(&self, peer: &libp2p::PeerId, n: u64) {
         self.bytes_sent_peer.add(n);
-        self.peer_entry(peer, |entry| entry.1 += n);
+        let labels = self.peer_labels(peer);
+        self.peer_bytes_sent.get_or_create(&labels).add(n);
     }
 
     /// Records blob bytes received from `peer` (each shard BLAKE3-checked), and how long the
@@ -180,24 +620,27 @@ impl Metrics {
     /// the peer's own source).
     pub fn record_shard_from_peer(&self, peer: &libp2p::PeerId, n: u64, latency: Option<Duration>) {
         self.bytes_received_peer.add(n);
-        self.peer_entry(peer, |entry| entry.0 += n);
-        let Some(latency) = latency else { return };
-        lock(&self.shard_fetch_us)
-            .get_or_insert_with(|| {
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds are valid")
-            })
-            .saturating_record(latency.as_micros().min(u128::from(u64::MAX)) as u64);
+        let labels = self.peer_labels(peer);
+        self.peer_bytes_received.get_or_create(&labels).add(n);
+        if let Some(latency) = latency {
+            self.shard_fetch_duration.observe(latency.as_secs_f64());
+        }
     }
 
-    fn peer_entry(&self, peer: &libp2p::PeerId, update: impl FnOnce(&mut (u64, u64))) {
-        let mut peers = lock(&self.peer_bytes);
+    /// The `peer` label for a peer: its id while fewer than [`MAX_PEERS_TRACKED`] peers have
+    /// their own series, else "other".
+    fn peer_labels(&self, peer: &libp2p::PeerId) -> Labels {
         let key = peer.to_string();
-        let key = if peers.contains_key(&key) || peers.len() < MAX_PEERS_TRACKED {
+        let mut tracked = lock(&self.peers_tracked);
+        let key = if tracked.contains(&key) {
+            key
+        } else if tracked.len() < MAX_PEERS_TRACKED {
+            tracked.insert(key.clone());
             key
         } else {
             "other".to_owned()
         };
-        update(peers.entry(key).or_default());
+        vec![("peer", key)]
     }
 
     /// Records blob bytes sent to a client.
@@ -208,398 +651,14 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric (serve it as [`CONTENT_TYPE`]).
     pub fn render(&self, store: StoreStats) -> String {
+        self.store_blobs.store(store.blobs, Ordering::Relaxed);
+        self.store_bytes.store(store.bytes, Ordering::Relaxed);
         let mut out = String::new();
-        header(
-            &mut out,
-            "shoal_http_requests_total",
-            "counter",
-            "Registry requests by route, method and status.",
-        );
-        for ((route, method, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "shoal_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "shoal_http_request_duration_seconds",
-            "summary",
-            "Registry request latency by route (hdrhistogram).",
-        );
-        for (route, histogram) in lock(&self.latency_us).iter() {
-            for quantile in [0.5, 0.9, 0.99, 0.999] {
-                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "shoal_http_request_duration_seconds{{route=\"{route}\",quantile=\"{quantile}\"}} {seconds}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "shoal_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                histogram.len()
-            );
-        }
-        header(
-            &mut out,
-            "shoal_upstream_requests_total",
-            "counter",
-            "HTTP requests sent to upstreams, by kind.",
-        );
-        for ((upstream, kind), n) in lock(&self.upstream_requests).iter() {
-            let _ = writeln!(
-                out,
-                "shoal_upstream_requests_total{{upstream=\"{upstream}\",kind=\"{kind}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "shoal_bytes_served_total",
-            "counter",
-            "Blob bytes sent to clients, by source.",
-        );
-        let _ = writeln!(
-            out,
-            "shoal_bytes_served_total{{source=\"cache\"}} {}",
-            self.bytes_served_cache.get()
-        );
-        let _ = writeln!(
-            out,
-            "shoal_bytes_served_total{{source=\"upstream\"}} {}",
-            self.bytes_served_upstream.get()
-        );
-        header(
-            &mut out,
-            "shoal_bytes_received_total",
-            "counter",
-            "Blob bytes received for ingest, by source.",
-        );
-        let _ = writeln!(
-            out,
-            "shoal_bytes_received_total{{source=\"peer\"}} {}",
-            self.bytes_received_peer.get()
-        );
-        let _ = writeln!(
-            out,
-            "shoal_bytes_received_total{{source=\"origin\"}} {}",
-            self.bytes_received_origin.get()
-        );
-        header(
-            &mut out,
-            "shoal_peer_bytes_received_total",
-            "counter",
-            "Blob bytes received from each peer.",
-        );
-        let peers = lock(&self.peer_bytes).clone();
-        for (peer, (received, _)) in &peers {
-            let _ = writeln!(
-                out,
-                "shoal_peer_bytes_received_total{{peer=\"{peer}\"}} {received}"
-            );
-        }
-        header(
-            &mut out,
-            "shoal_peer_bytes_sent_total",
-            "counter",
-            "Blob bytes sent to each peer.",
-        );
-        for (peer, (_, sent)) in &peers {
-            let _ = writeln!(out, "shoal_peer_bytes_sent_total{{peer=\"{peer}\"}} {sent}");
-        }
-        header(
-            &mut out,
-            "shoal_shard_fetch_duration_seconds",
-            "summary",
-            "Time from asking a peer for a shard to holding its verified bytes (hdrhistogram).",
-        );
-        if let Some(histogram) = lock(&self.shard_fetch_us).as_ref() {
-            for quantile in [0.5, 0.9, 0.99, 0.999] {
-                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "shoal_shard_fetch_duration_seconds{{quantile=\"{quantile}\"}} {seconds}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "shoal_shard_fetch_duration_seconds_count {}",
-                histogram.len()
-            );
-        }
-        for (name, kind, help, value) in [
-            (
-                "shoal_bytes_sent_to_peers_total",
-                "counter",
-                "Blob bytes sent to peers.",
-                self.bytes_sent_peer.get(),
-            ),
-            (
-                "shoal_peer_fetch_failures_total",
-                "counter",
-                "Blob fetches from a peer that failed.",
-                self.peer_fetch_failures.get(),
-            ),
-            (
-                "shoal_hedged_requests_total",
-                "counter",
-                "Batches of shards asked of a second peer because the first was late.",
-                self.hedged_requests.get(),
-            ),
-            (
-                "shoal_manifests_sent_to_peers_total",
-                "counter",
-                "Manifests sent to members from this node's cache.",
-                self.manifests_sent_peer.get(),
-            ),
-            (
-                "shoal_manifests_received_from_peers_total",
-                "counter",
-                "Manifests received from members while the upstream was unavailable.",
-                self.manifests_received_peer.get(),
-            ),
-            (
-                "shoal_p2p_failed_proofs_total",
-                "counter",
-                "Peers that failed the membership proof or did not give it in time.",
-                self.p2p_failed_proofs.get(),
-            ),
-            (
-                "shoal_p2p_refused_non_member_requests_total",
-                "counter",
-                "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.",
-                self.p2p_refused_non_member_requests.get(),
-            ),
-            (
-                "shoal_p2p_members",
-                "gauge",
-                "Connected peers that have proved membership.",
-                self.p2p_members.load(Ordering::Relaxed),
-            ),
-            (
-                "shoal_p2p_connections",
-                "gauge",
-                "Open peer connections, members or not.",
-                self.p2p_connections.load(Ordering::Relaxed),
-            ),
-            (
-                "shoal_p2p_routing_table_peers",
-                "gauge",
-                "Entries in the Kademlia routing table.",
-                self.p2p_routing_table_peers.load(Ordering::Relaxed),
-            ),
-            (
-                "shoal_p2p_announced_holdings",
-                "gauge",
-                "Member and blob pairs learned from gossip announcements.",
-                self.p2p_announced_holdings.load(Ordering::Relaxed),
-            ),
-            (
-                "shoal_p2p_followers",
-                "gauge",
-                "Peers following one of this node's fetches shard by shard.",
-                self.p2p_followers.load(Ordering::Relaxed),
-            ),
-            (
-                "shoal_p2p_followers_sent_on_total",
-                "counter",
-                "Peers sent on to one of this node's followers because the fetch they asked for had as many followers as it serves.",
-                self.p2p_followers_sent_on.get(),
-            ),
-            (
-                "shoal_p2p_gossip_published_total",
-                "counter",
-                "Gossip messages published.",
-                self.p2p_gossip_published.get(),
-            ),
-            (
-                "shoal_p2p_gossip_unpublished_total",
-                "counter",
-                "Gossip messages not published (no member connected, or the swarm was busy).",
-                self.p2p_gossip_unpublished.get(),
-            ),
-            (
-                "shoal_p2p_gossip_received_total",
-                "counter",
-                "Gossip messages received, before validation.",
-                self.p2p_gossip_received.get(),
-            ),
-            (
-                "shoal_p2p_gossip_rejected_total",
-                "counter",
-                "Received gossip messages rejected by validation.",
-                self.p2p_gossip_rejected.get(),
-            ),
-        ] {
-            header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        header(
-            &mut out,
-            "shoal_p2p_provider_records",
-            "gauge",
-            "Provider records in the local DHT store, by provider (this node, or other members).",
-        );
-        let _ = writeln!(
-            out,
-            "shoal_p2p_provider_records{{provider=\"local\"}} {}",
-            self.p2p_provider_records_local.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "shoal_p2p_provider_records{{provider=\"remote\"}} {}",
-            self.p2p_provider_records_remote.load(Ordering::Relaxed)
-        );
-        let hits = self.cache_hits.get();
-        let misses = self.cache_misses.get();
-        let ratio = if hits + misses == 0 {
-            0.0
-        } else {
-            hits as f64 / (hits + misses) as f64
-        };
-        let ingest_bps = rate(self.ingested_bytes.get(), self.ingest_busy_us.get());
-        let serve_bps = rate(self.bytes_served_cache.get(), self.serve_busy_us.get());
-        let simple: [(&str, &str, &str, String); 20] = [
-            (
-                "shoal_cache_hits_total",
-                "counter",
-                "Requests answered from the store.",
-                hits.to_string(),
-            ),
-            (
-                "shoal_cache_misses_total",
-                "counter",
-                "Requests that needed an upstream.",
-                misses.to_string(),
-            ),
-            (
-                "shoal_cache_hit_ratio",
-                "gauge",
-                "Hits over hits plus misses since start.",
-                ratio.to_string(),
-            ),
-            (
-                "shoal_ingested_bytes_total",
-                "counter",
-                "Bytes chunked, hashed and written.",
-                self.ingested_bytes.get().to_string(),
-            ),
-            (
-                "shoal_ingest_busy_seconds_total",
-                "counter",
-                "Time spent ingesting.",
-                (self.ingest_busy_us.get() as f64 / 1e6).to_string(),
-            ),
-            (
-                "shoal_ingest_throughput_bytes_per_second",
-                "gauge",
-                "Ingested bytes over ingest busy time.",
-                ingest_bps.to_string(),
-            ),
-            (
-                "shoal_serve_busy_seconds_total",
-                "counter",
-                "Time spent reading and verifying shards.",
-                (self.serve_busy_us.get() as f64 / 1e6).to_string(),
-            ),
-            (
-                "shoal_serve_throughput_bytes_per_second",
-                "gauge",
-                "Cache bytes served over serve busy time.",
-                serve_bps.to_string(),
-            ),
-            (
-                "shoal_blobs_committed_total",
-                "counter",
-                "Blobs verified and committed.",
-                self.blobs_committed.get().to_string(),
-            ),
-            (
-                "shoal_digest_mismatches_total",
-                "counter",
-                "Blobs whose bytes did not match their digest.",
-                self.digest_mismatches.get().to_string(),
-            ),
-            (
-                "shoal_refetches_after_bad_peer_total",
-                "counter",
-                "Blobs fetched again, without the peer, because a peer's bytes did not match their digest.",
-                self.refetches_after_bad_peer.get().to_string(),
-            ),
-            (
-                "shoal_shard_verify_failures_total",
-                "counter",
-                "Shards that failed verification when served.",
-                self.shard_verify_failures.get().to_string(),
-            ),
-            (
-                "shoal_shards_healed_total",
-                "counter",
-                "Shards fetched again and put back.",
-                self.shards_healed.get().to_string(),
-            ),
-            (
-                "shoal_heal_failures_total",
-                "counter",
-                "Shards that could not be healed.",
-                self.heal_failures.get().to_string(),
-            ),
-            (
-                "shoal_stale_tags_served_total",
-                "counter",
-                "Tags served stale while the upstream was down.",
-                self.stale_tags_served.get().to_string(),
-            ),
-            (
-                "shoal_evictions_total",
-                "counter",
-                "Blobs evicted for the disk budget.",
-                self.evictions.get().to_string(),
-            ),
-            (
-                "shoal_single_flight_joins_total",
-                "counter",
-                "Requests that joined a fetch in flight.",
-                self.single_flight_joins.get().to_string(),
-            ),
-            (
-                "shoal_store_blobs",
-                "gauge",
-                "Blobs in the store.",
-                store.blobs.to_string(),
-            ),
-            (
-                "shoal_store_bytes",
-                "gauge",
-                "Bytes of distinct shards in the store.",
-                store.bytes.to_string(),
-            ),
-            (
-                "shoal_up",
-                "gauge",
-                "Always 1 while the node runs.",
-                "1".to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in simple {
-            header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn rate(bytes: u64, busy_us: u64) -> f64 {
-    if busy_us == 0 {
-        0.0
-    } else {
-        bytes as f64 / (busy_us as f64 / 1e6)
     }
 }
 
@@ -614,7 +673,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text_with_histograms() {
         let metrics = Metrics::default();
         metrics.record_request("blob", "GET", 200, Duration::from_millis(3));
         metrics.record_upstream_request("docker.io", "blob");
@@ -623,29 +682,50 @@ mod tests {
         let peer = libp2p::PeerId::random();
         metrics.record_shard_from_peer(&peer, 7, Some(Duration::from_millis(2)));
         metrics.record_bytes_sent_to_peer(&peer, 5);
+        metrics.ingest_busy_us.add(1_500_000);
         let text = metrics.render(StoreStats {
             blobs: 2,
             bytes: 30,
         });
-        assert!(text
-            .contains("shoal_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 1"));
+        assert!(
+            text.contains(
+                "shoal_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("shoal_upstream_requests_total{upstream=\"docker.io\",kind=\"blob\"} 1")
         );
+        assert_eq!(metrics.upstream_requests("blob"), 1);
         assert!(text.contains("shoal_bytes_served_total{source=\"cache\"} 10"));
-        assert!(text.contains("shoal_cache_hit_ratio 1"));
+        assert!(text.contains("shoal_bytes_served_total{source=\"upstream\"} 0"));
+        assert!(text.contains("shoal_cache_hits_total 1"));
         assert!(text.contains(&format!(
             "shoal_peer_bytes_received_total{{peer=\"{peer}\"}} 7"
         )));
         assert!(text.contains(&format!("shoal_peer_bytes_sent_total{{peer=\"{peer}\"}} 5")));
         assert!(text.contains("shoal_bytes_received_total{source=\"peer\"} 7"));
-        assert!(text.contains("shoal_shard_fetch_duration_seconds{quantile=\"0.5\"} 0.002"));
+        assert!(text.contains("shoal_ingest_busy_seconds_total 1.5"));
         assert!(text.contains("shoal_store_bytes 30"));
+        assert!(text.contains("shoal_up 1"));
+        // 3 ms falls in the 4 ms bucket and every larger one, not in the 2 ms one.
+        assert!(
+            text.contains(
+                "shoal_http_request_duration_seconds_bucket{le=\"0.002\",route=\"blob\"} 0"
+            ) || text.contains(
+                "shoal_http_request_duration_seconds_bucket{route=\"blob\",le=\"0.002\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("shoal_http_request_duration_seconds_count{route=\"blob\"} 1"));
+        assert!(text.contains("shoal_shard_fetch_duration_seconds_count 1"));
+        assert!(text.trim_end().ends_with("# EOF"));
+
         metrics
             .p2p_provider_records_remote
             .store(4, Ordering::Relaxed);
         metrics.p2p_gossip_rejected.inc();
-        metrics.p2p_followers.store(2, Ordering::Relaxed);
+        metrics.p2p_followers.fetch_add(2, Ordering::Relaxed);
         metrics.p2p_followers_sent_on.inc();
         let text = metrics.render(StoreStats::default());
         assert!(text.contains("shoal_p2p_followers 2"));
@@ -654,17 +734,31 @@ mod tests {
         assert!(text.contains("shoal_p2p_provider_records{provider=\"local\"} 0"));
         assert!(text.contains("shoal_p2p_gossip_rejected_total 1"));
         assert!(text.contains("shoal_p2p_connections 0"));
-        assert!(
-            text.contains(
-                "shoal_http_request_duration_seconds{route=\"blob\",quantile=\"0.99\"} 0.003"
-            ),
-            "{text}"
-        );
+        assert!(text.contains("shoal_store_bytes 0"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(
                 line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn peer_series_are_bounded() {
+        let metrics = Metrics::default();
+        for _ in 0..MAX_PEERS_TRACKED + 5 {
+            metrics.record_bytes_sent_to_peer(&libp2p::PeerId::random(), 1);
+        }
+        let text = metrics.render(StoreStats::default());
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("shoal_peer_bytes_sent_total{"))
+            .count();
+        assert_eq!(series, MAX_PEERS_TRACKED + 1);
+        assert!(text.contains("shoal_peer_bytes_sent_total{peer=\"other\"} 5"));
+        assert!(text.contains(&format!(
+            "shoal_bytes_sent_to_peers_total {}",
+            MAX_PEERS_TRACKED + 5
+        )));
     }
 }

@@ -124,6 +124,27 @@ fn parse_route(path: &str) -> Result<Route, (StatusCode, ErrorCode, String)> {
     }
 }
 
+/// Why a request's registry is refused, and the key that would configure it, in one line. The
+/// `ns` shown is cut to 100 characters and kept only when it is a registry host name.
+fn unconfigured_registry<'a>(
+    ns: Option<&str>,
+    configured: impl Iterator<Item = &'a String>,
+) -> String {
+    let configured: Vec<&str> = configured.map(String::as_str).collect();
+    let configured = configured.join(", ");
+    match ns {
+        Some(ns) if ns.len() <= 100 && shoal_proto::oci::is_valid_registry_host(ns) => format!(
+            "registry {ns} is not configured on this mirror (configured: {configured}); to mirror it, add [upstreams.\"{ns}\"] with url = \"https://{ns}\" to the node's config"
+        ),
+        Some(_) => format!(
+            "the ns parameter is not a registry host name; configured registries: {configured}"
+        ),
+        None => format!(
+            "the request names no registry (no ns parameter) and no default_upstream is set; configured: {configured}; set default_upstream in the node's config"
+        ),
+    }
+}
+
 /// The `ns` query parameter, if present.
 fn namespace(uri: &Uri) -> Option<String> {
     let query = uri.query()?;
@@ -191,15 +212,11 @@ async fn answer(
         None => state.default_upstream.as_deref(),
     };
     let Some(upstream) = upstream_name.and_then(|name| state.upstreams.get(name)) else {
-        let shown: String = ns.unwrap_or_default().chars().take(100).collect();
-        tracing::debug!(ns = %shown, "request for an unconfigured registry refused");
+        let message = unconfigured_registry(ns.as_deref(), state.upstreams.keys());
+        tracing::debug!("{message}");
         return (
             label,
-            errors::response(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NameUnknown,
-                "no such registry is configured on this mirror",
-            ),
+            errors::response(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &message),
         );
     };
     let response = match route {
@@ -429,6 +446,23 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn an_unconfigured_registry_is_named_with_the_key_to_add() {
+        let configured = ["docker.io".to_owned(), "quay.io".to_owned()];
+        let line = unconfigured_registry(Some("ghcr.io"), configured.iter());
+        assert!(
+            line.contains("registry ghcr.io is not configured"),
+            "{line}"
+        );
+        assert!(line.contains("docker.io, quay.io"), "{line}");
+        assert!(line.contains("[upstreams.\"ghcr.io\"]"), "{line}");
+        assert!(!line.contains('\n'));
+        let hostile = unconfigured_registry(Some("<script>\n"), configured.iter());
+        assert!(!hostile.contains("<script>"), "{hostile}");
+        let none = unconfigured_registry(None, configured.iter());
+        assert!(none.contains("default_upstream"), "{none}");
+    }
 
     #[test]
     fn routes_parse() {

@@ -349,6 +349,9 @@ impl Upstream {
                     let retryable =
                         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     if !retryable || attempt >= timeouts.attempts {
+                        if retryable {
+                            self.inner.metrics.record_upstream_failure(self.name());
+                        }
                         return Err(match status {
                             StatusCode::NOT_FOUND => UpstreamError::NotFound,
                             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -363,6 +366,7 @@ impl Upstream {
                     if attempt >= timeouts.attempts
                         || !(error.is_connect() || error.is_timeout() || error.is_request())
                     {
+                        self.inner.metrics.record_upstream_failure(self.name());
                         return Err(UpstreamError::Transport(error));
                     }
                     error.to_string()

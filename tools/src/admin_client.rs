@@ -1,0 +1,97 @@
+//! A small client for a node's admin API (`/status`, `/metrics`), with bounded answers and
+//! timeouts.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shoal_node::admin::status::NodeStatus;
+
+/// Largest admin answer read, in bytes.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// Longest an admin request may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A node's admin API at one base URL.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for the admin API at `base`, e.g. `http://127.0.0.1:5051`.
+    pub fn new(base: &str) -> Result<AdminClient> {
+        let base = reqwest::Url::parse(base).with_context(|| {
+            format!("--admin {base:?} is not a URL such as http://127.0.0.1:5051")
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("--admin {base} must be an http:// or https:// URL");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(AdminClient { base, http })
+    }
+
+    async fn get(&self, path: &str) -> Result<String> {
+        let url = self.base.join(path).context("joining the admin URL")?;
+        let mut response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !response.status().is_success() {
+            bail!("GET {url}: {}", response.status());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("GET {url}"))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                bail!("GET {url}: answer larger than {MAX_ANSWER_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).with_context(|| format!("GET {url}: not UTF-8"))
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<NodeStatus> {
+        let text = self.get("/status").await?;
+        serde_json::from_str(&text).context("the node's /status answer is not a status")
+    }
+
+    /// Registry requests the node has answered so far (the sum of `shoal_http_requests_total`).
+    pub async fn registry_requests(&self) -> Result<u64> {
+        let text = self.get("/metrics").await?;
+        Ok(sum_samples(&text, "shoal_http_requests_total") as u64)
+    }
+}
+
+/// The sum of every sample of `name` in a Prometheus or OpenMetrics text exposition.
+pub fn sum_samples(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_every_series_of_one_name_only() {
+        let text = "# TYPE a counter\na_total{x=\"1\"} 2\na_total{x=\"2\"} 3\na_total_other 9\nb_total 1\n";
+        assert_eq!(sum_samples(text, "a_total"), 5.0);
+        assert_eq!(sum_samples(text, "b_total"), 1.0);
+        assert_eq!(sum_samples(text, "c_total"), 0.0);
+    }
+}
