@@ -99,6 +99,8 @@ pub struct Metrics {
     pub p2p_failed_proofs: Counter,
     /// Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.
     pub p2p_refused_non_member_requests: Counter,
+    /// Inbound peer connections refused by a connection limit.
+    pub p2p_refused_connections: Counter,
     /// Connected peers that have proved membership.
     pub p2p_members: AtomicU64,
     /// Blob bytes exchanged with each peer: (received from it, sent to it).
@@ -371,6 +373,12 @@ impl Metrics {
                 "counter",
                 "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.",
                 self.p2p_refused_non_member_requests.get(),
+            ),
+            (
+                "shoal_p2p_refused_connections_total",
+                "counter",
+                "Inbound peer connections refused by a connection limit.",
+                self.p2p_refused_connections.get(),
             ),
             (
                 "shoal_p2p_members",
