@@ -16,7 +16,7 @@ use libp2p::kad;
 use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::SwarmEvent;
 use sha2::{Digest as _, Sha256};
-use shoal_node::p2p::{PeerAnswer, KAD_PROTOCOL, MANIFESTS_PROTOCOL};
+use shoal_node::p2p::{NextFrame, PeerAnswer, TransferError, KAD_PROTOCOL, MANIFESTS_PROTOCOL};
 use shoal_node::store::ShardStore;
 use shoal_proto::records::{ManifestRecord, TagRecord};
 use shoal_proto::wire::{ManifestRequest, MapWanted, ShardRequest, ShardSet, WireMessage as _};
@@ -70,11 +70,19 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         panic!("a holder of the whole blob answers with its map");
     };
     let mut received = Vec::new();
-    while let Some((frame, shard)) = stream.next_frame().await.unwrap() {
+    for _ in &map.shards {
+        let NextFrame::Shard(frame, shard) = stream.next_frame().await.unwrap() else {
+            panic!("a holder of the whole blob sends no end frame");
+        };
         assert_eq!(frame.hash, map.shards[frame.index as usize].hash);
         received.extend_from_slice(&shard);
     }
     assert_eq!(received, vec![42u8; 100_000]);
+    // The holder closes the stream after the last shard asked for.
+    assert!(matches!(
+        stream.next_frame().await,
+        Err(TransferError::EndedEarly(_))
+    ));
 
     // A request for some shards gets only those, after the map's hash.
     let last = map.shards.len() - 1;
@@ -90,10 +98,15 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         panic!("a holder sends the map's hash when asked for it only");
     };
     assert_eq!(&hash, blake3::hash(&map.encode()).as_bytes());
-    let (frame, shard) = stream.next_frame().await.unwrap().unwrap();
+    let NextFrame::Shard(frame, shard) = stream.next_frame().await.unwrap() else {
+        panic!("the shard asked for comes");
+    };
     assert_eq!(frame.index as usize, last);
     assert_eq!(shard.len() as u32, map.shards[last].len);
-    assert!(stream.next_frame().await.unwrap().is_none());
+    assert!(matches!(
+        stream.next_frame().await,
+        Err(TransferError::EndedEarly(_))
+    ));
 
     // A bare Kademlia peer on the same protocol, that never proves the key, asks A directly.
     let mut outsider = libp2p::SwarmBuilder::with_new_identity()

@@ -36,13 +36,20 @@
 //! ```text
 //! member A                     gossipsub mesh (members only)                member B
 //!   commits blob X ── Holds { X, shard_count, All } ─────────────────────▶ holdings[X] += A
-//!   downloading Y  ── Holds { Y, shard_count, Bitfield } ────────────────▶ holdings[Y] = A's bits
 //!   evicts X       ── Dropped { X } ─────────────────────────────────────▶ holdings[X] -= A
 //! ```
 //!
 //! Messages are signed by their author's peer identity (gossipsub's strict mode: author, sequence
 //! number and signature are required). A newer `Holds` for the same blob and author replaces the
 //! older one; a `Dropped` removes it.
+//!
+//! Partial holdings: the format can say that the author holds some shards (`Holds` with a
+//! bitfield), and receivers validate and record such news, but a node announces only whole blobs
+//! (on commit) and drops (on eviction). A blob still being downloaded is found otherwise: its
+//! flight publishes a DHT provider record as soon as its source is known, and a member asking for
+//! it is streamed every shard in order as it arrives (an in-flight answer of `crate::wire`). The
+//! transfer protocol has no way to ask a member for some shards of a blob it has not committed,
+//! so a bitfield of such shards would not help assembly.
 //!
 //! ## Limits
 //!
@@ -118,7 +125,8 @@ mod announcement {
     /// News about what the author holds.
     #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub enum Announcement {
-        /// The author holds some or all shards of a blob (it committed the blob, or is downloading it).
+        /// The author holds some or all shards of a blob (nodes announce whole, committed blobs
+        /// only; see the module docs on partial holdings).
         Holds {
             /// SHA-256 of the blob.
             blob: [u8; 32],

@@ -111,6 +111,7 @@ use crate::limits::{
 };
 use crate::oci::{is_valid_registry_host, Reference, RepoName};
 use crate::shard_map::ShardMap;
+use rkyv::util::AlignedVec;
 
 const MAGIC: &[u8; 4] = b"SHWR";
 /// The wire format version this build speaks (2: map hashes, in-flight answers, claims and hashed
@@ -444,6 +445,9 @@ pub trait WireMessage: Sized {
 
     /// Decodes a frame body (without the length prefix).
     fn decode(body: &[u8]) -> Result<Self, WireError>;
+
+    /// Decodes the archive of a frame body whose length and header were checked.
+    fn decode_archive(archive: &AlignedVec<16>) -> Result<Self, WireError>;
 }
 
 /// Checks a frame's announced body length against `M`'s limit, before anything is allocated.
@@ -474,25 +478,122 @@ pub(crate) fn frame(kind: Kind, archive: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks the header and returns the archive, aligned for rkyv.
-pub(crate) fn open<M: WireMessage>(body: &[u8]) -> Result<rkyv::util::AlignedVec<16>, WireError> {
-    check_len::<M>(body.len())?;
-    if &body[0..4] != MAGIC {
+/// Checks a frame body's header (magic, version, kind) for message `M`.
+fn check_header<M: WireMessage>(header: &[u8; HEADER_LEN]) -> Result<(), WireError> {
+    if &header[0..4] != MAGIC {
         return Err(WireError::Magic);
     }
-    let version = u16::from_le_bytes([body[4], body[5]]);
+    let version = u16::from_le_bytes([header[4], header[5]]);
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
     }
-    if body[6] != M::KIND as u8 {
+    if header[6] != M::KIND as u8 {
         return Err(WireError::Kind {
             expected: M::KIND as u8,
-            actual: body[6],
+            actual: header[6],
         });
     }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len() - HEADER_LEN);
+    Ok(())
+}
+
+/// Checks the header and returns the archive, aligned for rkyv.
+pub(crate) fn open<M: WireMessage>(body: &[u8]) -> Result<AlignedVec<16>, WireError> {
+    check_len::<M>(body.len())?;
+    let header: &[u8; HEADER_LEN] = body[..HEADER_LEN].try_into().expect("length checked");
+    check_header::<M>(header)?;
+    let mut aligned = AlignedVec::<16>::with_capacity(body.len() - HEADER_LEN);
     aligned.extend_from_slice(&body[HEADER_LEN..]);
     Ok(aligned)
+}
+
+/// Reads one frame body of message `M` piece by piece as it arrives from a stream, so that what a
+/// peer announces costs the receiver nothing until the bytes are there: the body length is checked
+/// against `M`'s limit first, the header as soon as its bytes arrived, and the buffer grows with
+/// the bytes received (never past the announced length, at most twice what arrived), straight into
+/// the aligned buffer the archive is decoded from (no second copy).
+pub struct BodyReader<M> {
+    /// Body bytes (header included) still to come.
+    remaining: usize,
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    archive: AlignedVec<16>,
+    archive_len: usize,
+    message: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M: WireMessage> std::fmt::Debug for BodyReader<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyReader")
+            .field("remaining", &self.remaining)
+            .field("buffered", &self.archive.len())
+            .finish()
+    }
+}
+
+impl<M: WireMessage> BodyReader<M> {
+    /// Starts reading the body whose length `prefix` announces; an error if it is outside `M`'s
+    /// limits (nothing is allocated then).
+    pub fn new(prefix: [u8; PREFIX_LEN]) -> Result<Self, WireError> {
+        let len = body_len(prefix);
+        check_len::<M>(len)?;
+        Ok(Self {
+            remaining: len,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            archive: AlignedVec::new(),
+            archive_len: len - HEADER_LEN,
+            message: std::marker::PhantomData,
+        })
+    }
+
+    /// Body bytes still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Bytes of memory the reader holds for the archive now.
+    pub fn buffered_capacity(&self) -> usize {
+        self.archive.capacity()
+    }
+
+    /// Takes the next bytes of the body (at most [`Self::remaining`]).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), WireError> {
+        if bytes.len() > self.remaining {
+            return Err(WireError::Invalid("more bytes than the frame announced"));
+        }
+        self.remaining -= bytes.len();
+        if self.header_filled < HEADER_LEN {
+            let take = bytes.len().min(HEADER_LEN - self.header_filled);
+            self.header[self.header_filled..self.header_filled + take]
+                .copy_from_slice(&bytes[..take]);
+            self.header_filled += take;
+            bytes = &bytes[take..];
+            if self.header_filled == HEADER_LEN {
+                check_header::<M>(&self.header)?;
+            }
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let needed = self.archive.len() + bytes.len();
+        if needed > self.archive.capacity() {
+            // Double at most, and never past the announced length.
+            let target = needed
+                .max(self.archive.capacity() * 2)
+                .min(self.archive_len);
+            self.archive.reserve_exact(target - self.archive.len());
+        }
+        self.archive.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The decoded message, once every announced byte has come.
+    pub fn finish(self) -> Result<M, WireError> {
+        if self.remaining > 0 || self.header_filled < HEADER_LEN {
+            return Err(WireError::Invalid("the frame is incomplete"));
+        }
+        M::decode_archive(&self.archive)
+    }
 }
 
 macro_rules! wire_message {
@@ -514,7 +615,13 @@ macro_rules! wire_message {
 
             fn decode(body: &[u8]) -> Result<Self, $crate::wire::WireError> {
                 let aligned = $crate::wire::open::<Self>(body)?;
-                let message = rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
+                Self::decode_archive(&aligned)
+            }
+
+            fn decode_archive(
+                archive: &rkyv::util::AlignedVec<16>,
+            ) -> Result<Self, $crate::wire::WireError> {
+                let message = rkyv::from_bytes::<Self, rkyv::rancor::Error>(archive)
                     .map_err(|e| $crate::wire::WireError::Archive(e.to_string()))?;
                 message.check()?;
                 Ok(message)
@@ -766,6 +873,68 @@ mod tests {
                 ));
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn a_body_read_in_pieces_decodes_like_a_whole(
+            lengths in proptest::collection::vec(1u32..1_000_000, 0..300),
+            cuts in proptest::collection::vec(1usize..5000, 1..20),
+        ) {
+            let answer = ShardAnswer::Map(map(&lengths));
+            let encoded = answer.encode();
+            let mut reader =
+                BodyReader::<ShardAnswer>::new(encoded[..PREFIX_LEN].try_into().unwrap()).unwrap();
+            let mut rest = &encoded[PREFIX_LEN..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at((*cut).min(rest.len()));
+                reader.feed(piece).unwrap();
+                rest = after;
+            }
+            prop_assert_eq!(reader.remaining(), 0);
+            prop_assert_eq!(reader.finish(), Ok(answer));
+        }
+    }
+
+    #[test]
+    fn an_announced_length_costs_only_the_bytes_that_arrived() {
+        // A member announces the largest answer and sends a few bytes: the reader holds memory for
+        // what arrived, not for what was announced.
+        let prefix = (MAX_ANSWER_BYTES as u32).to_le_bytes();
+        let mut reader = BodyReader::<ShardAnswer>::new(prefix).unwrap();
+        let frame = ShardAnswer::Map(map(&[10, 20])).encode();
+        reader.feed(&frame[PREFIX_LEN..]).unwrap();
+        reader.feed(&[0; 1000]).unwrap();
+        assert!(reader.buffered_capacity() <= 2 * frame.len() + 2000);
+        assert_eq!(
+            reader.remaining(),
+            MAX_ANSWER_BYTES - (frame.len() - PREFIX_LEN) - 1000
+        );
+        assert!(reader.finish().is_err());
+
+        // Too long an announcement is refused before anything is allocated.
+        let over = (MAX_ANSWER_BYTES as u32 + 1).to_le_bytes();
+        assert!(matches!(
+            BodyReader::<ShardAnswer>::new(over),
+            Err(WireError::Length { .. })
+        ));
+        // A wrong header is refused as soon as its bytes are in, before any archive byte.
+        let mut reader = BodyReader::<ShardAnswer>::new(prefix).unwrap();
+        assert_eq!(reader.feed(b"SHWQ\x02\x00\x04\x00"), Err(WireError::Magic));
+        assert!(matches!(
+            BodyReader::<ShardFrame>::new(prefix),
+            Err(WireError::Length { .. })
+        ));
+        // Bytes past the announced length are refused.
+        let small = ShardFrame::end(3).encode();
+        let mut reader =
+            BodyReader::<ShardFrame>::new(small[..PREFIX_LEN].try_into().unwrap()).unwrap();
+        let mut too_many = small[PREFIX_LEN..].to_vec();
+        too_many.push(0);
+        assert!(reader.feed(&too_many).is_err());
     }
 
     #[test]

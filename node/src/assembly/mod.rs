@@ -15,7 +15,10 @@
 //!   send its BLAKE3, compared before any shard is used). The batch the reader waits for is
 //!   requested again from another holder when it is late (hedging); the first copy wins. A holder
 //!   that fails is dropped for this blob (and avoided by the node for a while if it sent bad
-//!   bytes); its batches go to the others.
+//!   bytes); its batches go to the others. Nothing is requested further than [`REORDER_BYTES`]
+//!   past the next shard to hand on, which bounds the memory held for reordering. These decisions
+//!   are a state machine driven by events and an explicit `now` (`plan`, unit-tested);
+//!   [`ParallelFetch`] is its thin async shell.
 //! - **A holder still fetching it** ([`FollowFetch`]): its shards arrive in order as it gets them.
 //!   A fetch feeds at most two followers; a full one names one of its followers instead, and this
 //!   node follows that one, down the blob's tree (see `p2p::claims` and `p2p::followers`).
@@ -23,10 +26,12 @@
 //! **Invariant:** every shard handed on has matched the BLAKE3 its map gives; the map itself is
 //! proven only by the blob's sha256, which `pullthrough` checks before completing anything.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod plan;
+
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use libp2p::PeerId;
@@ -34,28 +39,24 @@ use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
 use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 
 use crate::metrics::Metrics;
-use crate::p2p::{PeerAnswer, PeerNetwork, ShardStream, TransferError};
+use crate::p2p::{NextFrame, PeerAnswer, PeerNetwork, ShardStream, TransferError};
+
+pub use plan::{
+    Action, BatchId, Failure, ParallelPlan, Step, FIRST_HEDGE, HOLDER_FAILURES, MIN_HEDGE,
+    REORDER_BYTES,
+};
 
 /// Bytes of shards asked for in one request (at least one shard).
 pub const BATCH_BYTES: u64 = 4 << 20;
-/// Batches requested at once, over all holders (bounds the memory held for reordering to about
-/// `WINDOW * BATCH_BYTES`).
+/// Batches requested at once, over all holders.
 pub const WINDOW: usize = 8;
 /// Batches requested at once from one holder.
 pub const PER_PEER: usize = 3;
-/// How long the batch the reader waits for may take before it is also asked of another holder,
-/// until batch times have been measured; then four times the median, at least [`MIN_HEDGE`].
-const FIRST_HEDGE: Duration = Duration::from_secs(2);
-/// The shortest hedging delay.
-const MIN_HEDGE: Duration = Duration::from_millis(300);
 /// How many holders are asked for the shard map before giving up on them.
 const HOLDERS_ASKED: usize = 3;
 /// How many times a peer may send this node on to another member of a blob's tree (a full fetch
 /// names one of its followers) before this node stops following.
 const MAX_REDIRECTS: usize = 8;
-/// Failed requests (streams refused or broken, timeouts) after which a holder is dropped from a
-/// blob's plan. A holder that sends bad bytes, or lacks the blob, is dropped at once.
-const HOLDER_FAILURES: u32 = 3;
 
 /// Why assembly from peers stopped.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +99,7 @@ impl PeerFetch {
     /// The blob's length, if known.
     pub fn blob_len(&self) -> Option<u64> {
         match self {
-            PeerFetch::Parallel(fetch) => Some(fetch.map.blob_len),
+            PeerFetch::Parallel(fetch) => Some(fetch.map().blob_len),
             PeerFetch::Follow(fetch) => fetch.blob_len,
         }
     }
@@ -107,7 +108,7 @@ impl PeerFetch {
     /// stored as they come, without cutting and hashing the bytes again.
     pub fn chunking(&self) -> ChunkingParams {
         match self {
-            PeerFetch::Parallel(fetch) => fetch.map.chunking,
+            PeerFetch::Parallel(fetch) => fetch.map().chunking,
             PeerFetch::Follow(fetch) => fetch.chunking,
         }
     }
@@ -155,7 +156,7 @@ pub async fn open(
             Asked::Nothing => {}
         }
     }
-    let home = network.home(digest);
+    let home = network.find_home(digest).await;
     let claimant = if home == network.local_peer_id() {
         network.claim_locally(digest)?
     } else {
@@ -273,7 +274,7 @@ impl FollowFetch {
         let peer = self.stream.peer();
         let failed = |error| AssemblyError::Peer { peer, error };
         match self.stream.next_frame().await.map_err(failed)? {
-            Some((frame, bytes)) => {
+            NextFrame::Shard(frame, bytes) => {
                 if frame.index != self.next_index {
                     return Err(failed(TransferError::Protocol("shard out of order")));
                 }
@@ -288,10 +289,15 @@ impl FollowFetch {
                     .record_shard_from_peer(&peer, bytes.len() as u64, None);
                 Ok(Some((bytes, ShardHash::from_bytes(frame.hash))))
             }
-            None if self.blob_len.is_some_and(|len| self.received != len) => {
+            NextFrame::End { count } if count != self.next_index => Err(failed(
+                TransferError::Protocol("the end frame counts other shards than were sent"),
+            )),
+            NextFrame::End { .. } if self.blob_len.is_some_and(|len| self.received != len) => {
                 Err(failed(TransferError::EndedEarly("the blob ended short")))
             }
-            None => Ok(None),
+            // Only the end frame completes a followed blob: the holder sends it once the blob
+            // matched its digest there. A bare end of the stream is an error of the stream.
+            NextFrame::End { .. } => Ok(None),
         }
     }
 }
@@ -299,56 +305,32 @@ impl FollowFetch {
 /// What a batch request reports, as it happens.
 enum BatchEvent {
     /// Shard `index` arrived (BLAKE3-checked against the map).
-    Shard(u64, usize, Bytes, ShardHash),
+    Shard(BatchId, usize, Bytes, ShardHash),
     /// The request sent every shard it asked for.
-    Done(u64),
+    Done(BatchId),
     /// The request failed after the shards it already reported.
-    Failed(u64, TransferError),
+    Failed(BatchId, TransferError),
 }
 
-/// One request open to a holder: shards `next..end` still to come.
-struct OpenBatch {
-    peer: PeerId,
-    next: usize,
-    end: usize,
-    started: Instant,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// A blob fetched from several holders of the whole blob at once. Shards are handed on as soon as
-/// the next one in blob order has arrived, whichever request brought it, so a request that fails
-/// half way loses nothing it delivered: only its missing shards are asked of someone else.
+/// A blob fetched from several holders of the whole blob at once: the shell of a
+/// [`ParallelPlan`], which decides; this runs its requests as tasks, feeds it what they report and
+/// waits until it says. Shards are handed on as soon as the next one in blob order has arrived,
+/// whichever request brought it, so a request that fails half way loses nothing it delivered.
 pub struct ParallelFetch {
     network: PeerNetwork,
     metrics: Arc<Metrics>,
-    map: ShardMap,
+    plan: ParallelPlan,
     map_hash: [u8; 32],
     map_source: PeerId,
-    /// Holders still usable, best first.
-    holders: Vec<PeerId>,
-    /// Shard ranges not yet requested (or to request again), in blob order.
-    pending: std::collections::VecDeque<Range<usize>>,
-    open: HashMap<u64, OpenBatch>,
-    next_request: u64,
+    requests: HashMap<BatchId, tokio::task::JoinHandle<()>>,
     events: tokio::sync::mpsc::UnboundedReceiver<BatchEvent>,
     events_tx: tokio::sync::mpsc::UnboundedSender<BatchEvent>,
-    /// Shards arrived ahead of the one being waited for.
-    arrived: BTreeMap<usize, (Bytes, ShardHash)>,
-    /// The next shard to hand on.
-    next_shard: usize,
-    /// Batch completion times, for the hedging delay.
-    batch_times: Vec<Duration>,
-    /// The shard whose wait has been hedged already.
-    hedged: HashSet<usize>,
-    /// Failed requests per holder.
-    failures: HashMap<PeerId, u32>,
-    last_failure: String,
 }
 
 impl Drop for ParallelFetch {
     fn drop(&mut self) {
-        for batch in self.open.values() {
-            batch.task.abort();
+        for task in self.requests.values() {
+            task.abort();
         }
     }
 }
@@ -361,89 +343,68 @@ impl ParallelFetch {
         map_source: PeerId,
         holders: &[PeerId],
     ) -> Self {
-        let mut pending = std::collections::VecDeque::new();
-        let mut start = 0;
-        let mut bytes = 0u64;
-        for (index, entry) in map.shards.iter().enumerate() {
-            bytes += u64::from(entry.len);
-            if bytes >= BATCH_BYTES {
-                pending.push_back(start..index + 1);
-                start = index + 1;
-                bytes = 0;
-            }
-        }
-        if start < map.shards.len() {
-            pending.push_back(start..map.shards.len());
-        }
-        let mut ranked = vec![map_source];
-        ranked.extend(holders.iter().copied().filter(|p| *p != map_source));
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         Self {
             map_hash: *blake3::hash(&map.encode()).as_bytes(),
+            plan: ParallelPlan::new(map, map_source, holders),
             network,
             metrics,
-            map,
             map_source,
-            holders: ranked,
-            pending,
-            open: HashMap::new(),
-            next_request: 0,
+            requests: HashMap::new(),
             events,
             events_tx,
-            arrived: BTreeMap::new(),
-            next_shard: 0,
-            batch_times: Vec::new(),
-            hedged: HashSet::new(),
-            failures: HashMap::new(),
-            last_failure: String::new(),
         }
     }
 
-    fn open_to(&self, peer: PeerId) -> usize {
-        self.open.values().filter(|b| b.peer == peer).count()
+    fn map(&self) -> &ShardMap {
+        self.plan.map()
     }
 
-    /// The usable holder with the fewest open requests (best ranked on ties), other than `not`.
-    fn pick(&self, not: &[PeerId]) -> Option<PeerId> {
-        self.holders
-            .iter()
-            .copied()
-            .filter(|peer| !not.contains(peer))
-            .map(|peer| (self.open_to(peer), peer))
-            .filter(|(open, _)| *open < PER_PEER)
-            .min_by_key(|(open, _)| *open)
-            .map(|(_, peer)| peer)
-    }
-
-    fn hedge_delay(&self) -> Duration {
-        if self.batch_times.len() < 3 {
-            return FIRST_HEDGE;
+    /// Carries out what the plan decided.
+    fn act(&mut self) {
+        while let Some(action) = self.plan.poll_action() {
+            match action {
+                Action::Request {
+                    id,
+                    peer,
+                    shards,
+                    hedge,
+                } => {
+                    if hedge {
+                        tracing::debug!(digest = %self.map().blob_digest(), shard = shards.start, %peer, "shard is late; hedging with another holder");
+                        self.metrics.hedged_requests.inc();
+                    }
+                    let task = self.send(id, shards, peer);
+                    self.requests.insert(id, task);
+                }
+                Action::Cancel(id) => {
+                    if let Some(task) = self.requests.remove(&id) {
+                        task.abort();
+                    }
+                }
+                Action::Avoid(peer) => self.network.avoid(peer),
+            }
         }
-        let mut times = self.batch_times.clone();
-        times.sort();
-        (times[times.len() / 2] * 4).max(MIN_HEDGE)
     }
 
     /// Asks `peer` for shards `range`; their arrival is reported on the event channel.
-    fn send(&mut self, range: Range<usize>, peer: PeerId) {
-        let id = self.next_request;
-        self.next_request += 1;
+    fn send(&self, id: BatchId, range: Range<usize>, peer: PeerId) -> tokio::task::JoinHandle<()> {
         let request = ShardRequest {
-            blob: self.map.blob,
+            blob: self.map().blob,
             shards: ShardSet::from_indices(range.clone()),
             map: MapWanted::HashOnly,
             claim: false,
         };
         let network = self.network.clone();
         let metrics = self.metrics.clone();
-        let expected: Vec<[u8; 32]> = self.map.shards[range.clone()]
+        let expected: Vec<[u8; 32]> = self.map().shards[range.clone()]
             .iter()
             .map(|e| e.hash)
             .collect();
         let map_hash = self.map_hash;
         let first = range.start;
         let events = self.events_tx.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let started = Instant::now();
             let result = async {
                 let mut stream = match network.request(peer, request).await? {
@@ -458,8 +419,10 @@ impl ParallelFetch {
                     _ => return Err(TransferError::NotHere),
                 };
                 for (offset, hash) in expected.iter().enumerate() {
-                    let Some((frame, bytes)) = stream.next_frame().await? else {
-                        return Err(TransferError::EndedEarly("batch ended short"));
+                    let NextFrame::Shard(frame, bytes) = stream.next_frame().await? else {
+                        return Err(TransferError::Protocol(
+                            "an end frame in the answer of a holder of the whole blob",
+                        ));
                     };
                     if frame.index as usize != first + offset || &frame.hash != hash {
                         return Err(TransferError::Protocol(
@@ -481,172 +444,165 @@ impl ParallelFetch {
                 Ok(()) => BatchEvent::Done(id),
                 Err(error) => BatchEvent::Failed(id, error),
             });
-        });
-        self.open.insert(
-            id,
-            OpenBatch {
-                peer,
-                next: range.start,
-                end: range.end,
-                started: Instant::now(),
-                task,
-            },
-        );
-    }
-
-    /// Requests pending ranges, in blob order, while the window and the holders allow.
-    fn fill_window(&mut self) {
-        while self.open.len() < WINDOW {
-            let Some(range) = self.pending.front().cloned() else {
-                return;
-            };
-            let Some(peer) = self.pick(&[]) else { return };
-            self.pending.pop_front();
-            self.send(range, peer);
-        }
+        })
     }
 
     fn on_event(&mut self, event: BatchEvent) {
         match event {
-            BatchEvent::Shard(id, index, bytes, hash) => {
-                if let Some(batch) = self.open.get_mut(&id) {
-                    batch.next = batch.next.max(index + 1);
-                }
-                if index >= self.next_shard {
-                    self.arrived.entry(index).or_insert((bytes, hash));
-                }
-            }
+            BatchEvent::Shard(id, index, bytes, hash) => self.plan.on_shard(id, index, bytes, hash),
             BatchEvent::Done(id) => {
-                if let Some(batch) = self.open.remove(&id) {
-                    self.batch_times.push(batch.started.elapsed());
-                    // A hedged copy of the same shards is no longer needed.
-                    self.open.retain(|_, other| {
-                        let redundant = other.end == batch.end;
-                        if redundant {
-                            other.task.abort();
-                        }
-                        !redundant
-                    });
-                }
+                self.requests.remove(&id);
+                self.plan.on_done(id, Instant::now());
             }
             BatchEvent::Failed(id, error) => {
-                let Some(batch) = self.open.remove(&id) else {
+                let Some(task) = self.requests.remove(&id) else {
+                    // Cancelled meanwhile.
                     return;
                 };
-                let peer = batch.peer;
+                drop(task);
                 self.metrics.peer_fetch_failures.inc();
-                tracing::warn!(digest = %self.map.blob_digest(), %peer, %error, "peer failed a batch; asking another holder");
-                if error.is_misbehaviour() {
-                    self.network.avoid(peer);
-                }
-                self.last_failure = format!("{peer}: {error}");
-                // A stream can be refused when many open at once; a holder gets a few chances
-                // unless it lied or does not have the blob.
-                let failures = self.failures.entry(peer).or_default();
-                *failures += 1;
-                if error.is_misbehaviour()
-                    || matches!(error, TransferError::NotHere)
-                    || *failures >= HOLDER_FAILURES
-                {
-                    self.holders.retain(|p| *p != peer);
-                }
-                // Ask again for what it did not deliver, unless another request brings it.
-                let missing = batch.next.max(self.next_shard)..batch.end;
-                let covered = self
-                    .open
-                    .values()
-                    .any(|other| other.next <= missing.start && other.end >= missing.end);
-                if !missing.is_empty() && !covered {
-                    self.pending.push_front(missing);
-                }
+                tracing::warn!(digest = %self.map().blob_digest(), %error, "peer failed a batch; asking another holder");
+                let failure = if error.is_misbehaviour() {
+                    Failure::Misbehaved
+                } else if matches!(error, TransferError::NotHere) {
+                    Failure::NotHere
+                } else {
+                    Failure::Failed
+                };
+                self.plan.on_failed(id, failure, error.to_string());
             }
         }
     }
 
     async fn next_piece(&mut self) -> Result<Option<Piece>, AssemblyError> {
         loop {
-            if self.next_shard >= self.map.shards.len() {
-                return Ok(None);
-            }
-            if let Some((bytes, hash)) = self.arrived.remove(&self.next_shard) {
-                self.next_shard += 1;
-                return Ok(Some(Piece::Shard(bytes, hash)));
-            }
-            self.fill_window();
-            if self.open.is_empty() {
-                // No holder left. Shards that did arrive further on are kept: only the gap before
-                // them goes to the origin. With nothing further on, the caller takes the rest
-                // from the origin in one request.
-                return match self.arrived.keys().next() {
-                    Some(&next_arrived) => {
-                        Ok(Some(Piece::FromOrigin(self.origin_fill(next_arrived))))
-                    }
-                    None => Err(AssemblyError::NoPeersLeft(self.last_failure.clone())),
-                };
-            }
-            // Wait for news, or until the shard waited for is late and worth asking elsewhere.
-            let waiting_since = self
-                .open
-                .values()
-                .filter(|b| b.next <= self.next_shard && self.next_shard < b.end)
-                .map(|b| b.started)
-                .min();
-            let deadline = match waiting_since {
-                Some(at) if !self.hedged.contains(&self.next_shard) => {
-                    Some(at + self.hedge_delay())
-                }
-                _ => None,
+            let step = self.plan.step(Instant::now());
+            self.act();
+            let deadline = match step {
+                Step::Piece(piece) => return Ok(Some(piece)),
+                Step::Finished => return Ok(None),
+                Step::NoPeersLeft(last) => return Err(AssemblyError::NoPeersLeft(last)),
+                Step::Wait(deadline) => deadline,
             };
+            // Wait for news, or until the plan's deadline (a late batch to hedge).
             let event = match deadline {
                 Some(deadline) => {
                     match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
                         Ok(event) => event,
-                        Err(_) => {
-                            self.hedge();
-                            continue;
-                        }
+                        Err(_) => continue,
                     }
                 }
                 None => self.events.recv().await,
             };
             match event {
                 Some(event) => self.on_event(event),
-                None => return Err(AssemblyError::NoPeersLeft(self.last_failure.clone())),
+                None => return Err(AssemblyError::NoPeersLeft("the requests ended".into())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::wire::{ShardFrame, WireMessage as _};
+
+    use super::*;
+
+    /// The bytes a holder still fetching a blob sends after its answer: one frame and the bytes
+    /// per shard, then the end frame if `end` says so.
+    fn in_flight_stream(shards: &[&[u8]], end: Option<u32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (index, shard) in shards.iter().enumerate() {
+            let frame = ShardFrame {
+                index: index as u32,
+                len: shard.len() as u32,
+                hash: *blake3::hash(shard).as_bytes(),
+            };
+            out.extend_from_slice(&frame.encode());
+            out.extend_from_slice(shard);
+        }
+        if let Some(count) = end {
+            out.extend_from_slice(&ShardFrame::end(count).encode());
+        }
+        out
+    }
+
+    fn follow(bytes: Vec<u8>, blob_len: Option<u64>) -> FollowFetch {
+        FollowFetch {
+            stream: ShardStream::from_bytes(PeerId::random(), bytes),
+            blob_len,
+            chunking: ChunkingParams {
+                min: 1,
+                avg: 2,
+                max: 4,
+            },
+            received: 0,
+            next_index: 0,
+            metrics: Arc::default(),
+        }
+    }
+
+    async fn drain(fetch: &mut FollowFetch) -> (usize, Result<(), AssemblyError>) {
+        let mut shards = 0;
+        loop {
+            match fetch.next_shard().await {
+                Ok(Some(_)) => shards += 1,
+                Ok(None) => return (shards, Ok(())),
+                Err(error) => return (shards, Err(error)),
             }
         }
     }
 
-    /// The byte range of the shards from the next one up to `next_arrived` (at most
-    /// [`MAX_ORIGIN_FILL`] bytes, at least one shard), which the caller fetches from the origin.
-    fn origin_fill(&mut self, next_arrived: usize) -> Range<u64> {
-        let start = self.map.shards[self.next_shard].offset;
-        let mut end = start;
-        while self.next_shard < next_arrived {
-            let entry = self.map.shards[self.next_shard];
-            if end > start && entry.end() - start > MAX_ORIGIN_FILL {
-                break;
+    #[tokio::test]
+    async fn a_followed_stream_that_ends_without_its_end_frame_is_a_failed_fetch() {
+        // The parent's origin sent no length, so only the end frame can say the blob is whole.
+        let mut fetch = follow(in_flight_stream(&[b"abc", b"defg"], None), None);
+        let (shards, result) = drain(&mut fetch).await;
+        assert_eq!(shards, 2);
+        match result {
+            Err(AssemblyError::Peer { error, .. }) => {
+                assert!(matches!(error, TransferError::EndedEarly(_)));
+                // Not a lie: the parent is not to be avoided for it.
+                assert!(!error.is_misbehaviour());
             }
-            end = entry.end();
-            self.next_shard += 1;
+            other => panic!("an early end was taken as {other:?}"),
         }
-        start..end
     }
 
-    /// Asks another holder for the late shard and the rest of its batch; the first copy wins.
-    fn hedge(&mut self) {
-        self.hedged.insert(self.next_shard);
-        let Some(late) = self
-            .open
-            .values()
-            .find(|b| b.next <= self.next_shard && self.next_shard < b.end)
-        else {
-            return;
-        };
-        let (busy, end) = (late.peer, late.end);
-        if let Some(peer) = self.pick(&[busy]) {
-            tracing::debug!(digest = %self.map.blob_digest(), shard = self.next_shard, %peer, "shard is late; hedging with another holder");
-            self.metrics.hedged_requests.inc();
-            self.send(self.next_shard..end, peer);
-        }
+    #[tokio::test]
+    async fn a_followed_stream_is_complete_at_its_end_frame() {
+        let mut fetch = follow(in_flight_stream(&[b"abc", b"defg"], Some(2)), None);
+        let (shards, result) = drain(&mut fetch).await;
+        assert_eq!(shards, 2);
+        assert!(result.is_ok());
+        // With a known length too.
+        let mut fetch = follow(in_flight_stream(&[b"abc", b"defg"], Some(2)), Some(7));
+        assert!(matches!(drain(&mut fetch).await, (2, Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn an_end_frame_that_miscounts_or_comes_short_is_refused() {
+        let mut fetch = follow(in_flight_stream(&[b"abc", b"defg"], Some(3)), None);
+        assert!(matches!(
+            drain(&mut fetch).await,
+            (
+                2,
+                Err(AssemblyError::Peer {
+                    error: TransferError::Protocol(_),
+                    ..
+                })
+            )
+        ));
+        let mut fetch = follow(in_flight_stream(&[b"abc"], Some(1)), Some(7));
+        assert!(matches!(
+            drain(&mut fetch).await,
+            (
+                1,
+                Err(AssemblyError::Peer {
+                    error: TransferError::EndedEarly(_),
+                    ..
+                })
+            )
+        ));
     }
 }

@@ -17,7 +17,7 @@ use shoal_proto::ChunkingParams;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::p2p::shaping::ShapingConfig;
-use crate::p2p::{NetworkKey, P2pConfig};
+use crate::p2p::{ConnectionLimits, NetworkKey, P2pConfig};
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
 /// A configuration problem, naming the key.
@@ -135,6 +135,19 @@ pub struct FileConfig {
     allowed_peers: Option<Vec<String>>,
     testing: Option<FileTesting>,
     admin_token_file: Option<PathBuf>,
+    p2p_limits: Option<FileP2pLimits>,
+}
+
+/// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileP2pLimits {
+    max_connections: Option<u32>,
+    max_inbound_connections: Option<u32>,
+    max_pending_inbound: Option<u32>,
+    max_connections_per_peer: Option<u32>,
+    max_unproven_connections: Option<u32>,
+    max_unproven_connections_per_ip: Option<u32>,
 }
 
 /// `[testing]`: TESTING ONLY network shaping (see `p2p::shaping`).
@@ -282,6 +295,12 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
                 "an allowlist of peers is configured but no network key: set network_key_file",
             ));
         }
+        if file.p2p_limits.is_some() {
+            return Err(error(
+                "p2p_limits",
+                "connection limits are configured but no network key: set network_key_file",
+            ));
+        }
         return Ok(None);
     };
     let material = std::fs::read(&key_path).map_err(|e| {
@@ -313,6 +332,7 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
             ),
         ));
     }
+    let limits = p2p_limits(file)?;
     Ok(Some(P2pConfig {
         listen,
         bootstrap,
@@ -320,6 +340,7 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         network_key: NetworkKey::derive(material),
         allowed_peers,
         shaping,
+        limits,
     }))
 }
 
@@ -380,6 +401,66 @@ fn shaping_config(file: &FileConfig, overrides: &Overrides) -> Result<ShapingCon
         overrides.test_latency.clone()
     };
     ShapingConfig::new(egress, &latency).map_err(|e| error("testing.latency", e.to_string()))
+}
+
+/// Validates `[p2p_limits]` over the defaults of [`ConnectionLimits`].
+fn p2p_limits(file: &FileConfig) -> Result<ConnectionLimits, ConfigError> {
+    let defaults = ConnectionLimits::default();
+    let Some(given) = &file.p2p_limits else {
+        return Ok(defaults);
+    };
+    let limits = ConnectionLimits {
+        max_established: given.max_connections.unwrap_or(defaults.max_established),
+        max_established_inbound: given
+            .max_inbound_connections
+            .unwrap_or(defaults.max_established_inbound),
+        max_pending_inbound: given
+            .max_pending_inbound
+            .unwrap_or(defaults.max_pending_inbound),
+        max_per_peer: given
+            .max_connections_per_peer
+            .unwrap_or(defaults.max_per_peer),
+        max_unproven: given
+            .max_unproven_connections
+            .unwrap_or(defaults.max_unproven),
+        max_unproven_per_ip: given
+            .max_unproven_connections_per_ip
+            .unwrap_or(defaults.max_unproven_per_ip),
+    };
+    for (key, value) in [
+        ("max_connections", limits.max_established),
+        ("max_inbound_connections", limits.max_established_inbound),
+        ("max_pending_inbound", limits.max_pending_inbound),
+        ("max_connections_per_peer", limits.max_per_peer),
+        ("max_unproven_connections", limits.max_unproven),
+        (
+            "max_unproven_connections_per_ip",
+            limits.max_unproven_per_ip,
+        ),
+    ] {
+        if value == 0 {
+            return Err(error(format!("p2p_limits.{key}"), "must be at least 1"));
+        }
+    }
+    if limits.max_established_inbound > limits.max_established {
+        return Err(error(
+            "p2p_limits.max_inbound_connections",
+            "must not exceed p2p_limits.max_connections",
+        ));
+    }
+    if limits.max_unproven > limits.max_established_inbound {
+        return Err(error(
+            "p2p_limits.max_unproven_connections",
+            "must not exceed p2p_limits.max_inbound_connections",
+        ));
+    }
+    if limits.max_unproven_per_ip > limits.max_unproven {
+        return Err(error(
+            "p2p_limits.max_unproven_connections_per_ip",
+            "must not exceed p2p_limits.max_unproven_connections",
+        ));
+    }
+    Ok(limits)
 }
 
 /// The public registries used when nothing else is configured.
@@ -902,6 +983,42 @@ mod tests {
         assert_eq!(
             load(&text, &Overrides::default()).unwrap_err().key,
             "allowed_peers"
+        );
+    }
+
+    #[test]
+    fn p2p_limits_default_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_key = overrides_with_key(dir.path());
+        let limits = load("", &with_key).unwrap().p2p.unwrap().limits;
+        assert_eq!(limits, ConnectionLimits::default());
+        let text =
+            "[p2p_limits]\nmax_unproven_connections = 20\nmax_unproven_connections_per_ip = 4";
+        let limits = load(text, &with_key).unwrap().p2p.unwrap().limits;
+        assert_eq!(limits.max_unproven, 20);
+        assert_eq!(limits.max_unproven_per_ip, 4);
+        assert_eq!(
+            limits.max_established,
+            ConnectionLimits::default().max_established
+        );
+        let key_of = |text: &str| load(text, &with_key).unwrap_err().key;
+        assert_eq!(
+            key_of("[p2p_limits]\nmax_connections = 0"),
+            "p2p_limits.max_connections"
+        );
+        assert_eq!(
+            key_of("[p2p_limits]\nmax_connections = 10"),
+            "p2p_limits.max_inbound_connections"
+        );
+        assert_eq!(
+            key_of("[p2p_limits]\nmax_unproven_connections = 2"),
+            "p2p_limits.max_unproven_connections_per_ip"
+        );
+        assert_eq!(
+            load("[p2p_limits]\nmax_connections = 5", &Overrides::default())
+                .unwrap_err()
+                .key,
+            "p2p_limits"
         );
     }
 

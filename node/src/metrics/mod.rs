@@ -241,6 +241,8 @@ pub struct Metrics {
     pub p2p_failed_proofs: Counter,
     /// Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.
     pub p2p_refused_non_member_requests: Counter,
+    /// Inbound peer connections refused by a connection limit.
+    pub p2p_refused_connections: Counter,
     /// Connected peers that have proved membership.
     pub p2p_members: Gauge,
     /// Open peer connections (members or not).
@@ -309,6 +311,7 @@ impl Default for Metrics {
             manifests_received_peer: Counter::default(),
             p2p_failed_proofs: Counter::default(),
             p2p_refused_non_member_requests: Counter::default(),
+            p2p_refused_connections: Counter::default(),
             p2p_members: Gauge::default(),
             p2p_connections: Gauge::default(),
             p2p_routing_table_peers: Gauge::default(),
@@ -420,6 +423,7 @@ impl Metrics {
             m.p2p_failed_proofs.clone(),
         );
         r.register("shoal_p2p_refused_non_member_requests", "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.", m.p2p_refused_non_member_requests.clone());
+        r.register("shoal_p2p_refused_connections", "Inbound peer connections refused by a connection limit.", m.p2p_refused_connections.clone());
         r.register(
             "shoal_p2p_members",
             "Connected peers that have proved membership.",

@@ -4,7 +4,7 @@
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
 //! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
 //! by its digest, counted in `record_store`), gossip among members (`gossip`: announcements of
-//! which shards a member holds, kept in `holdings`), the shard transfer protocol on both sides
+//! the whole blobs a member holds and drops, kept in `holdings`), the shard transfer protocol on both sides
 //! (`transfer`) and the manifest lookup protocol on both sides (`manifests`). It reads the disk
 //! only through [`ShardStore`] (shard maps and verified shards) and [`ManifestSource`] (the
 //! manifest cache, implemented by `pullthrough`) and never writes it: a blob or manifest fetched
@@ -19,11 +19,14 @@
 //! disconnected.
 
 mod accept;
+mod address_book;
 mod claims;
 mod followers;
 mod gate;
 mod gossip;
 mod holdings;
+mod home;
+mod limits;
 mod manifests;
 mod membership;
 mod peers;
@@ -53,12 +56,16 @@ use crate::store::ShardStore;
 
 pub use gossip::{gossipsub_config, GOSSIP_PROTOCOL_PREFIX};
 pub use holdings::AnnouncedHolding;
+pub use home::HOME_TTL;
+pub use limits::{ConnectionLimits, UnprovenLimitExceeded};
 pub use manifests::{CachedManifest, ManifestFetchError, ManifestSource};
 pub use peers::PeerInfo;
 pub use transfer::{
-    InFlightBlob, InFlightBlobs, InFlightShard, Offer, PeerAnswer, ShardStream, TransferError,
+    InFlightBlob, InFlightBlobs, InFlightShard, NextFrame, Offer, PeerAnswer, ShardStream,
+    TransferError,
 };
 
+use address_book::AddressBook;
 use holdings::Holdings;
 use peers::PeerTable;
 use record_store::CountedStore;
@@ -117,6 +124,8 @@ pub struct P2pConfig {
     pub allowed_peers: Option<BTreeSet<PeerId>>,
     /// TESTING ONLY: egress cap and added latency for served transfers (off by default).
     pub shaping: shaping::ShapingConfig,
+    /// How many connections peers may open (see `limits`).
+    pub limits: ConnectionLimits,
 }
 
 /// Why the peer network could not start.
@@ -145,6 +154,9 @@ pub enum P2pError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    // The limits come first, so that they refuse a connection before any other behaviour sees it.
+    limits: libp2p::connection_limits::Behaviour,
+    unproven: limits::UnprovenGuard,
     kad: gate::MembersOnly,
     gossip: gossip::MembersOnlyGossip,
     identify: identify::Behaviour,
@@ -156,6 +168,8 @@ enum Command {
     Provide(BlobDigest),
     StopProviding(BlobDigest),
     FindProviders(BlobDigest, oneshot::Sender<Vec<PeerId>>),
+    /// An iterative lookup of the members closest to the blob's key.
+    ClosestPeers(BlobDigest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>),
     /// The peer's proof checked out: serve its requests from now on. Answered once the peer table
     /// says so (or `false` when the allowlist refuses it), so that the proof exchange only lets
@@ -185,7 +199,13 @@ pub struct PeerNetwork {
     region: String,
     in_flight: transfer::InFlightSlot,
     claims: claims::Claims,
+    homes: Arc<Mutex<home::HomeCache>>,
 }
+
+/// Longest wait for a closest-peers lookup; past it, the members connected now decide the home.
+const HOME_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Candidates for a blob's home that may fail to prove the key before the next is taken.
+const HOME_CANDIDATES: usize = 3;
 
 impl std::fmt::Debug for PeerNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,16 +253,95 @@ impl PeerNetwork {
         }
     }
 
-    /// The blob's home: of this node and the members connected now, the one whose peer id is
-    /// closest to the blob's DHT key (XOR distance, as Kademlia measures it). Nodes that see the
-    /// same members agree on it, so nodes missing the same blob at once all ask the same one,
-    /// which records who fetches it (see `claims`).
-    pub fn home(&self, digest: BlobDigest) -> PeerId {
-        let key = kad::KBucketKey::new(kad::RecordKey::new(digest.as_bytes()));
-        std::iter::once(self.local)
-            .chain(self.peers.members())
-            .min_by_key(|peer| kad::KBucketKey::from(*peer).distance(&key))
-            .unwrap_or(self.local)
+    /// The blob's home among this node and the members connected now: the one whose peer id is
+    /// closest to the blob's DHT key. Only as good as this node's view; [`Self::find_home`] looks
+    /// beyond it.
+    pub fn home_among_connected(&self, digest: BlobDigest) -> PeerId {
+        home::closest_first(
+            &digest,
+            std::iter::once(self.local).chain(self.peers.members()),
+        )
+        .first()
+        .copied()
+        .unwrap_or(self.local)
+    }
+
+    /// The blob's home: the member closest to the blob's DHT key (XOR distance), found by an
+    /// iterative Kademlia lookup of the closest peers rather than among the members this node
+    /// happens to be connected to, so that nodes with different connections agree on it, and
+    /// nodes missing the same blob at once all ask the same one, which records who fetches it
+    /// (see `home` and `claims`). Cached for [`HOME_TTL`]. A candidate that is not yet connected
+    /// is dialled and must prove the key; if the lookup fails, the connected members decide.
+    pub async fn find_home(&self, digest: BlobDigest) -> PeerId {
+        let cached = self
+            .homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest, Instant::now());
+        if let Some(home) = cached {
+            if home == self.local || self.peers.is_ready(&home) || self.ready(home).await {
+                return home;
+            }
+            // Gone since: look again.
+            self.homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&digest);
+        }
+        let (reply, answer) = oneshot::channel();
+        let found = if self
+            .commands
+            .send(Command::ClosestPeers(digest, reply))
+            .await
+            .is_ok()
+        {
+            tokio::time::timeout(HOME_LOOKUP_TIMEOUT, answer)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        let Some(found) = found else {
+            tracing::debug!(%digest, "closest-peers lookup failed; the home is chosen among connected members");
+            return self.home_among_connected(digest);
+        };
+        let candidates = home::closest_first(
+            &digest,
+            found
+                .into_iter()
+                .chain(self.peers.members())
+                .chain(std::iter::once(self.local)),
+        );
+        let mut may_dial = HOME_CANDIDATES;
+        let mut home = None;
+        for candidate in candidates {
+            if candidate == self.local || self.peers.is_ready(&candidate) {
+                home = Some(candidate);
+                break;
+            }
+            if may_dial == 0 {
+                break;
+            }
+            may_dial -= 1;
+            if self.ready(candidate).await {
+                home = Some(candidate);
+                break;
+            }
+            tracing::debug!(%digest, %candidate, "candidate home did not prove the key; trying the next");
+        }
+        let home = home.unwrap_or_else(|| self.home_among_connected(digest));
+        self.homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, home, Instant::now());
+        tracing::debug!(%digest, %home, "blob's home found");
+        home
+    }
+
+    /// Closes this node's connections to `peer` (it is dialled again when it is needed).
+    pub fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.try_send(Command::Disconnect(peer));
     }
 
     /// Announces `digest`, waiting for room in the swarm's queue (for the start-up sweep).
@@ -275,8 +374,9 @@ impl PeerNetwork {
             .collect()
     }
 
-    /// Tells every member over gossip what this node holds of a blob (on commit, while
-    /// downloading, on eviction). Never waits: if the swarm is too busy the announcement is
+    /// Tells every member over gossip what this node holds of a blob (the whole blob on commit,
+    /// nothing any more on eviction; blobs being downloaded are not announced, see
+    /// `shoal_proto::gossip`). Never waits: if the swarm is too busy the announcement is
     /// dropped and counted (`shoal_p2p_gossip_unpublished_total`).
     pub fn announce(&self, announcement: Announcement) {
         self.publish(&announcement);
@@ -511,6 +611,8 @@ pub async fn start(
             kad.set_mode(Some(kad::Mode::Server));
             let gossip = gossip::MembersOnlyGossip::new(key, members.clone())?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                limits: config.limits.libp2p_behaviour(),
+                unproven: limits::UnprovenGuard::new(config.limits, members.clone()),
                 kad: gate::MembersOnly::new(kad, members.clone(), metrics.clone()),
                 gossip,
                 identify: identify::Behaviour::new(
@@ -568,6 +670,7 @@ pub async fn start(
         region: config.region.clone(),
         in_flight: Arc::default(),
         claims: claims::Claims::default(),
+        homes: Arc::default(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control
@@ -629,8 +732,9 @@ pub async fn start(
         holdings,
         metrics,
         commands,
-        addresses: HashMap::new(),
+        addresses: AddressBook::new(config.limits.max_established as usize),
         lookups: HashMap::new(),
+        closest: HashMap::new(),
         allowed_peers,
     };
     let handle = tokio::spawn(async move {
@@ -657,19 +761,19 @@ struct SwarmTask {
     holdings: Arc<Mutex<Holdings>>,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
-    /// Addresses learned per peer, added to the routing table once the peer proved membership.
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Addresses learned per connected peer, added to the routing table once the peer proved
+    /// membership.
+    addresses: AddressBook,
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// Closest-peers lookups under way, for `find_home`.
+    closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// The configured allowlist of peer ids, if any.
     allowed_peers: Option<BTreeSet<PeerId>>,
 }
 
 impl SwarmTask {
     fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
-        let known = self.addresses.entry(peer).or_default();
-        if !known.contains(&addr) && known.len() < 16 {
-            known.push(addr.clone());
-        }
+        self.addresses.remember(peer, addr.clone());
         if self.members.is_member(&peer) {
             self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
         }
@@ -708,6 +812,11 @@ impl SwarmTask {
                 let id = self.swarm.behaviour_mut().kad.kad.get_providers(key);
                 self.lookups.insert(id, (reply, HashSet::new()));
             }
+            Command::ClosestPeers(digest, reply) => {
+                let key = digest.as_bytes().to_vec();
+                let id = self.swarm.behaviour_mut().kad.kad.get_closest_peers(key);
+                self.closest.insert(id, reply);
+            }
             Command::Admit(peer, admitted) if !self.allowed(&peer) => {
                 self.refuse_unlisted(peer);
                 let _ = admitted.send(false);
@@ -723,7 +832,7 @@ impl SwarmTask {
                 let span = tracing::info_span!("peer", %peer);
                 let _enter = span.enter();
                 let newly = self.members.set_ready(peer);
-                for addr in self.addresses.get(&peer).cloned().unwrap_or_default() {
+                for addr in self.addresses.addresses(&peer).to_vec() {
                     self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
                 }
                 // The first member is the way in: look ourselves up through it, which connects
@@ -858,6 +967,7 @@ impl SwarmTask {
                 if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }
+                self.addresses.forget(&peer_id);
                 let forgotten = self
                     .holdings
                     .lock()
@@ -879,6 +989,14 @@ impl SwarmTask {
                 for addr in info.listen_addrs {
                     self.remember(peer_id, addr);
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                self.metrics.p2p_refused_connections.inc();
+                tracing::debug!(remote = %send_back_addr, %cause, "inbound connection refused by a limit");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -948,6 +1066,21 @@ impl SwarmTask {
                     .kad
                     .store_mut()
                     .add_provider(record);
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                ..
+            } => {
+                let Some(reply) = self.closest.remove(&id) else {
+                    return;
+                };
+                // A lookup that timed out still names the closest peers it reached.
+                let peers = match result {
+                    Ok(kad::GetClosestPeersOk { peers, .. })
+                    | Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let _ = reply.send(peers.into_iter().map(|info| info.peer_id).collect());
             }
             kad::Event::OutboundQueryProgressed {
                 id,

@@ -41,6 +41,8 @@ const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Times a request is sent again when its stream is refused or reset before any answer.
 const OPEN_RETRIES: u32 = 2;
+/// Largest piece a message body is read in (the body's buffer grows piece by piece).
+const READ_PIECE: usize = 64 * 1024;
 
 /// Why a transfer from a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,10 @@ pub trait InFlightBlobs: Send + Sync + 'static {
 /// The late-bound in-flight source (set once the pull-through cache exists).
 pub(super) type InFlightSlot = Arc<OnceLock<Arc<dyn InFlightBlobs>>>;
 
-/// Reads one framed message, checking its length against the message's limit before allocating.
+/// Reads one framed message: its length is checked against the message's limit and its header
+/// against the message's kind before anything else is read, and the body is read piece by piece
+/// into the buffer it is decoded from, which grows with the bytes that arrived (see
+/// [`wire::BodyReader`]): a member that announces a large answer and sends little costs little.
 pub(super) async fn read_message<M: WireMessage>(
     stream: &mut (impl AsyncRead + Unpin),
     timeout: Duration,
@@ -125,21 +130,36 @@ pub(super) async fn read_message<M: WireMessage>(
     let read = async {
         let mut prefix = [0u8; wire::PREFIX_LEN];
         stream.read_exact(&mut prefix).await?;
-        let len = wire::body_len(prefix);
-        wire::check_len::<M>(len)?;
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
-        Ok::<M, TransferError>(M::decode(&body)?)
+        let mut body = wire::BodyReader::<M>::new(prefix)?;
+        let mut piece = vec![0u8; body.remaining().min(READ_PIECE)];
+        while body.remaining() > 0 {
+            let n = body.remaining().min(piece.len());
+            stream.read_exact(&mut piece[..n]).await?;
+            body.feed(&piece[..n])?;
+        }
+        Ok::<M, TransferError>(body.finish()?)
     };
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| TransferError::Timeout)?
 }
 
+/// What came next on a transfer stream.
+#[derive(Debug)]
+pub enum NextFrame {
+    /// A shard: its frame and its bytes, BLAKE3-checked against the frame's hash.
+    Shard(ShardFrame, Bytes),
+    /// The end frame of an in-flight answer, after `count` shards.
+    End {
+        /// How many shards the holder says it sent.
+        count: u32,
+    },
+}
+
 /// The shard frames of one answer, as they arrive.
 pub struct ShardStream {
     peer: PeerId,
-    stream: libp2p::Stream,
+    stream: Box<dyn AsyncRead + Send + Unpin>,
     timeout: Duration,
     _load: OpenRequest,
 }
@@ -153,24 +173,53 @@ impl std::fmt::Debug for ShardStream {
 }
 
 impl ShardStream {
+    /// The frames `peer` sends on `stream`.
+    pub(crate) fn new(
+        peer: PeerId,
+        stream: impl AsyncRead + Send + Unpin + 'static,
+        timeout: Duration,
+        load: OpenRequest,
+    ) -> Self {
+        Self {
+            peer,
+            stream: Box::new(stream),
+            timeout,
+            _load: load,
+        }
+    }
+
+    /// The frames of `bytes`, as if `peer` sent them (for tests of the fetching side).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(peer: PeerId, bytes: Vec<u8>) -> Self {
+        Self::new(
+            peer,
+            futures::io::Cursor::new(bytes),
+            READ_TIMEOUT,
+            PeerTable::default().begin_request(peer),
+        )
+    }
+
     /// The peer answering.
     pub fn peer(&self) -> PeerId {
         self.peer
     }
 
-    /// The next frame and its bytes, BLAKE3-checked against the frame's hash; `None` at an end
-    /// frame or when the holder closed the stream cleanly between frames (callers know how many
-    /// shards they asked for).
-    pub async fn next_frame(&mut self) -> Result<Option<(ShardFrame, Bytes)>, TransferError> {
+    /// The next frame, with its bytes BLAKE3-checked against the frame's hash. A stream that ends
+    /// before a frame is [`TransferError::EndedEarly`]: callers know how many shards they asked
+    /// for, and an in-flight answer is complete only at its end frame, never at a bare end of the
+    /// stream (a holder whose fetch failed ends its streams that way).
+    pub async fn next_frame(&mut self) -> Result<NextFrame, TransferError> {
         let frame: ShardFrame = match read_message(&mut self.stream, self.timeout).await {
             Ok(frame) => frame,
             Err(TransferError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Ok(None)
+                return Err(TransferError::EndedEarly(
+                    "the stream ended without its end frame",
+                ))
             }
             Err(e) => return Err(e),
         };
         if frame.is_end() {
-            return Ok(None);
+            return Ok(NextFrame::End { count: frame.index });
         }
         // The length is bounded by `ShardFrame::check` (at most one maximum shard).
         let mut bytes = vec![0u8; frame.len as usize];
@@ -182,7 +231,7 @@ impl ShardStream {
                 "shard bytes do not match their BLAKE3 hash",
             ));
         }
-        Ok(Some((frame, Bytes::from(bytes))))
+        Ok(NextFrame::Shard(frame, Bytes::from(bytes)))
     }
 }
 
@@ -222,12 +271,7 @@ pub(super) async fn request(
             Err(error) => return Err(error),
         }
     };
-    let shards = |stream, timeout| ShardStream {
-        peer,
-        stream,
-        timeout,
-        _load: load,
-    };
+    let shards = |stream: libp2p::Stream, timeout| ShardStream::new(peer, stream, timeout, load);
     match answer {
         ShardAnswer::NotHere => Err(TransferError::NotHere),
         ShardAnswer::Map(map) if map.blob != request.blob => {

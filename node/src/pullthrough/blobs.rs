@@ -422,6 +422,22 @@ impl PullThrough {
                                 peers.avoid(*peer);
                             }
                         }
+                        // Going on needs the blob's length; a parent whose origin sent none could
+                        // not say it, so ask the origin. Without it the fetch fails: the whole
+                        // blob after the bytes already taken would never match its digest, and
+                        // the parent would be blamed for it.
+                        let total = match total {
+                            None if received > 0 => Some(
+                                upstream.blob_length(repo, &digest).await?.ok_or_else(|| {
+                                    PullError::UpstreamUnavailable(
+                                        "peers failed mid-blob and the origin does not say the \
+                                         blob's length"
+                                            .into(),
+                                    )
+                                })?,
+                            ),
+                            known => known,
+                        };
                         let range = total.filter(|_| received > 0).map(|t| received..t);
                         let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await?;
                         if range.is_some() && !resumed.partial {

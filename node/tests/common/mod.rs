@@ -10,7 +10,7 @@ use std::sync::Arc;
 use libp2p::{Multiaddr, PeerId};
 use shoal_node::config::DEFAULT_CHUNKING;
 use shoal_node::metrics::Metrics;
-use shoal_node::p2p::{self, NetworkKey, P2pConfig, PeerNetwork};
+use shoal_node::p2p::{self, ConnectionLimits, NetworkKey, P2pConfig, PeerNetwork};
 use shoal_node::pullthrough::CachedManifests;
 use shoal_node::store::{ShardStore, StoreConfig};
 use tokio::sync::watch;
@@ -36,6 +36,33 @@ pub async fn node_allowing(
     stop: watch::Receiver<bool>,
     allowed_peers: Option<BTreeSet<PeerId>>,
 ) -> TestNode {
+    node_configured(
+        key,
+        bootstrap,
+        stop,
+        allowed_peers,
+        ConnectionLimits::default(),
+    )
+    .await
+}
+
+/// [`node`] with connection limits of its own.
+pub async fn node_limited(
+    key: &[u8],
+    bootstrap: Vec<Multiaddr>,
+    stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) -> TestNode {
+    node_configured(key, bootstrap, stop, None, limits).await
+}
+
+async fn node_configured(
+    key: &[u8],
+    bootstrap: Vec<Multiaddr>,
+    stop: watch::Receiver<bool>,
+    allowed_peers: Option<BTreeSet<PeerId>>,
+    limits: ConnectionLimits,
+) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open(&StoreConfig {
         data_dir: dir.path().to_path_buf(),
@@ -50,6 +77,7 @@ pub async fn node_allowing(
         network_key: NetworkKey::derive(key),
         allowed_peers,
         shaping: Default::default(),
+        limits,
     };
     let metrics = Arc::new(Metrics::default());
     let (network, addr, _task) = p2p::start(
