@@ -1,5 +1,10 @@
 //! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`. Binds to loopback
 //! unless configured otherwise; it exposes operational data, never blob content.
+//!
+//! `/healthz` answers `{"status":"ok","reasons":[]}` or `{"status":"degraded","reasons":[..]}`
+//! (`disk_full`, `store_read_only`, `store_io_error`, `upstream_unreachable`), always with 200: a
+//! degraded node still serves pulls (cached blobs, and cold ones passed through), so an
+//! orchestrator must not restart it for that.
 
 use std::sync::Arc;
 
@@ -10,6 +15,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;
+use crate::pullthrough::PullThrough;
 use crate::store::ShardStore;
 
 /// What the admin endpoints read.
@@ -19,6 +25,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The store, for its gauges.
     pub store: ShardStore,
+    /// The pull-through cache, for what `/healthz` reports.
+    pub pull: PullThrough,
 }
 
 /// The admin router.
@@ -34,6 +42,23 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+/// The body of `/healthz`.
+#[derive(Debug, serde::Serialize)]
+struct Health {
+    status: &'static str,
+    reasons: Vec<&'static str>,
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    let reasons = state.pull.degradations();
+    let health = Health {
+        status: if reasons.is_empty() { "ok" } else { "degraded" },
+        reasons,
+    };
+    let body = serde_json::to_string(&health).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }

@@ -128,6 +128,18 @@ pub struct Metrics {
     pub p2p_gossip_received: Counter,
     /// Received gossip messages rejected by validation (not from a member, or malformed).
     pub p2p_gossip_rejected: Counter,
+    /// Blobs sent to their clients verified but not stored, because the store could not take them.
+    pub blobs_passed_through: Counter,
+    /// Blob bytes received while the store could not take them (sent on to clients from memory).
+    pub bytes_passed_through: Counter,
+    /// Store writes that failed because the disk was full.
+    pub store_write_failures_disk_full: Counter,
+    /// Store writes that failed because the file system was read-only.
+    pub store_write_failures_read_only: Counter,
+    /// Store writes that failed with another I/O error.
+    pub store_write_failures_io: Counter,
+    /// Store writes refused because the store was closed.
+    pub store_write_failures_closed: Counter,
 }
 
 /// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
@@ -205,6 +217,17 @@ impl Metrics {
         match source {
             ByteSource::Cache => self.bytes_served_cache.add(n),
             ByteSource::Upstream => self.bytes_served_upstream.add(n),
+        }
+    }
+
+    /// Records a failed store write by its cause.
+    pub fn record_store_write_failure(&self, cause: crate::store::WriteFailure) {
+        use crate::store::WriteFailure;
+        match cause {
+            WriteFailure::DiskFull => self.store_write_failures_disk_full.inc(),
+            WriteFailure::ReadOnly => self.store_write_failures_read_only.inc(),
+            WriteFailure::Io => self.store_write_failures_io.inc(),
+            WriteFailure::Closed => self.store_write_failures_closed.inc(),
         }
     }
 
@@ -586,6 +609,39 @@ impl Metrics {
         for (name, kind, help, value) in simple {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        for (name, help, value) in [
+            (
+                "shoal_blobs_passed_through_total",
+                "Blobs sent to their clients verified but not stored: the store could not take them.",
+                self.blobs_passed_through.get(),
+            ),
+            (
+                "shoal_bytes_passed_through_total",
+                "Blob bytes received while the store could not take them.",
+                self.bytes_passed_through.get(),
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "shoal_store_write_failures_total",
+            "counter",
+            "Store writes that failed, by cause.",
+        );
+        for (cause, counter) in [
+            ("disk_full", &self.store_write_failures_disk_full),
+            ("read_only", &self.store_write_failures_read_only),
+            ("io", &self.store_write_failures_io),
+            ("closed", &self.store_write_failures_closed),
+        ] {
+            let _ = writeln!(
+                out,
+                "shoal_store_write_failures_total{{cause=\"{cause}\"}} {}",
+                counter.get()
+            );
         }
         out
     }
