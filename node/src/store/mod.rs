@@ -397,8 +397,24 @@ impl ShardStore {
     }
 
     /// Clears the recorded write failure: a commit succeeded.
+    /// A full disk stays recorded while the blob that did not fit still would not: a small
+    /// blob that fitted says nothing about a large one.
     fn record_write_success(&self) {
-        if let Some(cause) = self.live().write_failure.take() {
+        let (failure, needs) = {
+            let live = self.live();
+            (live.write_failure, live.disk_full_needs)
+        };
+        let Some(cause) = failure else {
+            return;
+        };
+        if cause == WriteFailure::DiskFull
+            && self.stats().bytes.saturating_add(needs) > self.effective_budget()
+        {
+            return;
+        }
+        let mut live = self.live();
+        if live.write_failure == Some(cause) {
+            live.write_failure = None;
             tracing::info!(
                 was = cause.label(),
                 "the store takes writes again; caching resumed"
@@ -748,21 +764,23 @@ impl ShardStore {
     /// Evicts whole blobs, in the policy's order, until `incoming` more bytes fit in the effective
     /// disk budget, and says whether they do (blobs being served are never evicted, so they may
     /// not). A full disk is no longer reported by [`write_failure`](Self::write_failure) once
-    /// the blob that did not fit would fit (or, with `incoming` given, once that fits).
+    /// the blob that did not fit would fit.
     pub fn evict_to_fit(&self, incoming: u64) -> Result<room::Eviction, StoreError> {
         let whole = self.effective_budget();
         let budget = whole.saturating_sub(incoming);
-        let evicted = self.evict_to(budget)?;
+        // A blob that would not fit even in an empty store evicts nothing: emptying the cache
+        // for it would only lose what can still be served.
+        let evicted = if incoming > whole {
+            Vec::new()
+        } else {
+            self.evict_to(budget)?
+        };
         let used = self.stats().bytes;
         let fits = used.saturating_add(incoming) <= whole;
         let mut live = self.live();
         if live.write_failure == Some(WriteFailure::DiskFull) {
-            let room_again = if incoming > 0 {
-                fits
-            } else {
-                used.saturating_add(live.disk_full_needs) <= whole
-            };
-            if room_again {
+            // A small blob that fits says nothing about the large one that did not.
+            if used.saturating_add(live.disk_full_needs) <= whole {
                 live.write_failure = None;
                 tracing::info!("the disk has room again; caching resumed");
             }
