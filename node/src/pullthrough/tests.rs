@@ -321,6 +321,8 @@ async fn an_unreachable_origin_is_reported_until_it_answers_again() {
     origin.up.store(false, Ordering::SeqCst);
     assert_eq!(pull_blob(&node, digest_of(&cold)).await, Got::Refused);
     assert_eq!(node.pull.degradations(), vec!["upstream_unreachable"]);
+    // The failed fetch leaves the flight table once it has ended.
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
     assert_eq!(
         pull_blob(&node, digest_of(&cached)).await,
         Got::Body(cached.clone())
