@@ -86,6 +86,7 @@ pub async fn run_with(
     let store = tokio::task::spawn_blocking(move || ShardStore::open(&store_config))
         .await
         .map_err(|e| StartError::Task(e.to_string()))??;
+    store.set_disk_reserve_percent(config.disk_reserve_percent);
     let stats = store.stats();
     tracing::info!(data_dir = %config.data_dir.display(), blobs = stats.blobs, bytes = stats.bytes, "store open");
 
@@ -149,6 +150,7 @@ pub async fn run_with(
         }
     }
     let flights = pull.clone();
+    let health = pull.clone();
     let registry_state = Arc::new(registry::RegistryState {
         pull,
         upstreams,
@@ -176,6 +178,7 @@ pub async fn run_with(
         metrics,
         store: store.clone(),
         status,
+        pull: health,
     };
 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

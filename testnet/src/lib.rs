@@ -20,6 +20,7 @@
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
 //! - [`bench`]: peer network benchmarks (`shoal-peer-bench`).
+//! - [`tmpfs`]: a small tmpfs over a node's data directory (a disk that fills up; root only).
 //!
 //! Every part lives in its own temporary directory and on its own ports, and
 //! is stopped by a `Drop` guard, so tests can run in parallel and a failing
@@ -36,6 +37,7 @@ pub mod node;
 pub mod origin;
 mod process;
 pub mod raw_http;
+pub mod tmpfs;
 
 /// The registry host name used in test image references
 /// (`origin.shoal.test/<repo>:<tag>`). It never resolves: `hosts.toml`

@@ -1,6 +1,11 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and `GET /status`
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` (below) and `GET /status`
 //! ([`status`]: the node at a glance, as JSON). Binds to loopback unless configured otherwise;
 //! it exposes operational data, never blob content.
+//!
+//! `/healthz` answers `{"status":"ok","reasons":[]}` or `{"status":"degraded","reasons":[..]}`
+//! (`disk_full`, `store_read_only`, `store_io_error`, `upstream_unreachable`), always with 200: a
+//! degraded node still serves pulls (cached blobs, and cold ones passed through), so an
+//! orchestrator must not restart it for that.
 
 pub mod status;
 
@@ -13,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;
+use crate::pullthrough::PullThrough;
 use crate::store::ShardStore;
 
 /// What the admin endpoints read.
@@ -24,6 +30,8 @@ pub struct AdminState {
     pub store: ShardStore,
     /// What `/status` reads besides the metrics and the store.
     pub status: status::StatusContext,
+    /// The pull-through cache, for what `/healthz` reports.
+    pub pull: PullThrough,
 }
 
 /// The admin router.
@@ -40,6 +48,23 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+/// The body of `/healthz`.
+#[derive(Debug, serde::Serialize)]
+struct Health {
+    status: &'static str,
+    reasons: Vec<&'static str>,
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    let reasons = state.pull.degradations();
+    let health = Health {
+        status: if reasons.is_empty() { "ok" } else { "degraded" },
+        reasons,
+    };
+    let body = serde_json::to_string(&health).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }

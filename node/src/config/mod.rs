@@ -52,6 +52,9 @@ pub struct Config {
     pub default_upstream: Option<String>,
     /// Disk budget for shards.
     pub max_disk_bytes: u64,
+    /// Percent of the data directory's file system the store leaves free (its effective budget
+    /// is never more than the free space above this reserve).
+    pub disk_reserve_percent: u8,
     /// How long a tag's digest is trusted.
     pub tag_ttl: Duration,
     /// FastCDC parameters.
@@ -123,6 +126,7 @@ pub struct FileConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
     max_disk_bytes: Option<u64>,
+    disk_reserve_percent: Option<u8>,
     tag_ttl_secs: Option<u64>,
     default_upstream: Option<String>,
     chunking: Option<FileChunking>,
@@ -674,6 +678,12 @@ impl Config {
                 format!("must be at least {MAX_SHARD_BYTES} bytes"),
             ));
         }
+        let disk_reserve_percent = file
+            .disk_reserve_percent
+            .unwrap_or(crate::store::room::DEFAULT_RESERVE_PERCENT);
+        if disk_reserve_percent > 50 {
+            return Err(error("disk_reserve_percent", "must be 0 to 50"));
+        }
         let tag_ttl_secs = overrides.tag_ttl_secs.or(file.tag_ttl_secs).unwrap_or(300);
         if tag_ttl_secs > 30 * 24 * 3600 {
             return Err(error("tag_ttl_secs", "must be at most 30 days"));
@@ -758,6 +768,7 @@ impl Config {
             upstreams,
             default_upstream,
             max_disk_bytes,
+            disk_reserve_percent,
             tag_ttl: Duration::from_secs(tag_ttl_secs),
             chunking,
             upstream_timeouts,
@@ -866,6 +877,10 @@ mod tests {
         assert_eq!(
             parse("default_upstream = \"nowhere\"").unwrap_err().key,
             "default_upstream"
+        );
+        assert_eq!(
+            parse("disk_reserve_percent = 51").unwrap_err().key,
+            "disk_reserve_percent"
         );
         assert_eq!(
             parse("max_disk_bytes = 5").unwrap_err().key,

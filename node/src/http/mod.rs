@@ -2,8 +2,16 @@
 //! a deadline for request headers, and read and write timeouts that cut off stalled or
 //! non-reading clients. Used by the registry endpoint and the admin listener; knows nothing of
 //! either's routes.
+//!
+//! **Out of file descriptors.** The server holds one descriptor in reserve. When `accept` fails
+//! because the process (or the system) has no descriptor left, the reserve is released, the
+//! waiting connection is accepted and answered `503 Service Unavailable` before its request is
+//! taken (containerd then falls back to its next host), and the reserve is taken again. Without
+//! it, connections would wait unanswered in the kernel's backlog until the client gave up.
 
+use std::fs::File;
 use std::future::Future;
+use std::io;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +19,8 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
@@ -49,6 +58,7 @@ pub async fn serve(
     let mut shutdown = pin!(shutdown);
     // Tells open connections to finish their current response and close (idle ones close now).
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let mut reserve = reserve_descriptor();
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -57,6 +67,20 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
+                Err(error) if out_of_descriptors(&error) => {
+                    tracing::warn!(%error, "out of file descriptors: answering 503 until some are free");
+                    // Release the reserve to take the waiting connection and refuse it politely.
+                    if reserve.take().is_some() {
+                        let waiting = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+                        if let Ok(Ok((stream, _))) = waiting {
+                            refuse_busy(stream).await;
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    reserve = reserve_descriptor();
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -94,6 +118,47 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
+}
+
+/// The descriptor held back for running out of them.
+fn reserve_descriptor() -> Option<File> {
+    File::open("/dev/null").ok()
+}
+
+/// Whether an `accept` failed for want of a file descriptor (per process or system-wide).
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The whole answer to a connection refused for want of descriptors.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+
+/// Answers 503 on a connection taken with the reserve descriptor: reads what the client sent of
+/// its request headers first (so closing does not reset the connection under the answer), sends
+/// the answer, and closes. Bounded in time: the accept loop waits for it.
+async fn refuse_busy(mut stream: TcpStream) {
+    let mut request = [0u8; 8192];
+    let mut seen = 0;
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while seen < request.len() {
+            match stream.read(&mut request[seen..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+            if request[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let _ = stream.write_all(BUSY_RESPONSE).await;
+        let _ = stream.shutdown().await;
+        // Wait for the client to close, so that nothing unread remains when this end closes.
+        let mut rest = [0u8; 1024];
+        while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Completes once the server starts closing.

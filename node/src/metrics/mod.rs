@@ -268,6 +268,18 @@ pub struct Metrics {
     pub p2p_gossip_received: Counter,
     /// Received gossip messages rejected by validation (not from a member, or malformed).
     pub p2p_gossip_rejected: Counter,
+    /// Blobs sent to their clients verified but not stored, because the store could not take them.
+    pub blobs_passed_through: Counter,
+    /// Blob bytes received while the store could not take them (sent on to clients from memory).
+    pub bytes_passed_through: Counter,
+    /// Store writes that failed because the disk was full.
+    pub store_write_failures_disk_full: Counter,
+    /// Store writes that failed because the file system was read-only.
+    pub store_write_failures_read_only: Counter,
+    /// Store writes that failed with another I/O error.
+    pub store_write_failures_io: Counter,
+    /// Store writes refused because the store was closed.
+    pub store_write_failures_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -312,6 +324,12 @@ impl Default for Metrics {
             p2p_failed_proofs: Counter::default(),
             p2p_refused_non_member_requests: Counter::default(),
             p2p_refused_connections: Counter::default(),
+            blobs_passed_through: Counter::default(),
+            bytes_passed_through: Counter::default(),
+            store_write_failures_disk_full: Counter::default(),
+            store_write_failures_read_only: Counter::default(),
+            store_write_failures_io: Counter::default(),
+            store_write_failures_closed: Counter::default(),
             p2p_members: Gauge::default(),
             p2p_connections: Gauge::default(),
             p2p_routing_table_peers: Gauge::default(),
@@ -424,6 +442,21 @@ impl Metrics {
         );
         r.register("shoal_p2p_refused_non_member_requests", "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.", m.p2p_refused_non_member_requests.clone());
         r.register("shoal_p2p_refused_connections", "Inbound peer connections refused by a connection limit.", m.p2p_refused_connections.clone());
+        r.register("shoal_blobs_passed_through", "Blobs sent to their clients verified but not stored: the store could not take them.", m.blobs_passed_through.clone());
+        r.register("shoal_bytes_passed_through", "Blob bytes received while the store could not take them.", m.bytes_passed_through.clone());
+        r.register(
+            "shoal_store_write_failures",
+            "Store writes that failed, by cause.",
+            labelled_counters(
+                "cause",
+                vec![
+                    ("disk_full", m.store_write_failures_disk_full.clone()),
+                    ("read_only", m.store_write_failures_read_only.clone()),
+                    ("io", m.store_write_failures_io.clone()),
+                    ("closed", m.store_write_failures_closed.clone()),
+                ],
+            ),
+        );
         r.register(
             "shoal_p2p_members",
             "Connected peers that have proved membership.",
@@ -652,6 +685,17 @@ impl Metrics {
         match source {
             ByteSource::Cache => self.bytes_served_cache.add(n),
             ByteSource::Upstream => self.bytes_served_upstream.add(n),
+        }
+    }
+
+    /// Records a failed store write by its cause.
+    pub fn record_store_write_failure(&self, cause: crate::store::WriteFailure) {
+        use crate::store::WriteFailure;
+        match cause {
+            WriteFailure::DiskFull => self.store_write_failures_disk_full.inc(),
+            WriteFailure::ReadOnly => self.store_write_failures_read_only.inc(),
+            WriteFailure::Io => self.store_write_failures_io.inc(),
+            WriteFailure::Closed => self.store_write_failures_closed.inc(),
         }
     }
 

@@ -13,12 +13,14 @@ use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
 
-use super::flight::{read_file_range, Flight, FlightSource, Next, Outcome};
+use super::flight::{read_file_range, Flight, FlightReader, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
 use super::{PullError, PullThrough};
 use crate::assembly::{self, PeerFetch};
 use crate::metrics::ByteSource;
-use crate::store::{IngestError, ReaderGuard, ShardReadError};
+use crate::store::{
+    Ingest, IngestError, ReaderGuard, ShardReadError, ShardStore, StoreError, WriteFailure,
+};
 use crate::upstream::Upstream;
 
 /// A blob response body: verified bytes, or an error that must abort the response.
@@ -47,6 +49,24 @@ const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
 /// How many times a blob whose peer bytes failed its sha256 is fetched again, in the background,
 /// from the remaining peers or the origin.
 const REFETCHES_AFTER_BAD_PEER: u32 = 2;
+
+/// What a flight's fetch achieved.
+struct Fetched {
+    /// The blob's length.
+    len: u64,
+    /// Where its bytes came from ("peer", "origin" or "peer+origin").
+    source: &'static str,
+    /// Whether it was committed (else it was only passed through to the flight's readers).
+    stored: bool,
+}
+
+/// How the ingest worker ended.
+enum WorkerEnd {
+    /// The blob is committed; its length.
+    Committed(u64),
+    /// The store failed; the ingest was handed to the flight ([`WorkerEvent::StoreFailed`]).
+    HandedOver,
+}
 
 /// Where a cold blob's bytes are coming from.
 enum Source {
@@ -145,9 +165,9 @@ impl PullThrough {
             if let Some(reply) = self.open_cached(upstream, repo, digest, range).await? {
                 return Ok(reply);
             }
-            if let Some(flight) = self.join_or_start_flight(upstream, repo, digest)? {
+            if let Some(reader) = self.join_or_start_flight(upstream, repo, digest)? {
                 self.metrics.cache_misses.inc();
-                return self.follow(flight, digest, range).await;
+                return self.follow(reader, digest, range).await;
             }
         }
         Err(PullError::Internal(format!("{digest} kept changing state")))
@@ -155,10 +175,11 @@ impl PullThrough {
 
     async fn follow(
         &self,
-        flight: Arc<Flight>,
+        reader: FlightReader,
         digest: BlobDigest,
         range: Option<RangeSpec>,
     ) -> Result<BlobReply, PullError> {
+        let flight = reader.flight().clone();
         let guard = self.store.register_reader(digest);
         let mut changes = flight.watch();
         let total = loop {
@@ -184,7 +205,8 @@ impl PullThrough {
             Some(r) => (r.start, Some(r.end)),
             None => (0, total),
         };
-        let body = follow_flight(flight, start, end, guard, self.metrics.clone());
+        reader.advance(start);
+        let body = follow_flight(reader, start, end, guard, self.metrics.clone());
         Ok(BlobReply {
             total_len: total,
             range: byte_range,
@@ -198,7 +220,7 @@ impl PullThrough {
         upstream: &Upstream,
         repo: &RepoName,
         digest: BlobDigest,
-    ) -> Result<Option<Arc<Flight>>, PullError> {
+    ) -> Result<Option<FlightReader>, PullError> {
         self.join_or_start_attempt(upstream, repo, digest, 0)
     }
 
@@ -210,11 +232,15 @@ impl PullThrough {
         repo: &RepoName,
         digest: BlobDigest,
         refetch: u32,
-    ) -> Result<Option<Arc<Flight>>, PullError> {
+    ) -> Result<Option<FlightReader>, PullError> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&digest) {
-            self.metrics.single_flight_joins.inc();
-            return Ok(Some(flight.clone()));
+            if let Some(reader) = flight.join() {
+                self.metrics.single_flight_joins.inc();
+                return Ok(Some(reader));
+            }
+            // A flight passing its blob through no longer holds its first bytes: fetch again
+            // (the store may take the blob now). The old flight goes on for its own readers.
         }
         // A flight leaves the table only after its blob is indexed: if there is none now, the
         // blob is either stored already or nobody is fetching it.
@@ -222,6 +248,11 @@ impl PullThrough {
             return Ok(None);
         }
         let flight = Flight::new(digest);
+        let Some(reader) = flight.join() else {
+            return Err(PullError::Internal(
+                "a new flight refused its first reader".into(),
+            ));
+        };
         flights.insert(digest, flight.clone());
         drop(flights);
         let this = self.clone();
@@ -229,7 +260,11 @@ impl PullThrough {
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
-                Ok((len, source)) => {
+                Ok(Fetched {
+                    len,
+                    source,
+                    stored: true,
+                }) => {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
                         peers.provide(digest);
@@ -237,6 +272,18 @@ impl PullThrough {
                     }
                     tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
                     Outcome::Committed
+                }
+                Ok(Fetched {
+                    len,
+                    source,
+                    stored: false,
+                }) => {
+                    this.metrics.blobs_passed_through.inc();
+                    if let Some(peers) = &this.peers {
+                        peers.stop_providing(digest);
+                    }
+                    tracing::warn!(%digest, %repo, upstream = upstream.name(), source, bytes = len, "blob passed through verified but not stored: the store cannot take it");
+                    Outcome::PassedThrough
                 }
                 Err(error) => {
                     tracing::warn!(%digest, %repo, upstream = upstream.name(), %error, "blob fetch failed; nothing stored");
@@ -248,10 +295,16 @@ impl PullThrough {
             };
             let peer_lied = matches!(&outcome, Outcome::Failed(PullError::PeerInvalid(_)));
             driven.finish(outcome);
-            this.flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&digest);
+            {
+                // Only this flight: a later one may have replaced a flight passing through.
+                let mut flights = this.flights.lock().unwrap_or_else(|p| p.into_inner());
+                if flights
+                    .get(&digest)
+                    .is_some_and(|f| Arc::ptr_eq(f, &driven))
+                {
+                    flights.remove(&digest);
+                }
+            }
             // The clients of this flight got bytes that cannot be taken back, so their responses
             // were aborted; the blob is fetched again without that peer for their retries.
             if peer_lied && refetch < REFETCHES_AFTER_BAD_PEER {
@@ -264,34 +317,65 @@ impl PullThrough {
                 }
             }
             let store = this.store.clone();
-            let metrics = this.metrics.clone();
             let evicted = tokio::task::spawn_blocking(move || store.evict_to_budget()).await;
             if let Ok(Ok(evicted)) = evicted {
-                metrics.evictions.add(evicted.len() as u64);
-                for digest in evicted {
-                    tracing::info!(%digest, "evicted for the disk budget");
-                    if let Some(peers) = &this.peers {
-                        peers.announce(Announcement::dropped(digest));
-                    }
-                }
+                this.evicted(evicted);
             }
         });
-        Ok(Some(flight))
+        Ok(Some(reader))
     }
 
-    /// Fetches the blob, feeding the flight and the ingest worker; returns the blob's length once
-    /// it is verified and committed, and where its bytes came from ("peer", "origin" or
-    /// "peer+origin").
+    /// Counts and announces blobs evicted for the disk budget.
+    fn evicted(&self, evicted: Vec<BlobDigest>) {
+        self.metrics.evictions.add(evicted.len() as u64);
+        for digest in evicted {
+            tracing::info!(%digest, "evicted for the disk budget");
+            if let Some(peers) = &self.peers {
+                peers.announce(Announcement::dropped(digest));
+            }
+        }
+    }
+
+    /// Evicts until a blob of `len` bytes fits in the store's effective budget; `false` if it
+    /// cannot fit (then the blob passes through without touching the disk).
+    async fn make_room(&self, len: u64) -> bool {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.evict_to_fit(len)).await {
+            Ok(Ok(eviction)) => {
+                self.evicted(eviction.evicted);
+                if !eviction.fits {
+                    self.store.record_no_room(len);
+                }
+                eviction.fits
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "eviction before an ingest failed; trying the ingest anyway");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "eviction before an ingest failed; trying the ingest anyway");
+                true
+            }
+        }
+    }
+
+    /// Fetches the blob, feeding the flight and the ingest worker. When the store cannot take the
+    /// blob (no room even after eviction, or a write fails), the flight goes on without it: the
+    /// bytes still reach its readers, verified here instead of by the ingest, and nothing is
+    /// stored.
     async fn fetch_and_ingest(
         &self,
         flight: &Flight,
         upstream: &Upstream,
         repo: &RepoName,
-    ) -> Result<(u64, &'static str), PullError> {
+    ) -> Result<Fetched, PullError> {
         let digest = flight.digest;
         let mut source = match self.peer_fetch(digest).await {
             Some(fetch) => Source::Peers(fetch),
-            None => Source::Origin(upstream.fetch_blob(repo, &digest, None).await?),
+            None => {
+                let fetched = upstream.fetch_blob(repo, &digest, None).await;
+                Source::Origin(self.note_upstream(fetched)?)
+            }
         };
         let total = match &source {
             Source::Peers(fetch) => fetch.blob_len(),
@@ -307,12 +391,16 @@ impl PullThrough {
             Source::Peers(fetch) => Some(fetch.accountable_peer()),
             Source::Origin(_) => None,
         };
+        // Make room before the first byte when the length is known, so a full disk is rare.
+        let room = match total {
+            Some(len) => self.make_room(len).await,
+            None => true,
+        };
         flight.start(total);
         // Followers learn the blob's length from the flight, so announce it once it is known.
         self.announce_source(flight, &source);
         // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
         // hashes and writes shards; the driver hands each network read to both.
-        let (feed, mut worker_feed) = mpsc::channel::<Feed>(16);
         let (hash_feed, mut hasher_feed) = mpsc::channel::<Bytes>(16);
         let hasher = tokio::task::spawn_blocking(move || {
             let mut sha256 = Sha256::new();
@@ -322,55 +410,25 @@ impl PullThrough {
             BlobDigest::from_bytes(sha256.finalize().into())
         });
         let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let worker = tokio::task::spawn_blocking(move || -> Result<u64, IngestError> {
-            let mut ingest = store.begin_ingest(digest);
-            let actual = loop {
-                match worker_feed.blocking_recv() {
-                    Some(Feed::Bytes(bytes)) => {
-                        let started = Instant::now();
-                        let shards = ingest.write_unhashed(&bytes)?;
-                        metrics.ingested_bytes.add(bytes.len() as u64);
-                        metrics
-                            .ingest_busy_us
-                            .add(started.elapsed().as_micros() as u64);
-                        let _ = event_tx.send(WorkerEvent::Shards(shards));
-                    }
-                    Some(Feed::Shard(bytes, hash)) => {
-                        let started = Instant::now();
-                        let shards = ingest.write_shard(&bytes, hash)?;
-                        metrics.ingested_bytes.add(bytes.len() as u64);
-                        metrics
-                            .ingest_busy_us
-                            .add(started.elapsed().as_micros() as u64);
-                        let _ = event_tx.send(WorkerEvent::Shards(shards));
-                    }
-                    Some(Feed::End(actual)) => break actual,
-                    // The driver gave up: dropping the ingest removes what it wrote.
-                    None => return Err(IngestError::Abandoned),
-                }
-            };
-            let started = Instant::now();
-            let len = ingest.received();
-            let last = ingest.verify_with(actual)?;
-            let _ = event_tx.send(WorkerEvent::Shards(last));
-            // Clients get their last byte now; durability follows.
-            let _ = event_tx.send(WorkerEvent::Verified);
-            tracing::debug!(%digest, "blob verified; committing");
-            ingest.commit()?;
-            tracing::debug!(%digest, "blob committed");
-            metrics
-                .ingest_busy_us
-                .add(started.elapsed().as_micros() as u64);
-            Ok(len)
-        });
+        let (mut feed, worker) = if room {
+            let (feed, worker_feed) = mpsc::channel::<Feed>(16);
+            let (store, metrics) = (self.store.clone(), self.metrics.clone());
+            let worker = tokio::task::spawn_blocking(move || {
+                ingest_worker(&store, &metrics, digest, worker_feed, &event_tx)
+            });
+            (Some(feed), Some(worker))
+        } else {
+            tracing::warn!(%digest, len = total, "no room for the blob even after eviction; passing it through uncached");
+            drop(event_tx);
+            flight.pass_through(None);
+            (None, None)
+        };
         let mut resumes = 0;
         // Whether any bytes came from the origin (a gap no peer could fill, or the rest).
         let mut origin_filled = false;
         loop {
             while let Ok(event) = events.try_recv() {
-                apply(flight, event);
+                self.apply(flight, event);
             }
             let response = match &mut source {
                 Source::Origin(response) => response,
@@ -379,7 +437,8 @@ impl PullThrough {
                         tracing::info!(%digest, start = range.start, end = range.end, "no peer can send these shards; fetching them from the origin");
                         let chunk = upstream
                             .fetch_blob_range(repo, &digest, range.clone())
-                            .await?;
+                            .await;
+                        let chunk = self.note_upstream(chunk)?;
                         if chunk.len() as u64 != range.end - range.start {
                             return Err(PullError::UpstreamInvalid(
                                 "the upstream sent a short range".into(),
@@ -388,7 +447,15 @@ impl PullThrough {
                         self.metrics.bytes_received_origin.add(chunk.len() as u64);
                         origin_filled = true;
                         if !self
-                            .push_piece(flight, total, chunk, None, &hash_feed, &feed)
+                            .push_piece(
+                                flight,
+                                total,
+                                chunk,
+                                None,
+                                &hash_feed,
+                                &mut feed,
+                                &mut events,
+                            )
                             .await?
                         {
                             break;
@@ -400,7 +467,15 @@ impl PullThrough {
                         // is checked); otherwise its bytes are cut again like origin bytes.
                         let hash = (fetch.chunking() == self.store.chunking()).then_some(hash);
                         if !self
-                            .push_piece(flight, total, chunk, hash, &hash_feed, &feed)
+                            .push_piece(
+                                flight,
+                                total,
+                                chunk,
+                                hash,
+                                &hash_feed,
+                                &mut feed,
+                                &mut events,
+                            )
                             .await?
                         {
                             break;
@@ -439,7 +514,8 @@ impl PullThrough {
                             known => known,
                         };
                         let range = total.filter(|_| received > 0).map(|t| received..t);
-                        let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await?;
+                        let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await;
+                        let resumed = self.note_upstream(resumed)?;
                         if range.is_some() && !resumed.partial {
                             return Err(PullError::UpstreamUnavailable(
                                 "peers failed mid-blob and the upstream does not support Range"
@@ -465,7 +541,8 @@ impl PullThrough {
                     tracing::warn!(%digest, received, %error, "upstream body broke; resuming with a Range request");
                     let resumed = upstream
                         .fetch_blob(repo, &digest, Some(received..total))
-                        .await?;
+                        .await;
+                    let resumed = self.note_upstream(resumed)?;
                     if !resumed.partial {
                         return Err(PullError::UpstreamUnavailable(
                             "upstream body broke and it does not support Range".into(),
@@ -477,26 +554,40 @@ impl PullThrough {
             };
             self.metrics.bytes_received_origin.add(chunk.len() as u64);
             if !self
-                .push_piece(flight, total, chunk, None, &hash_feed, &feed)
+                .push_piece(
+                    flight,
+                    total,
+                    chunk,
+                    None,
+                    &hash_feed,
+                    &mut feed,
+                    &mut events,
+                )
                 .await?
             {
                 break;
             }
         }
         drop(hash_feed);
-        tracing::debug!(%digest, "upstream body complete");
+        tracing::debug!(%digest, "source complete");
         let actual = hasher
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
-        let _ = feed.send(Feed::End(actual)).await;
-        drop(feed);
+        if let Some(feed) = feed.take() {
+            let _ = feed.send(Feed::End(actual)).await;
+        }
         // The worker drops its sender when it is done.
         while let Some(event) = events.recv().await {
-            apply(flight, event);
+            self.apply(flight, event);
         }
-        let result = worker
-            .await
-            .map_err(|e| PullError::Internal(e.to_string()))?;
+        let worker_end = match worker {
+            Some(worker) => Some(
+                worker
+                    .await
+                    .map_err(|e| PullError::Internal(e.to_string()))?,
+            ),
+            None => None,
+        };
         let source = match (
             peer_used,
             origin_filled || matches!(source, Source::Origin(_)),
@@ -505,28 +596,64 @@ impl PullThrough {
             (Some(_), false) => "peer",
             (None, _) => "origin",
         };
-        match result {
-            Ok(len) => Ok((len, source)),
-            Err(IngestError::DigestMismatch { expected, actual }) => {
-                self.metrics.digest_mismatches.inc();
-                if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
-                    tracing::error!(%expected, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
-                    peers.avoid(peer);
-                    return Err(PullError::PeerInvalid(format!(
-                        "digest mismatch from peer {peer}: got {actual}"
-                    )));
-                }
-                tracing::error!(%expected, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
-                Err(PullError::UpstreamInvalid(format!(
-                    "digest mismatch: got {actual}"
-                )))
+        let len = flight.received();
+        let mismatch = match worker_end {
+            Some(Ok(WorkerEnd::Committed(len))) => {
+                return Ok(Fetched {
+                    len,
+                    source,
+                    stored: true,
+                })
             }
-            Err(error) => Err(PullError::Internal(error.to_string())),
+            // The store failed: the blob is verified here, and released only if it matches.
+            Some(Ok(WorkerEnd::HandedOver)) | None => {
+                if actual == digest {
+                    flight.mark_verified();
+                    return Ok(Fetched {
+                        len,
+                        source,
+                        stored: false,
+                    });
+                }
+                (digest, actual)
+            }
+            Some(Err(IngestError::DigestMismatch { expected, actual })) => (expected, actual),
+            Some(Err(error)) => return Err(PullError::Internal(error.to_string())),
+        };
+        let (expected, actual) = mismatch;
+        self.metrics.digest_mismatches.inc();
+        if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
+            tracing::error!(%expected, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
+            peers.avoid(peer);
+            return Err(PullError::PeerInvalid(format!(
+                "digest mismatch from peer {peer}: got {actual}"
+            )));
+        }
+        tracing::error!(%expected, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
+        Err(PullError::UpstreamInvalid(format!(
+            "digest mismatch: got {actual}"
+        )))
+    }
+
+    /// Applies what the ingest worker reports to the flight.
+    fn apply(&self, flight: &Flight, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Shards(shards) => flight.add_shards(shards),
+            WorkerEvent::Verified => flight.mark_verified(),
+            WorkerEvent::StoreFailed(error, ingest) => {
+                let cause = error.write_failure().unwrap_or(WriteFailure::Io);
+                self.metrics.record_store_write_failure(cause);
+                tracing::warn!(digest = %flight.digest, %error, cause = cause.label(), "the store cannot take the blob; passing it through to its clients uncached");
+                flight.pass_through(Some(*ingest));
+            }
         }
     }
 
     /// Hands one piece of the blob to the flight, the hasher and the ingest worker (a whole shard
-    /// when `shard_hash` is given); `false` if the workers stopped.
+    /// when `shard_hash` is given); `false` if the source must stop (the ingest worker failed
+    /// other than by a store error). While the blob passes through, waits for room in the
+    /// flight's window first, and fails when no reader is left.
+    #[allow(clippy::too_many_arguments)]
     async fn push_piece(
         &self,
         flight: &Flight,
@@ -534,19 +661,40 @@ impl PullThrough {
         chunk: Bytes,
         shard_hash: Option<shoal_proto::ShardHash>,
         hash_feed: &mpsc::Sender<Bytes>,
-        feed: &mpsc::Sender<Feed>,
+        feed: &mut Option<mpsc::Sender<Feed>>,
+        events: &mut mpsc::UnboundedReceiver<WorkerEvent>,
     ) -> Result<bool, PullError> {
         if total.is_some_and(|t| flight.received() + chunk.len() as u64 > t) {
             return Err(PullError::UpstreamInvalid(
                 "source sent more bytes than the blob's length".into(),
             ));
         }
+        if flight.passing_through() && !flight.wait_for_room(chunk.len() as u64).await {
+            return Err(PullError::Internal(
+                "every client left a blob the store cannot take".into(),
+            ));
+        }
+        if flight.passing_through() {
+            self.metrics.bytes_passed_through.add(chunk.len() as u64);
+        }
         flight.push(chunk.clone());
-        let piece = match shard_hash {
-            Some(hash) => Feed::Shard(chunk.clone(), hash),
-            None => Feed::Bytes(chunk.clone()),
-        };
-        Ok(hash_feed.send(chunk).await.is_ok() && feed.send(piece).await.is_ok())
+        if let Some(worker) = feed.as_ref() {
+            let piece = match shard_hash {
+                Some(hash) => Feed::Shard(chunk.clone(), hash),
+                None => Feed::Bytes(chunk.clone()),
+            };
+            if worker.send(piece).await.is_err() {
+                // The worker stopped; its last events say whether the store failed.
+                *feed = None;
+                while let Some(event) = events.recv().await {
+                    self.apply(flight, event);
+                }
+                if !flight.passing_through() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(hash_feed.send(chunk).await.is_ok())
     }
 
     /// Peers that can send the blob: members that announced it, the DHT's providers, or the member
@@ -675,13 +823,68 @@ enum WorkerEvent {
     Shards(Vec<crate::store::StoredShard>),
     /// The sha256 matched.
     Verified,
+    /// The store failed; the ingest is handed over so that its shard files stay readable until
+    /// the flight ends (then dropping it removes them).
+    StoreFailed(StoreError, Box<Ingest>),
 }
 
-fn apply(flight: &Flight, event: WorkerEvent) {
-    match event {
-        WorkerEvent::Shards(shards) => flight.add_shards(shards),
-        WorkerEvent::Verified => flight.mark_verified(),
+/// The blocking ingest worker: writes what the driver feeds it, checks the sha256 the driver
+/// computed, commits. A store failure hands the ingest to the driver (the blob then passes
+/// through) instead of failing the flight.
+fn ingest_worker(
+    store: &ShardStore,
+    metrics: &crate::metrics::Metrics,
+    digest: BlobDigest,
+    mut feed: mpsc::Receiver<Feed>,
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<WorkerEnd, IngestError> {
+    let hand_over = |ingest: Ingest, error: IngestError| match error {
+        IngestError::Store(error) => {
+            let _ = events.send(WorkerEvent::StoreFailed(error, Box::new(ingest)));
+            Ok(WorkerEnd::HandedOver)
+        }
+        other => Err(other),
+    };
+    let mut ingest = store.begin_ingest(digest);
+    let actual = loop {
+        let started = Instant::now();
+        let (written, len) = match feed.blocking_recv() {
+            Some(Feed::Bytes(bytes)) => (ingest.write_unhashed(&bytes), bytes.len()),
+            Some(Feed::Shard(bytes, hash)) => (ingest.write_shard(&bytes, hash), bytes.len()),
+            Some(Feed::End(actual)) => break actual,
+            // The driver gave up: dropping the ingest removes what it wrote.
+            None => return Err(IngestError::Abandoned),
+        };
+        match written {
+            Ok(shards) => {
+                metrics.ingested_bytes.add(len as u64);
+                metrics
+                    .ingest_busy_us
+                    .add(started.elapsed().as_micros() as u64);
+                let _ = events.send(WorkerEvent::Shards(shards));
+            }
+            Err(error) => return hand_over(ingest, error),
+        }
+    };
+    let started = Instant::now();
+    let len = ingest.received();
+    match ingest.verify_with(actual) {
+        Ok(last) => {
+            let _ = events.send(WorkerEvent::Shards(last));
+        }
+        Err(error) => return hand_over(ingest, error),
     }
+    // Clients get their last byte now; durability follows.
+    let _ = events.send(WorkerEvent::Verified);
+    tracing::debug!(%digest, "blob verified; committing");
+    if let Err(error) = ingest.commit_in_place() {
+        return hand_over(ingest, error);
+    }
+    tracing::debug!(%digest, "blob committed");
+    metrics
+        .ingest_busy_us
+        .add(started.elapsed().as_micros() as u64);
+    Ok(WorkerEnd::Committed(len))
 }
 
 async fn heal(
@@ -711,30 +914,33 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> B
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-/// Streams bytes `start..end` of a flight as they become readable.
+/// Streams bytes `start..end` of a flight as they become readable, telling the flight where the
+/// reader is (a flight passing its blob through drops what every reader has passed).
 fn follow_flight(
-    flight: Arc<Flight>,
+    reader: FlightReader,
     start: u64,
     end: Option<u64>,
     guard: ReaderGuard,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> BlobBody {
-    let changes = flight.watch();
+    let changes = reader.flight().watch();
     futures::stream::unfold(
-        (flight, start, changes, guard, false),
-        move |(flight, mut cursor, mut changes, guard, failed)| {
+        (reader, start, changes, guard, false),
+        move |(reader, mut cursor, mut changes, guard, failed)| {
             let metrics = metrics.clone();
             async move {
                 if failed {
                     return None;
                 }
+                reader.advance(cursor);
+                let flight = reader.flight().clone();
                 loop {
                     changes.borrow_and_update();
                     match flight.next(cursor, end) {
                         Next::Bytes(bytes) => {
                             cursor += bytes.len() as u64;
                             metrics.record_bytes_served(ByteSource::Upstream, bytes.len() as u64);
-                            return Some((Ok(bytes), (flight, cursor, changes, guard, false)));
+                            return Some((Ok(bytes), (reader, cursor, changes, guard, false)));
                         }
                         Next::File(shard, offset, len) => {
                             let read = tokio::task::spawn_blocking(move || {
@@ -746,25 +952,25 @@ fn follow_flight(
                                 Ok(Err(error)) => {
                                     return Some((
                                         Err(error),
-                                        (flight, cursor, changes, guard, true),
+                                        (reader, cursor, changes, guard, true),
                                     ))
                                 }
                                 Err(error) => {
                                     return Some((
                                         Err(std::io::Error::other(error)),
-                                        (flight, cursor, changes, guard, true),
+                                        (reader, cursor, changes, guard, true),
                                     ))
                                 }
                             };
                             cursor += result.len() as u64;
                             metrics.record_bytes_served(ByteSource::Upstream, result.len() as u64);
-                            return Some((Ok(result), (flight, cursor, changes, guard, false)));
+                            return Some((Ok(result), (reader, cursor, changes, guard, false)));
                         }
                         Next::End => return None,
                         Next::Failed(error) => {
                             return Some((
                                 Err(std::io::Error::other(error.to_string())),
-                                (flight, cursor, changes, guard, true),
+                                (reader, cursor, changes, guard, true),
                             ));
                         }
                         Next::Wait => {

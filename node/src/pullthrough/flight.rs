@@ -6,8 +6,20 @@
 //! files. Readers at any offset are served from whichever holds it, so memory stays bounded by
 //! about one maximum shard plus the channel, however many readers there are and however late they
 //! join. The last byte is held back until the sha256 has matched.
+//!
+//! **Pass-through.** When the store cannot take the blob (a full disk, an I/O error, a read-only
+//! file system, a closed store), the flight goes on without it: the source's bytes still reach
+//! every reader from memory, the sha256 is still checked before the last byte, and nothing is
+//! committed. The shard files written before the failure stay readable (the failed ingest is kept
+//! until the flight is dropped, then removes them). Without the disk to spill to, memory is
+//! bounded by a window ([`PASS_THROUGH_WINDOW`]): bytes every reader has passed are dropped, and
+//! the source is not read further while the window is full, so the slowest reader sets the pace
+//! (a reader that stops reading altogether is cut off by the HTTP write timeout, and then the
+//! others go on). A request that would need bytes already dropped does not join the flight; it
+//! starts a new fetch. Peers following the flight shard by shard get no shard beyond the last one
+//! written and go on from another source.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,13 +28,19 @@ use shoal_proto::BlobDigest;
 use tokio::sync::watch;
 
 use super::PullError;
-use crate::store::StoredShard;
+use crate::store::{Ingest, StoredShard};
+
+/// The most bytes a flight that passes its blob through (the store cannot take it) holds in
+/// memory; its source waits while readers catch up.
+pub const PASS_THROUGH_WINDOW: u64 = 16 << 20;
 
 /// How a flight ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Verified and committed.
     Committed,
+    /// Verified and sent to every reader, but not stored: the store could not take it.
+    PassedThrough,
     /// Failed; nothing was stored.
     Failed(PullError),
 }
@@ -65,6 +83,49 @@ struct FlightState {
     /// The sha256 matched: every byte received may be released.
     verified: bool,
     outcome: Option<Outcome>,
+    /// The store stopped taking the blob: bytes stay in memory only, within the window.
+    passing_through: bool,
+    /// The failed ingest, kept so that its shard files stay readable until the flight is dropped.
+    kept_ingest: Option<Ingest>,
+    /// Where each registered reader is (its cursor), by reader id.
+    readers: HashMap<u64, u64>,
+    next_reader: u64,
+}
+
+impl FlightState {
+    /// The end of the bytes in shard files.
+    fn shards_end(&self) -> u64 {
+        self.shards
+            .last()
+            .map_or(0, |shard| shard.offset + u64::from(shard.len))
+    }
+
+    /// While passing through: drops the bytes every reader has passed.
+    fn trim(&mut self) {
+        if !self.passing_through {
+            return;
+        }
+        let keep_from = self
+            .readers
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.received);
+        while self.pending_start < keep_from {
+            let need = keep_from - self.pending_start;
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
+            if (front.len() as u64) <= need {
+                let len = front.len() as u64;
+                self.pending.pop_front();
+                self.pending_start += len;
+            } else {
+                let _ = front.split_to(need as usize);
+                self.pending_start += need;
+            }
+        }
+    }
 }
 
 /// A blob in flight.
@@ -73,6 +134,33 @@ pub struct Flight {
     pub(super) digest: BlobDigest,
     state: Mutex<FlightState>,
     changed: watch::Sender<u64>,
+    /// Bumped when a reader moves or leaves (the source waits on it while passing through).
+    progress: watch::Sender<u64>,
+}
+
+/// A response reading a flight: its cursor bounds what a flight passing through may drop.
+#[derive(Debug)]
+pub struct FlightReader {
+    flight: Arc<Flight>,
+    id: u64,
+}
+
+impl FlightReader {
+    /// The flight read.
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+
+    /// The reader needs nothing before `cursor` any more.
+    pub fn advance(&self, cursor: u64) {
+        self.flight.reader_moved(self.id, Some(cursor));
+    }
+}
+
+impl Drop for FlightReader {
+    fn drop(&mut self) {
+        self.flight.reader_moved(self.id, None);
+    }
 }
 
 /// What a reader may do next.
@@ -103,9 +191,94 @@ impl Flight {
                 pending_start: 0,
                 verified: false,
                 outcome: None,
+                passing_through: false,
+                kept_ingest: None,
+                readers: HashMap::new(),
+                next_reader: 0,
             }),
             changed: watch::channel(0).0,
+            progress: watch::channel(0).0,
         })
+    }
+
+    /// Registers a reader at offset 0, unless bytes it would need are gone already (a flight
+    /// passing through its blob drops what its readers have passed); then the request must start
+    /// a new fetch.
+    pub(super) fn join(self: &Arc<Self>) -> Option<FlightReader> {
+        let mut state = self.state();
+        let lost_bytes = state.pending_start > state.shards_end();
+        if lost_bytes || matches!(state.outcome, Some(Outcome::PassedThrough)) {
+            return None;
+        }
+        let id = state.next_reader;
+        state.next_reader += 1;
+        state.readers.insert(id, 0);
+        Some(FlightReader {
+            flight: self.clone(),
+            id,
+        })
+    }
+
+    /// Whether the store stopped taking this blob.
+    pub(super) fn passing_through(&self) -> bool {
+        self.state().passing_through
+    }
+
+    /// The store cannot take the blob: go on from memory only. `ingest` is the failed ingest,
+    /// kept until the flight is dropped so that its shard files stay readable.
+    pub(super) fn pass_through(&self, ingest: Option<Ingest>) {
+        let mut state = self.state();
+        state.passing_through = true;
+        if ingest.is_some() {
+            state.kept_ingest = ingest;
+        }
+        state.trim();
+        drop(state);
+        self.notify();
+    }
+
+    /// While passing through, waits until `len` more bytes fit in the window (or every reader has
+    /// read everything received). Returns `false` when no reader is left to send them to.
+    pub(super) async fn wait_for_room(&self, len: u64) -> bool {
+        let mut progress = self.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            {
+                let state = self.state();
+                if state.readers.is_empty() {
+                    return false;
+                }
+                let held = state.received - state.pending_start;
+                let behind = state
+                    .readers
+                    .values()
+                    .any(|&cursor| cursor < state.received);
+                if !state.passing_through || held + len <= PASS_THROUGH_WINDOW || !behind {
+                    return true;
+                }
+            }
+            if progress.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn reader_moved(&self, id: u64, cursor: Option<u64>) {
+        let mut state = self.state();
+        match cursor {
+            Some(cursor) => {
+                if let Some(at) = state.readers.get_mut(&id) {
+                    *at = cursor;
+                }
+            }
+            None => {
+                state.readers.remove(&id);
+            }
+        }
+        state.trim();
+        drop(state);
+        self.progress
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     fn state(&self) -> MutexGuard<'_, FlightState> {
@@ -131,6 +304,9 @@ impl Flight {
     /// Where the bytes come from, once decided; `Some(None)` if the flight ended first.
     pub fn source(&self) -> Option<Option<FlightSource>> {
         let state = self.state();
+        if state.passing_through {
+            return Some(None);
+        }
         match (state.source, &state.outcome) {
             (Some(source), None) => Some(Some(source)),
             (_, Some(_)) => Some(None),
@@ -155,6 +331,10 @@ impl Flight {
         if state.verified {
             return NextShard::End;
         }
+        // No shard file will follow: the follower goes on from another source.
+        if state.passing_through {
+            return NextShard::Failed;
+        }
         NextShard::Wait
     }
 
@@ -174,6 +354,7 @@ impl Flight {
         let mut state = self.state();
         state.received += bytes.len() as u64;
         state.pending.push_back(bytes);
+        state.trim();
         drop(state);
         self.notify();
     }
@@ -183,6 +364,10 @@ impl Flight {
             return;
         }
         let mut state = self.state();
+        if state.passing_through {
+            // Shards reported after the failure are not kept by anything: ignore them.
+            return;
+        }
         for shard in shards {
             let flushed = shard.offset + u64::from(shard.len);
             state.shards.push(shard);
@@ -210,9 +395,16 @@ impl Flight {
 
     pub(super) fn finish(&self, outcome: Outcome) {
         let mut state = self.state();
+        // A blob passed through is still being read from memory; otherwise nothing more is read
+        // from it (committed: every byte is in a shard file; failed: nothing is read).
+        if let Outcome::Failed(_) = outcome {
+            state.kept_ingest = None;
+        }
+        if !matches!(outcome, Outcome::PassedThrough) {
+            state.pending.clear();
+        }
         state.outcome = Some(outcome);
         state.started = true;
-        state.pending.clear();
         drop(state);
         self.notify();
     }
@@ -224,7 +416,7 @@ impl Flight {
         match &state.outcome {
             Some(Outcome::Failed(error)) if state.received == 0 => Some(Err(error.clone())),
             _ if state.started => Some(Ok(state.total.or(match state.outcome {
-                Some(Outcome::Committed) => Some(state.received),
+                Some(Outcome::Committed | Outcome::PassedThrough) => Some(state.received),
                 _ => None,
             }))),
             _ => None,
@@ -269,6 +461,11 @@ impl Flight {
             .shards
             .partition_point(|s| s.offset + u64::from(s.len) <= cursor);
         let Some(shard) = state.shards.get(index) else {
+            if state.passing_through {
+                return Next::Failed(PullError::Internal(
+                    "bytes no longer held by a flight passing through".into(),
+                ));
+            }
             return Next::Wait;
         };
         let shard_end = shard.offset + u64::from(shard.len);
@@ -287,4 +484,106 @@ pub fn read_file_range(shard: &StoredShard, offset: u64, len: u64) -> std::io::R
     let mut buffer = vec![0u8; len as usize];
     file.read_exact(&mut buffer)?;
     Ok(Bytes::from(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use shoal_proto::ShardHash;
+
+    use super::*;
+
+    fn flight() -> Arc<Flight> {
+        Flight::new(BlobDigest::from_bytes([7; 32]))
+    }
+
+    fn bytes_of(next: Next) -> Bytes {
+        match next {
+            Next::Bytes(bytes) => bytes,
+            _ => panic!("expected bytes"),
+        }
+    }
+
+    #[test]
+    fn a_flight_passing_through_holds_at_most_its_window_and_waits_for_its_slowest_reader() {
+        let flight = flight();
+        let fast = flight.join().unwrap();
+        let slow = flight.join().unwrap();
+        flight.start(None);
+        flight.pass_through(None);
+        let piece = Bytes::from(vec![1u8; 1 << 20]);
+        let mut pushed = 0u64;
+        while flight.wait_for_room(piece.len() as u64).now_or_never() == Some(true) {
+            flight.push(piece.clone());
+            pushed += piece.len() as u64;
+            fast.advance(pushed);
+            assert!(pushed <= PASS_THROUGH_WINDOW);
+        }
+        assert_eq!(pushed, PASS_THROUGH_WINDOW);
+        // The slow reader moves: there is room again, and what both passed is dropped.
+        slow.advance(pushed / 2);
+        assert_eq!(
+            flight.wait_for_room(piece.len() as u64).now_or_never(),
+            Some(true)
+        );
+        assert_eq!(flight.state().pending_start, pushed / 2);
+        assert_eq!(bytes_of(flight.next(pushed / 2, None)), piece);
+        // A request arriving now would need bytes already dropped: it does not join.
+        assert!(flight.join().is_none());
+        // With every reader gone there is nobody to send the rest to.
+        drop((fast, slow));
+        assert_eq!(flight.wait_for_room(1).now_or_never(), Some(false));
+    }
+
+    #[test]
+    fn a_flight_that_stores_never_waits_for_its_readers() {
+        let flight = flight();
+        let _stalled = flight.join().unwrap();
+        flight.start(None);
+        flight.push(Bytes::from(vec![0u8; 2 * PASS_THROUGH_WINDOW as usize]));
+        assert_eq!(flight.wait_for_room(1 << 20).now_or_never(), Some(true));
+    }
+
+    #[test]
+    fn a_blob_passed_through_keeps_its_last_byte_until_verified_and_stays_readable_after() {
+        let flight = flight();
+        let reader = flight.join().unwrap();
+        flight.start(Some(10));
+        flight.pass_through(None);
+        flight.push(Bytes::from_static(b"0123456789"));
+        assert_eq!(&bytes_of(flight.next(0, Some(10)))[..], b"012345678");
+        assert!(matches!(flight.next(9, Some(10)), Next::Wait));
+        flight.mark_verified();
+        flight.finish(Outcome::PassedThrough);
+        assert_eq!(&bytes_of(flight.next(9, Some(10)))[..], b"9");
+        assert!(matches!(flight.next(10, Some(10)), Next::End));
+        assert!(matches!(flight.header_state(), Some(Ok(Some(10)))));
+        reader.advance(10);
+        // Done: nothing joins a flight whose blob was not stored.
+        assert!(flight.join().is_none());
+    }
+
+    #[test]
+    fn peers_following_a_flight_that_stops_storing_get_no_shard_beyond_the_last_written() {
+        let flight = flight();
+        let _reader = flight.join().unwrap();
+        flight.start(Some(100));
+        flight.set_source(FlightSource::Origin);
+        flight.push(Bytes::from(vec![0u8; 60]));
+        flight.add_shards(vec![StoredShard {
+            offset: 0,
+            len: 40,
+            path: "/nonexistent".into(),
+            hash: ShardHash::from_bytes([1; 32]),
+        }]);
+        assert!(matches!(flight.shard(1), NextShard::Wait));
+        assert_eq!(flight.source(), Some(Some(FlightSource::Origin)));
+        flight.pass_through(None);
+        assert!(matches!(flight.shard(0), NextShard::Ready(_)));
+        assert!(matches!(flight.shard(1), NextShard::Failed));
+        // No longer offered to peers.
+        assert_eq!(flight.source(), Some(None));
+        // Readers still get the bytes after the shard from memory.
+        assert_eq!(bytes_of(flight.next(40, None)).len(), 20);
+    }
 }

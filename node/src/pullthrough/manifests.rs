@@ -194,8 +194,13 @@ impl PullThrough {
                     None => None,
                 };
                 if let (Some(tag), Some(manifest)) = (&cached, &cached_manifest) {
-                    let fresh = now_ms().saturating_sub(tag.fetched_at_ms)
-                        < self.config.tag_ttl.as_millis() as u64;
+                    let fresh = self.tag_times.is_fresh(
+                        key,
+                        tag.fetched_at_ms,
+                        std::time::Instant::now(),
+                        now_ms(),
+                        self.config.tag_ttl,
+                    );
                     if fresh && accepts(accept, &manifest.media_type) {
                         self.metrics.cache_hits.inc();
                         return Ok(reply_from(tag, manifest));
@@ -211,6 +216,7 @@ impl PullThrough {
                             fetched_at_ms: now_ms(),
                         };
                         self.store.put_tag(key, &record)?;
+                        self.tag_times.resolved(key, std::time::Instant::now());
                         Ok(reply)
                     }
                     Err(PullError::UpstreamUnavailable(reason)) => {
@@ -246,6 +252,7 @@ impl PullThrough {
                             ),
                         };
                         self.store.put_tag(key, &record)?;
+                        self.tag_times.forget(key);
                         Ok(reply)
                     }
                     Err(other) => Err(other),
@@ -268,7 +275,8 @@ impl PullThrough {
                 &upstream_accept(accept),
                 MAX_MANIFEST_BYTES,
             )
-            .await?;
+            .await;
+        let fetched = self.note_upstream(fetched)?;
         let parsed: serde_json::Value = serde_json::from_slice(&fetched.body)
             .map_err(|e| PullError::UpstreamInvalid(format!("manifest is not JSON: {e}")))?;
         if !parsed.is_object() {

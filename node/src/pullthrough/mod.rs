@@ -19,8 +19,12 @@ mod flight;
 mod for_peers;
 mod manifests;
 pub mod range;
+pub mod tag_times;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +99,10 @@ pub struct PullThrough {
     flights: Arc<Mutex<HashMap<BlobDigest, Arc<flight::Flight>>>>,
     manifest_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     peers: Option<PeerNetwork>,
+    /// Whether the last request to an upstream failed for want of an answer (for `/healthz`).
+    upstream_unreachable: Arc<AtomicBool>,
+    /// When this process resolved each tag, on the monotonic clock.
+    tag_times: Arc<tag_times::TagTimes>,
 }
 
 impl PullThrough {
@@ -107,6 +115,8 @@ impl PullThrough {
             flights: Arc::default(),
             manifest_locks: Arc::default(),
             peers: None,
+            upstream_unreachable: Arc::default(),
+            tag_times: Arc::default(),
         }
     }
 
@@ -120,6 +130,35 @@ impl PullThrough {
     /// The store underneath.
     pub fn store(&self) -> &ShardStore {
         &self.store
+    }
+
+    /// Why the node is degraded, if it is: the store cannot take writes (`disk_full`,
+    /// `store_read_only`, `store_io_error`), the last upstream request went unanswered
+    /// (`upstream_unreachable`). Empty when healthy. Each reason clears by itself when its cause
+    /// goes away: a commit succeeds, space returns, an upstream answers.
+    pub fn degradations(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        match self.store.write_failure() {
+            // A store closed for shutdown is not a degradation.
+            Some(crate::store::WriteFailure::Closed) | None => {}
+            Some(cause) => reasons.push(cause.label()),
+        }
+        if self.upstream_unreachable.load(Ordering::Relaxed) {
+            reasons.push("upstream_unreachable");
+        }
+        reasons
+    }
+
+    /// Notes whether an upstream answered usefully (a refusal or a "not found" counts; a
+    /// transport failure, a server error or "too many requests" does not).
+    fn note_upstream<T>(
+        &self,
+        result: Result<T, crate::upstream::UpstreamError>,
+    ) -> Result<T, crate::upstream::UpstreamError> {
+        let unreachable = matches!(&result, Err(error) if error.is_unavailable());
+        self.upstream_unreachable
+            .store(unreachable, Ordering::Relaxed);
+        result
     }
 
     /// Waits, for at most `timeout`, until no blob fetch is in flight, so that a stopping node

@@ -1,7 +1,6 @@
 //! Ingesting one blob: chunk, hash, write shards, verify the digest, commit.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
@@ -9,7 +8,7 @@ use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
 use super::chunker::{ShardSink, StreamChunker};
-use super::{fsync_dir, io_context, write_durably, ShardStore, StoreError};
+use super::{io_context, ShardStore, StoreError, WriteFailure};
 
 /// Why an ingest did not commit. Nothing of the blob is left in the store in every case.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +84,21 @@ impl ShardSink for &mut ShardWriter<'_> {
         if !exists {
             // Rename without fsync: until the blob commits the file is unreferenced, and the
             // commit fsyncs every file it created before the shard map makes them reachable.
+            // A failed step leaves no tmp file behind (a crash may; the next start empties tmp/).
+            let files = self.store.files();
             let tmp = self.store.tmp_path("shard");
-            fs::write(&tmp, data).map_err(io_context(format!("writing {}", tmp.display())))?;
-            fs::rename(&tmp, &path)
-                .map_err(io_context(format!("renaming to {}", path.display())))?;
+            let written = files
+                .write_new(&tmp, data)
+                .map_err(io_context(format!("writing {}", tmp.display())))
+                .and_then(|()| {
+                    files
+                        .rename(&tmp, &path)
+                        .map_err(io_context(format!("renaming to {}", path.display())))
+                });
+            if let Err(error) = written {
+                self.store.discard(&tmp);
+                return Err(error.into());
+            }
             self.shards.created.push(hash);
         }
         let len = data.len() as u32;
@@ -126,6 +136,18 @@ impl Ingest {
         self.received
     }
 
+    /// Notes a failed write in the store's health before handing the error on.
+    fn noted<T>(&self, result: Result<T, IngestError>) -> Result<T, IngestError> {
+        if let Err(IngestError::Store(error)) = &result {
+            match error.write_failure() {
+                Some(WriteFailure::DiskFull) => self.store.record_no_room(self.received),
+                Some(cause) => self.store.record_write_failure(cause),
+                None => {}
+            }
+        }
+        result
+    }
+
     /// Feeds the next bytes of the blob; returns the shards that became final and were written.
     pub fn write(&mut self, data: &[u8]) -> Result<Vec<StoredShard>, IngestError> {
         self.sha256.update(data);
@@ -144,8 +166,9 @@ impl Ingest {
             shards: &mut self.shards,
             stored: Vec::new(),
         };
-        self.chunker.push(data, &mut writer)?;
-        Ok(writer.stored)
+        let pushed = self.chunker.push(data, &mut writer);
+        let stored = writer.stored;
+        self.noted(pushed.map(|()| stored))
     }
 
     /// Stores one shard cut by a peer with this store's chunking settings, whose BLAKE3 the caller
@@ -170,9 +193,11 @@ impl Ingest {
             shards: &mut self.shards,
             stored: Vec::new(),
         };
-        (&mut writer).shard(offset, data, hash)?;
+        let written = (&mut writer).shard(offset, data, hash);
+        let stored = writer.stored;
+        self.noted(written)?;
         self.chunker.skip_to(self.received);
-        Ok(writer.stored)
+        Ok(stored)
     }
 
     /// Ends the blob: cuts the last shards, checks the sha256, and commits. Returns the map and
@@ -198,8 +223,9 @@ impl Ingest {
             shards: &mut self.shards,
             stored: Vec::new(),
         };
-        self.chunker.finish(&mut writer)?;
+        let cut = self.chunker.finish(&mut writer);
         let last = writer.stored;
+        self.noted(cut)?;
         if actual != self.expected {
             return Err(IngestError::DigestMismatch {
                 expected: self.expected,
@@ -213,6 +239,13 @@ impl Ingest {
     /// Makes a verified blob durable and indexes it: fsyncs the shards it created, writes its
     /// shard map (the commit point), updates the index.
     pub fn commit(mut self) -> Result<ShardMap, IngestError> {
+        self.commit_in_place()
+    }
+
+    /// Like [`commit`](Self::commit), keeping the ingest when the commit fails: until it is
+    /// dropped, the shard files it wrote stay readable for responses still sending the blob,
+    /// and nothing of it is committed. Commits at most once.
+    pub fn commit_in_place(&mut self) -> Result<ShardMap, IngestError> {
         if !self.verified {
             return Err(IngestError::Abandoned);
         }
@@ -220,32 +253,42 @@ impl Ingest {
             blob: *self.expected.as_bytes(),
             blob_len: self.received,
             chunking: self.store.chunking(),
-            shards: std::mem::take(&mut self.shards.entries),
+            shards: self.shards.entries.clone(),
         };
-        self.write_commit(&map)?;
+        let committed = self.write_commit(&map);
+        self.noted(committed)?;
+        self.shards.entries.clear();
+        self.verified = false;
+        self.store.record_write_success();
         Ok(map)
     }
 
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
+        let files = self.store.files();
         let mut dirs = BTreeSet::new();
         for hash in &self.shards.created {
             let path = layout.shard_path(hash);
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
+            files
+                .sync_file(&path)
                 .map_err(io_context(format!("fsync {}", path.display())))?;
             if let Some(dir) = path.parent() {
                 dirs.insert(dir.to_path_buf());
             }
         }
         for dir in dirs {
-            fsync_dir(&dir)?;
+            self.store.fsync_dir(&dir)?;
         }
         let encoded = map.encode();
-        let tmp = self.store.tmp_path("map");
-        write_durably(&tmp, &layout.map_path(&self.expected), &encoded)?;
-        self.store.index_blob(map, &encoded)?;
+        let map_path = layout.map_path(&self.expected);
+        self.store.write_durably("map", &map_path, &encoded)?;
+        if let Err(error) = self.store.index_blob(map, &encoded) {
+            // Not indexed, so not committed: the map must go too, since the shards it lists are
+            // removed with this ingest.
+            self.store.discard(&map_path);
+            return Err(error.into());
+        }
         // Committed: the created shards now belong to the blob.
         self.shards.created.clear();
         Ok(())

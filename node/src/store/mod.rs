@@ -19,15 +19,19 @@
 
 pub mod chunker;
 pub mod eviction;
+#[cfg(test)]
+pub(crate) mod faults;
+pub mod files;
 mod ingest;
 pub mod layout;
 pub mod recovery;
+pub mod room;
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,6 +40,7 @@ use shoal_proto::records::{self, AccessRecord, ManifestRecord, ShardRecord, TagR
 use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardHash, ShardMap};
 
 pub use eviction::{EvictionCandidate, EvictionPolicy, PolicyEviction};
+pub use files::{RealFiles, StoreFiles, WriteFailure};
 pub use ingest::{Ingest, IngestError, StoredShard};
 pub use layout::Layout;
 
@@ -56,6 +61,19 @@ pub enum StoreError {
     /// The store is shutting down and takes no more commits.
     #[error("the store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Why a write failed, for the node's health and metrics; `None` for errors of the index
+    /// database, whose causes are not classified.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        match self {
+            Self::Io { source, .. } => Some(WriteFailure::of(source)),
+            Self::Index(sled::Error::Io(source)) => Some(WriteFailure::of(source)),
+            Self::Index(_) => None,
+            Self::Closed => Some(WriteFailure::Closed),
+        }
+    }
 }
 
 pub(crate) fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -116,6 +134,12 @@ struct LiveState {
     stats: StoreStats,
     /// Set by [`ShardStore::close`]: no commit may start after it.
     closed: bool,
+    /// The cause of the last failed write, until a commit succeeds again (or, for a full disk,
+    /// until a room check finds space again).
+    write_failure: Option<WriteFailure>,
+    /// With a full disk recorded: the bytes of the blob that did not fit (a lower bound when it
+    /// failed mid-write). The disk counts as full until that much fits in the budget again.
+    disk_full_needs: u64,
     /// Commits between their first fsync and their index update. A close that finds any
     /// leaves the store marked unclean, so the next start rebuilds the index from the maps.
     committing: usize,
@@ -143,6 +167,14 @@ struct StoreInner {
     meta: sled::Tree,
     chunking: ChunkingParams,
     max_disk_bytes: u64,
+    /// Percent of the file system kept free: the effective budget never counts it as room.
+    disk_reserve_percent: AtomicU8,
+    /// Set once the log said that the configured budget exceeds what the file system can hold.
+    warned_budget: AtomicBool,
+    /// Set when a file that should have been removed could not be: the store is then never
+    /// marked clean, so the next start's rebuild removes what is left over.
+    needs_rebuild: AtomicBool,
+    files: Arc<dyn StoreFiles>,
     live: Mutex<LiveState>,
     eviction: Mutex<Box<dyn EvictionPolicy>>,
     tmp_counter: AtomicU64,
@@ -175,30 +207,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Writes `bytes` to `path` through a temporary file in `tmp_dir`: write, fsync, rename, fsync the
-/// directory. Readers see either the old file or the whole new one.
-pub(crate) fn write_durably(tmp_path: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut file =
-        File::create(tmp_path).map_err(io_context(format!("creating {}", tmp_path.display())))?;
-    file.write_all(bytes)
-        .map_err(io_context(format!("writing {}", tmp_path.display())))?;
-    file.sync_all()
-        .map_err(io_context(format!("fsync {}", tmp_path.display())))?;
-    drop(file);
-    fs::rename(tmp_path, path).map_err(io_context(format!("renaming to {}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Makes a directory's entries (creations, renames) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_context(format!("fsync directory {}", dir.display())))
-}
-
 impl ShardStore {
     /// Opens (creating if needed) the store. After an unclean stop the index is rebuilt from the
     /// shard maps and shard files first; the temporary directory is always emptied.
@@ -210,6 +218,16 @@ impl ShardStore {
     pub fn open_with_policy(
         config: &StoreConfig,
         eviction: Box<dyn EvictionPolicy>,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_files(config, eviction, Arc::new(RealFiles))
+    }
+
+    /// Like [`open_with_policy`](Self::open_with_policy), changing files only through `files`
+    /// (tests pass one that fails or "crashes" at chosen steps).
+    pub fn open_with_files(
+        config: &StoreConfig,
+        eviction: Box<dyn EvictionPolicy>,
+        files: Arc<dyn StoreFiles>,
     ) -> Result<Self, StoreError> {
         let layout = Layout::new(&config.data_dir);
         layout.create_dirs().map_err(io_context(format!(
@@ -234,6 +252,10 @@ impl ShardStore {
                 layout,
                 chunking: config.chunking,
                 max_disk_bytes: config.max_disk_bytes,
+                disk_reserve_percent: AtomicU8::new(room::DEFAULT_RESERVE_PERCENT),
+                warned_budget: AtomicBool::new(false),
+                needs_rebuild: AtomicBool::new(false),
+                files,
                 live: Mutex::new(LiveState::default()),
                 eviction: Mutex::new(eviction),
                 tmp_counter: AtomicU64::new(0),
@@ -275,7 +297,11 @@ impl ShardStore {
         };
         self.flush_access()?;
         self.inner.db.flush()?;
-        if committing == 0 {
+        let leftovers = self.inner.needs_rebuild.load(Ordering::Relaxed);
+        if leftovers {
+            tracing::warn!("files the store could not remove are left; the next start rebuilds the index and removes them");
+        }
+        if committing == 0 && !leftovers {
             self.inner.meta.insert(CLEAN_KEY, &[1])?;
             self.inner.db.flush()?;
         } else {
@@ -285,6 +311,121 @@ impl ShardStore {
             );
         }
         Ok(())
+    }
+
+    /// Writes `bytes` to `path` through a temporary file: write, fsync, rename, fsync the
+    /// directory. Readers see either the old file or the whole new one. On failure the temporary
+    /// file is removed, and so is `path` if the rename happened but its directory could not be
+    /// made durable: nobody may rely on a file whose name may vanish in a crash.
+    pub(crate) fn write_durably(
+        &self,
+        label: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let files = &self.inner.files;
+        let tmp = self.tmp_path(label);
+        let written = files
+            .write_new(&tmp, bytes)
+            .map_err(io_context(format!("writing {}", tmp.display())))
+            .and_then(|()| {
+                files
+                    .sync_file(&tmp)
+                    .map_err(io_context(format!("fsync {}", tmp.display())))
+            })
+            .and_then(|()| {
+                files
+                    .rename(&tmp, path)
+                    .map_err(io_context(format!("renaming to {}", path.display())))
+            });
+        if let Err(error) = written {
+            self.discard(&tmp);
+            return Err(error);
+        }
+        if let Some(dir) = path.parent() {
+            if let Err(error) = self.fsync_dir(dir) {
+                self.discard(path);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a directory's entries (creations, renames) durable.
+    pub(crate) fn fsync_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        self.inner
+            .files
+            .sync_dir(dir)
+            .map_err(io_context(format!("fsync directory {}", dir.display())))
+    }
+
+    /// The file operations the store changes files through.
+    pub(crate) fn files(&self) -> &dyn StoreFiles {
+        self.inner.files.as_ref()
+    }
+
+    /// Removes a file that nothing may use any more. One that cannot be removed is left for the
+    /// next start's rebuild: the store is then not marked clean when it closes.
+    pub(crate) fn discard(&self, path: &Path) {
+        match self.inner.files.remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a file; the next start will");
+                self.inner.needs_rebuild.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records that a write failed, for [`write_failure`](Self::write_failure).
+    pub(crate) fn record_write_failure(&self, cause: WriteFailure) {
+        let mut live = self.live();
+        if live.write_failure != Some(cause) {
+            tracing::warn!(
+                cause = cause.label(),
+                "the store cannot take writes; blobs pass through uncached"
+            );
+        }
+        live.write_failure = Some(cause);
+    }
+
+    /// Records that a blob of `needed` bytes found no room: the disk counts as full until that
+    /// much fits again (see [`evict_to_fit`](Self::evict_to_fit)).
+    pub(crate) fn record_no_room(&self, needed: u64) {
+        self.record_write_failure(WriteFailure::DiskFull);
+        self.live().disk_full_needs = needed;
+    }
+
+    /// Clears the recorded write failure: a commit succeeded.
+    /// A full disk stays recorded while the blob that did not fit still would not: a small
+    /// blob that fitted says nothing about a large one.
+    fn record_write_success(&self) {
+        let (failure, needs) = {
+            let live = self.live();
+            (live.write_failure, live.disk_full_needs)
+        };
+        let Some(cause) = failure else {
+            return;
+        };
+        if cause == WriteFailure::DiskFull
+            && self.stats().bytes.saturating_add(needs) > self.effective_budget()
+        {
+            return;
+        }
+        let mut live = self.live();
+        if live.write_failure == Some(cause) {
+            live.write_failure = None;
+            tracing::info!(
+                was = cause.label(),
+                "the store takes writes again; caching resumed"
+            );
+        }
+    }
+
+    /// Why the last write failed, until the store takes writes again; `None` when healthy. A
+    /// store that is only closed (shutting down) reports nothing.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.live().write_failure
     }
 
     /// Admits one commit, unless the store is closed; the commit lasts as long as the guard.
@@ -427,7 +568,7 @@ impl ShardStore {
         if data.len() != entry.len as usize || blake3::hash(&data).as_bytes() != hash.as_bytes() {
             // Only delete if the file is still the bad one (a concurrent repair may have replaced it).
             if fs::read(&path).is_ok_and(|now| blake3::hash(&now).as_bytes() != hash.as_bytes()) {
-                let _ = fs::remove_file(&path);
+                self.discard(&path);
             }
             return Err(ShardReadError::Corrupt(hash));
         }
@@ -440,8 +581,7 @@ impl ShardStore {
         if data.len() != entry.len as usize || blake3::hash(data).as_bytes() != hash.as_bytes() {
             return Ok(false);
         }
-        let tmp = self.tmp_path("repair");
-        write_durably(&tmp, &self.inner.layout.shard_path(&hash), data)?;
+        self.write_durably("repair", &self.inner.layout.shard_path(&hash), data)?;
         Ok(true)
     }
 
@@ -516,7 +656,7 @@ impl ShardStore {
                     .flatten()
                     .is_some();
             if !referenced {
-                let _ = fs::remove_file(self.inner.layout.shard_path(hash));
+                self.discard(&self.inner.layout.shard_path(hash));
             }
         }
     }
@@ -576,7 +716,7 @@ impl ShardStore {
             return Ok(false);
         };
         let map_path = self.inner.layout.map_path(digest);
-        match fs::remove_file(&map_path) {
+        match self.inner.files.remove_file(&map_path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_context(format!("removing {}", map_path.display()))(e)),
@@ -608,17 +748,47 @@ impl ShardStore {
             live.stats.bytes = live.stats.bytes.saturating_sub(u64::from(record.len));
             let hash = shard.shard_hash();
             if !live.pinned.contains_key(&hash) {
-                let _ = fs::remove_file(self.inner.layout.shard_path(&hash));
+                self.discard(&self.inner.layout.shard_path(&hash));
             }
         }
         live.stats.blobs = live.stats.blobs.saturating_sub(1);
         Ok(true)
     }
 
-    /// Evicts whole blobs, in the policy's order, until the store is within its disk budget.
-    /// Returns the digests evicted.
+    /// Evicts whole blobs, in the policy's order, until the store is within its effective disk
+    /// budget (see [`room`]). Returns the digests evicted.
     pub fn evict_to_budget(&self) -> Result<Vec<BlobDigest>, StoreError> {
-        let budget = self.inner.max_disk_bytes;
+        Ok(self.evict_to_fit(0)?.evicted)
+    }
+
+    /// Evicts whole blobs, in the policy's order, until `incoming` more bytes fit in the effective
+    /// disk budget, and says whether they do (blobs being served are never evicted, so they may
+    /// not). A full disk is no longer reported by [`write_failure`](Self::write_failure) once
+    /// the blob that did not fit would fit.
+    pub fn evict_to_fit(&self, incoming: u64) -> Result<room::Eviction, StoreError> {
+        let whole = self.effective_budget();
+        let budget = whole.saturating_sub(incoming);
+        // A blob that would not fit even in an empty store evicts nothing: emptying the cache
+        // for it would only lose what can still be served.
+        let evicted = if incoming > whole {
+            Vec::new()
+        } else {
+            self.evict_to(budget)?
+        };
+        let used = self.stats().bytes;
+        let fits = used.saturating_add(incoming) <= whole;
+        let mut live = self.live();
+        if live.write_failure == Some(WriteFailure::DiskFull) {
+            // A small blob that fits says nothing about the large one that did not.
+            if used.saturating_add(live.disk_full_needs) <= whole {
+                live.write_failure = None;
+                tracing::info!("the disk has room again; caching resumed");
+            }
+        }
+        Ok(room::Eviction { evicted, fits })
+    }
+
+    fn evict_to(&self, budget: u64) -> Result<Vec<BlobDigest>, StoreError> {
         if self.stats().bytes <= budget {
             return Ok(Vec::new());
         }
@@ -700,5 +870,7 @@ impl Drop for ReaderGuard {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,338 @@
+//! Pull-through against a real HTTP origin in-process, with the store under injected faults:
+//! whatever the store does, every client of a healthy origin gets the exact blob or an error
+//! before its first byte, never a broken body; nothing half-written is committed; the store
+//! restarts clean; caching resumes by itself once the store can take blobs again.
+
+use std::convert::Infallible;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use shoal_proto::{BlobDigest, ChunkingParams, RepoName};
+
+use super::{PullConfig, PullThrough};
+use crate::metrics::Metrics;
+use crate::store::faults::{Fault, FaultyFiles, Step};
+use crate::store::{recovery, PolicyEviction, ShardStore, StoreConfig};
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamTimeouts};
+
+const PARAMS: ChunkingParams = ChunkingParams {
+    min: 1024,
+    avg: 4096,
+    max: 16384,
+};
+
+fn blob(len: usize, seed: u64) -> Bytes {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn digest_of(data: &[u8]) -> BlobDigest {
+    BlobDigest::from_bytes(Sha256::digest(data).into())
+}
+
+/// A registry that serves its blobs in 16 KiB pieces, with Range support, and can be "down"
+/// (503).
+#[derive(Clone)]
+struct Origin {
+    blobs: Arc<Vec<Bytes>>,
+    up: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn serve_blob(
+    State(origin): State<Origin>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    origin.requests.fetch_add(1, Ordering::SeqCst);
+    if !origin.up.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let Some(data) = origin
+        .blobs
+        .iter()
+        .find(|b| uri.path().ends_with(&digest_of(b).to_string()))
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let total = data.len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    let (status, body, content_range) = match range {
+        Some((start, last)) if start <= last && last < total => (
+            StatusCode::PARTIAL_CONTENT,
+            data.slice(start..=last),
+            Some(format!("bytes {start}-{last}/{total}")),
+        ),
+        _ => (StatusCode::OK, data, None),
+    };
+    let len = body.len();
+    let pieces: Vec<Result<Bytes, Infallible>> = (0..len)
+        .step_by(16 << 10)
+        .map(|at| Ok(body.slice(at..(at + (16 << 10)).min(len))))
+        .collect();
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, len);
+    if let Some(content_range) = content_range {
+        response = response.header(header::CONTENT_RANGE, content_range);
+    }
+    response
+        .body(Body::from_stream(futures::stream::iter(pieces)))
+        .unwrap()
+}
+
+async fn start_origin(blobs: Vec<Bytes>) -> (Origin, SocketAddr) {
+    let origin = Origin {
+        blobs: Arc::new(blobs),
+        up: Arc::new(AtomicBool::new(true)),
+        requests: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new()
+        .route("/v2/{*rest}", get(serve_blob))
+        .with_state(origin.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (origin, addr)
+}
+
+struct Node {
+    pull: PullThrough,
+    store: ShardStore,
+    files: Arc<FaultyFiles>,
+    metrics: Arc<Metrics>,
+    upstream: Upstream,
+    dir: tempfile::TempDir,
+}
+
+fn node(origin: SocketAddr) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Arc::new(FaultyFiles::new());
+    let store = ShardStore::open_with_files(
+        &StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            chunking: PARAMS,
+            max_disk_bytes: u64::MAX,
+        },
+        Box::new(PolicyEviction::lru()),
+        files.clone(),
+    )
+    .unwrap();
+    store.set_disk_reserve_percent(0);
+    let metrics = Arc::new(Metrics::default());
+    let pull = PullThrough::new(
+        store.clone(),
+        metrics.clone(),
+        PullConfig {
+            tag_ttl: Duration::from_secs(60),
+        },
+    );
+    let upstream = Upstream::new(
+        UpstreamConfig {
+            name: "origin.test".into(),
+            url: format!("http://{origin}").parse().unwrap(),
+            username: None,
+            password: None,
+        },
+        UpstreamTimeouts {
+            attempts: 1,
+            ..UpstreamTimeouts::default()
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    Node {
+        pull,
+        store,
+        files,
+        metrics,
+        upstream,
+        dir,
+    }
+}
+
+/// What a client got: the whole body, or how many bytes arrived before the body broke, or an
+/// error before the response started.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Body(Bytes),
+    Broken(usize),
+    Refused,
+}
+
+async fn pull_blob(node: &Node, digest: BlobDigest) -> Got {
+    let repo: RepoName = "library/test".parse().unwrap();
+    let Ok(reply) = node
+        .pull
+        .open_blob(&node.upstream, &repo, digest, None)
+        .await
+    else {
+        return Got::Refused;
+    };
+    let mut body = reply.body;
+    let mut out = Vec::new();
+    while let Some(piece) = body.next().await {
+        match piece {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(_) => return Got::Broken(out.len()),
+        }
+    }
+    Got::Body(out.into())
+}
+
+/// Closes the node's store and checks it: `tmp/` empty, `fsck` clean.
+fn close_and_fsck(node: Node) {
+    let Node {
+        store, pull, dir, ..
+    } = node;
+    drop(pull);
+    assert_eq!(
+        std::fs::read_dir(store.layout().tmp_dir()).unwrap().count(),
+        0,
+        "tmp/ not cleaned"
+    );
+    store.close().unwrap();
+    drop(store);
+    let report = recovery::fsck(dir.path(), false).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_at_any_step_of_an_ingest_never_breaks_a_body() {
+    let data = blob(120_000, 7);
+    let digest = digest_of(&data);
+    let (_origin, addr) = start_origin(vec![data.clone()]).await;
+    for (step, error) in [
+        (Step::WriteNew, ErrorKind::StorageFull),
+        (Step::Rename, ErrorKind::ReadOnlyFilesystem),
+        (Step::SyncFile, ErrorKind::Other),
+        (Step::SyncDir, ErrorKind::StorageFull),
+    ] {
+        for nth in 0.. {
+            let node = node(addr);
+            node.files.plan(Some(step), nth, Fault::Fail(error));
+            let clients = futures::future::join_all((0..3).map(|_| pull_blob(&node, digest))).await;
+            for got in clients {
+                assert_eq!(got, Got::Body(data.clone()), "{step:?} #{nth}");
+            }
+            assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+            if !node.files.fired() {
+                // Past the last step of this kind: the blob was simply stored.
+                assert!(node.store.shard_map(&digest).unwrap().is_some());
+                close_and_fsck(node);
+                break;
+            }
+            // The failed ingest passed its blob through; a request that came after it may have
+            // started a new fetch, which the store took.
+            assert!(
+                node.metrics.blobs_passed_through.get() >= 1,
+                "{step:?} #{nth}"
+            );
+            let failures = node.metrics.store_write_failures_disk_full.get()
+                + node.metrics.store_write_failures_read_only.get()
+                + node.metrics.store_write_failures_io.get();
+            assert!(failures >= 1, "{step:?} #{nth}");
+            if node.store.shard_map(&digest).unwrap().is_none() {
+                // The store takes writes again: the next request fetches and stores the blob.
+                assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+                assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+            }
+            assert!(
+                node.store.shard_map(&digest).unwrap().is_some(),
+                "{step:?} #{nth}: not cached after recovery"
+            );
+            assert_eq!(node.pull.degradations(), Vec::<&str>::new());
+            assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+            close_and_fsck(node);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_does_not_fit_passes_through_and_is_cached_once_there_is_room() {
+    let data = blob(300_000, 8);
+    let digest = digest_of(&data);
+    let (origin, addr) = start_origin(vec![data.clone()]).await;
+    let node = node(addr);
+    // The whole file system reserved: the store has no room at all.
+    node.store.set_disk_reserve_percent(100);
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert!(node.store.shard_map(&digest).unwrap().is_none());
+    assert_eq!(node.pull.degradations(), vec!["disk_full"]);
+    assert_eq!(node.metrics.bytes_passed_through.get(), data.len() as u64);
+    assert_eq!(
+        node.metrics.ingested_bytes.get(),
+        0,
+        "nothing touched the disk"
+    );
+    // Later requests go to the origin again.
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 2);
+    // Space returns: the next pull is cached, and the node is healthy again.
+    node.store.set_disk_reserve_percent(0);
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert!(node.store.shard_map(&digest).unwrap().is_some());
+    assert_eq!(node.pull.degradations(), Vec::<&str>::new());
+    origin.up.store(false, Ordering::SeqCst);
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    close_and_fsck(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_origin_is_reported_until_it_answers_again() {
+    let cached = blob(50_000, 9);
+    let cold = blob(50_000, 10);
+    let (origin, addr) = start_origin(vec![cached.clone(), cold.clone()]).await;
+    let node = node(addr);
+    assert_eq!(
+        pull_blob(&node, digest_of(&cached)).await,
+        Got::Body(cached.clone())
+    );
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    origin.up.store(false, Ordering::SeqCst);
+    assert_eq!(pull_blob(&node, digest_of(&cold)).await, Got::Refused);
+    assert_eq!(node.pull.degradations(), vec!["upstream_unreachable"]);
+    // The failed fetch leaves the flight table once it has ended.
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert_eq!(
+        pull_blob(&node, digest_of(&cached)).await,
+        Got::Body(cached.clone())
+    );
+    origin.up.store(true, Ordering::SeqCst);
+    assert_eq!(
+        pull_blob(&node, digest_of(&cold)).await,
+        Got::Body(cold.clone())
+    );
+    assert_eq!(node.pull.degradations(), Vec::<&str>::new());
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    close_and_fsck(node);
+}
