@@ -409,6 +409,26 @@ impl Predictive {
         }
     }
 
+    /// Records a request judged at the level of the node's region (see
+    /// [`AdaptiveGuard::record_regional_request`]): `hit` when the node or a
+    /// peer of its region served it, `peer_shadow_hit` when some peer's LRU
+    /// shadow holds it. Without a guard it is [`Predictive::record_request`].
+    pub fn record_regional_request(
+        &mut self,
+        now: Timestamp,
+        layer: LayerId,
+        size: u64,
+        hit: bool,
+        peer_shadow_hit: bool,
+    ) {
+        self.usage.record_pull(now, layer);
+        self.recency.record_access(now, layer, size);
+        self.reuse.record_request(layer, size);
+        if let Some(g) = &mut self.guard {
+            g.record_regional_request(now, layer, size, hit, peer_shadow_hit);
+        }
+    }
+
     /// How far eviction leans toward prediction (0 = LRU's order).
     pub fn lean(&self) -> f64 {
         self.guard

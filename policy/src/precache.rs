@@ -72,7 +72,7 @@ pub struct PrecacheConfig {
     pub lan_byte_cost: f64,
     /// Weight of the prior in the ledger's calibration, in bytes: the ledger
     /// starts as if this many bytes of pre-cache had all been used. Default
-    /// 1 GB.
+    /// 100 MB.
     pub calibration_prior_bytes: f64,
 }
 
@@ -84,7 +84,7 @@ impl Default for PrecacheConfig {
             origin_byte_cost: 1.0,
             inter_region_byte_cost: 1.0,
             lan_byte_cost: 0.0,
-            calibration_prior_bytes: 1e9,
+            calibration_prior_bytes: 1e8,
         }
     }
 }
@@ -248,11 +248,12 @@ impl PrecacheLedger {
         self.recent_wasted += size as f64;
     }
 
-    /// Halves the recent counts (once per interval), so the calibration
-    /// forgets old outcomes and can recover after a bad spell.
+    /// Keeps 95% of the recent counts (once per interval, a half-life of
+    /// about 14 intervals), so the calibration forgets old outcomes and can
+    /// recover after a bad spell, but not within a few intervals.
     pub fn decay(&mut self) {
-        self.recent_hit /= 2.0;
-        self.recent_wasted /= 2.0;
+        self.recent_hit *= 0.95;
+        self.recent_wasted *= 0.95;
     }
 
     /// The share of recent pre-cache bytes that were used, starting from a
@@ -358,7 +359,7 @@ mod tests {
         l.record_waste(3_000_000_000);
         l.record_hit(1_000_000_000);
         assert!((l.calibration(1e9) - 0.4).abs() < 1e-9);
-        for _ in 0..20 {
+        for _ in 0..200 {
             l.decay();
         }
         assert!(l.calibration(1e9) > 0.99);

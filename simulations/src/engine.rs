@@ -778,10 +778,6 @@ impl<'a> Simulation<'a> {
             seen.push(layer);
             let size = self.workload.layer_sizes[layer.0 as usize];
             let local = self.nodes[n].stored.contains(&layer);
-            match &mut self.nodes[n].policy {
-                NodePolicy::Predictive(p) => p.record_request(now, layer, size, local),
-                NodePolicy::Other(p) => p.record_access(now, layer, size),
-            }
             self.nodes[n].demand_bytes += size;
             if predictive {
                 self.trackers[usize::from(region.0)].record_pull(now, layer);
@@ -809,6 +805,21 @@ impl<'a> Simulation<'a> {
                 self.pulls[pid as usize].remaining += 1;
                 source
             };
+            // The guard judges by what reaches the origin: nodes serve each
+            // other, so a node must not win local hits by losing the
+            // network's. Its reference is an LRU network: its own shadow, or
+            // the shadow of a node a demand fetch could come from instead.
+            let peer_shadow_hit = predictive && self.peer_shadow_holds(node, region, layer);
+            match &mut self.nodes[n].policy {
+                NodePolicy::Predictive(p) => p.record_regional_request(
+                    now,
+                    layer,
+                    size,
+                    source != Source::Origin,
+                    peer_shadow_hit,
+                ),
+                NodePolicy::Other(p) => p.record_access(now, layer, size),
+            }
             self.result.served.requests[source as usize] += 1;
             self.result.served.bytes[source as usize] += size;
             if t >= self.split_at {
@@ -998,6 +1009,33 @@ impl<'a> Simulation<'a> {
                 }
             }
         }
+    }
+
+    /// True when the LRU shadow of another node this node's demand could be
+    /// served from (its region, or a region nearer than the origin) holds
+    /// `layer`.
+    fn peer_shadow_holds(&self, node: NodeId, region: RegionId, layer: LayerId) -> bool {
+        let holds = |r: RegionId| {
+            self.topology.region_nodes[usize::from(r.0)]
+                .iter()
+                .any(|&peer| {
+                    peer != node
+                        && match &self.nodes[peer.0 as usize].policy {
+                            NodePolicy::Predictive(p) => {
+                                p.guard().is_some_and(|g| g.shadow_holds(layer))
+                            }
+                            NodePolicy::Other(_) => false,
+                        }
+                })
+        };
+        if holds(region) {
+            return true;
+        }
+        let origin_rtt = self.topology.distances.origin_rtt(region);
+        self.topology.by_distance[usize::from(region.0)]
+            .iter()
+            .take_while(|&&other| self.topology.distances.rtt(other, region) <= origin_rtt)
+            .any(|&other| holds(other))
     }
 
     fn precache_scale(node: &Node) -> f64 {

@@ -41,6 +41,10 @@ pub struct TuningConfig {
     pub budget_fraction: Vec<f64>,
     /// `policy.precache.latency_credit` values to try.
     pub latency_credit: Vec<f64>,
+    /// `policy.eviction.guard.step_up` values to try. Default: the
+    /// scenario's own value only.
+    #[serde(default)]
+    pub guard_step_up: Vec<f64>,
 }
 
 /// Why a suite could not run.
@@ -101,7 +105,7 @@ impl SuiteConfig {
             )));
         }
         let t = &config.tuning;
-        let grid = t.budget_fraction.len() * t.latency_credit.len();
+        let grid = t.budget_fraction.len() * t.latency_credit.len() * t.guard_step_up.len().max(1);
         if grid == 0 || grid > MAX_SUITE_ENTRIES {
             return Err(invalid(format!(
                 "tuning grid: between 1 and {MAX_SUITE_ENTRIES} points"
@@ -111,6 +115,11 @@ impl SuiteConfig {
             if !v.is_finite() || v < 0.0 {
                 return Err(invalid(format!("tuning value {v} must be >= 0")));
             }
+        }
+        if t.guard_step_up.iter().any(|v| !(0.0..=1.0).contains(v)) {
+            return Err(invalid(
+                "tuning guard_step_up values must be in [0, 1]".into(),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in config
@@ -138,6 +147,8 @@ pub struct TuningPoint {
     pub budget_fraction: f64,
     /// `precache.latency_credit`.
     pub latency_credit: f64,
+    /// `eviction.guard.step_up`.
+    pub guard_step_up: f64,
     /// WAN bytes of the predictive run on the tuning scenario, GB.
     pub wan_gb: f64,
     /// Origin egress of that run, GB.
@@ -263,9 +274,10 @@ pub fn check_goals(report: &Report) -> Option<GoalCheck> {
     })
 }
 
-fn with_point(mut s: Scenario, budget_fraction: f64, latency_credit: f64) -> Scenario {
-    s.policy.precache.budget_fraction = budget_fraction;
-    s.policy.precache.latency_credit = latency_credit;
+fn with_point(mut s: Scenario, point: &TuningPoint) -> Scenario {
+    s.policy.precache.budget_fraction = point.budget_fraction;
+    s.policy.precache.latency_credit = point.latency_credit;
+    s.policy.eviction.guard.step_up = point.guard_step_up;
     s
 }
 
@@ -281,24 +293,35 @@ fn run_one(path: &Path, s: &Scenario, options: RunOptions) -> Result<Report, Sui
 pub fn run_suite(config: &SuiteConfig, options: RunOptions) -> Result<SuiteReport, SuiteError> {
     let tuning = Scenario::load(&config.tuning.scenario)?;
     let mut points = Vec::new();
+    let step_ups = if config.tuning.guard_step_up.is_empty() {
+        vec![tuning.policy.eviction.guard.step_up]
+    } else {
+        config.tuning.guard_step_up.clone()
+    };
     for &budget_fraction in &config.tuning.budget_fraction {
         for &latency_credit in &config.tuning.latency_credit {
-            let mut s = with_point(tuning.clone(), budget_fraction, latency_credit);
-            s.policies = vec!["predictive".into()];
-            if options.progress {
-                eprintln!(
-                    "tuning on {}: budget_fraction {budget_fraction}, latency_credit {latency_credit}",
-                    s.name
-                );
+            for &guard_step_up in &step_ups {
+                let mut point = TuningPoint {
+                    budget_fraction,
+                    latency_credit,
+                    guard_step_up,
+                    wan_gb: 0.0,
+                    origin_egress_gb: 0.0,
+                };
+                let mut s = with_point(tuning.clone(), &point);
+                s.policies = vec!["predictive".into()];
+                if options.progress {
+                    eprintln!(
+                        "tuning on {}: budget_fraction {budget_fraction}, latency_credit {latency_credit}, guard step_up {guard_step_up}",
+                        s.name
+                    );
+                }
+                let r = run_one(&config.tuning.scenario, &s, RunOptions::default())?;
+                let p = &r.results[0];
+                point.wan_gb = gb(p.wan_bytes());
+                point.origin_egress_gb = gb(p.origin_egress_bytes);
+                points.push(point);
             }
-            let r = run_one(&config.tuning.scenario, &s, RunOptions::default())?;
-            let p = &r.results[0];
-            points.push(TuningPoint {
-                budget_fraction,
-                latency_credit,
-                wan_gb: gb(p.wan_bytes()),
-                origin_egress_gb: gb(p.origin_egress_bytes),
-            });
         }
     }
     let chosen = points
@@ -315,11 +338,7 @@ pub fn run_suite(config: &SuiteConfig, options: RunOptions) -> Result<SuiteRepor
     let mut rows = Vec::new();
     let mut goals = Vec::new();
     for path in &config.scenarios {
-        let s = with_point(
-            Scenario::load(path)?,
-            chosen.budget_fraction,
-            chosen.latency_credit,
-        );
+        let s = with_point(Scenario::load(path)?, &chosen);
         if options.progress {
             eprintln!("suite: {}", s.name);
         }
@@ -347,8 +366,11 @@ fn yes(b: bool) -> &'static str {
 /// The suite as markdown: the results table, then the goals table.
 pub fn markdown(report: &SuiteReport) -> String {
     let mut s = format!(
-        "Pre-cache parameters chosen on `{}` (not reported): budget_fraction = {}, latency_credit = {}.\n\n",
-        report.tuning_scenario, report.chosen.budget_fraction, report.chosen.latency_credit
+        "Parameters chosen on `{}` (not reported): precache.budget_fraction = {}, precache.latency_credit = {}, eviction.guard.step_up = {}.\n\n",
+        report.tuning_scenario,
+        report.chosen.budget_fraction,
+        report.chosen.latency_credit,
+        report.chosen.guard_step_up
     );
     s.push_str("| scenario | policy | origin egress GB | WAN GB | bytes without origin | pre-cache GB | pre-cache hit GB | pre-cache wasted GB | lean |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
