@@ -7,9 +7,11 @@
 //!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
 //! * `shoal bench ingest`, `shoal bench http` and `shoal bench transport`: the measurements behind
 //!   BENCHMARKS.md.
+//! * `shoal placement explain <digest> [--admin ADDR]`: why a layer is or is not on a running node.
 
 mod bench;
 mod bench_transport;
+mod placement;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,9 @@ enum Command {
     /// Measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Ask a running node about predictive placement.
+    #[command(subcommand)]
+    Placement(placement::PlacementCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
             json,
         } => inspect(data_dir, &digest, json),
         Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Placement(command) => placement::run(command),
     };
     match result {
         Ok(code) => code,

@@ -60,6 +60,8 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
     /// The peer network; `None` (single node) when no network key is configured.
     pub p2p: Option<P2pConfig>,
+    /// Predictive placement (`[placement]`).
+    pub placement: crate::placement::PlacementConfig,
 }
 
 /// FastCDC defaults, chosen by measurement (see BENCHMARKS.md and ARCHITECTURE.md).
@@ -88,6 +90,7 @@ pub struct FileConfig {
     network_key_file: Option<PathBuf>,
     allowed_peers: Option<Vec<String>>,
     testing: Option<FileTesting>,
+    placement: Option<crate::placement::FilePlacement>,
 }
 
 /// `[testing]`: TESTING ONLY network shaping (see `p2p::shaping`).
@@ -428,8 +431,10 @@ impl Config {
     }
 
     /// Validates file values plus overrides.
-    pub fn from_parts(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+    pub fn from_parts(mut file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
         let p2p = p2p_config(&file, overrides)?;
+        let placement = crate::placement::PlacementConfig::from_file(file.placement.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -575,6 +580,7 @@ impl Config {
             chunking,
             upstream_timeouts,
             p2p,
+            placement,
         })
     }
 }

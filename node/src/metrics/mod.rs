@@ -128,6 +128,28 @@ pub struct Metrics {
     pub p2p_gossip_received: Counter,
     /// Received gossip messages rejected by validation (not from a member, or malformed).
     pub p2p_gossip_rejected: Counter,
+    /// Pre-fetched blob bytes whose source was a peer (a provider was found).
+    pub placement_prefetched_bytes_peer: Counter,
+    /// Pre-fetched blob bytes whose source was the origin (within the hourly budget).
+    pub placement_prefetched_bytes_origin: Counter,
+    /// Bytes of pre-fetched blobs that a client then asked for (pre-fetch hits).
+    pub placement_prefetch_hit_bytes: Counter,
+    /// Bytes of pre-fetched blobs that left the store before any client read them.
+    pub placement_prefetch_wasted_bytes: Counter,
+    /// Pre-fetches left for later because the origin budget was spent.
+    pub placement_prefetch_over_budget: Counter,
+    /// Plans computed.
+    pub placement_plan_runs: Counter,
+    /// Time spent computing plans, in microseconds.
+    pub placement_plan_busy_us: Counter,
+    /// Watched-tag checks.
+    pub placement_tag_checks: Counter,
+    /// Tags being watched for new versions.
+    pub placement_tags_watched: AtomicU64,
+    /// New versions of watched tags whose blobs were all pre-fetched.
+    pub placement_versions_prepositioned: Counter,
+    /// Provider records withdrawn because their blob was evicted.
+    pub provider_records_withdrawn: Counter,
 }
 
 /// Peers tracked one by one in the per-peer byte counters; the rest are summed under "other".
@@ -461,7 +483,7 @@ impl Metrics {
         };
         let ingest_bps = rate(self.ingested_bytes.get(), self.ingest_busy_us.get());
         let serve_bps = rate(self.bytes_served_cache.get(), self.serve_busy_us.get());
-        let simple: [(&str, &str, &str, String); 20] = [
+        let simple: [(&str, &str, &str, String); 29] = [
             (
                 "shoal_cache_hits_total",
                 "counter",
@@ -565,6 +587,60 @@ impl Metrics {
                 self.single_flight_joins.get().to_string(),
             ),
             (
+                "shoal_placement_prefetch_hit_bytes_total",
+                "counter",
+                "Bytes of pre-fetched blobs later asked for by a client.",
+                self.placement_prefetch_hit_bytes.get().to_string(),
+            ),
+            (
+                "shoal_placement_prefetch_wasted_bytes_total",
+                "counter",
+                "Bytes of pre-fetched blobs evicted before any client read them.",
+                self.placement_prefetch_wasted_bytes.get().to_string(),
+            ),
+            (
+                "shoal_placement_prefetch_over_budget_total",
+                "counter",
+                "Pre-fetches postponed because the hourly origin budget was spent.",
+                self.placement_prefetch_over_budget.get().to_string(),
+            ),
+            (
+                "shoal_placement_plan_runs_total",
+                "counter",
+                "Replication plans computed.",
+                self.placement_plan_runs.get().to_string(),
+            ),
+            (
+                "shoal_placement_plan_seconds_total",
+                "counter",
+                "Time spent computing replication plans.",
+                (self.placement_plan_busy_us.get() as f64 / 1e6).to_string(),
+            ),
+            (
+                "shoal_placement_tag_checks_total",
+                "counter",
+                "Checks of watched tags.",
+                self.placement_tag_checks.get().to_string(),
+            ),
+            (
+                "shoal_placement_tags_watched",
+                "gauge",
+                "Tags watched for new versions.",
+                self.placement_tags_watched.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "shoal_placement_versions_prepositioned_total",
+                "counter",
+                "New versions of watched tags whose blobs were all pre-fetched.",
+                self.placement_versions_prepositioned.get().to_string(),
+            ),
+            (
+                "shoal_provider_records_withdrawn_total",
+                "counter",
+                "Provider records withdrawn because their blob was evicted.",
+                self.provider_records_withdrawn.get().to_string(),
+            ),
+            (
                 "shoal_store_blobs",
                 "gauge",
                 "Blobs in the store.",
@@ -586,6 +662,22 @@ impl Metrics {
         for (name, kind, help, value) in simple {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "shoal_placement_prefetched_bytes_total",
+            "counter",
+            "Pre-fetched blob bytes by source (peer, origin).",
+        );
+        for (source, counter) in [
+            ("peer", &self.placement_prefetched_bytes_peer),
+            ("origin", &self.placement_prefetched_bytes_origin),
+        ] {
+            let _ = writeln!(
+                out,
+                "shoal_placement_prefetched_bytes_total{{source=\"{source}\"}} {}",
+                counter.get()
+            );
         }
         out
     }
