@@ -6,7 +6,8 @@
 //! go upstream, single flight, healing), [`upstream`] (the only code that contacts registries),
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
 //! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
-//! membership, DHT provider records, shard transfer, manifest lookup).
+//! membership, DHT provider records, shard transfer, manifest lookup), [`placement`] (predictive
+//! placement: demand, new versions pre-positioned, the replication plan, the eviction order).
 
 pub mod admin;
 pub mod assembly;
@@ -170,16 +171,15 @@ pub async fn run_with(
     let flights = pull.clone();
     let (placement, placement_task) = match placement_shared {
         Some(shared) => {
-            let (handle, task) = placement::start(
-                shared,
-                pull.clone(),
-                network_handle,
-                upstreams.clone(),
-                metrics.clone(),
-                config.max_disk_bytes,
-                config.tag_ttl,
-                stop_rx.clone(),
-            );
+            let parts = placement::Parts {
+                pull: pull.clone(),
+                network: network_handle,
+                upstreams: upstreams.clone(),
+                metrics: metrics.clone(),
+                budget_bytes: config.max_disk_bytes,
+                tag_ttl: config.tag_ttl,
+            };
+            let (handle, task) = placement::start(shared, parts, stop_rx.clone());
             (Some(handle), Some(task))
         }
         None => (None, None),

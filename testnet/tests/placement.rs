@@ -48,7 +48,7 @@ async fn explain(node: &Node, digest: &str) -> Result<serde_json::Value> {
         "GET {url}: {}",
         response.status()
     );
-    Ok(response.json().await?)
+    Ok(serde_json::from_slice(&response.bytes().await?)?)
 }
 
 /// Polls the explanations of every blob of `image` until each is held on one of `nodes`.

@@ -108,20 +108,23 @@ pub fn measured_matrix(regions: &[String], own: &str, members: &[Member]) -> Dis
         .collect();
     let own_index = regions.iter().position(|r| r == own);
     let n = regions.len();
-    let mut rtt = vec![vec![0.0; n]; n];
-    for a in 0..n {
-        for b in 0..n {
-            rtt[a][b] = if a == b {
-                0.0
-            } else if Some(a) == own_index {
-                own_row[b]
-            } else if Some(b) == own_index {
-                own_row[a]
-            } else {
-                own_row[a] + own_row[b]
-            };
-        }
-    }
+    let rtt: Vec<Vec<f64>> = (0..n)
+        .map(|a| {
+            (0..n)
+                .map(|b| {
+                    if a == b {
+                        0.0
+                    } else if Some(a) == own_index {
+                        own_row[b]
+                    } else if Some(b) == own_index {
+                        own_row[a]
+                    } else {
+                        own_row[a] + own_row[b]
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let farthest = rtt.iter().flatten().copied().fold(0.0, f64::max) + 1.0;
     DistanceMatrix::new(&rtt, &vec![farthest; n]).expect("square, finite and non-negative")
 }

@@ -638,14 +638,13 @@ impl Placement {
     /// Checks one watched tag; on a move, pre-fetches the new version's missing blobs.
     async fn check_tag(&self, tag: WatchedTag, tag_ttl: Duration) {
         let outcome = self.resolve_tag(&tag, tag_ttl).await;
-        let moved = {
-            let mut state = self.shared.state();
-            let before = state.tags.last_digest(&tag);
-            self.shared.touch();
-            let moved_from = state.tags.checked(now_secs(), &tag, outcome.clone());
-            moved_from.map(|old| (old, before))
-        };
-        let (Some((old, _)), CheckOutcome::Resolved(new)) = (moved, outcome) else {
+        self.shared.touch();
+        let moved_from = self
+            .shared
+            .state()
+            .tags
+            .checked(now_secs(), &tag, outcome.clone());
+        let (Some(old), CheckOutcome::Resolved(new)) = (moved_from, outcome) else {
             return;
         };
         tracing::info!(upstream = %tag.upstream, repo = %tag.repo, tag = %tag.tag, %old, %new, "watched tag moved: pre-positioning the new version");
@@ -1018,18 +1017,38 @@ fn regional(
     demand
 }
 
+/// What placement runs over.
+#[derive(Debug)]
+pub struct Parts {
+    /// The pull-through cache every pre-fetch goes through.
+    pub pull: PullThrough,
+    /// The peer network, if any.
+    pub network: Option<PeerNetwork>,
+    /// The configured upstreams by name.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The store's disk budget (`max_disk_bytes`).
+    pub budget_bytes: u64,
+    /// The tag TTL (`tag_ttl_secs`).
+    pub tag_ttl: Duration,
+}
+
 /// Starts placement's tasks; they stop when `stop` turns true (the demand file is written once
 /// more on the way out).
 pub fn start(
     shared: Arc<Shared>,
-    pull: PullThrough,
-    network: Option<PeerNetwork>,
-    upstreams: BTreeMap<String, Upstream>,
-    metrics: Arc<Metrics>,
-    budget_bytes: u64,
-    tag_ttl: Duration,
+    parts: Parts,
     stop: watch::Receiver<bool>,
 ) -> (Placement, tokio::task::JoinHandle<()>) {
+    let Parts {
+        pull,
+        network,
+        upstreams,
+        metrics,
+        budget_bytes,
+        tag_ttl,
+    } = parts;
     if let Some(network) = &network {
         let _ = shared.network.set(network.clone());
     }
