@@ -279,12 +279,12 @@ async fn under_disk_pressure_the_last_copy_in_demand_survives_and_evicted_blobs_
     let config = placement_config(dir.path())?;
     let network = Network::start(
         NetworkSpec::new(95)
-            .node_with("a", with_config(&config).max_disk_bytes(10 << 20))
+            .node_with("a", with_config(&config).max_disk_bytes(16 << 20))
             .node_with("b", with_config(&config)),
     )
     .await?;
     let mut logs = LogsOnFailure::new(network.nodes().iter().map(|n| n.node()));
-    let image = |repo: &str, seed| ImageSpec::new(repo, "v1", seed).layer(4 << 20, 100);
+    let image = |repo: &str, seed| ImageSpec::new(repo, "v1", seed).layer(7 << 20, 100);
     let only_here = push_image(network.origin(), image("test/only-here", 95)).await?;
     let shared = push_image(network.origin(), image("test/shared", 96)).await?;
     let newest = push_image(network.origin(), image("test/newest", 97)).await?;
