@@ -295,7 +295,7 @@ impl DemandSummary {
             .collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(MAX_DEMAND_ENTRIES);
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|e| e.0);
         DemandSummary {
             region: region.to_owned(),
             entries: all

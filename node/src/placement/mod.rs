@@ -429,6 +429,10 @@ fn read_state_file(path: &std::path::Path) -> Result<Option<StateFile>, String> 
         .map_err(|e| e.to_string())
 }
 
+/// A layer the plan considers: id, digest, size, this node's forecast, and the (upstream,
+/// repository) clients asked for it in, if this node saw them.
+type PlanCandidate = (LayerId, BlobDigest, u64, f64, Option<(String, String)>);
+
 /// One blob to pre-fetch.
 struct PrefetchJob {
     upstream: String,
@@ -737,7 +741,7 @@ impl Placement {
                 }
             }
         }
-        let candidates: Vec<(LayerId, BlobDigest, u64, f64, Option<(String, String)>)> = {
+        let candidates: Vec<PlanCandidate> = {
             let state = self.shared.state();
             state
                 .demand
