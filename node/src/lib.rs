@@ -6,7 +6,8 @@
 //! go upstream, single flight, healing), [`upstream`] (the only code that contacts registries),
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
 //! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
-//! membership, DHT provider records, shard transfer, manifest lookup).
+//! membership, DHT provider records, shard transfer, manifest lookup), [`placement`] (predictive
+//! placement: demand, new versions pre-positioned, the replication plan, the eviction order).
 
 pub mod admin;
 pub mod assembly;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod p2p;
+pub mod placement;
 pub mod pullthrough;
 pub mod registry;
 pub mod store;
@@ -55,6 +57,9 @@ pub enum StartError {
     /// The peer network could not start.
     #[error("starting the peer network: {0}")]
     P2p(#[from] p2p::P2pError),
+    /// Placement's state directory could not be created.
+    #[error("starting placement: {0}")]
+    Placement(#[from] placement::PlacementError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -83,9 +88,24 @@ pub async fn run_with(
         chunking: config.chunking,
         max_disk_bytes: config.max_disk_bytes,
     };
-    let store = tokio::task::spawn_blocking(move || ShardStore::open(&store_config))
-        .await
-        .map_err(|e| StartError::Task(e.to_string()))??;
+    // With placement on, the store evicts in placement's order (stable layer ids, protections).
+    let placement_shared = match config.placement.enabled {
+        true => Some(placement::Shared::load(
+            config.placement.clone(),
+            &config.data_dir,
+            config.tag_ttl,
+            metrics.clone(),
+        )?),
+        false => None,
+    };
+    let eviction: Box<dyn store::EvictionPolicy> = match &placement_shared {
+        Some(shared) => Box::new(shared.store_eviction()),
+        None => Box::new(store::PolicyEviction::lru()),
+    };
+    let store =
+        tokio::task::spawn_blocking(move || ShardStore::open_with_policy(&store_config, eviction))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
     store.set_disk_reserve_percent(config.disk_reserve_percent);
     let stats = store.stats();
     tracing::info!(data_dir = %config.data_dir.display(), blobs = stats.blobs, bytes = stats.bytes, "store open");
@@ -115,6 +135,7 @@ pub async fn run_with(
     );
     let mut p2p_task = None;
     let mut status_network = None;
+    let mut network_handle = None;
     match config.p2p.clone() {
         Some(p2p_config) => {
             let (network, listening, task) = p2p::start(
@@ -141,6 +162,7 @@ pub async fn run_with(
             });
             status_network = Some(network.clone());
             pull = pull.with_peers(network.clone());
+            network_handle = Some(network.clone());
             network.serve_in_flight(Arc::new(pullthrough::PeerOffers::new(pull.clone())));
             p2p_task = Some(task);
         }
@@ -151,11 +173,27 @@ pub async fn run_with(
     }
     let flights = pull.clone();
     let health = pull.clone();
+    let (placement, placement_task) = match placement_shared {
+        Some(shared) => {
+            let parts = placement::Parts {
+                pull: pull.clone(),
+                network: network_handle,
+                upstreams: upstreams.clone(),
+                metrics: metrics.clone(),
+                budget_bytes: config.max_disk_bytes,
+                tag_ttl: config.tag_ttl,
+            };
+            let (handle, task) = placement::start(shared, parts, stop_rx.clone());
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     let registry_state = Arc::new(registry::RegistryState {
         pull,
         upstreams,
         default_upstream: config.default_upstream.clone(),
         metrics: metrics.clone(),
+        placement: placement.clone(),
     });
     let status = admin::status::StatusContext::new(
         config
@@ -195,7 +233,7 @@ pub async fn run_with(
     ));
     let admin_task = tokio::spawn(http::serve(
         admin_listener,
-        admin::router(admin_state),
+        admin::router(admin_state).merge(placement::admin_routes(placement)),
         limits,
         stopped(stop_rx),
         drain,
@@ -211,6 +249,9 @@ pub async fn run_with(
             unfinished,
             "blob fetches still running at shutdown are abandoned"
         );
+    }
+    if let Some(task) = placement_task {
+        let _ = task.await;
     }
     let _ = p2p_stop_tx.send(true);
     if let Some(task) = p2p_task {

@@ -13,7 +13,8 @@
 //! ## Topics
 //!
 //! One gossipsub topic per kind of news, named `shoal/<name>/<version>` ([`Topic`]). Now:
-//! `shoal/announce/1` carries [`Announcement`]s.
+//! `shoal/announce/1` carries [`Announcement`]s; `shoal/demand/1` carries [`DemandSummary`]s
+//! (each node's top [`MAX_DEMAND_ENTRIES`] layers by forecast, with its region, once per plan).
 //!
 //! ## Payload
 //!
@@ -77,16 +78,19 @@ pub const MAX_GOSSIP_TRANSMIT_BYTES: usize = 64 * 1024;
 pub enum Topic {
     /// Which members hold which shards of which blob ([`Announcement`]).
     Announce,
+    /// How much demand each region forecasts for its most wanted layers ([`DemandSummary`]).
+    Demand,
 }
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 1] = [Topic::Announce];
+    pub const ALL: [Topic; 2] = [Topic::Announce, Topic::Demand];
 
     /// The topic's name on the network.
     pub fn name(self) -> &'static str {
         match self {
             Topic::Announce => "shoal/announce/1",
+            Topic::Demand => "shoal/demand/1",
         }
     }
 
@@ -252,6 +256,174 @@ wire_message!(
 
 impl GossipMessage for Announcement {
     const TOPIC: Topic = Topic::Announce;
+}
+
+/// Most layers one [`DemandSummary`] lists.
+pub const MAX_DEMAND_ENTRIES: usize = 256;
+/// Longest region name in a [`DemandSummary`].
+pub const MAX_REGION_BYTES: usize = 64;
+/// Largest encoded [`DemandSummary`] (header included).
+pub const MAX_DEMAND_SUMMARY_BYTES: usize =
+    HEADER_LEN + 64 + MAX_REGION_BYTES + MAX_DEMAND_ENTRIES * 40;
+
+pub use demand::{DemandEntry, DemandSummary};
+
+// As for `announcement`: the archived twins' fields mirror the documented ones.
+#[allow(missing_docs)]
+mod demand {
+    /// One layer of a [`DemandSummary`].
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct DemandEntry {
+        /// SHA-256 of the blob.
+        pub blob: [u8; 32],
+        /// Forecast pulls over the author's planning horizon, in thousandths (at least 1).
+        pub milli_pulls: u32,
+    }
+
+    /// The layers the author forecasts the most pulls of, and its region: what a region's nodes
+    /// add up to plan copies for demand they did not see themselves.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct DemandSummary {
+        /// The author's region (1 to [`super::MAX_REGION_BYTES`] of a-z, 0-9, -).
+        pub region: String,
+        /// At most [`super::MAX_DEMAND_ENTRIES`] layers, blobs in strictly ascending order.
+        pub entries: Vec<DemandEntry>,
+    }
+}
+
+impl DemandSummary {
+    /// A summary of the `MAX_DEMAND_ENTRIES` layers of highest forecast among `forecasts`
+    /// (forecast pulls; those below a thousandth, or not finite, are left out).
+    pub fn top(region: &str, forecasts: impl IntoIterator<Item = (BlobDigest, f64)>) -> Self {
+        let mut all: Vec<(BlobDigest, u32)> = forecasts
+            .into_iter()
+            .filter(|(_, f)| f.is_finite())
+            .map(|(d, f)| (d, (f * 1000.0).min(u32::MAX as f64) as u32))
+            .filter(|(_, m)| *m >= 1)
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(MAX_DEMAND_ENTRIES);
+        all.sort_by_key(|e| e.0);
+        DemandSummary {
+            region: region.to_owned(),
+            entries: all
+                .into_iter()
+                .map(|(d, milli_pulls)| DemandEntry {
+                    blob: *d.as_bytes(),
+                    milli_pulls,
+                })
+                .collect(),
+        }
+    }
+
+    fn check_rules(&self) -> Result<(), WireError> {
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= MAX_REGION_BYTES
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(WireError::Invalid("bad region name"));
+        }
+        if self.entries.len() > MAX_DEMAND_ENTRIES {
+            return Err(WireError::Invalid("too many demand entries"));
+        }
+        if self.entries.iter().any(|e| e.milli_pulls == 0) {
+            return Err(WireError::Invalid("demand entry without demand"));
+        }
+        if self.entries.windows(2).any(|w| w[0].blob >= w[1].blob) {
+            return Err(WireError::Invalid(
+                "demand entries not in ascending blob order",
+            ));
+        }
+        Ok(())
+    }
+}
+
+wire_message!(
+    DemandSummary,
+    Kind::DemandSummary,
+    MAX_DEMAND_SUMMARY_BYTES,
+    DemandSummary::check_rules
+);
+
+impl GossipMessage for DemandSummary {
+    const TOPIC: Topic = Topic::Demand;
+}
+
+#[cfg(test)]
+mod demand_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_summary_fits_and_round_trips() {
+        let forecasts = (0..1000u32).map(|i| {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            (BlobDigest::from_bytes(bytes), f64::from(i) + 0.5)
+        });
+        let summary = DemandSummary::top("eu-west-1", forecasts);
+        assert_eq!(summary.entries.len(), MAX_DEMAND_ENTRIES);
+        assert!(summary.entries.iter().all(|e| e.milli_pulls >= 744_500));
+        let payload = summary.to_payload();
+        assert!(payload.len() <= MAX_DEMAND_SUMMARY_BYTES);
+        assert!(payload.len() < MAX_GOSSIP_TRANSMIT_BYTES - 4096);
+        assert_eq!(DemandSummary::from_payload(&payload), Ok(summary));
+    }
+
+    #[test]
+    fn bad_summaries_are_refused() {
+        let entry = |b: u8, m| DemandEntry {
+            blob: [b; 32],
+            milli_pulls: m,
+        };
+        for (bad, why) in [
+            (
+                DemandSummary {
+                    region: "".into(),
+                    entries: vec![],
+                },
+                "bad region name",
+            ),
+            (
+                DemandSummary {
+                    region: "EU".into(),
+                    entries: vec![],
+                },
+                "bad region name",
+            ),
+            (
+                DemandSummary {
+                    region: "eu".into(),
+                    entries: vec![entry(1, 0)],
+                },
+                "demand entry without demand",
+            ),
+            (
+                DemandSummary {
+                    region: "eu".into(),
+                    entries: vec![entry(2, 1), entry(1, 1)],
+                },
+                "demand entries not in ascending blob order",
+            ),
+            (
+                DemandSummary {
+                    region: "eu".into(),
+                    entries: vec![entry(1, 1), entry(1, 1)],
+                },
+                "demand entries not in ascending blob order",
+            ),
+        ] {
+            assert_eq!(
+                DemandSummary::from_payload(&bad.to_payload()),
+                Err(WireError::Invalid(why))
+            );
+        }
+        assert_eq!(Topic::from_name("shoal/demand/1"), Some(Topic::Demand));
+        let announcement = Announcement::dropped(BlobDigest::from_bytes([1; 32])).to_payload();
+        assert!(DemandSummary::from_payload(&announcement).is_err());
+    }
 }
 
 #[cfg(test)]

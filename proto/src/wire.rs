@@ -168,6 +168,8 @@ pub enum Kind {
     ManifestAnswer = 9,
     /// [`crate::gossip::Announcement`] (a gossip payload, not a stream frame).
     Announcement = 10,
+    /// [`crate::gossip::DemandSummary`] (a gossip payload, not a stream frame).
+    DemandSummary = 11,
 }
 
 /// Why a frame was refused.

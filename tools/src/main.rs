@@ -10,11 +10,13 @@
 //! * `shoal containerd configure` and `shoal containerd check`: point containerd's registry hosts
 //!   at a node, and check that pulls go through it (see [`containerd`]).
 //! * `shoal status [--admin URL] [--json]`: a running node at a glance (see [`status`]).
+//! * `shoal placement explain <digest> [--admin ADDR]`: why a layer is or is not on a running node.
 
 mod admin_client;
 mod bench;
 mod bench_transport;
 mod containerd;
+mod placement;
 mod status;
 
 use std::path::PathBuf;
@@ -72,6 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running node about predictive placement.
+    #[command(subcommand)]
+    Placement(placement::PlacementCommand),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
         Command::Containerd(command) => block_on(containerd::run(command)),
         Command::Status { admin, json } => block_on(status::run(&admin, json)),
+        Command::Placement(command) => placement::run(command),
     };
     match result {
         Ok(code) => code,

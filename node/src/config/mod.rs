@@ -68,6 +68,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Problems that do not stop the node, one line each with the fix (logged at start).
     pub warnings: Vec<String>,
+    /// Predictive placement (`[placement]`).
+    pub placement: crate::placement::PlacementConfig,
 }
 
 /// The admin API's bearer token. Its `Debug` form does not show it.
@@ -140,6 +142,7 @@ pub struct FileConfig {
     testing: Option<FileTesting>,
     admin_token_file: Option<PathBuf>,
     p2p_limits: Option<FileP2pLimits>,
+    placement: Option<crate::placement::FilePlacement>,
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -574,7 +577,7 @@ impl Config {
     }
 
     /// Validates file values plus overrides.
-    pub fn from_parts(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+    pub fn from_parts(mut file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
         let p2p = p2p_config(&file, overrides)?;
         let mut warnings = Vec::new();
         if let Some(path) = overrides
@@ -584,6 +587,8 @@ impl Config {
         {
             warnings.extend(secret_file_warning("network_key_file", path));
         }
+        let placement = crate::placement::PlacementConfig::from_file(file.placement.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -775,6 +780,7 @@ impl Config {
             p2p,
             admin_token,
             warnings,
+            placement,
         })
     }
 }

@@ -280,6 +280,28 @@ pub struct Metrics {
     pub store_write_failures_io: Counter,
     /// Store writes refused because the store was closed.
     pub store_write_failures_closed: Counter,
+    /// Pre-fetched blob bytes whose source was a peer (a provider was found).
+    pub placement_prefetched_bytes_peer: Counter,
+    /// Pre-fetched blob bytes whose source was the origin (within the hourly budget).
+    pub placement_prefetched_bytes_origin: Counter,
+    /// Bytes of pre-fetched blobs that a client then asked for (pre-fetch hits).
+    pub placement_prefetch_hit_bytes: Counter,
+    /// Bytes of pre-fetched blobs that left the store before any client read them.
+    pub placement_prefetch_wasted_bytes: Counter,
+    /// Pre-fetches left for later because the origin budget was spent.
+    pub placement_prefetch_over_budget: Counter,
+    /// Plans computed.
+    pub placement_plan_runs: Counter,
+    /// Time spent computing plans, in microseconds.
+    pub placement_plan_busy_us: Counter,
+    /// Watched-tag checks.
+    pub placement_tag_checks: Counter,
+    /// Tags being watched for new versions.
+    pub placement_tags_watched: Gauge,
+    /// New versions of watched tags whose blobs were all pre-fetched.
+    pub placement_versions_prepositioned: Counter,
+    /// Provider records withdrawn because their blob was evicted.
+    pub provider_records_withdrawn: Counter,
 }
 
 impl Default for Metrics {
@@ -330,6 +352,17 @@ impl Default for Metrics {
             store_write_failures_read_only: Counter::default(),
             store_write_failures_io: Counter::default(),
             store_write_failures_closed: Counter::default(),
+            placement_prefetched_bytes_peer: Counter::default(),
+            placement_prefetched_bytes_origin: Counter::default(),
+            placement_prefetch_hit_bytes: Counter::default(),
+            placement_prefetch_wasted_bytes: Counter::default(),
+            placement_prefetch_over_budget: Counter::default(),
+            placement_plan_runs: Counter::default(),
+            placement_plan_busy_us: Counter::default(),
+            placement_tag_checks: Counter::default(),
+            placement_versions_prepositioned: Counter::default(),
+            provider_records_withdrawn: Counter::default(),
+            placement_tags_watched: Gauge::default(),
             p2p_members: Gauge::default(),
             p2p_connections: Gauge::default(),
             p2p_routing_table_peers: Gauge::default(),
@@ -441,9 +474,77 @@ impl Metrics {
             m.p2p_failed_proofs.clone(),
         );
         r.register("shoal_p2p_refused_non_member_requests", "Requests (DHT, shard, manifest streams) refused because the peer had not proved membership.", m.p2p_refused_non_member_requests.clone());
-        r.register("shoal_p2p_refused_connections", "Inbound peer connections refused by a connection limit.", m.p2p_refused_connections.clone());
-        r.register("shoal_blobs_passed_through", "Blobs sent to their clients verified but not stored: the store could not take them.", m.blobs_passed_through.clone());
-        r.register("shoal_bytes_passed_through", "Blob bytes received while the store could not take them.", m.bytes_passed_through.clone());
+        r.register(
+            "shoal_p2p_refused_connections",
+            "Inbound peer connections refused by a connection limit.",
+            m.p2p_refused_connections.clone(),
+        );
+        r.register(
+            "shoal_blobs_passed_through",
+            "Blobs sent to their clients verified but not stored: the store could not take them.",
+            m.blobs_passed_through.clone(),
+        );
+        r.register(
+            "shoal_bytes_passed_through",
+            "Blob bytes received while the store could not take them.",
+            m.bytes_passed_through.clone(),
+        );
+        r.register(
+            "shoal_placement_prefetched_bytes",
+            "Pre-fetched blob bytes by source (peer, origin).",
+            labelled_counters(
+                "source",
+                vec![
+                    ("peer", m.placement_prefetched_bytes_peer.clone()),
+                    ("origin", m.placement_prefetched_bytes_origin.clone()),
+                ],
+            ),
+        );
+        r.register(
+            "shoal_placement_prefetch_hit_bytes",
+            "Bytes of pre-fetched blobs later asked for by a client.",
+            m.placement_prefetch_hit_bytes.clone(),
+        );
+        r.register(
+            "shoal_placement_prefetch_wasted_bytes",
+            "Bytes of pre-fetched blobs evicted before any client read them.",
+            m.placement_prefetch_wasted_bytes.clone(),
+        );
+        r.register(
+            "shoal_placement_prefetch_over_budget",
+            "Pre-fetches postponed because the hourly origin budget was spent.",
+            m.placement_prefetch_over_budget.clone(),
+        );
+        r.register(
+            "shoal_placement_plan_runs",
+            "Replication plans computed.",
+            m.placement_plan_runs.clone(),
+        );
+        r.register(
+            "shoal_placement_plan_seconds",
+            "Time spent computing replication plans.",
+            MicrosAsSeconds(m.placement_plan_busy_us.clone()),
+        );
+        r.register(
+            "shoal_placement_tag_checks",
+            "Checks of watched tags.",
+            m.placement_tag_checks.clone(),
+        );
+        r.register(
+            "shoal_placement_tags_watched",
+            "Tags watched for new versions.",
+            m.placement_tags_watched.clone(),
+        );
+        r.register(
+            "shoal_placement_versions_prepositioned",
+            "New versions of watched tags whose blobs were all pre-fetched.",
+            m.placement_versions_prepositioned.clone(),
+        );
+        r.register(
+            "shoal_provider_records_withdrawn",
+            "Provider records withdrawn because their blob was evicted.",
+            m.provider_records_withdrawn.clone(),
+        );
         r.register(
             "shoal_store_write_failures",
             "Store writes that failed, by cause.",

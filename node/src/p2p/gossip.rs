@@ -26,7 +26,9 @@ use libp2p::swarm::{
     NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
-use shoal_proto::gossip::{Announcement, GossipMessage as _, Topic, MAX_GOSSIP_TRANSMIT_BYTES};
+use shoal_proto::gossip::{
+    Announcement, DemandSummary, GossipMessage as _, Topic, MAX_GOSSIP_TRANSMIT_BYTES,
+};
 
 use super::gate::{GateIn, Openings};
 use super::PeerTable;
@@ -281,6 +283,8 @@ impl ConnectionHandler for GatedHandler {
 pub(super) enum Received {
     /// On [`Topic::Announce`].
     Announcement(Announcement),
+    /// On [`Topic::Demand`].
+    Demand(DemandSummary),
 }
 
 /// A gossip message that passed [`judge`]: who wrote it, and what it says.
@@ -324,6 +328,9 @@ pub(super) fn judge(
     let message = match topic {
         Topic::Announce => Received::Announcement(
             Announcement::from_payload(&message.data).map_err(|_| "undecodable announcement")?,
+        ),
+        Topic::Demand => Received::Demand(
+            DemandSummary::from_payload(&message.data).map_err(|_| "undecodable demand summary")?,
         ),
     };
     Ok(Judged {

@@ -21,6 +21,7 @@
 mod accept;
 mod address_book;
 mod claims;
+mod demand;
 mod followers;
 mod gate;
 mod gossip;
@@ -194,6 +195,7 @@ pub struct PeerNetwork {
     avoid: Arc<Mutex<HashMap<PeerId, Instant>>>,
     peers: PeerTable,
     holdings: Arc<Mutex<Holdings>>,
+    demand: Arc<Mutex<demand::RegionalDemand>>,
     store: ShardStore,
     metrics: Arc<Metrics>,
     region: String,
@@ -392,6 +394,24 @@ impl PeerNetwork {
             Ok(None) => tracing::debug!(%digest, "not in the store; nothing to announce"),
             Err(error) => tracing::warn!(%digest, %error, "cannot read the shard map to announce"),
         }
+    }
+
+    /// Tells every member this node's demand (its top layers by forecast, with its region). Never
+    /// waits, like [`Self::announce`].
+    pub fn publish_demand(&self, summary: &shoal_proto::gossip::DemandSummary) {
+        self.publish(summary);
+    }
+
+    /// Forecast pulls per region and blob that members (this node's own summaries excluded)
+    /// published within `max_age`.
+    pub fn regional_demand(
+        &self,
+        max_age: Duration,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<BlobDigest, f64>> {
+        self.demand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_region(Instant::now(), max_age)
     }
 
     fn publish<M: GossipMessage>(&self, message: &M) {
@@ -658,6 +678,7 @@ pub async fn start(
     let mut control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);
     let holdings = Arc::new(Mutex::new(Holdings::default()));
+    let demand = Arc::new(Mutex::new(demand::RegionalDemand::default()));
     let network = PeerNetwork {
         local,
         commands: commands.clone(),
@@ -665,6 +686,7 @@ pub async fn start(
         avoid: Arc::default(),
         peers: members.clone(),
         holdings: holdings.clone(),
+        demand: demand.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         region: config.region.clone(),
@@ -730,6 +752,7 @@ pub async fn start(
         control,
         members,
         holdings,
+        demand,
         metrics,
         commands,
         addresses: AddressBook::new(config.limits.max_established as usize),
@@ -759,6 +782,7 @@ struct SwarmTask {
     control: libp2p_stream::Control,
     members: PeerTable,
     holdings: Arc<Mutex<Holdings>>,
+    demand: Arc<Mutex<demand::RegionalDemand>>,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
     /// Addresses learned per connected peer, added to the routing table once the peer proved
@@ -1013,6 +1037,20 @@ impl SwarmTask {
         }
     }
 
+    /// On a signed `Dropped`, removes the author's provider record for the blob from this node's
+    /// DHT store: the author evicted it, so lookups stop naming it before the record expires.
+    fn withdraw_provider(&mut self, announcement: &Announcement, author: PeerId) {
+        if let Announcement::Dropped { blob } = announcement {
+            let key = kad::RecordKey::new(blob);
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .kad
+                .store_mut()
+                .remove_provider(&key, &author);
+        }
+    }
+
     /// Judges a gossip message, acts on it, and tells gossipsub whether to forward it.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let span = tracing::debug_span!("peer", peer = %source);
@@ -1032,6 +1070,9 @@ impl SwarmTask {
                         .unwrap_or_else(|p| p.into_inner())
                         .apply(judged.author, judged.sequence, &announcement);
                     tracing::debug!(author = %judged.author, blob = %announcement.blob_digest(), ?applied, "announcement");
+                    if applied == holdings::Applied::Removed {
+                        self.withdraw_provider(&announcement, judged.author);
+                    }
                     match applied {
                         holdings::Applied::Stale => gossipsub::MessageAcceptance::Ignore,
                         holdings::Applied::Recorded | holdings::Applied::Removed => {
@@ -1041,7 +1082,23 @@ impl SwarmTask {
                 }
                 // News from a member this node has no connection to: passed on, not recorded
                 // (this node could not fetch from it without dialling it first).
-                gossip::Received::Announcement(_) => gossipsub::MessageAcceptance::Accept,
+                gossip::Received::Announcement(announcement) => {
+                    self.withdraw_provider(&announcement, judged.author);
+                    gossipsub::MessageAcceptance::Accept
+                }
+                // Demand counts wherever its author is: it is what lets a node plan copies for
+                // regions it has no client in.
+                gossip::Received::Demand(summary) => {
+                    let taken = self
+                        .demand
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(judged.author, judged.sequence, summary, Instant::now());
+                    match taken {
+                        demand::Taken::Recorded => gossipsub::MessageAcceptance::Accept,
+                        demand::Taken::Ignored => gossipsub::MessageAcceptance::Ignore,
+                    }
+                }
             },
         };
         self.swarm

@@ -331,6 +331,10 @@ impl PullThrough {
         for digest in evicted {
             tracing::info!(%digest, "evicted for the disk budget");
             if let Some(peers) = &self.peers {
+                // Withdrawn: no longer republished here, and members that hear the
+                // `Dropped` remove this node's record from their DHT stores.
+                peers.stop_providing(digest);
+                self.metrics.provider_records_withdrawn.inc();
                 peers.announce(Announcement::dropped(digest));
             }
         }

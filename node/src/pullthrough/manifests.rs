@@ -373,7 +373,7 @@ impl PullThrough {
 }
 
 /// Where a tag is cached: upstream (as containerd names it in `ns`), repository and tag.
-fn tag_key(upstream: &str, repo: &RepoName, tag: &str) -> String {
+pub(crate) fn tag_key(upstream: &str, repo: &RepoName, tag: &str) -> String {
     format!("{upstream}/{repo}:{tag}")
 }
 

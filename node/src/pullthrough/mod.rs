@@ -36,6 +36,7 @@ use crate::store::ShardStore;
 
 pub use blobs::{BlobBody, BlobReply};
 pub use for_peers::PeerOffers;
+pub(crate) use manifests::tag_key;
 pub use manifests::{CachedManifests, ManifestReply, MANIFEST_MEDIA_TYPES};
 
 /// Why a request could not be answered.

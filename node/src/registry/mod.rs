@@ -39,6 +39,8 @@ pub struct RegistryState {
     pub default_upstream: Option<String>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
+    /// Predictive placement, told of every manifest and blob request (`None` when off).
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// The router of the registry endpoint.
@@ -290,6 +292,9 @@ async fn manifest(
         .await
     {
         Ok(reply) => {
+            if let Some(placement) = &state.placement {
+                placement.manifest_served(upstream.name(), repo, reference, &reply);
+            }
             if let Reference::Tag(tag) = reference {
                 tracing::info!(ns = upstream.name(), %repo, %tag, digest = %reply.digest, cached = reply.from_cache, "pull");
             }
@@ -368,6 +373,9 @@ async fn blob(
             return range_not_satisfiable(len);
         }
     };
+    if let Some(placement) = &state.placement {
+        placement.blob_requested(upstream.name(), repo, digest);
+    }
     match state.pull.open_blob(upstream, repo, digest, range).await {
         Ok(reply) => {
             let builder = match (&reply.range, reply.total_len) {

@@ -1,0 +1,203 @@
+//! Eviction when placement is on: the policy's order over stable layer ids, with placement's
+//! protections.
+//!
+//! [`PlacementEviction`] is the store's [`EvictionPolicy`]. Unlike `store::PolicyEviction`, it
+//! keeps one `shoal-policy` eviction policy for the node's life and names layers by the ids of the
+//! demand table, so what the policy learned (every access, the forecasts) is still there at the
+//! next call. The order ([`protected_order`]) comes in three tiers, each in the policy's order:
+//!
+//! 1. unprotected blobs;
+//! 2. blobs the replication plan requires on this node;
+//! 3. blobs that are the last copy in the network of a layer in demand (no other holder known).
+//!
+//! The store evicts from the front until it is within budget, so a protected blob goes only when
+//! no other candidate is left (the disk budget is a hard limit). Lifecycle deletion is not wired
+//! yet: no candidate is marked for deletion.
+
+use std::sync::{Arc, Mutex};
+
+use shoal_policy::eviction::{
+    CandidateLayer, EvictionPolicy as PolicyOrder, LayerSignals, Lru, Predictive,
+};
+use shoal_policy::{LayerId, Timestamp};
+use shoal_proto::BlobDigest;
+
+use super::Shared;
+use crate::store::{EvictionCandidate, EvictionPolicy};
+
+/// Why a candidate is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protection {
+    /// Nothing protects it.
+    None,
+    /// The plan wants a copy on this node.
+    PlanRequired,
+    /// No other holder is known and the layer is in demand.
+    LastCopyInDemand,
+}
+
+/// Orders candidates: the policy's order within each tier of [`Protection`], unprotected first.
+/// Every candidate appears exactly once.
+pub fn protected_order(
+    policy: &mut dyn PolicyOrder,
+    now: Timestamp,
+    candidates: &[(CandidateLayer, Protection)],
+) -> Vec<LayerId> {
+    let mut out = Vec::with_capacity(candidates.len());
+    for tier in [
+        Protection::None,
+        Protection::PlanRequired,
+        Protection::LastCopyInDemand,
+    ] {
+        let layers: Vec<CandidateLayer> = candidates
+            .iter()
+            .filter(|(_, p)| *p == tier)
+            .map(|(c, _)| *c)
+            .collect();
+        let mut chosen = policy.choose_victims(now, &layers, u64::MAX);
+        // A policy may leave out what it will never pick; those go last in their tier.
+        let listed: std::collections::HashSet<LayerId> = chosen.iter().copied().collect();
+        chosen.extend(
+            layers
+                .iter()
+                .map(|c| c.layer)
+                .filter(|l| !listed.contains(l)),
+        );
+        out.extend(chosen);
+    }
+    out
+}
+
+/// The policy behind the order.
+#[derive(Debug)]
+pub enum OrderPolicy {
+    /// Least recently used, by the store's access records (which survive restarts).
+    Lru(Lru),
+    /// `shoal-policy`'s predictive order, fed every client request and, as its regional signal,
+    /// the persisted demand table's forecasts (so it knows the history after a restart too).
+    Predictive(Box<Predictive>),
+}
+
+/// The store's eviction policy while placement is on.
+pub struct PlacementEviction {
+    shared: Arc<Shared>,
+    policy: Mutex<OrderPolicy>,
+}
+
+impl std::fmt::Debug for PlacementEviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlacementEviction").finish_non_exhaustive()
+    }
+}
+
+impl PlacementEviction {
+    /// Eviction over `shared`'s demand table with `policy`'s order.
+    pub fn new(shared: Arc<Shared>, policy: OrderPolicy) -> Self {
+        Self {
+            shared,
+            policy: Mutex::new(policy),
+        }
+    }
+
+    /// Tells the policy about a client's request for `layer`.
+    pub fn record_access(&self, now: u64, layer: LayerId, size: u64) {
+        if let OrderPolicy::Predictive(p) =
+            &mut *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            p.record_access(Timestamp(now), layer, size);
+        }
+    }
+
+    /// Orders the store's candidates (see the module docs).
+    pub fn order(&self, now_ms: u64, mut candidates: Vec<EvictionCandidate>) -> Vec<BlobDigest> {
+        let now = now_ms / 1000;
+        candidates.sort_by_key(|c| (c.last_access_ms, c.digest));
+        let facts: Vec<(LayerId, Protection, f64)> = candidates
+            .iter()
+            .map(|c| self.shared.eviction_facts(now, c))
+            .collect();
+        let mut by_layer = std::collections::HashMap::new();
+        let mut layers = Vec::with_capacity(candidates.len());
+        for (candidate, (layer, protection, _)) in candidates.iter().zip(&facts) {
+            by_layer.insert(*layer, candidate.digest);
+            layers.push((CandidateLayer::new(*layer, candidate.size), *protection));
+        }
+        let mut policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        let order = match &mut *policy {
+            OrderPolicy::Lru(lru) => {
+                // Replayed oldest first: the store's access records are the truth for recency.
+                for (candidate, (layer, _, _)) in candidates.iter().zip(&facts) {
+                    lru.record_access(
+                        Timestamp(candidate.last_access_ms / 1000),
+                        *layer,
+                        candidate.size,
+                    );
+                }
+                protected_order(lru, Timestamp(now), &layers)
+            }
+            OrderPolicy::Predictive(predictive) => {
+                let signals = LayerSignals {
+                    regional_forecast: facts.iter().map(|(l, _, f)| (*l, *f)).collect(),
+                    threat: Default::default(),
+                    region_nodes: 1,
+                };
+                predictive.set_signals(Arc::new(signals));
+                protected_order(predictive.as_mut(), Timestamp(now), &layers)
+            }
+        };
+        order
+            .into_iter()
+            .filter_map(|layer| by_layer.get(&layer).copied())
+            .collect()
+    }
+}
+
+/// The handle the store holds.
+#[derive(Debug, Clone)]
+pub struct StoreEviction(pub Arc<PlacementEviction>);
+
+impl EvictionPolicy for StoreEviction {
+    fn order_victims(
+        &mut self,
+        now_ms: u64,
+        candidates: Vec<EvictionCandidate>,
+    ) -> Vec<BlobDigest> {
+        self.0.order(now_ms, candidates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_copies_go_only_after_every_other_candidate() {
+        let mut lru = Lru::new();
+        for (t, layer) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)] {
+            lru.record_access(Timestamp(t), LayerId(layer), 10);
+        }
+        let candidates = [
+            (
+                CandidateLayer::new(LayerId(1), 10),
+                Protection::LastCopyInDemand,
+            ),
+            (
+                CandidateLayer::new(LayerId(2), 10),
+                Protection::PlanRequired,
+            ),
+            (CandidateLayer::new(LayerId(3), 10), Protection::None),
+            (
+                CandidateLayer::new(LayerId(4), 10),
+                Protection::PlanRequired,
+            ),
+            (CandidateLayer::new(LayerId(5), 10), Protection::None),
+        ];
+        let order = protected_order(&mut lru, Timestamp(9), &candidates);
+        assert_eq!(
+            order,
+            [3, 5, 2, 4, 1].map(LayerId),
+            "oldest first within each tier"
+        );
+    }
+}
