@@ -280,7 +280,14 @@ impl PeerNetwork {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest, Instant::now());
-        if let Some(home) = cached {
+        let avoided = |peer: &PeerId| {
+            self.avoid
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(peer)
+                .is_some_and(|until| *until > Instant::now())
+        };
+        if let Some(home) = cached.filter(|home| !avoided(home)) {
             if home == self.local || self.peers.is_ready(&home) || self.ready(home).await {
                 return home;
             }
@@ -308,13 +315,21 @@ impl PeerNetwork {
             tracing::debug!(%digest, "closest-peers lookup failed; the home is chosen among connected members");
             return self.home_among_connected(digest);
         };
-        let candidates = home::closest_first(
-            &digest,
-            found
-                .into_iter()
-                .chain(self.peers.members())
-                .chain(std::iter::once(self.local)),
-        );
+        // A peer being avoided (it sent bad bytes) is not asked anything, as a home neither.
+        let candidates: Vec<PeerId> = {
+            let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
+            avoid.retain(|_, until| *until > Instant::now());
+            home::closest_first(
+                &digest,
+                found
+                    .into_iter()
+                    .chain(self.peers.members())
+                    .chain(std::iter::once(self.local)),
+            )
+            .into_iter()
+            .filter(|peer| !avoid.contains_key(peer))
+            .collect()
+        };
         let mut may_dial = HOME_CANDIDATES;
         let mut home = None;
         for candidate in candidates {
