@@ -21,6 +21,9 @@ pub mod registry;
 pub mod store;
 pub mod upstream;
 
+#[cfg(test)]
+mod test_data;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

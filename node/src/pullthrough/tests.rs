@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::test_data::digest_of;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,7 +19,6 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
 use shoal_proto::{BlobDigest, ChunkingParams, RepoName};
 
 use super::{PullConfig, PullThrough};
@@ -34,20 +34,7 @@ const PARAMS: ChunkingParams = ChunkingParams {
 };
 
 fn blob(len: usize, seed: u64) -> Bytes {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn digest_of(data: &[u8]) -> BlobDigest {
-    BlobDigest::from_bytes(Sha256::digest(data).into())
+    crate::test_data::pseudo_random_bytes(len, seed).into()
 }
 
 /// A registry that serves its blobs in 16 KiB pieces, with Range support, and can be "down"

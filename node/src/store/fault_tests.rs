@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 
+use crate::test_data::digest_of;
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha256};
 
 use super::faults::{Fault, FaultyFiles, Step};
 use super::*;
@@ -32,19 +32,7 @@ fn pool() -> Vec<Vec<u8>> {
 }
 
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
-fn digest_of(data: &[u8]) -> BlobDigest {
-    BlobDigest::from_bytes(Sha256::digest(data).into())
+    crate::test_data::pseudo_random_bytes(len, seed)
 }
 
 fn open(dir: &Path, files: Arc<FaultyFiles>) -> ShardStore {

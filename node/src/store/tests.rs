@@ -1,8 +1,8 @@
 //! Store tests: ingest, dedup, verification, eviction, crash recovery and fsck.
 
 use super::*;
+use crate::test_data::digest_of;
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha256};
 
 const PARAMS: ChunkingParams = ChunkingParams {
     min: 1024,
@@ -19,19 +19,7 @@ fn config(dir: &Path, max_disk_bytes: u64) -> StoreConfig {
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
-fn digest_of(bytes: &[u8]) -> BlobDigest {
-    BlobDigest::from_bytes(Sha256::digest(bytes).into())
+    crate::test_data::pseudo_random_bytes(len, seed)
 }
 
 fn ingest(store: &ShardStore, bytes: &[u8]) -> Result<ShardMap, IngestError> {
