@@ -19,6 +19,7 @@
 
 pub mod chunker;
 pub mod eviction;
+
 #[cfg(test)]
 pub(crate) mod faults;
 pub mod files;
@@ -239,7 +240,7 @@ impl ShardStore {
             let path = entry.map_err(io_context("listing tmp"))?.path();
             fs::remove_file(&path).map_err(io_context(format!("removing {}", path.display())))?;
         }
-        let db = sled::Config::new().path(layout.index_dir()).open()?;
+        let db = open_index(&layout.index_dir())?;
         let store = Self {
             inner: Arc::new(StoreInner {
                 blobs: db.open_tree("blobs")?,
@@ -872,5 +873,31 @@ impl Drop for ReaderGuard {
 
 #[cfg(test)]
 mod fault_tests;
+/// Opens the sled index at `path`, waiting up to [`INDEX_LOCK_WAIT`] for its file lock.
+///
+/// sled releases the lock only when its last background I/O task lets go of the database, a
+/// moment after the handle is dropped; a stop and start in the same process (a restart, `fsck`
+/// right after `close`) can otherwise see the lock still held by the instance just closed.
+/// A lock held longer than that is another process, and the error says so.
+pub(crate) fn open_index(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled reports a held lock as an `Other` error whose text carries the OS error.
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`open_index`] waits for a lock released by an instance in this process.
+const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+
 #[cfg(test)]
 mod tests;

@@ -243,9 +243,7 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
         .filter(|(hash, _)| !verified.contains_key(hash))
         .count() as u64;
 
-    let db = sled::Config::new()
-        .path(layout.index_dir())
-        .open()
+    let db = super::open_index(&layout.index_dir())
         .map_err(|e| StoreError::Io {
             context: format!(
                 "opening the index in {} (is shoald still running? stop it first)",
