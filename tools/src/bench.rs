@@ -47,6 +47,9 @@ pub enum BenchCommand {
     /// Shard-transfer throughput and small-message latency over loopback: raw quinn beside the
     /// node's libp2p QUIC and TCP stacks.
     Transport(crate::bench_transport::TransportArgs),
+    /// The placement loop's cost: a planning round's time, the memory of the demand table and
+    /// the members' summaries, and demand gossip bytes per hour, on synthetic state.
+    Placement(crate::bench_placement::PlacementArgs),
 }
 
 /// Runs a benchmark.
@@ -66,6 +69,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(http(url, concurrency.max(1), requests.max(1)))
         }
         BenchCommand::Transport(args) => crate::bench_transport::run(args),
+        BenchCommand::Placement(args) => crate::bench_placement::run(args),
     }
 }
 

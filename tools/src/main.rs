@@ -5,7 +5,7 @@
 //!   `--repair`, removes what is bad and rebuilds the index.
 //! * `shoal inspect --data-dir DIR <digest>`: prints a stored blob's shard map. Reads the map file
 //!   only, so it works while `shoald` runs. Exit 1 when the blob is not stored.
-//! * `shoal bench ingest`, `shoal bench http` and `shoal bench transport`: the measurements behind
+//! * `shoal bench ingest`, `http`, `transport` and `placement`: the measurements behind
 //!   BENCHMARKS.md.
 //! * `shoal containerd configure` and `shoal containerd check`: point containerd's registry hosts
 //!   at a node, and check that pulls go through it (see [`containerd`]).
@@ -14,6 +14,7 @@
 
 mod admin_client;
 mod bench;
+mod bench_placement;
 mod bench_transport;
 mod containerd;
 mod placement;

@@ -898,6 +898,5 @@ pub(crate) fn open_index(path: &Path) -> Result<sled::Db, sled::Error> {
 /// How long [`open_index`] waits for a lock released by an instance in this process.
 const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-
 #[cfg(test)]
 mod tests;

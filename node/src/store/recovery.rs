@@ -243,14 +243,13 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, StoreError> {
         .filter(|(hash, _)| !verified.contains_key(hash))
         .count() as u64;
 
-    let db = super::open_index(&layout.index_dir())
-        .map_err(|e| StoreError::Io {
-            context: format!(
-                "opening the index in {} (is shoald still running? stop it first)",
-                data_dir.display()
-            ),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let db = super::open_index(&layout.index_dir()).map_err(|e| StoreError::Io {
+        context: format!(
+            "opening the index in {} (is shoald still running? stop it first)",
+            data_dir.display()
+        ),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let meta = db.open_tree("meta")?;
     report.clean_shutdown = meta.get(CLEAN_KEY)?.is_some();
     let blobs = db.open_tree("blobs")?;
