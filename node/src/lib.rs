@@ -102,7 +102,7 @@ pub async fn run_with(
         false => None,
     };
     let eviction: Box<dyn store::EvictionPolicy> = match &placement_shared {
-        Some(shared) => Box::new(shared.store_eviction()),
+        Some(shared) => Box::new(shared.store_eviction(config.max_disk_bytes)),
         None => Box::new(store::PolicyEviction::lru()),
     };
     let store =

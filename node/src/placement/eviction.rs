@@ -74,8 +74,10 @@ pub fn protected_order(
 pub enum OrderPolicy {
     /// Least recently used, by the store's access records (which survive restarts).
     Lru(Lru),
-    /// `shoal-policy`'s predictive order, fed every client request and, as its regional signal,
-    /// the persisted demand table's forecasts (so it knows the history after a restart too).
+    /// `shoal-policy`'s predictive order, fed every client request with whether the store had
+    /// it and, as its regional signal, the persisted demand table's forecasts (so it knows the
+    /// history after a restart too). It is built with the node's disk budget, so its guard
+    /// (an LRU shadow of that size) hands the order back to recency while prediction loses.
     Predictive(Box<Predictive>),
 }
 
@@ -100,12 +102,21 @@ impl PlacementEviction {
         }
     }
 
-    /// Tells the policy about a client's request for `layer`.
-    pub fn record_access(&self, now: u64, layer: LayerId, size: u64) {
+    /// Tells the policy about a client's request for `layer` and whether the store had it (the
+    /// LRU order needs neither: it replays the store's access records).
+    pub fn record_request(&self, now: u64, layer: LayerId, size: u64, hit: bool) {
         if let OrderPolicy::Predictive(p) =
             &mut *self.policy.lock().unwrap_or_else(|p| p.into_inner())
         {
-            p.record_access(Timestamp(now), layer, size);
+            p.record_request(Timestamp(now), layer, size, hit);
+        }
+    }
+
+    /// What the predictive order's guard measured so far (`None` under the LRU order).
+    pub fn guard_totals(&self) -> Option<shoal_policy::guard::GuardTotals> {
+        match &*self.policy.lock().unwrap_or_else(|p| p.into_inner()) {
+            OrderPolicy::Predictive(p) => p.guard().map(|g| g.totals()),
+            OrderPolicy::Lru(_) => None,
         }
     }
 
@@ -170,6 +181,64 @@ impl EvictionPolicy for StoreEviction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::{EvictionOrder, PlacementConfig};
+    use shoal_proto::RepoName;
+
+    /// A node with placement's predictive order, as `shoald` builds it.
+    fn predictive_node(dir: &std::path::Path, capacity: u64) -> (Arc<Shared>, StoreEviction) {
+        let config = PlacementConfig {
+            eviction: EvictionOrder::Predictive,
+            ..PlacementConfig::default()
+        };
+        let shared = Shared::load(
+            config,
+            dir,
+            std::time::Duration::from_secs(60),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let eviction = shared.store_eviction(capacity);
+        (shared, eviction)
+    }
+
+    #[test]
+    fn the_daemons_predictive_order_is_guarded_by_an_lru_shadow_fed_every_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, eviction) = predictive_node(dir.path(), 1 << 20);
+        let repo: RepoName = "library/app".parse().unwrap();
+        let blob = BlobDigest::from_bytes([7; 32]);
+        // First request: fetched (a miss, for the node and for the shadow); then two hits.
+        for from_store in [false, true, true] {
+            shared.blob_requested("docker.io", &repo, blob);
+            shared.blob_answered(&blob, Some(1000), from_store);
+        }
+        let totals = eviction
+            .0
+            .guard_totals()
+            .expect("the predictive order has a guard");
+        assert_eq!(totals.requested_bytes, 3000);
+        assert_eq!(totals.actual_hit_bytes, 2000);
+        assert_eq!(
+            totals.shadow_hit_bytes, 2000,
+            "an LRU of 1 MiB holds the blob after its first fetch"
+        );
+        // A blob placement has never seen a request for is not counted.
+        shared.blob_answered(&BlobDigest::from_bytes([8; 32]), Some(1000), true);
+        assert_eq!(eviction.0.guard_totals().unwrap().requested_bytes, 3000);
+    }
+
+    #[test]
+    fn the_lru_order_keeps_no_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::load(
+            PlacementConfig::default(),
+            dir.path(),
+            std::time::Duration::from_secs(60),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        assert!(shared.store_eviction(1 << 20).0.guard_totals().is_none());
+    }
 
     #[test]
     fn protected_copies_go_only_after_every_other_candidate() {

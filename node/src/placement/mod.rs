@@ -263,16 +263,20 @@ impl Shared {
     }
 
     /// The store's eviction policy: the policy crate's order over this table's ids, with
-    /// placement's protections.
-    pub fn store_eviction(self: &Arc<Self>) -> StoreEviction {
+    /// placement's protections, for a store of `capacity_bytes` (the predictive order's guard
+    /// shadows an LRU cache of that size).
+    pub fn store_eviction(self: &Arc<Self>, capacity_bytes: u64) -> StoreEviction {
         let eviction = self.eviction.get_or_init(|| {
             let policy = match self.config.eviction {
                 EvictionOrder::Lru => OrderPolicy::Lru(Lru::new()),
                 EvictionOrder::Predictive => {
-                    OrderPolicy::Predictive(Box::new(Predictive::new(PredictiveConfig {
-                        usage: self.state().demand.usage_config().clone(),
-                        ..PredictiveConfig::default()
-                    })))
+                    OrderPolicy::Predictive(Box::new(Predictive::with_capacity(
+                        PredictiveConfig {
+                            usage: self.state().demand.usage_config().clone(),
+                            ..PredictiveConfig::default()
+                        },
+                        capacity_bytes,
+                    )))
                 }
             };
             Arc::new(PlacementEviction::new(self.clone(), policy))
@@ -330,18 +334,35 @@ impl Shared {
             self.started.elapsed().as_millis() as u64 + 1,
             Ordering::Relaxed,
         );
-        let (layer, size, hit) = {
+        let hit = {
             let mut state = self.state();
             let layer = state.demand.record_pull(now, digest);
             state.demand.set_source(layer, upstream, repo.as_str());
-            let hit = state.prefetched.remove(&digest);
-            (layer, state.demand.size(layer), hit)
+            state.prefetched.remove(&digest)
         };
-        if let Some(eviction) = self.eviction.get() {
-            eviction.record_access(now, layer, size);
-        }
         if let Some(bytes) = hit {
             self.metrics.placement_prefetch_hit_bytes.add(bytes);
+        }
+    }
+
+    /// A client's blob request was answered, from the store (`from_store`) or not; `len` is the
+    /// blob's length when known. Feeds the eviction order, whose guard compares the byte hits
+    /// the node gets with those an LRU cache of its size would get. Call after
+    /// [`blob_requested`](Self::blob_requested).
+    pub fn blob_answered(&self, digest: &BlobDigest, len: Option<u64>, from_store: bool) {
+        let Some(eviction) = self.eviction.get() else {
+            return;
+        };
+        let now = now_secs();
+        let known = {
+            let state = self.state();
+            state
+                .demand
+                .id(digest)
+                .map(|layer| (layer, len.unwrap_or_else(|| state.demand.size(layer))))
+        };
+        if let Some((layer, size)) = known {
+            eviction.record_request(now, layer, size, from_store);
         }
     }
 
@@ -472,6 +493,11 @@ impl Placement {
     /// A client asked for a blob (see [`Shared::blob_requested`]).
     pub fn blob_requested(&self, upstream: &str, repo: &RepoName, digest: BlobDigest) {
         self.shared.blob_requested(upstream, repo, digest);
+    }
+
+    /// A client's blob request was answered (see [`Shared::blob_answered`]).
+    pub fn blob_answered(&self, digest: &BlobDigest, len: Option<u64>, from_store: bool) {
+        self.shared.blob_answered(digest, len, from_store);
     }
 
     /// A client was served a manifest (see [`Shared::manifest_served`]).

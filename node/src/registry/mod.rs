@@ -378,6 +378,9 @@ async fn blob(
     }
     match state.pull.open_blob(upstream, repo, digest, range).await {
         Ok(reply) => {
+            if let Some(placement) = &state.placement {
+                placement.blob_answered(&digest, reply.total_len, reply.from_cache);
+            }
             let builder = match (&reply.range, reply.total_len) {
                 (Some(range), Some(total)) => Response::builder()
                     .status(StatusCode::PARTIAL_CONTENT)
