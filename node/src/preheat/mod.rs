@@ -524,7 +524,7 @@ impl PreheatService {
                 }
             }
         }
-        members.sort_by(|a, b| b.0.cmp(&a.0));
+        members.sort_by_key(|m| std::cmp::Reverse(m.0));
         members.into_iter().map(|(_, m)| m).collect()
     }
 
