@@ -7,7 +7,8 @@
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
 //! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
 //! membership, DHT provider records, shard transfer, manifest lookup), [`placement`] (predictive
-//! placement: demand, new versions pre-positioned, the replication plan, the eviction order).
+//! placement: demand, new versions pre-positioned, the replication plan, the eviction order),
+//! [`preheat`] (operator-requested fetches of images into chosen regions, with progress).
 
 pub mod admin;
 pub mod assembly;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod p2p;
 pub mod placement;
+pub mod preheat;
 pub mod pullthrough;
 pub mod registry;
 pub mod store;
@@ -176,6 +178,19 @@ pub async fn run_with(
     }
     let flights = pull.clone();
     let health = pull.clone();
+    let preheat = preheat::PreheatService::new(preheat::Parts {
+        pull: pull.clone(),
+        network: network_handle.clone(),
+        upstreams: upstreams.clone(),
+        default_upstream: config.default_upstream.clone(),
+        region: config
+            .p2p
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone()),
+    });
+    if let Some(network) = &network_handle {
+        network.serve_preheat(Arc::new(preheat.clone()));
+    }
     let (placement, placement_task) = match placement_shared {
         Some(shared) => {
             let parts = placement::Parts {
@@ -236,7 +251,9 @@ pub async fn run_with(
     ));
     let admin_task = tokio::spawn(http::serve(
         admin_listener,
-        admin::router(admin_state).merge(placement::admin_routes(placement)),
+        admin::router(admin_state)
+            .merge(placement::admin_routes(placement))
+            .merge(preheat::admin_routes(preheat)),
         limits,
         stopped(stop_rx),
         drain,

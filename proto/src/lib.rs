@@ -24,6 +24,7 @@ pub mod digest;
 pub mod gossip;
 pub mod limits;
 pub mod oci;
+pub mod preheat;
 pub mod records;
 pub mod shard_map;
 pub mod wire;

@@ -1,4 +1,5 @@
-//! The peer protocols' messages: membership proof, shard transfer and manifest lookup.
+//! The peer protocols' messages: membership proof, shard transfer and manifest lookup (the
+//! preheat protocol's messages, in the same framing, are in [`crate::preheat`]).
 //!
 //! ## Goals and non-goals
 //!
@@ -170,6 +171,10 @@ pub enum Kind {
     Announcement = 10,
     /// [`crate::gossip::DemandSummary`] (a gossip payload, not a stream frame).
     DemandSummary = 11,
+    /// [`crate::preheat::PreheatRequest`].
+    PreheatRequest = 20,
+    /// [`crate::preheat::PreheatReport`].
+    PreheatReport = 21,
 }
 
 /// Why a frame was refused.

@@ -1,10 +1,12 @@
-//! A small client for a node's admin API (`/status`, `/metrics`), with bounded answers and
-//! timeouts.
+//! A small client for a node's admin API (`/status`, `/metrics`, `/preheat`), with bounded
+//! answers and timeouts.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_node::admin::status::NodeStatus;
+use shoal_node::preheat::job::JobView;
+use shoal_node::preheat::{PreheatBody, Started};
 
 /// Largest admin answer read, in bytes.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -59,6 +61,59 @@ impl AdminClient {
         String::from_utf8(body).with_context(|| format!("GET {url}: not UTF-8"))
     }
 
+    /// Sends a request and reads its answer (bounded), whatever its status.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let mut response = request.send().await.with_context(|| what.to_owned())?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.with_context(|| what.to_owned())? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                bail!("{what}: answer larger than {MAX_ANSWER_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(body).with_context(|| format!("{what}: not UTF-8"))?;
+        Ok((status, text))
+    }
+
+    /// `POST /preheat`: starts a preheat job.
+    pub async fn preheat_start(&self, request: &PreheatBody) -> Result<Started> {
+        let url = self
+            .base
+            .join("/preheat")
+            .context("joining the admin URL")?;
+        let what = format!("POST {url}");
+        let body = serde_json::to_vec(request).context("encoding the preheat request")?;
+        let post = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let (status, text) = self.exchange(post, &what).await?;
+        if !status.is_success() {
+            bail!("{what}: {status}: {}", error_message(&text));
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer {text:?}"))
+    }
+
+    /// `GET /preheat/{id}`: a preheat job's progress.
+    pub async fn preheat_job(&self, id: &str) -> Result<JobView> {
+        let url = self
+            .base
+            .join(&format!("/preheat/{id}"))
+            .context("joining the admin URL")?;
+        let what = format!("GET {url}");
+        let (status, text) = self.exchange(self.http.get(url), &what).await?;
+        if !status.is_success() {
+            bail!("{what}: {status}: {}", error_message(&text));
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: not a preheat job"))
+    }
+
     /// `GET /status`.
     pub async fn status(&self) -> Result<NodeStatus> {
         let text = self.get("/status").await?;
@@ -70,6 +125,14 @@ impl AdminClient {
         let text = self.get("/metrics").await?;
         Ok(sum_samples(&text, "shoal_http_requests_total") as u64)
     }
+}
+
+/// The `error` of a JSON error answer, else the answer itself (cut short).
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(200).collect())
 }
 
 /// The sum of every sample of `name` in a Prometheus or OpenMetrics text exposition.

@@ -11,6 +11,8 @@
 //!   at a node, and check that pulls go through it (see [`containerd`]).
 //! * `shoal status [--admin URL] [--json]`: a running node at a glance (see [`status`]).
 //! * `shoal placement explain <digest> [--admin ADDR]`: why a layer is or is not on a running node.
+//! * `shoal preheat IMAGE... [--region R]... [--all-regions] [--platform os/arch]...`: have
+//!   regions fetch images ahead of a rollout, with progress (see [`preheat`]).
 
 mod admin_client;
 mod bench;
@@ -18,6 +20,7 @@ mod bench_placement;
 mod bench_transport;
 mod containerd;
 mod placement;
+mod preheat;
 mod status;
 
 use std::path::PathBuf;
@@ -78,6 +81,27 @@ enum Command {
     /// Ask a running node about predictive placement.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Have regions fetch images' layers ahead of a rollout, through the peer network, and show
+    /// the progress. Ctrl-C stops waiting (the node goes on); running it again resumes. Exit 1
+    /// when some blob could not be fetched.
+    Preheat {
+        /// Images, `registry/repository[:tag][@digest]` (the registry must be a configured
+        /// upstream of the node).
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// A region to fill (repeatable); default: the node's own region.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+        /// Fill every region the node knows (its own and its members').
+        #[arg(long, conflicts_with = "regions")]
+        all_regions: bool,
+        /// A platform of multi-platform images, `os/arch[/variant]` (repeatable); default: all.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// The node's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:5051")]
+        admin: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +117,19 @@ fn main() -> ExitCode {
         Command::Containerd(command) => block_on(containerd::run(command)),
         Command::Status { admin, json } => block_on(status::run(&admin, json)),
         Command::Placement(command) => placement::run(command),
+        Command::Preheat {
+            images,
+            regions,
+            all_regions,
+            platforms,
+            admin,
+        } => block_on(preheat::run(preheat::PreheatArgs {
+            admin,
+            images,
+            regions,
+            all_regions,
+            platforms,
+        })),
     };
     match result {
         Ok(code) => code,

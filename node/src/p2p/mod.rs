@@ -31,6 +31,7 @@ mod limits;
 mod manifests;
 mod membership;
 mod peers;
+pub mod preheat;
 mod record_store;
 pub mod shaping;
 mod transfer;
@@ -61,6 +62,7 @@ pub use home::HOME_TTL;
 pub use limits::{ConnectionLimits, UnprovenLimitExceeded};
 pub use manifests::{CachedManifest, ManifestFetchError, ManifestSource};
 pub use peers::PeerInfo;
+pub use preheat::{BlobWarmer, PreheatRequestError};
 pub use transfer::{
     InFlightBlob, InFlightBlobs, InFlightShard, NextFrame, Offer, PeerAnswer, ShardStream,
     TransferError,
@@ -77,6 +79,8 @@ pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/memb
 pub const SHARDS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/shards/1");
 /// The manifest lookup protocol.
 pub const MANIFESTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/manifests/1");
+/// The preheat protocol (a member asks another to fetch a blob; see `shoal_proto::preheat`).
+pub const PREHEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/preheat/1");
 /// Shoal's Kademlia protocol (a network of its own, apart from any public DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 /// How long a connected peer has to prove membership before it is disconnected.
@@ -202,6 +206,7 @@ pub struct PeerNetwork {
     in_flight: transfer::InFlightSlot,
     claims: claims::Claims,
     homes: Arc<Mutex<home::HomeCache>>,
+    warmer: preheat::WarmerSlot,
 }
 
 /// Longest wait for a closest-peers lookup; past it, the members connected now decide the home.
@@ -523,6 +528,43 @@ impl PeerNetwork {
         .await
     }
 
+    /// Serves members' preheat requests with `warmer` from now on (until then they are answered
+    /// with a failure).
+    pub fn serve_preheat(&self, warmer: Arc<dyn BlobWarmer>) {
+        let _ = self.warmer.set(warmer);
+    }
+
+    /// Members connected now with the region each announced (members that announced none are
+    /// left out: they cannot be placed in a region).
+    pub fn members_by_region(&self) -> Vec<(PeerId, String)> {
+        self.peers
+            .members()
+            .into_iter()
+            .filter_map(|peer| Some((peer, self.peers.info(&peer)?.region?)))
+            .collect()
+    }
+
+    /// Asks `peer` to fetch the blob `request` names through its own pull path; `on_progress`
+    /// hears the bytes it has done. Returns its final report.
+    pub async fn preheat(
+        &self,
+        peer: PeerId,
+        request: shoal_proto::preheat::PreheatRequest,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<shoal_proto::preheat::PreheatReport, PreheatRequestError> {
+        if !self.ready(peer).await {
+            return Err(PreheatRequestError::Open(NOT_READY.into()));
+        }
+        preheat::request(
+            self.control.clone(),
+            peer,
+            request,
+            on_progress,
+            self.peers.begin_request(peer),
+        )
+        .await
+    }
+
     /// Whether `peer` may be asked things, connecting to it and waiting for both ends of the
     /// membership proof (at most [`PROOF_DEADLINE`]) if need be. A request sent earlier would be
     /// refused: the peer serves only members it has admitted.
@@ -708,6 +750,7 @@ pub async fn start(
         in_flight: Arc::default(),
         claims: claims::Claims::default(),
         homes: Arc::default(),
+        warmer: Arc::default(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control
@@ -718,6 +761,9 @@ pub async fn start(
         .map_err(|e| P2pError::Transport(e.to_string()))?;
     let manifests_incoming = control
         .accept(MANIFESTS_PROTOCOL)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    let preheat_incoming = control
+        .accept(PREHEAT_PROTOCOL)
         .map_err(|e| P2pError::Transport(e.to_string()))?;
     tokio::spawn(membership::answer_proofs(
         membership_incoming,
@@ -751,6 +797,13 @@ pub async fn start(
         manifests_incoming,
         members.clone(),
         manifests,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(preheat::serve(
+        preheat_incoming,
+        members.clone(),
+        network.warmer.clone(),
         metrics.clone(),
         stop.clone(),
     ));

@@ -173,7 +173,7 @@ impl PullThrough {
         Err(PullError::Internal(format!("{digest} kept changing state")))
     }
 
-    async fn follow(
+    pub(super) async fn follow(
         &self,
         reader: FlightReader,
         digest: BlobDigest,
@@ -215,7 +215,7 @@ impl PullThrough {
         })
     }
 
-    fn join_or_start_flight(
+    pub(super) fn join_or_start_flight(
         &self,
         upstream: &Upstream,
         repo: &RepoName,

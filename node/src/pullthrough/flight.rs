@@ -71,6 +71,8 @@ pub enum NextShard {
 #[derive(Debug)]
 struct FlightState {
     source: Option<FlightSource>,
+    /// Every source the bytes came from so far, in order (at most one entry per kind).
+    sources_seen: Vec<FlightSource>,
     /// `None` until the upstream has answered with a body.
     started: bool,
     total: Option<u64>,
@@ -183,6 +185,7 @@ impl Flight {
             digest,
             state: Mutex::new(FlightState {
                 source: None,
+                sources_seen: Vec::new(),
                 started: false,
                 total: None,
                 received: 0,
@@ -297,8 +300,19 @@ impl Flight {
 
     /// Records where the bytes come from (again when the source changes).
     pub(super) fn set_source(&self, source: FlightSource) {
-        self.state().source = Some(source);
+        {
+            let mut state = self.state();
+            state.source = Some(source);
+            if !state.sources_seen.contains(&source) {
+                state.sources_seen.push(source);
+            }
+        }
         self.notify();
+    }
+
+    /// Every source the bytes came from so far, also after the flight ended.
+    pub fn sources_seen(&self) -> Vec<FlightSource> {
+        self.state().sources_seen.clone()
     }
 
     /// Where the bytes come from, once decided; `Some(None)` if the flight ended first.
@@ -312,6 +326,11 @@ impl Flight {
             (_, Some(_)) => Some(None),
             (None, None) => None,
         }
+    }
+
+    /// How the flight ended, once it has.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.state().outcome.clone()
     }
 
     /// The blob's length, if known.

@@ -22,6 +22,7 @@ pub mod range;
 pub mod tag_times;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,9 +36,11 @@ use crate::p2p::PeerNetwork;
 use crate::store::ShardStore;
 
 pub use blobs::{BlobBody, BlobReply};
+pub use flight::FlightSource;
 pub use for_peers::PeerOffers;
 pub(crate) use manifests::tag_key;
 pub use manifests::{CachedManifests, ManifestReply, MANIFEST_MEDIA_TYPES};
+pub use warm::Warmed;
 
 /// Why a request could not be answered.
 #[derive(Debug, Clone, thiserror::Error)]
