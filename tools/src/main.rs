@@ -16,6 +16,7 @@ mod admin_client;
 mod bench;
 mod bench_transport;
 mod containerd;
+mod lifecycle;
 mod placement;
 mod status;
 
@@ -77,6 +78,46 @@ enum Command {
     /// Ask a running node about predictive placement.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// A running node's layers with their lifecycle states (`GET /layers`), paginated.
+    Layers {
+        /// Only layers in this state: active, warm, cold, pending_deletion, deleted.
+        #[arg(long)]
+        state: Option<String>,
+        /// Order: digest, size, since, usage, threat, state.
+        #[arg(long, default_value = "digest")]
+        sort: String,
+        /// Layers per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where the page starts.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
+    /// A layer's lifecycle on a running node: get it, pin it (keep or delete), unpin it.
+    #[command(subcommand)]
+    Lifecycle(lifecycle::LifecycleCommand),
+    /// The layer dependency graph of a running node's cache (`GET /graph`).
+    Graph {
+        /// Only this image and its children: `[upstream/]repo[:tag]`, `repo@sha256:…` or a digest.
+        #[arg(long)]
+        image: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: lifecycle::GraphFormat,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
+    /// Runs a running node's retention rules: with --dry-run, prints what would go and changes
+    /// nothing.
+    Retention {
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +133,20 @@ fn main() -> ExitCode {
         Command::Containerd(command) => block_on(containerd::run(command)),
         Command::Status { admin, json } => block_on(status::run(&admin, json)),
         Command::Placement(command) => placement::run(command),
+        Command::Layers {
+            state,
+            sort,
+            limit,
+            offset,
+            options,
+        } => lifecycle::layers(&options, state.as_deref(), &sort, limit, offset),
+        Command::Lifecycle(command) => lifecycle::run(command),
+        Command::Graph {
+            image,
+            format,
+            options,
+        } => lifecycle::graph(&options, image.as_deref(), format),
+        Command::Retention { dry_run, options } => lifecycle::retention(&options, dry_run),
     };
     match result {
         Ok(code) => code,
