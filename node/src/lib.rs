@@ -12,8 +12,10 @@
 
 pub mod admin;
 pub mod assembly;
+pub mod catalog;
 pub mod config;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod p2p;
 pub mod placement;
@@ -65,6 +67,9 @@ pub enum StartError {
     /// Placement's state directory could not be created.
     #[error("starting placement: {0}")]
     Placement(#[from] placement::PlacementError),
+    /// The lifecycle's state directory could not be created.
+    #[error("starting the lifecycle: {0}")]
+    Lifecycle(#[from] lifecycle::LifecycleError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -106,6 +111,15 @@ pub async fn run_with(
     let eviction: Box<dyn store::EvictionPolicy> = match &placement_shared {
         Some(shared) => Box::new(shared.store_eviction(config.max_disk_bytes)),
         None => Box::new(store::PolicyEviction::lru()),
+    };
+    // With the lifecycle on, Cold and Pending Deletion layers are evicted first, pinned ones last.
+    let lifecycle_marks = lifecycle::SharedMarks::default();
+    let eviction: Box<dyn store::EvictionPolicy> = match config.lifecycle.enabled {
+        true => Box::new(lifecycle::LifecycleEviction::new(
+            eviction,
+            lifecycle_marks.clone(),
+        )),
+        false => eviction,
     };
     let store =
         tokio::task::spawn_blocking(move || ShardStore::open_with_policy(&store_config, eviction))
@@ -206,6 +220,40 @@ pub async fn run_with(
         }
         None => (None, None),
     };
+    let (lifecycle, lifecycle_task) = match config.lifecycle.enabled {
+        true => {
+            let parts = lifecycle::Parts {
+                store: store.clone(),
+                placement: placement.clone(),
+                network: status_network.clone(),
+                // No threat intake yet: no layer carries a threat score.
+                threat: Arc::new(lifecycle::NoThreatReports),
+                metrics: metrics.clone(),
+                marks: lifecycle_marks,
+            };
+            let (handle, task) = lifecycle::Lifecycle::start(
+                config.lifecycle.clone(),
+                config.retention.clone(),
+                &config.data_dir,
+                parts,
+                stop_rx.clone(),
+            )?;
+            (Some(handle), Some(task))
+        }
+        false => (None, None),
+    };
+    let lifecycle_api = lifecycle::api::ApiState {
+        store: store.clone(),
+        lifecycle,
+    };
+    let admin_auth = admin::auth::AdminAuth {
+        token: config.admin_token.clone(),
+        loopback: admin_listener
+            .local_addr()
+            .map_or(config.admin_listen.ip().is_loopback(), |a| {
+                a.ip().is_loopback()
+            }),
+    };
     let registry_state = Arc::new(registry::RegistryState {
         pull,
         upstreams,
@@ -253,7 +301,13 @@ pub async fn run_with(
         admin_listener,
         admin::router(admin_state)
             .merge(placement::admin_routes(placement))
-            .merge(preheat::admin_routes(preheat)),
+            .merge(preheat::admin_routes(preheat))
+            .merge(lifecycle::api::router(lifecycle_api))
+            // Router-wide, after every merge: every mutating admin route needs the token.
+            .layer(axum::middleware::from_fn_with_state(
+                admin_auth,
+                admin::auth::require_token,
+            )),
         limits,
         stopped(stop_rx),
         drain,
@@ -271,6 +325,9 @@ pub async fn run_with(
         );
     }
     if let Some(task) = placement_task {
+        let _ = task.await;
+    }
+    if let Some(task) = lifecycle_task {
         let _ = task.await;
     }
     let _ = p2p_stop_tx.send(true);

@@ -19,6 +19,7 @@ mod bench;
 mod bench_placement;
 mod bench_transport;
 mod containerd;
+mod lifecycle;
 mod placement;
 mod preheat;
 mod status;
@@ -102,6 +103,46 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:5051")]
         admin: String,
     },
+    /// A running node's layers with their lifecycle states (`GET /layers`), paginated.
+    Layers {
+        /// Only layers in this state: active, warm, cold, pending_deletion, deleted.
+        #[arg(long)]
+        state: Option<String>,
+        /// Order: digest, size, since, usage, threat, state.
+        #[arg(long, default_value = "digest")]
+        sort: String,
+        /// Layers per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where the page starts.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
+    /// A layer's lifecycle on a running node: get it, pin it (keep or delete), unpin it.
+    #[command(subcommand)]
+    Lifecycle(lifecycle::LifecycleCommand),
+    /// The layer dependency graph of a running node's cache (`GET /graph`).
+    Graph {
+        /// Only this image and its children: `[upstream/]repo[:tag]`, `repo@sha256:…` or a digest.
+        #[arg(long)]
+        image: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: lifecycle::GraphFormat,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
+    /// Runs a running node's retention rules: with --dry-run, prints what would go and changes
+    /// nothing.
+    Retention {
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        options: lifecycle::AdminOptions,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +171,20 @@ fn main() -> ExitCode {
             all_regions,
             platforms,
         })),
+        Command::Layers {
+            state,
+            sort,
+            limit,
+            offset,
+            options,
+        } => lifecycle::layers(&options, state.as_deref(), &sort, limit, offset),
+        Command::Lifecycle(command) => lifecycle::run(command),
+        Command::Graph {
+            image,
+            format,
+            options,
+        } => lifecycle::graph(&options, image.as_deref(), format),
+        Command::Retention { dry_run, options } => lifecycle::retention(&options, dry_run),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@
 //! degraded node still serves pulls (cached blobs, and cold ones passed through), so an
 //! orchestrator must not restart it for that.
 
+pub mod auth;
 pub mod status;
 
 use std::sync::Arc;

@@ -70,6 +70,10 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Predictive placement (`[placement]`).
     pub placement: crate::placement::PlacementConfig,
+    /// The layer lifecycle (`[lifecycle]`).
+    pub lifecycle: crate::lifecycle::LifecycleSettings,
+    /// Image retention (`[retention]`).
+    pub retention: crate::lifecycle::RetentionSettings,
 }
 
 /// The admin API's bearer token. Its `Debug` form does not show it.
@@ -82,6 +86,14 @@ impl AdminToken {
     pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), presented.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+#[cfg(test)]
+impl AdminToken {
+    /// A token for unit tests.
+    pub(crate) fn for_tests(token: &str) -> Self {
+        Self(token.to_owned())
     }
 }
 
@@ -143,6 +155,8 @@ pub struct FileConfig {
     admin_token_file: Option<PathBuf>,
     p2p_limits: Option<FileP2pLimits>,
     placement: Option<crate::placement::FilePlacement>,
+    lifecycle: Option<crate::lifecycle::FileLifecycle>,
+    retention: Option<crate::lifecycle::FileRetention>,
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -589,6 +603,10 @@ impl Config {
         }
         let placement = crate::placement::PlacementConfig::from_file(file.placement.take())
             .map_err(|e| error(e.key, e.message))?;
+        let lifecycle = crate::lifecycle::LifecycleSettings::from_file(file.lifecycle.take())
+            .map_err(|e| error(e.key, e.message))?;
+        let retention = crate::lifecycle::RetentionSettings::from_file(file.retention.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -781,6 +799,8 @@ impl Config {
             admin_token,
             warnings,
             placement,
+            lifecycle,
+            retention,
         })
     }
 }

@@ -980,6 +980,28 @@ impl Placement {
         (me.to_string(), members)
     }
 
+    /// Forecast pulls over the plan's horizon of each of `digests`, summed over the regions this
+    /// node knows (its own forecast and what members published); 0 for a layer without history.
+    pub fn forecast_pulls(&self, digests: &[BlobDigest]) -> Vec<f64> {
+        let now = now_secs();
+        let remote = self.remote_demand();
+        let state = self.shared.state();
+        digests
+            .iter()
+            .map(|digest| {
+                let own = state
+                    .demand
+                    .id(digest)
+                    .and_then(|id| state.demand.forecast(now, id, HORIZON_BUCKETS))
+                    .map_or(0.0, |f| f.total());
+                own + remote
+                    .values()
+                    .filter_map(|blobs| blobs.get(digest))
+                    .sum::<f64>()
+            })
+            .collect()
+    }
+
     /// What placement knows about `digest` (the admin endpoint's answer).
     pub fn explain(&self, digest: BlobDigest) -> explain::Explanation {
         let now = now_secs();
@@ -1188,7 +1210,7 @@ pub fn admin_routes(placement: Option<Placement>) -> axum::Router {
 
 /// Writes `bytes` to `path` through `tmp_path`: write, fsync, rename, fsync the directory, so a
 /// crash leaves either the old file or the whole new one.
-fn write_durably(
+pub(crate) fn write_durably(
     tmp_path: &std::path::Path,
     path: &std::path::Path,
     bytes: &[u8],

@@ -629,6 +629,34 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Cached manifests' digests, at most `limit` of them (in key order).
+    pub fn manifest_digests(&self, limit: usize) -> Result<Vec<BlobDigest>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.inner.manifests.iter().keys().take(limit) {
+            if let Ok(bytes) = <[u8; 32]>::try_from(key?.as_ref()) {
+                out.push(BlobDigest::from_bytes(bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cached tag resolutions with their keys (see [`tag`](Self::tag)), at most `limit` of them
+    /// (in key order); records that do not decode are skipped.
+    pub fn tags(&self, limit: usize) -> Result<Vec<(String, TagRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tags.iter().take(limit) {
+            let (key, value) = item?;
+            let (Ok(key), Ok(record)) = (
+                String::from_utf8(key.to_vec()),
+                records::decode::<TagRecord>(&value),
+            ) else {
+                continue;
+            };
+            out.push((key, record));
+        }
+        Ok(out)
+    }
+
     /// Pins `hash` for an ingest in flight and says whether its file already exists.
     fn pin_shard(&self, hash: ShardHash) -> bool {
         let mut live = self.live();
