@@ -7,7 +7,8 @@
 //! [`store`] (shards, maps, index, eviction, recovery), [`admin`] (metrics, health),
 //! [`metrics`] (the numbers), [`http`] (serving with limits), [`p2p`] (the peer network:
 //! membership, DHT provider records, shard transfer, manifest lookup), [`placement`] (predictive
-//! placement: demand, new versions pre-positioned, the replication plan, the eviction order).
+//! placement: demand, new versions pre-positioned, the replication plan, the eviction order),
+//! [`threat`] (scanner reports in, a score per layer, shared with peers).
 
 pub mod admin;
 pub mod assembly;
@@ -19,6 +20,7 @@ pub mod placement;
 pub mod pullthrough;
 pub mod registry;
 pub mod store;
+pub mod threat;
 pub mod upstream;
 
 #[cfg(test)]
@@ -63,6 +65,9 @@ pub enum StartError {
     /// Placement's state directory could not be created.
     #[error("starting placement: {0}")]
     Placement(#[from] placement::PlacementError),
+    /// Threat's state directory could not be created.
+    #[error("starting threat: {0}")]
+    Threat(#[from] threat::ThreatError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -174,6 +179,17 @@ pub async fn run_with(
             tracing::info!("no network key configured: running without the peer network");
         }
     }
+    let threats = threat::Threats::open(threat::Parts {
+        config: config.threat.clone(),
+        data_dir: config.data_dir.clone(),
+        store: store.clone(),
+        pull: pull.clone(),
+        upstreams: upstreams.clone(),
+        network: network_handle.clone(),
+        // The rebuild flow is wired in here once it exists; until then requests are logged.
+        rebuild: Arc::new(threat::LoggedRebuildRequests),
+    })?;
+    let threat_task = threats.start(stop_rx.clone());
     let flights = pull.clone();
     let health = pull.clone();
     let (placement, placement_task) = match placement_shared {
@@ -236,7 +252,9 @@ pub async fn run_with(
     ));
     let admin_task = tokio::spawn(http::serve(
         admin_listener,
-        admin::router(admin_state).merge(placement::admin_routes(placement)),
+        admin::router(admin_state)
+            .merge(placement::admin_routes(placement))
+            .merge(threat::http::router(threats, config.admin_token.clone())),
         limits,
         stopped(stop_rx),
         drain,
@@ -256,6 +274,7 @@ pub async fn run_with(
     if let Some(task) = placement_task {
         let _ = task.await;
     }
+    let _ = threat_task.await;
     let _ = p2p_stop_tx.send(true);
     if let Some(task) = p2p_task {
         let _ = task.await;

@@ -70,6 +70,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Predictive placement (`[placement]`).
     pub placement: crate::placement::PlacementConfig,
+    /// Threat intake and scores (`[threat]`).
+    pub threat: crate::threat::ThreatConfig,
 }
 
 /// The admin API's bearer token. Its `Debug` form does not show it.
@@ -143,6 +145,7 @@ pub struct FileConfig {
     admin_token_file: Option<PathBuf>,
     p2p_limits: Option<FileP2pLimits>,
     placement: Option<crate::placement::FilePlacement>,
+    threat: Option<crate::threat::FileThreat>,
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -589,6 +592,8 @@ impl Config {
         }
         let placement = crate::placement::PlacementConfig::from_file(file.placement.take())
             .map_err(|e| error(e.key, e.message))?;
+        let threat = crate::threat::ThreatConfig::from_file(file.threat.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -781,6 +786,7 @@ impl Config {
             admin_token,
             warnings,
             placement,
+            threat,
         })
     }
 }

@@ -1162,7 +1162,7 @@ pub fn admin_routes(placement: Option<Placement>) -> axum::Router {
 
 /// Writes `bytes` to `path` through `tmp_path`: write, fsync, rename, fsync the directory, so a
 /// crash leaves either the old file or the whole new one.
-fn write_durably(
+pub(crate) fn write_durably(
     tmp_path: &std::path::Path,
     path: &std::path::Path,
     bytes: &[u8],
