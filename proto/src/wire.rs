@@ -170,6 +170,8 @@ pub enum Kind {
     Announcement = 10,
     /// [`crate::gossip::DemandSummary`] (a gossip payload, not a stream frame).
     DemandSummary = 11,
+    /// [`crate::gossip::ThreatScores`] (a gossip payload, not a stream frame).
+    ThreatScores = 12,
 }
 
 /// Why a frame was refused.

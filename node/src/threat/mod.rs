@@ -21,6 +21,7 @@
 
 pub mod book;
 pub mod config;
+pub mod gossip;
 pub mod http;
 pub mod intake;
 pub mod rebuild;
@@ -97,6 +98,10 @@ struct Inner {
     rebuild: Arc<dyn RebuildRequests>,
     /// One import at a time: at most one report body in memory.
     importing: tokio::sync::Mutex<()>,
+    /// Messages for the gossip publisher (none without a peer network).
+    publish: Option<tokio::sync::mpsc::Sender<shoal_proto::gossip::ThreatScores>>,
+    /// The publisher's receiving end, until [`Threats::start`] takes it.
+    publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<shoal_proto::gossip::ThreatScores>>>,
     changes: AtomicU64,
     written: AtomicU64,
 }
@@ -200,6 +205,13 @@ impl Threats {
                 ThreatBook::new(limits)
             }
         };
+        let (publish, publish_queue) = match &network {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(gossip::PUBLISH_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Threats {
             inner: Arc::new(Inner {
                 config,
@@ -211,6 +223,8 @@ impl Threats {
                 network,
                 rebuild,
                 importing: tokio::sync::Mutex::new(()),
+                publish,
+                publish_queue: Mutex::new(publish_queue),
                 changes: AtomicU64::new(0),
                 written: AtomicU64::new(0),
             }),
@@ -391,10 +405,44 @@ impl Threats {
 
     /// Tells peers about records this node took (gossip; see [`Threats::merge_from_peer`]).
     fn publish(&self, records: Vec<(BlobDigest, ThreatRecord)>) {
-        let Some(network) = &self.inner.network else {
+        let Some(queue) = &self.inner.publish else {
             return;
         };
-        let _ = (network, records);
+        for message in gossip::to_messages(records) {
+            if queue.try_send(message).is_err() {
+                tracing::warn!("threat gossip queue full; records not published to peers");
+                return;
+            }
+        }
+    }
+
+    /// Merges records a peer published (see [`gossip`]); true when any was new here.
+    pub fn merge_from_peer(
+        &self,
+        author: String,
+        scores: &shoal_proto::gossip::ThreatScores,
+    ) -> bool {
+        let now = now_secs();
+        let max_cves = self.inner.config.max_cves_per_layer;
+        let mut taken = 0usize;
+        {
+            let mut book = self.book();
+            for entry in &scores.entries {
+                let (digest, record) = gossip::from_entry(author.clone(), entry, max_cves);
+                match book.merge(now, digest, record, &|d| self.held(d)) {
+                    Ok(Merged::Taken) => taken += 1,
+                    Ok(Merged::Stale) => {}
+                    Err(error) => {
+                        tracing::debug!(%author, %digest, %error, "threat record from a peer refused")
+                    }
+                }
+            }
+        }
+        if taken > 0 {
+            self.inner.changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%author, taken, entries = scores.entries.len(), "threat scores from a peer merged");
+        }
+        taken > 0
     }
 
     /// Writes the book now (from a blocking task), so an import is on disk when it is answered;
@@ -425,8 +473,26 @@ impl Threats {
         Ok(())
     }
 
-    /// Starts the periodic writer; it writes once more when `stop` turns true.
+    /// Starts the periodic writer (it writes once more when `stop` turns true) and, with a peer
+    /// network, the gossip publisher, and subscribes the book to peers' threat gossip.
     pub fn start(&self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        if let Some(network) = &self.inner.network {
+            network.set_threat_news(Arc::new(self.clone()));
+            let queue = self
+                .inner
+                .publish_queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(queue) = queue {
+                let publisher = tokio::spawn(gossip::publisher(network.clone(), queue));
+                let mut stopped = stop.clone();
+                tokio::spawn(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                    publisher.abort();
+                });
+            }
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PERSIST_INTERVAL);
@@ -443,6 +509,12 @@ impl Threats {
             }
             this.persist_soon().await;
         })
+    }
+}
+
+impl crate::p2p::threat::ThreatNews for Threats {
+    fn received(&self, author: libp2p::PeerId, scores: shoal_proto::gossip::ThreatScores) -> bool {
+        self.merge_from_peer(author.to_string(), &scores)
     }
 }
 
