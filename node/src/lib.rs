@@ -190,6 +190,9 @@ pub async fn run_with(
         rebuild: Arc::new(threat::LoggedRebuildRequests),
     })?;
     let threat_task = threats.start(stop_rx.clone());
+    if let Some(shared) = &placement_shared {
+        shared.set_threats(threats.clone());
+    }
     let flights = pull.clone();
     let health = pull.clone();
     let (placement, placement_task) = match placement_shared {
