@@ -11,6 +11,8 @@
 //!   at a node, and check that pulls go through it (see [`containerd`]).
 //! * `shoal status [--admin URL] [--json]`: a running node at a glance (see [`status`]).
 //! * `shoal placement explain <digest> [--admin ADDR]`: why a layer is or is not on a running node.
+//! * `shoal threat import FILE` and `shoal threat get DIGEST`: a running node's threat intake (see
+//!   [`threat`]).
 
 mod admin_client;
 mod bench;
@@ -18,6 +20,7 @@ mod bench_transport;
 mod containerd;
 mod placement;
 mod status;
+mod threat;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +80,9 @@ enum Command {
     /// Ask a running node about predictive placement.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Send scanner reports to a running node and read its threat scores.
+    #[command(subcommand)]
+    Threat(threat::ThreatCommand),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         Command::Containerd(command) => block_on(containerd::run(command)),
         Command::Status { admin, json } => block_on(status::run(&admin, json)),
         Command::Placement(command) => placement::run(command),
+        Command::Threat(command) => block_on(threat::run(command)),
     };
     match result {
         Ok(code) => code,

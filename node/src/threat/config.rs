@@ -2,6 +2,9 @@
 
 use serde::Deserialize;
 
+/// The highest `threat.max_report_bytes` (the policy crate's own limit on a report).
+pub const REPORT_BYTES_CEILING: usize = shoal_policy::threat::MAX_REPORT_BYTES;
+
 /// Validated threat settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThreatConfig {
@@ -80,7 +83,7 @@ impl ThreatConfig {
                 file.max_report_bytes,
                 d.max_report_bytes,
                 1024,
-                shoal_policy::threat::MAX_REPORT_BYTES,
+                REPORT_BYTES_CEILING,
             )?,
             max_layers: within("max_layers", file.max_layers, d.max_layers, 16, 1_000_000)?,
             max_cves_per_layer: within(
