@@ -6,7 +6,8 @@
 //!   image's own layer digests and DiffIDs, imported on node A: `GET /threat/layers/{digest}`
 //!   shows its score and CVEs on A and, through gossip, on node B;
 //! - a report in Grype's JSON format (findings located by DiffID only) for a second image,
-//!   imported on B: A shows it; a clean layer of that image is recorded as clean;
+//!   imported on B with `shoal threat import`: A shows it; a clean layer of that image is
+//!   recorded as clean; `shoal threat get` prints a record;
 //! - with `threat.auto_rebuild` on, a report with fixed versions calls the rebuild hook;
 //! - oversized, malformed, wrong-format and unmappable reports, and one naming an image the
 //!   origin does not have, are each refused with a 4xx (502 for the missing image) and a JSON
@@ -315,6 +316,14 @@ async fn reports_in_trivy_and_grype_formats_score_layers_here_and_on_a_peer() ->
     ensure!(layer_threat(a, bottom).await?.unwrap()["source"] == "local");
     ensure!(layer_threat(b, bottom).await?.unwrap()["source"] == "peer");
     ensure!(layer_threat(a, bottom).await?.unwrap()["cached"] == true);
+    let output =
+        shoal_testnet::cli::shoal(&["threat", "get", bottom, "--admin", &b.admin_url()]).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && text.contains("CVE-2024-0001") && text.contains("CRITICAL"),
+        "shoal threat get: {text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // Grype, on B, for an image nobody pulled: its layers' scores are kept, pending.
     let tool = push_image(
@@ -324,9 +333,27 @@ async fn reports_in_trivy_and_grype_formats_score_layers_here_and_on_a_peer() ->
             .layer(60 << 10, 50),
     )
     .await?;
-    let grype = serde_json::to_vec(&grype_report(&tool, "2026-11-30T09:30:00.5+01:00"))?;
-    let (status, summary) = post_report(b, grype).await?;
-    ensure!(status == 200, "Grype import: {status} {summary}");
+    // Through the operator CLI this time: `shoal threat import FILE --json`.
+    let grype_file = dir.path().join("grype.json");
+    std::fs::write(
+        &grype_file,
+        serde_json::to_vec(&grype_report(&tool, "2026-11-30T09:30:00.5+01:00"))?,
+    )?;
+    let output = shoal_testnet::cli::shoal(&[
+        "threat",
+        "import",
+        grype_file.to_str().expect("temp paths are UTF-8"),
+        "--admin",
+        &b.admin_url(),
+        "--json",
+    ])
+    .await?;
+    ensure!(
+        output.status.success(),
+        "shoal threat import: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout)?;
     ensure!(summary["scanner"] == "grype", "{summary}");
     ensure!(summary["layers_scored"] == 2, "{summary}");
     ensure!(
