@@ -295,7 +295,7 @@ async fn reports_in_trivy_and_grype_formats_score_layers_here_and_on_a_peer() ->
     for node in [a, b] {
         let record = wait_for_record(node, bottom, reported_at).await?;
         let score = record["score"].as_f64().unwrap_or(0.0);
-        ensure!(score >= 98.0 && score <= 100.0, "bottom layer: {record}");
+        ensure!((98.0..=100.0).contains(&score), "bottom layer: {record}");
         ensure!(
             cve_ids(&record) == ["CVE-2024-0001", "CVE-2024-0002"],
             "{record}"
