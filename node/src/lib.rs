@@ -9,6 +9,7 @@
 //! membership, DHT provider records, shard transfer, manifest lookup), [`placement`] (predictive
 //! placement: demand, new versions pre-positioned, the replication plan, the eviction order),
 //! [`preheat`] (operator-requested fetches of images into chosen regions, with progress).
+//! [`threat`] (scanner reports in, a score per layer, shared with peers).
 
 pub mod admin;
 pub mod assembly;
@@ -23,6 +24,7 @@ pub mod preheat;
 pub mod pullthrough;
 pub mod registry;
 pub mod store;
+pub mod threat;
 pub mod upstream;
 
 #[cfg(test)]
@@ -70,6 +72,9 @@ pub enum StartError {
     /// The lifecycle's state directory could not be created.
     #[error("starting the lifecycle: {0}")]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    /// Threat's state directory could not be created.
+    #[error("starting threat: {0}")]
+    Threat(#[from] threat::ThreatError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -190,6 +195,20 @@ pub async fn run_with(
             tracing::info!("no network key configured: running without the peer network");
         }
     }
+    let threats = threat::Threats::open(threat::Parts {
+        config: config.threat.clone(),
+        data_dir: config.data_dir.clone(),
+        store: store.clone(),
+        pull: pull.clone(),
+        upstreams: upstreams.clone(),
+        network: network_handle.clone(),
+        // The rebuild flow is wired in here once it exists; until then requests are logged.
+        rebuild: Arc::new(threat::LoggedRebuildRequests),
+    })?;
+    let threat_task = threats.start(stop_rx.clone());
+    if let Some(shared) = &placement_shared {
+        shared.set_threats(threats.clone());
+    }
     let flights = pull.clone();
     let health = pull.clone();
     let preheat = preheat::PreheatService::new(preheat::Parts {
@@ -226,8 +245,7 @@ pub async fn run_with(
                 store: store.clone(),
                 placement: placement.clone(),
                 network: status_network.clone(),
-                // No threat intake yet: no layer carries a threat score.
-                threat: Arc::new(lifecycle::NoThreatReports),
+                threat: Arc::new(threats.clone()),
                 metrics: metrics.clone(),
                 marks: lifecycle_marks,
             };
@@ -303,6 +321,7 @@ pub async fn run_with(
             .merge(placement::admin_routes(placement))
             .merge(preheat::admin_routes(preheat))
             .merge(lifecycle::api::router(lifecycle_api))
+            .merge(threat::http::router(threats, config.admin_token.clone()))
             // Router-wide, after every merge: every mutating admin route needs the token.
             .layer(axum::middleware::from_fn_with_state(
                 admin_auth,
@@ -330,6 +349,7 @@ pub async fn run_with(
     if let Some(task) = lifecycle_task {
         let _ = task.await;
     }
+    let _ = threat_task.await;
     let _ = p2p_stop_tx.send(true);
     if let Some(task) = p2p_task {
         let _ = task.await;

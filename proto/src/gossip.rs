@@ -14,7 +14,10 @@
 //!
 //! One gossipsub topic per kind of news, named `shoal/<name>/<version>` ([`Topic`]). Now:
 //! `shoal/announce/1` carries [`Announcement`]s; `shoal/demand/1` carries [`DemandSummary`]s
-//! (each node's top [`MAX_DEMAND_ENTRIES`] layers by forecast, with its region, once per plan).
+//! (each node's top [`MAX_DEMAND_ENTRIES`] layers by forecast, with its region, once per plan);
+//! `shoal/threat/1` carries [`ThreatScores`] (threat records of at most [`MAX_THREAT_ENTRIES`]
+//! layers, each with its report's time, score and worst [`MAX_THREAT_CVES`] CVEs, published when a
+//! node imports a scanner report; receivers keep, per layer, the record of the newest report).
 //!
 //! ## Payload
 //!
@@ -25,7 +28,7 @@
 //! offset  size  field
 //! 0       4     magic "SHWR"
 //! 4       2     format version, little endian (currently 1)
-//! 6       1     message kind: 10 = Announcement
+//! 6       1     message kind: 10 = Announcement, 11 = DemandSummary, 12 = ThreatScores
 //! 7       1     reserved, zero
 //! 8       N-8   rkyv archive of the message (validated with bytecheck on decode)
 //! ```
@@ -80,17 +83,20 @@ pub enum Topic {
     Announce,
     /// How much demand each region forecasts for its most wanted layers ([`DemandSummary`]).
     Demand,
+    /// Threat scores of layers from scanner reports ([`ThreatScores`]).
+    Threat,
 }
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 2] = [Topic::Announce, Topic::Demand];
+    pub const ALL: [Topic; 3] = [Topic::Announce, Topic::Demand, Topic::Threat];
 
     /// The topic's name on the network.
     pub fn name(self) -> &'static str {
         match self {
             Topic::Announce => "shoal/announce/1",
             Topic::Demand => "shoal/demand/1",
+            Topic::Threat => "shoal/threat/1",
         }
     }
 
@@ -350,6 +356,192 @@ wire_message!(
 
 impl GossipMessage for DemandSummary {
     const TOPIC: Topic = Topic::Demand;
+}
+
+/// Most layers one [`ThreatScores`] lists.
+pub const MAX_THREAT_ENTRIES: usize = 32;
+/// Most CVEs one [`ThreatEntry`] lists (the worst of the layer's).
+pub const MAX_THREAT_CVES: usize = 16;
+/// Longest CVE or advisory id in a [`ThreatCve`].
+pub const MAX_THREAT_CVE_ID_BYTES: usize = 48;
+/// Highest [`ThreatEntry::milli_score`]: a score of 100.
+pub const MAX_MILLI_SCORE: u32 = 100_000;
+/// Highest [`ThreatCve::severity`] (critical).
+pub const MAX_SEVERITY: u8 = 5;
+/// Largest encoded [`ThreatScores`] (header included).
+pub const MAX_THREAT_SCORES_BYTES: usize =
+    HEADER_LEN + 64 + MAX_THREAT_ENTRIES * (96 + MAX_THREAT_CVES * (MAX_THREAT_CVE_ID_BYTES + 24));
+
+pub use threat::{ThreatCve, ThreatEntry, ThreatScores};
+
+// As for `announcement`: the archived twins' fields mirror the documented ones.
+#[allow(missing_docs)]
+mod threat {
+    /// One vulnerability of a [`ThreatEntry`].
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct ThreatCve {
+        /// CVE or advisory id (1 to [`super::MAX_THREAT_CVE_ID_BYTES`] of ASCII letters, digits,
+        /// `-`, `_`, `.`, `:`).
+        pub id: String,
+        /// 0 unknown, 1 negligible, 2 low, 3 medium, 4 high, 5 critical.
+        pub severity: u8,
+        /// A fixed version exists.
+        pub fixed: bool,
+    }
+
+    /// One layer's threat record.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct ThreatEntry {
+        /// SHA-256 of the blob.
+        pub blob: [u8; 32],
+        /// When the scan was made, seconds since the Unix epoch (the merge's order).
+        pub reported_at: u64,
+        /// The score 0-100 in thousandths (at most [`super::MAX_MILLI_SCORE`]).
+        pub milli_score: u32,
+        /// How many CVEs the report named for the layer (at least `cves.len()`).
+        pub cves_total: u32,
+        /// The worst CVEs, at most [`super::MAX_THREAT_CVES`].
+        pub cves: Vec<ThreatCve>,
+    }
+
+    /// Threat records of layers, from a scanner report the author imported.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct ThreatScores {
+        /// At most [`super::MAX_THREAT_ENTRIES`] layers, blobs in strictly ascending order.
+        pub entries: Vec<ThreatEntry>,
+    }
+}
+
+/// Whether `id` is a vulnerability id a [`ThreatCve`] may carry.
+pub fn valid_threat_cve_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_THREAT_CVE_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+impl ThreatScores {
+    fn check_rules(&self) -> Result<(), WireError> {
+        if self.entries.is_empty() || self.entries.len() > MAX_THREAT_ENTRIES {
+            return Err(WireError::Invalid("threat entries out of range"));
+        }
+        if self.entries.windows(2).any(|w| w[0].blob >= w[1].blob) {
+            return Err(WireError::Invalid(
+                "threat entries not in ascending blob order",
+            ));
+        }
+        for entry in &self.entries {
+            if entry.milli_score > MAX_MILLI_SCORE {
+                return Err(WireError::Invalid("threat score above 100"));
+            }
+            if entry.cves.len() > MAX_THREAT_CVES || (entry.cves_total as usize) < entry.cves.len()
+            {
+                return Err(WireError::Invalid("bad CVE count"));
+            }
+            for cve in &entry.cves {
+                if !valid_threat_cve_id(&cve.id) {
+                    return Err(WireError::Invalid("bad vulnerability id"));
+                }
+                if cve.severity > MAX_SEVERITY {
+                    return Err(WireError::Invalid("bad severity"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+wire_message!(
+    ThreatScores,
+    Kind::ThreatScores,
+    MAX_THREAT_SCORES_BYTES,
+    ThreatScores::check_rules
+);
+
+impl GossipMessage for ThreatScores {
+    const TOPIC: Topic = Topic::Threat;
+}
+
+#[cfg(test)]
+mod threat_tests {
+    use super::*;
+
+    fn full_entry(blob: u8) -> ThreatEntry {
+        ThreatEntry {
+            blob: [blob; 32],
+            reported_at: u64::MAX,
+            milli_score: MAX_MILLI_SCORE,
+            cves_total: u32::MAX,
+            cves: (0..MAX_THREAT_CVES)
+                .map(|i| ThreatCve {
+                    id: format!("{i:0>48}"),
+                    severity: MAX_SEVERITY,
+                    fixed: true,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_message_fits_and_round_trips() {
+        let scores = ThreatScores {
+            entries: (0..MAX_THREAT_ENTRIES as u8).map(full_entry).collect(),
+        };
+        let payload = scores.to_payload();
+        assert!(
+            payload.len() <= MAX_THREAT_SCORES_BYTES,
+            "{}",
+            payload.len()
+        );
+        assert!(payload.len() < MAX_GOSSIP_TRANSMIT_BYTES - 4096);
+        assert_eq!(ThreatScores::from_payload(&payload), Ok(scores));
+        assert_eq!(Topic::from_name("shoal/threat/1"), Some(Topic::Threat));
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        let with = |f: &dyn Fn(&mut ThreatEntry)| {
+            let mut entry = full_entry(1);
+            f(&mut entry);
+            ThreatScores {
+                entries: vec![entry],
+            }
+        };
+        for (bad, why) in [
+            (
+                ThreatScores { entries: vec![] },
+                "threat entries out of range",
+            ),
+            (
+                ThreatScores {
+                    entries: vec![full_entry(2), full_entry(1)],
+                },
+                "threat entries not in ascending blob order",
+            ),
+            (
+                with(&|e| e.milli_score = MAX_MILLI_SCORE + 1),
+                "threat score above 100",
+            ),
+            (with(&|e| e.cves_total = 1), "bad CVE count"),
+            (
+                with(&|e| e.cves[0].id = "CVE 1".into()),
+                "bad vulnerability id",
+            ),
+            (
+                with(&|e| e.cves[0].id = String::new()),
+                "bad vulnerability id",
+            ),
+            (with(&|e| e.cves[0].severity = 6), "bad severity"),
+        ] {
+            assert_eq!(
+                ThreatScores::from_payload(&bad.to_payload()),
+                Err(WireError::Invalid(why))
+            );
+        }
+        let demand = DemandSummary::top("eu", []).to_payload();
+        assert!(ThreatScores::from_payload(&demand).is_err());
+    }
 }
 
 #[cfg(test)]

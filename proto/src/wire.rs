@@ -171,6 +171,8 @@ pub enum Kind {
     Announcement = 10,
     /// [`crate::gossip::DemandSummary`] (a gossip payload, not a stream frame).
     DemandSummary = 11,
+    /// [`crate::gossip::ThreatScores`] (a gossip payload, not a stream frame).
+    ThreatScores = 12,
     /// [`crate::preheat::PreheatRequest`].
     PreheatRequest = 20,
     /// [`crate::preheat::PreheatReport`].

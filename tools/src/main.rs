@@ -13,6 +13,8 @@
 //! * `shoal placement explain <digest> [--admin ADDR]`: why a layer is or is not on a running node.
 //! * `shoal preheat IMAGE... [--region R]... [--all-regions] [--platform os/arch]...`: have
 //!   regions fetch images ahead of a rollout, with progress (see [`preheat`]).
+//! * `shoal threat import FILE` and `shoal threat get DIGEST`: a running node's threat intake (see
+//!   [`threat`]).
 
 mod admin_client;
 mod bench;
@@ -23,6 +25,7 @@ mod lifecycle;
 mod placement;
 mod preheat;
 mod status;
+mod threat;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -143,6 +146,9 @@ enum Command {
         #[command(flatten)]
         options: lifecycle::AdminOptions,
     },
+    /// Send scanner reports to a running node and read its threat scores.
+    #[command(subcommand)]
+    Threat(threat::ThreatCommand),
 }
 
 fn main() -> ExitCode {
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
             options,
         } => lifecycle::graph(&options, image.as_deref(), format),
         Command::Retention { dry_run, options } => lifecycle::retention(&options, dry_run),
+        Command::Threat(command) => block_on(threat::run(command)),
     };
     match result {
         Ok(code) => code,

@@ -74,6 +74,8 @@ pub struct Config {
     pub lifecycle: crate::lifecycle::LifecycleSettings,
     /// Image retention (`[retention]`).
     pub retention: crate::lifecycle::RetentionSettings,
+    /// Threat intake and scores (`[threat]`).
+    pub threat: crate::threat::ThreatConfig,
 }
 
 /// The admin API's bearer token. Its `Debug` form does not show it.
@@ -157,6 +159,7 @@ pub struct FileConfig {
     placement: Option<crate::placement::FilePlacement>,
     lifecycle: Option<crate::lifecycle::FileLifecycle>,
     retention: Option<crate::lifecycle::FileRetention>,
+    threat: Option<crate::threat::FileThreat>,
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -607,6 +610,8 @@ impl Config {
             .map_err(|e| error(e.key, e.message))?;
         let retention = crate::lifecycle::RetentionSettings::from_file(file.retention.take())
             .map_err(|e| error(e.key, e.message))?;
+        let threat = crate::threat::ThreatConfig::from_file(file.threat.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -801,6 +806,7 @@ impl Config {
             placement,
             lifecycle,
             retention,
+            threat,
         })
     }
 }

@@ -12,8 +12,8 @@
 //! Inputs at each review (every `review_interval`, and right after an override): the store's
 //! blobs, the catalog (`crate::catalog`) for references, placement's forecast pulls (usage is
 //! `shoal-policy`'s `usage_score` of the forecast, as in the simulator; without placement there
-//! is no forecast and usage is 0), and threat from a [`ThreatSource`] ([`NoThreatReports`] until
-//! a threat intake is wired in). A retained image is one the retention rules keep when retention
+//! is no forecast and usage is 0), and threat from a [`ThreatSource`] (the node's threat intake,
+//! `crate::threat`). A retained image is one the retention rules keep when retention
 //! is enabled; with retention off every cached image counts as retained.
 //!
 //! What it may touch: it reads the store and removes whole blobs through `ShardStore::remove_blob`
@@ -50,7 +50,7 @@ pub use config::{
     FileLifecycle, FileRetention, LifecycleConfigError, LifecycleSettings, RetentionSettings,
 };
 pub use eviction::{EvictionMarks, LifecycleEviction, SharedMarks};
-pub use threat::{CveSummary, LayerThreat, NoThreatReports, ThreatSource};
+pub use threat::{CveSummary, LayerThreat, ThreatSource};
 
 use crate::catalog::{read_catalog, Catalog};
 use crate::metrics::Metrics;

@@ -27,7 +27,7 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 use shoal_proto::gossip::{
-    Announcement, DemandSummary, GossipMessage as _, Topic, MAX_GOSSIP_TRANSMIT_BYTES,
+    Announcement, DemandSummary, GossipMessage as _, ThreatScores, Topic, MAX_GOSSIP_TRANSMIT_BYTES,
 };
 
 use super::gate::{GateIn, Openings};
@@ -285,6 +285,8 @@ pub(super) enum Received {
     Announcement(Announcement),
     /// On [`Topic::Demand`].
     Demand(DemandSummary),
+    /// On [`Topic::Threat`].
+    Threat(ThreatScores),
 }
 
 /// A gossip message that passed [`judge`]: who wrote it, and what it says.
@@ -331,6 +333,9 @@ pub(super) fn judge(
         ),
         Topic::Demand => Received::Demand(
             DemandSummary::from_payload(&message.data).map_err(|_| "undecodable demand summary")?,
+        ),
+        Topic::Threat => Received::Threat(
+            ThreatScores::from_payload(&message.data).map_err(|_| "undecodable threat scores")?,
         ),
     };
     Ok(Judged {

@@ -34,6 +34,7 @@ mod peers;
 pub mod preheat;
 mod record_store;
 pub mod shaping;
+pub mod threat;
 mod transfer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -200,6 +201,7 @@ pub struct PeerNetwork {
     peers: PeerTable,
     holdings: Arc<Mutex<Holdings>>,
     demand: Arc<Mutex<demand::RegionalDemand>>,
+    threat_news: ThreatSink,
     store: ShardStore,
     metrics: Arc<Metrics>,
     region: String,
@@ -208,6 +210,9 @@ pub struct PeerNetwork {
     homes: Arc<Mutex<home::HomeCache>>,
     warmer: preheat::WarmerSlot,
 }
+
+/// Where threat scores from peers go, once the node's threat book is set up.
+type ThreatSink = Arc<std::sync::OnceLock<Arc<dyn threat::ThreatNews>>>;
 
 /// Longest wait for a closest-peers lookup; past it, the members connected now decide the home.
 const HOME_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -420,6 +425,17 @@ impl PeerNetwork {
     /// waits, like [`Self::announce`].
     pub fn publish_demand(&self, summary: &shoal_proto::gossip::DemandSummary) {
         self.publish(summary);
+    }
+
+    /// Tells every member threat records this node took from a report it imported. Never waits,
+    /// like [`Self::announce`].
+    pub fn publish_threat(&self, scores: &shoal_proto::gossip::ThreatScores) {
+        self.publish(scores);
+    }
+
+    /// Where threat scores from members go (set once; later calls are ignored).
+    pub fn set_threat_news(&self, news: Arc<dyn threat::ThreatNews>) {
+        let _ = self.threat_news.set(news);
     }
 
     /// Forecast pulls per region and blob that members (this node's own summaries excluded)
@@ -736,6 +752,7 @@ pub async fn start(
     let (commands, command_rx) = mpsc::channel(256);
     let holdings = Arc::new(Mutex::new(Holdings::default()));
     let demand = Arc::new(Mutex::new(demand::RegionalDemand::default()));
+    let threat_news = ThreatSink::default();
     let network = PeerNetwork {
         local,
         commands: commands.clone(),
@@ -744,6 +761,7 @@ pub async fn start(
         peers: members.clone(),
         holdings: holdings.clone(),
         demand: demand.clone(),
+        threat_news: threat_news.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         region: config.region.clone(),
@@ -821,6 +839,8 @@ pub async fn start(
         members,
         holdings,
         demand,
+        threat_news,
+        threat_budgets: threat::AuthorBudgets::default(),
         metrics,
         commands,
         addresses: AddressBook::new(config.limits.max_established as usize),
@@ -851,6 +871,8 @@ struct SwarmTask {
     members: PeerTable,
     holdings: Arc<Mutex<Holdings>>,
     demand: Arc<Mutex<demand::RegionalDemand>>,
+    threat_news: ThreatSink,
+    threat_budgets: threat::AuthorBudgets,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
     /// Addresses learned per connected peer, added to the routing table once the peer proved
@@ -1165,6 +1187,21 @@ impl SwarmTask {
                     match taken {
                         demand::Taken::Recorded => gossipsub::MessageAcceptance::Accept,
                         demand::Taken::Ignored => gossipsub::MessageAcceptance::Ignore,
+                    }
+                }
+                // Threat counts wherever its author is, like demand; an author over its budget is
+                // ignored, and news that changed nothing here is not forwarded.
+                gossip::Received::Threat(scores) => {
+                    let within = self.threat_budgets.take(judged.author, Instant::now());
+                    let news = self.threat_news.get().filter(|_| within);
+                    match news {
+                        Some(news) if news.received(judged.author, scores) => {
+                            gossipsub::MessageAcceptance::Accept
+                        }
+                        _ => {
+                            tracing::debug!(author = %judged.author, within, "threat scores ignored");
+                            gossipsub::MessageAcceptance::Ignore
+                        }
                     }
                 }
             },

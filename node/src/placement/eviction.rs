@@ -4,11 +4,18 @@
 //! [`PlacementEviction`] is the store's [`EvictionPolicy`]. Unlike `store::PolicyEviction`, it
 //! keeps one `shoal-policy` eviction policy for the node's life and names layers by the ids of the
 //! demand table, so what the policy learned (every access, the forecasts) is still there at the
-//! next call. The order ([`protected_order`]) comes in three tiers, each in the policy's order:
+//! next call. The order ([`protected_order`]) comes in four tiers, each in the policy's order:
 //!
+//! 0. high-threat blobs nobody is forecast to pull (a threat score of at least
+//!    `threat.evict_first_score` and no demand; the pre-cache seed's "high-risk, infrequently
+//!    used" layers), unless the plan requires them here;
 //! 1. unprotected blobs;
 //! 2. blobs the replication plan requires on this node;
 //! 3. blobs that are the last copy in the network of a layer in demand (no other holder known).
+//!
+//! With the predictive order, threat also discounts each layer's expected use
+//! (`LayerSignals::threat`), so within a tier the more dangerous of two equally used layers goes
+//! first.
 //!
 //! The store evicts from the front until it is within budget, so a protected blob goes only when
 //! no other candidate is left (the disk budget is a hard limit). Lifecycle deletion is not wired
@@ -29,6 +36,8 @@ use crate::store::{EvictionCandidate, EvictionPolicy};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protection {
+    /// Not protected, and first out: its threat score is high and nobody is forecast to pull it.
+    HighThreatUnused,
     /// Nothing protects it.
     None,
     /// The plan wants a copy on this node.
@@ -46,6 +55,7 @@ pub fn protected_order(
 ) -> Vec<LayerId> {
     let mut out = Vec::with_capacity(candidates.len());
     for tier in [
+        Protection::HighThreatUnused,
         Protection::None,
         Protection::PlanRequired,
         Protection::LastCopyInDemand,
@@ -67,6 +77,28 @@ pub fn protected_order(
         out.extend(chosen);
     }
     out
+}
+
+/// What protects a candidate (or sends it first), from its forecast, whether another holder is
+/// known, whether the plan requires it here, and its threat score against
+/// `threat.evict_first_score` (`None`: no threat source).
+pub fn protection(
+    forecast: f64,
+    other_holders: bool,
+    required: bool,
+    threat: f64,
+    evict_first_score: Option<f64>,
+) -> Protection {
+    if forecast >= super::IN_DEMAND && !other_holders {
+        Protection::LastCopyInDemand
+    } else if required {
+        Protection::PlanRequired
+    } else if evict_first_score.is_some_and(|limit| threat >= limit && forecast < super::IN_DEMAND)
+    {
+        Protection::HighThreatUnused
+    } else {
+        Protection::None
+    }
 }
 
 /// The policy behind the order.
@@ -124,13 +156,13 @@ impl PlacementEviction {
     pub fn order(&self, now_ms: u64, mut candidates: Vec<EvictionCandidate>) -> Vec<BlobDigest> {
         let now = now_ms / 1000;
         candidates.sort_by_key(|c| (c.last_access_ms, c.digest));
-        let facts: Vec<(LayerId, Protection, f64)> = candidates
+        let facts: Vec<(LayerId, Protection, f64, f64)> = candidates
             .iter()
             .map(|c| self.shared.eviction_facts(now, c))
             .collect();
         let mut by_layer = std::collections::HashMap::new();
         let mut layers = Vec::with_capacity(candidates.len());
-        for (candidate, (layer, protection, _)) in candidates.iter().zip(&facts) {
+        for (candidate, (layer, protection, _, _)) in candidates.iter().zip(&facts) {
             by_layer.insert(*layer, candidate.digest);
             layers.push((CandidateLayer::new(*layer, candidate.size), *protection));
         }
@@ -138,7 +170,7 @@ impl PlacementEviction {
         let order = match &mut *policy {
             OrderPolicy::Lru(lru) => {
                 // Replayed oldest first: the store's access records are the truth for recency.
-                for (candidate, (layer, _, _)) in candidates.iter().zip(&facts) {
+                for (candidate, (layer, _, _, _)) in candidates.iter().zip(&facts) {
                     lru.record_access(
                         Timestamp(candidate.last_access_ms / 1000),
                         *layer,
@@ -149,8 +181,12 @@ impl PlacementEviction {
             }
             OrderPolicy::Predictive(predictive) => {
                 let signals = LayerSignals {
-                    regional_forecast: facts.iter().map(|(l, _, f)| (*l, *f)).collect(),
-                    threat: Default::default(),
+                    regional_forecast: facts.iter().map(|(l, _, f, _)| (*l, *f)).collect(),
+                    threat: facts
+                        .iter()
+                        .filter(|(_, _, _, t)| *t > 0.0)
+                        .map(|(l, _, _, t)| (*l, *t))
+                        .collect(),
                     region_nodes: 1,
                 };
                 predictive.set_signals(Arc::new(signals));
@@ -267,6 +303,47 @@ mod tests {
             order,
             [3, 5, 2, 4, 1].map(LayerId),
             "oldest first within each tier"
+        );
+    }
+
+    #[test]
+    fn a_high_threat_layer_nobody_pulls_goes_first_unless_protected() {
+        let limit = Some(70.0);
+        assert_eq!(
+            protection(0.0, true, false, 90.0, limit),
+            Protection::HighThreatUnused
+        );
+        assert_eq!(protection(0.0, true, false, 60.0, limit), Protection::None);
+        assert_eq!(protection(0.0, true, false, 90.0, None), Protection::None);
+        // In demand: threat does not send it first.
+        assert_eq!(protection(3.0, true, false, 90.0, limit), Protection::None);
+        assert_eq!(
+            protection(3.0, false, false, 90.0, limit),
+            Protection::LastCopyInDemand
+        );
+        assert_eq!(
+            protection(0.0, true, true, 90.0, limit),
+            Protection::PlanRequired
+        );
+        let mut lru = Lru::new();
+        for (t, layer) in [(1, 1), (2, 2), (3, 3)] {
+            lru.record_access(Timestamp(t), LayerId(layer), 10);
+        }
+        let candidates = [
+            (CandidateLayer::new(LayerId(1), 10), Protection::None),
+            (
+                CandidateLayer::new(LayerId(2), 10),
+                Protection::PlanRequired,
+            ),
+            (
+                CandidateLayer::new(LayerId(3), 10),
+                Protection::HighThreatUnused,
+            ),
+        ];
+        assert_eq!(
+            protected_order(&mut lru, Timestamp(9), &candidates),
+            [3, 1, 2].map(LayerId),
+            "the newest layer goes first when it is dangerous and unused"
         );
     }
 }

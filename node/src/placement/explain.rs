@@ -68,8 +68,10 @@ pub struct Explanation {
     pub forecast: Option<ForecastView>,
     /// Forecast pulls per region, as far as this node knows them.
     pub regional_forecast: BTreeMap<String, f64>,
-    /// Threat score 0-100 (no score source is configured: 0).
+    /// Threat score 0-100 (0 when no report or peer scored the layer).
     pub threat: f64,
+    /// The layer's worst CVEs, with severity and whether a fix exists (empty when unscored).
+    pub threat_cves: Vec<crate::threat::CveSummary>,
     /// When the last plan ran (seconds since the epoch; 0: never).
     pub planned_at: u64,
     /// The layer's part of the last plan: scores, copies and holders per region.

@@ -162,6 +162,8 @@ pub struct Shared {
     dir: PathBuf,
     network: OnceLock<PeerNetwork>,
     eviction: OnceLock<Arc<PlacementEviction>>,
+    /// The threat scores (set once the threat book is open; until then every score is 0).
+    threats: OnceLock<crate::threat::Threats>,
     last_client_blob: AtomicU64,
     started: Instant,
     metrics: Arc<Metrics>,
@@ -245,6 +247,7 @@ impl Shared {
             dir,
             network: OnceLock::new(),
             eviction: OnceLock::new(),
+            threats: OnceLock::new(),
             last_client_blob: AtomicU64::new(0),
             started: Instant::now(),
             metrics,
@@ -284,12 +287,27 @@ impl Shared {
         StoreEviction(eviction.clone())
     }
 
-    /// The id, protection and forecast of an eviction candidate.
+    /// Gives placement its threat source: the plan's priority and the eviction order read it.
+    pub fn set_threats(&self, threats: crate::threat::Threats) {
+        let _ = self.threats.set(threats);
+    }
+
+    /// The threat score of `digest` (0 without a source or a record).
+    fn threat(&self, digest: &BlobDigest) -> f64 {
+        self.threats.get().map_or(0.0, |t| t.score(digest))
+    }
+
+    /// The score from which an unused layer goes first (`None` without a threat source).
+    fn evict_first_score(&self) -> Option<f64> {
+        self.threats.get().map(|t| t.config().evict_first_score)
+    }
+
+    /// The id, protection, forecast and threat of an eviction candidate.
     fn eviction_facts(
         &self,
         now: u64,
         candidate: &EvictionCandidate,
-    ) -> (LayerId, Protection, f64) {
+    ) -> (LayerId, Protection, f64, f64) {
         self.touch();
         let (layer, forecast, required) = {
             let mut state = self.state();
@@ -302,15 +320,15 @@ impl Shared {
             let required = state.plan.required_here.contains(&candidate.digest);
             (layer, forecast, required)
         };
-        let protection =
-            if forecast >= IN_DEMAND && self.other_holders(&candidate.digest).is_empty() {
-                Protection::LastCopyInDemand
-            } else if required {
-                Protection::PlanRequired
-            } else {
-                Protection::None
-            };
-        (layer, protection, forecast)
+        let threat = self.threat(&candidate.digest);
+        let protection = eviction::protection(
+            forecast,
+            !self.other_holders(&candidate.digest).is_empty(),
+            required,
+            threat,
+            self.evict_first_score(),
+        );
+        (layer, protection, forecast, threat)
     }
 
     /// Members known (by their announcements) to hold the whole blob.
@@ -819,7 +837,7 @@ impl Placement {
                     key: *digest.as_bytes(),
                     size: *size,
                     demand: regional(&own_region, *forecast, &remote, digest),
-                    threat: 0.0,
+                    threat: self.shared.threat(digest),
                     holders,
                 }
             })
@@ -1008,6 +1026,8 @@ impl Placement {
         let remote = self.remote_demand();
         let held = matches!(self.inner.pull.store().shard_map(&digest), Ok(Some(_)));
         let holders = self.shared.other_holders(&digest);
+        let threat = self.shared.threats.get().and_then(|t| t.threat_of(&digest));
+        let threat_score = threat.as_ref().map_or(0.0, |t| t.score);
         let state = self.shared.state();
         let layer = state.demand.id(&digest);
         let forecast = layer.and_then(|id| state.demand.forecast(now, id, HORIZON_BUCKETS));
@@ -1034,20 +1054,21 @@ impl Placement {
                 &remote,
                 &digest,
             ),
-            threat: 0.0,
+            threat: threat_score,
+            threat_cves: threat.map(|t| t.cves).unwrap_or_default(),
             planned_at: state.plan.at,
             plan: state.plan.layers.get(&digest).cloned(),
             regions: state.plan.regions.clone(),
             required_here: required,
             known_holders: holders.iter().map(|p| p.to_string()).collect(),
             prefetched_unread: state.prefetched.contains_key(&digest),
-            eviction_protection: if in_demand && holders.is_empty() {
-                Protection::LastCopyInDemand
-            } else if required {
-                Protection::PlanRequired
-            } else {
-                Protection::None
-            },
+            eviction_protection: eviction::protection(
+                if in_demand { IN_DEMAND } else { 0.0 },
+                !holders.is_empty(),
+                required,
+                threat_score,
+                self.shared.evict_first_score(),
+            ),
         }
     }
 }
