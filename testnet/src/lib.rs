@@ -21,6 +21,11 @@
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
 //! - [`bench`]: peer network benchmarks (`shoal-peer-bench`).
 //! - [`tmpfs`]: a small tmpfs over a node's data directory (a disk that fills up; root only).
+//! - [`soak`]: the chaos soak (`shoal-testnet soak`): five nodes, twenty clients, nodes killed,
+//!   the origin stopped and a member lying, then wrong bytes, fsck, origin bytes, memory and
+//!   descriptors checked.
+//! - [`load`]: the load test (`shoal-testnet load`): many clients on one node's cache while slow
+//!   clients never finish their headers.
 //!
 //! Every part lives in its own temporary directory and on its own ports, and
 //! is stopped by a `Drop` guard, so tests can run in parallel and a failing
@@ -31,12 +36,14 @@ pub mod cli;
 pub mod containerd;
 pub mod hosts;
 pub mod image;
+pub mod load;
 pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod origin;
 mod process;
 pub mod raw_http;
+pub mod soak;
 pub mod tmpfs;
 
 /// The registry host name used in test image references

@@ -93,6 +93,9 @@ pub struct NodeConfig {
     /// `--test-latency A:B=MS` values (TESTING ONLY added latency per region
     /// pair).
     pub test_latency: Vec<String>,
+    /// `--test-flip-served-bytes` (TESTING ONLY: the node flips a byte of
+    /// every shard it sends to peers, a lying member for chaos tests).
+    pub test_flip_served_bytes: bool,
     /// Further arguments, passed as they are.
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the node; defaults to the test's `RUST_LOG`, else
@@ -287,11 +290,19 @@ impl Node {
             command.arg("--max-disk-bytes").arg(bytes.to_string());
         }
         if let Some(key) = &self.config.network_key {
+            // A restarted node listens where it did before, as a host's daemon would, so the
+            // members that knew its address (and nodes bootstrapping from it) still reach it.
+            let listen = self
+                .p2p
+                .as_deref()
+                .and_then(|addr| addr.split_once("/p2p/"))
+                .map_or("/ip4/127.0.0.1/udp/0/quic-v1", |(listen, _)| listen)
+                .to_string();
             command
                 .arg("--network-key")
                 .arg(key)
                 .arg("--p2p-listen")
-                .arg("/ip4/127.0.0.1/udp/0/quic-v1");
+                .arg(listen);
         }
         for addr in &self.config.bootstrap {
             command.arg("--bootstrap").arg(addr);
@@ -306,6 +317,9 @@ impl Node {
         }
         for pair in &self.config.test_latency {
             command.arg("--test-latency").arg(pair);
+        }
+        if self.config.test_flip_served_bytes {
+            command.arg("--test-flip-served-bytes");
         }
         command.args(&self.config.extra_args);
         let rust_log = self
@@ -353,6 +367,12 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The options the node was started with; changes apply at the next
+    /// [`Node::restart`].
+    pub fn config_mut(&mut self) -> &mut NodeConfig {
+        &mut self.config
     }
 
     /// The registry endpoint's address.

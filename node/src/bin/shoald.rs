@@ -62,6 +62,10 @@ struct Args {
     /// region and this node's are A and B (symmetric); repeatable. Replaces `[testing] latency`.
     #[arg(long = "test-latency", value_name = "A:B=MS")]
     test_latency: Vec<String>,
+    /// TESTING ONLY: play a lying member that flips the first byte of every shard it sends to
+    /// peers, for chaos tests of the receivers' checks. Never in production.
+    #[arg(long)]
+    test_flip_served_bytes: bool,
     /// Once both listeners are bound, write their addresses as JSON to this file (for test
     /// harnesses and supervisors that start shoald on port 0); with the peer network on, also its
     /// address as "p2p" (a multiaddr ending in `/p2p/<peer id>`).
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         allowed_peers: args.allow_peer.clone(),
         test_egress_bytes_per_sec: args.test_egress_bytes_per_sec,
         test_latency: args.test_latency.clone(),
+        test_flip_served_bytes: args.test_flip_served_bytes,
         admin_token_file: args.admin_token_file.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {

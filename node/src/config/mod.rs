@@ -180,6 +180,7 @@ struct FileP2pLimits {
 struct FileTesting {
     egress_bytes_per_sec: Option<u64>,
     latency: Option<Vec<String>>,
+    flip_served_bytes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +240,8 @@ pub struct Overrides {
     pub test_egress_bytes_per_sec: Option<u64>,
     /// `--test-latency A:B=MS`, repeatable; replaces the file's list (TESTING ONLY).
     pub test_latency: Vec<String>,
+    /// `--test-flip-served-bytes` (TESTING ONLY: a lying member, for chaos tests)
+    pub test_flip_served_bytes: bool,
     /// `--admin-token-file FILE`
     pub admin_token_file: Option<PathBuf>,
 }
@@ -424,7 +427,14 @@ fn shaping_config(file: &FileConfig, overrides: &Overrides) -> Result<ShapingCon
     } else {
         overrides.test_latency.clone()
     };
-    ShapingConfig::new(egress, &latency).map_err(|e| error("testing.latency", e.to_string()))
+    let flip_served_bytes = overrides.test_flip_served_bytes
+        || testing.and_then(|t| t.flip_served_bytes).unwrap_or(false);
+    let shaping = ShapingConfig::new(egress, &latency)
+        .map_err(|e| error("testing.latency", e.to_string()))?;
+    Ok(ShapingConfig {
+        flip_served_bytes,
+        ..shaping
+    })
 }
 
 /// Validates `[p2p_limits]` over the defaults of [`ConnectionLimits`].
@@ -1066,6 +1076,32 @@ mod tests {
                 .unwrap_err()
                 .key,
             "p2p_limits"
+        );
+    }
+
+    #[test]
+    fn the_lying_member_fault_is_off_unless_the_file_or_a_flag_asks_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_key = overrides_with_key(dir.path());
+        let off = load("", &with_key).unwrap().p2p.unwrap().shaping;
+        assert!(!off.flip_served_bytes && !off.is_enabled());
+        let file = load("[testing]\nflip_served_bytes = true", &with_key)
+            .unwrap()
+            .p2p
+            .unwrap()
+            .shaping;
+        assert!(file.flip_served_bytes && file.is_enabled());
+        let flag = Overrides {
+            test_flip_served_bytes: true,
+            ..with_key.clone()
+        };
+        assert!(
+            load("", &flag)
+                .unwrap()
+                .p2p
+                .unwrap()
+                .shaping
+                .flip_served_bytes
         );
     }
 

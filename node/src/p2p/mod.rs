@@ -794,6 +794,7 @@ pub async fn start(
         tracing::warn!(
             egress_bytes_per_sec = config.shaping.egress_bytes_per_sec.map_or(0, |r| r.get()),
             latency = %config.shaping.latency_list(),
+            flip_served_bytes = config.shaping.flip_served_bytes,
             "TESTING ONLY network shaping is on: served transfers are delayed and paced"
         );
     }

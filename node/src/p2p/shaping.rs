@@ -10,6 +10,10 @@
 //!   peer whose region pairs with this node's own, the node waits that long once, which stands for
 //!   the request's round trip.
 //!
+//! And one fault for chaos tests: `flip_served_bytes` makes the node a lying member, which flips
+//! the first byte of every shard it sends (the frame still names the true hash), so that tests can
+//! check that receivers catch, avoid and recover from a member serving bad bytes.
+//!
 //! It owns no I/O beyond sleeping and writing to the stream it is handed. The bucket's arithmetic
 //! is a pure function of `now` ([`TokenBucket::wait_for`]) so it is tested without clocks.
 
@@ -110,6 +114,8 @@ pub struct ShapingConfig {
     pub egress_bytes_per_sec: Option<NonZeroU64>,
     /// Added latency per region pair.
     pub latency: Vec<RegionLatency>,
+    /// Whether every served shard has its first byte flipped (a lying member, for chaos tests).
+    pub flip_served_bytes: bool,
 }
 
 impl ShapingConfig {
@@ -135,6 +141,7 @@ impl ShapingConfig {
         Ok(Self {
             egress_bytes_per_sec,
             latency: parsed,
+            flip_served_bytes: false,
         })
     }
 
@@ -144,9 +151,9 @@ impl ShapingConfig {
         pairs.join(",")
     }
 
-    /// Whether any shaping is configured.
+    /// Whether any shaping (or the lying-member fault) is configured.
     pub fn is_enabled(&self) -> bool {
-        self.egress_bytes_per_sec.is_some() || !self.latency.is_empty()
+        self.egress_bytes_per_sec.is_some() || !self.latency.is_empty() || self.flip_served_bytes
     }
 
     /// The added latency between `local` and `remote`, if that pair has one.
@@ -219,6 +226,7 @@ struct ShapingState {
     local_region: String,
     latency: BTreeMap<String, Duration>,
     egress: Option<Mutex<TokenBucket>>,
+    flip_served_bytes: bool,
 }
 
 impl Shaping {
@@ -249,6 +257,7 @@ impl Shaping {
                 local_region: local_region.to_owned(),
                 latency,
                 egress,
+                flip_served_bytes: config.flip_served_bytes,
             })),
         }
     }
@@ -269,12 +278,21 @@ impl Shaping {
         tokio::time::sleep(*delay).await;
     }
 
-    /// Writes `bytes` to `stream`, paced by the egress cap when there is one.
+    /// Writes `bytes` to `stream`, paced by the egress cap when there is one (and with its first
+    /// byte flipped when the node plays a lying member).
     pub async fn write_paced(
         &self,
         stream: &mut (impl AsyncWrite + Unpin),
         bytes: &[u8],
     ) -> std::io::Result<()> {
+        let flipped;
+        let bytes = match self.inner.as_ref() {
+            Some(state) if state.flip_served_bytes && !bytes.is_empty() => {
+                flipped = flip_first_byte(bytes);
+                &flipped[..]
+            }
+            _ => bytes,
+        };
         let Some(egress) = self.inner.as_ref().and_then(|s| s.egress.as_ref()) else {
             return stream.write_all(bytes).await;
         };
@@ -292,9 +310,39 @@ impl Shaping {
     }
 }
 
+/// A copy of `bytes` with the first byte's bits inverted.
+fn flip_first_byte(bytes: &[u8]) -> Vec<u8> {
+    let mut copy = bytes.to_vec();
+    if let Some(first) = copy.first_mut() {
+        *first = !*first;
+    }
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lying_member_flips_the_first_byte_of_every_served_shard() {
+        let honest = Shaping::new(&ShapingConfig::default(), "eu");
+        let liar = Shaping::new(
+            &ShapingConfig {
+                flip_served_bytes: true,
+                ..ShapingConfig::default()
+            },
+            "eu",
+        );
+        let shard = b"shard bytes".to_vec();
+        let mut sent = Vec::new();
+        futures::executor::block_on(honest.write_paced(&mut sent, &shard)).unwrap();
+        assert_eq!(sent, shard);
+        let mut lied = Vec::new();
+        futures::executor::block_on(liar.write_paced(&mut lied, &shard)).unwrap();
+        assert_eq!(lied.len(), shard.len());
+        assert_eq!(lied[0], !shard[0]);
+        assert_eq!(lied[1..], shard[1..]);
+    }
 
     const MIB: u64 = 1 << 20;
 

@@ -1,6 +1,9 @@
 //! `shoal-testnet`: starts a local multi-region Shoal network on loopback for
 //! trying Shoal by hand, prints how to point containerd at each node, and
-//! tears everything down on Ctrl-C (SIGINT) or SIGTERM.
+//! tears everything down on Ctrl-C (SIGINT) or SIGTERM (`up`). Also runs the
+//! chaos soak (`soak`, [`shoal_testnet::soak`]) and the load test (`load`,
+//! [`shoal_testnet::load`]), each printing a summary and exiting non-zero when
+//! a property failed.
 //!
 //! It runs the same programs the end-to-end tests do (`shoald`, the origin
 //! registry `docker-registry`) through [`shoal_testnet::network`]; `shoald`
@@ -31,6 +34,46 @@ enum Command {
     /// Start an origin registry and shoald nodes in named regions, print how
     /// to pull through each node, and run until Ctrl-C.
     Up(UpArgs),
+    /// Chaos soak: 5 nodes in 2 regions, 20 clients, first without faults,
+    /// then with nodes killed, the origin stopped and a lying member; checks
+    /// wrong bytes, fsck, origin bytes, memory and descriptors.
+    Soak(SoakArgs),
+    /// Load: many clients on one node's cached blobs and manifests while slow
+    /// clients never finish their headers; reports latency, memory and
+    /// descriptors.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Minutes of each phase (fault-free, then faulted).
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// Seed of the images, the clients' requests and the faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Concurrent clients asking for cached blobs and manifests.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Clients that open a connection and never finish their headers.
+    #[arg(long, default_value_t = 100)]
+    slow_clients: usize,
+    /// Seconds the clients send requests.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seed of the image and the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +114,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Command::Up(up) => run_up(up).await,
+            Command::Soak(soak) => run_soak(soak).await,
+            Command::Load(load) => run_load(load).await,
         }
     });
     match result {
@@ -177,6 +222,53 @@ async fn run_up(up: UpArgs) -> Result<()> {
     network.shutdown().await
 }
 
+async fn run_soak(args: SoakArgs) -> Result<()> {
+    ensure!(
+        (1..=24 * 60).contains(&args.minutes),
+        "--minutes must be 1 to 1440"
+    );
+    let options = shoal_testnet::soak::SoakOptions::minutes(args.minutes, args.seed);
+    let report = shoal_testnet::soak::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", shoal_testnet::soak::render(&report));
+    }
+    let failures = report.failures();
+    ensure!(failures.is_empty(), "soak failed: {}", failures.join("; "));
+    Ok(())
+}
+
+async fn run_load(args: LoadArgs) -> Result<()> {
+    ensure!(
+        (1..=2000).contains(&args.clients),
+        "--clients must be 1 to 2000"
+    );
+    ensure!(
+        args.slow_clients <= 2000,
+        "--slow-clients must be at most 2000"
+    );
+    ensure!(
+        (1..=3600).contains(&args.seconds),
+        "--seconds must be 1 to 3600"
+    );
+    let options = shoal_testnet::load::LoadOptions {
+        clients: args.clients,
+        slow_clients: args.slow_clients,
+        duration: std::time::Duration::from_secs(args.seconds),
+        seed: args.seed,
+    };
+    let report = shoal_testnet::load::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", shoal_testnet::load::render(&report));
+    }
+    let failures = report.failures();
+    ensure!(failures.is_empty(), "load failed: {}", failures.join("; "));
+    Ok(())
+}
+
 fn print_network(network: &Network, demo: Option<&str>) {
     let origin = network.origin();
     let reference = demo
@@ -243,7 +335,9 @@ mod tests {
     #[test]
     fn one_node_per_region_by_default_and_limits_hold() {
         let up = Args::parse_from(["shoal-testnet", "up", "--regions", "eu,us,ap"]);
-        let Command::Up(up) = up.command;
+        let Command::Up(up) = up.command else {
+            panic!("parsed as another command")
+        };
         assert_eq!(network_spec(&up).unwrap().len(), 3);
         let too_many = Args::parse_from([
             "shoal-testnet",
@@ -253,10 +347,14 @@ mod tests {
             "--nodes-per-region",
             "1000",
         ]);
-        let Command::Up(too_many) = too_many.command;
+        let Command::Up(too_many) = too_many.command else {
+            panic!("parsed as another command")
+        };
         assert!(network_spec(&too_many).is_err());
         let bad = Args::parse_from(["shoal-testnet", "up", "--regions", "EU"]);
-        let Command::Up(bad) = bad.command;
+        let Command::Up(bad) = bad.command else {
+            panic!("parsed as another command")
+        };
         assert!(network_spec(&bad).is_err());
     }
 }

@@ -1,0 +1,40 @@
+//! Replays the fuzz corpora of `proto`'s decoders (wire messages, gossip, shard maps, index
+//! records, the OCI name grammar) through the same checks the fuzz targets run (`fuzz/checks/`).
+
+#[path = "../../fuzz/checks/gossip.rs"]
+mod gossip;
+#[path = "../../fuzz/checks/oci.rs"]
+mod oci;
+#[path = "../../fuzz/checks/records.rs"]
+mod records;
+#[path = "../../fuzz/checks/replay.rs"]
+mod replay;
+#[path = "../../fuzz/checks/shard_map.rs"]
+mod shard_map;
+#[path = "../../fuzz/checks/wire.rs"]
+mod wire;
+
+#[test]
+fn every_wire_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("wire", wire::check);
+}
+
+#[test]
+fn every_gossip_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("gossip", gossip::check);
+}
+
+#[test]
+fn every_shard_map_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("shard_map", shard_map::check);
+}
+
+#[test]
+fn every_index_record_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("records", records::check);
+}
+
+#[test]
+fn every_oci_name_corpus_input_parses_consistently_or_is_refused() {
+    replay::replay("oci", oci::check);
+}
