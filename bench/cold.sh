@@ -19,7 +19,11 @@ runs=${2:-5}
 work=$(mktemp -d /var/tmp/shoal-cold.XXXXXX)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+proxy_pid=; shoal_pid=
+cleanup() {
+  for p in "${pids[@]}" $proxy_pid $shoal_pid; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
