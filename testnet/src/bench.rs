@@ -69,7 +69,7 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Times of one run of [`one_peer`], in seconds.
+/// Times of one run of [`one_peer`], in seconds, and the CPU time the nodes spent.
 #[derive(Debug, Clone, Copy)]
 pub struct OnePeerRun {
     /// GET from the origin registry directly.
@@ -80,15 +80,91 @@ pub struct OnePeerRun {
     pub node_from_peer: f64,
     /// GET from the holder's warm cache.
     pub warm_holder: f64,
+    /// CPU seconds (user + system) of the cold node filling from the origin, during its GET.
+    pub cpu_node_from_origin: f64,
+    /// CPU seconds of the holder while it served the peer, during the peer GET.
+    pub cpu_holder: f64,
+    /// CPU seconds of the node filling from the peer, during the peer GET.
+    pub cpu_fetcher: f64,
 }
 
-/// One run of the one-peer benchmark with a fresh origin and fresh nodes.
-pub async fn one_peer(size: usize, seed: u64) -> Result<OnePeerRun> {
+/// Where to pin the nodes of [`one_peer`]: the holder on one core, the fetcher (and the node
+/// filling from the origin) on another, so that each end has a core to itself as on two hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct Pinning {
+    /// The holder's core.
+    pub holder: usize,
+    /// The fetching node's core.
+    pub fetcher: usize,
+}
+
+/// User + system CPU seconds a process has used so far (`/proc/PID/stat`, in clock ticks of
+/// 1/100 s, the kernel's `USER_HZ` on Linux).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it are counted from its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |index: usize| -> Result<f64> {
+        Ok(fields
+            .get(index)
+            .context("short /proc/PID/stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Pins every thread of a process (and so the threads it starts later) to one core.
+fn pin(node: &Node, core: usize) -> Result<()> {
+    let pid = node.pid().context("the node is not running")?;
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset")?;
+    ensure!(status.success(), "taskset failed for pid {pid}");
+    Ok(())
+}
+
+/// Times `fetch` and the CPU seconds each of `nodes` spent meanwhile.
+async fn fetch_measuring_cpu(base: &str, blob: &Blob, nodes: &[&Node]) -> Result<(f64, Vec<f64>)> {
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|node| node.pid().context("the node is not running"))
+        .collect::<Result<_>>()?;
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|&pid| cpu_seconds(pid))
+        .collect::<Result<_>>()?;
+    let elapsed = fetch(base, blob).await?.as_secs_f64();
+    let after: Vec<f64> = pids
+        .iter()
+        .map(|&pid| cpu_seconds(pid))
+        .collect::<Result<_>>()?;
+    Ok((
+        elapsed,
+        after.iter().zip(&before).map(|(a, b)| a - b).collect(),
+    ))
+}
+
+/// One run of the one-peer benchmark with a fresh origin and fresh nodes; with `pinning`, the
+/// nodes are pinned to separate cores.
+pub async fn one_peer(size: usize, seed: u64, pinning: Option<Pinning>) -> Result<OnePeerRun> {
     let mut origin = Origin::start().await?;
     let blob = push_random_blob(&origin, size, seed).await?;
     let origin_direct = fetch(&origin.url(), &blob).await?.as_secs_f64();
     let alone = Node::start(NodeConfig::for_origin(&origin)).await?;
-    let node_from_origin = fetch(&alone.registry_url(), &blob).await?.as_secs_f64();
+    if let Some(pinning) = pinning {
+        pin(&alone, pinning.fetcher)?;
+    }
+    let (node_from_origin, cpu) =
+        fetch_measuring_cpu(&alone.registry_url(), &blob, &[&alone]).await?;
+    let cpu_node_from_origin = cpu[0];
     drop(alone);
 
     let key = NetworkKeyFile::new(seed)?;
@@ -96,16 +172,24 @@ pub async fn one_peer(size: usize, seed: u64) -> Result<OnePeerRun> {
     fetch(&holder.registry_url(), &blob).await?;
     let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
     let fetcher = Node::start(NodeConfig::joining(&origin, &key, holder.p2p_addr()?)).await?;
+    if let Some(pinning) = pinning {
+        pin(&holder, pinning.holder)?;
+        pin(&fetcher, pinning.fetcher)?;
+    }
     fetcher
         .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
         .await?;
     origin.stop().await?;
-    let node_from_peer = fetch(&fetcher.registry_url(), &blob).await?.as_secs_f64();
+    let (node_from_peer, cpu) =
+        fetch_measuring_cpu(&fetcher.registry_url(), &blob, &[&holder, &fetcher]).await?;
     Ok(OnePeerRun {
         origin_direct,
         node_from_origin,
         node_from_peer,
         warm_holder,
+        cpu_node_from_origin,
+        cpu_holder: cpu[0],
+        cpu_fetcher: cpu[1],
     })
 }
 

@@ -577,6 +577,12 @@ impl PullThrough {
         let actual = hasher
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
+        // Every byte the readers have is now known good: release the last one without waiting
+        // for the ingest to write the blob's last shards (the ingest checks the digest again
+        // before it commits, and peers following shard by shard still wait for the shards).
+        if actual == digest {
+            flight.mark_digest_matched();
+        }
         if let Some(feed) = feed.take() {
             let _ = feed.send(Feed::End(actual)).await;
         }
@@ -612,7 +618,7 @@ impl PullThrough {
             // The store failed: the blob is verified here, and released only if it matches.
             Some(Ok(WorkerEnd::HandedOver)) | None => {
                 if actual == digest {
-                    flight.mark_verified();
+                    flight.mark_digest_matched();
                     return Ok(Fetched {
                         len,
                         source,
@@ -854,7 +860,10 @@ fn ingest_worker(
         let started = Instant::now();
         let (written, len) = match feed.blocking_recv() {
             Some(Feed::Bytes(bytes)) => (ingest.write_unhashed(&bytes), bytes.len()),
-            Some(Feed::Shard(bytes, hash)) => (ingest.write_shard(&bytes, hash), bytes.len()),
+            Some(Feed::Shard(bytes, hash)) => {
+                let len = bytes.len();
+                (ingest.write_shard(bytes, hash), len)
+            }
             Some(Feed::End(actual)) => break actual,
             // The driver gave up: dropping the ingest removes what it wrote.
             None => return Err(IngestError::Abandoned),

@@ -84,6 +84,9 @@ struct FlightState {
     pending_start: u64,
     /// The sha256 matched: every byte received may be released.
     verified: bool,
+    /// The ingest verified the blob and reported every shard: peers following it shard by shard
+    /// have had everything once they reach the end of `shards`.
+    shards_complete: bool,
     outcome: Option<Outcome>,
     /// The store stopped taking the blob: bytes stay in memory only, within the window.
     passing_through: bool,
@@ -193,6 +196,7 @@ impl Flight {
                 pending: VecDeque::new(),
                 pending_start: 0,
                 verified: false,
+                shards_complete: false,
                 outcome: None,
                 passing_through: false,
                 kept_ingest: None,
@@ -347,7 +351,7 @@ impl Flight {
         if let Some(shard) = state.shards.get(index) {
             return NextShard::Ready(shard.clone());
         }
-        if state.verified {
+        if state.shards_complete {
             return NextShard::End;
         }
         // No shard file will follow: the follower goes on from another source.
@@ -407,7 +411,18 @@ impl Flight {
         }
     }
 
+    /// The ingest verified the blob's sha256 and has reported every shard.
     pub(super) fn mark_verified(&self) {
+        let mut state = self.state();
+        state.verified = true;
+        state.shards_complete = true;
+        drop(state);
+        self.notify();
+    }
+
+    /// The sha256 of every byte received matched: the last byte may be released. Peers
+    /// following shard by shard wait for [`mark_verified`](Self::mark_verified).
+    pub(super) fn mark_digest_matched(&self) {
         self.state().verified = true;
         self.notify();
     }
@@ -580,6 +595,31 @@ mod tests {
         reader.advance(10);
         // Done: nothing joins a flight whose blob was not stored.
         assert!(flight.join().is_none());
+    }
+
+    #[test]
+    fn a_matched_digest_releases_the_last_byte_while_peers_still_wait_for_the_last_shards() {
+        let flight = flight();
+        let _reader = flight.join().unwrap();
+        flight.start(Some(10));
+        flight.push(Bytes::from_static(b"0123456789"));
+        let shard = |offset, len, byte| StoredShard {
+            offset,
+            len,
+            path: "/nonexistent".into(),
+            hash: ShardHash::from_bytes([byte; 32]),
+        };
+        flight.add_shards(vec![shard(0, 4, 1)]);
+        assert!(matches!(flight.next(9, Some(10)), Next::Wait));
+        flight.mark_digest_matched();
+        assert_eq!(&bytes_of(flight.next(9, Some(10)))[..], b"9");
+        // The ingest has not written the last shard yet: a follower waits for it, not the end.
+        assert!(matches!(flight.shard(1), NextShard::Wait));
+        flight.add_shards(vec![shard(4, 6, 2)]);
+        assert!(matches!(flight.shard(1), NextShard::Ready(_)));
+        assert!(matches!(flight.shard(2), NextShard::Wait));
+        flight.mark_verified();
+        assert!(matches!(flight.shard(2), NextShard::End));
     }
 
     #[test]

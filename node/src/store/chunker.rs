@@ -3,12 +3,14 @@
 //!
 //! A FastCDC cut that starts at offset `s` depends only on the bytes `s..s + max`, so once the
 //! buffer holds at least `max` bytes past a shard's start, that shard's end is final. The chunker
-//! fills one reusable buffer of four maximum shards, cuts every shard whose end is final, hashes
+//! appends into one buffer of four maximum shards, cuts every shard whose end is final, hashes
 //! each right after it is cut while its bytes are still in cache (chunking and hashing are one pass
-//! over the data), hands it to the caller as a borrowed slice, and moves the unfinished tail (less
-//! than one maximum shard) to the front. Nothing is allocated per shard.
+//! over the data), and hands it on as a [`Bytes`] split off the front of the buffer: the shard's
+//! bytes are not copied again, so a later stage (the shard writer, on its own thread) can own
+//! them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to the
+//! front of it, or to a new buffer while shards cut from the old one are still held.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::FastCDC;
 use shoal_proto::{ChunkingParams, ShardHash};
 
@@ -27,9 +29,8 @@ pub struct CutShard {
 #[derive(Debug)]
 pub struct StreamChunker {
     params: ChunkingParams,
-    buffer: Vec<u8>,
-    /// Start of the first byte not yet in a shard.
-    start: usize,
+    /// Bytes pushed and not yet in a shard; shards are split off its front.
+    buffer: BytesMut,
     /// Blob offset of `buffer[0]`.
     buffer_offset: u64,
 }
@@ -39,10 +40,13 @@ impl StreamChunker {
     pub fn new(params: ChunkingParams) -> Self {
         Self {
             params,
-            buffer: Vec::with_capacity(4 * params.max as usize),
-            start: 0,
+            buffer: BytesMut::with_capacity(Self::buffer_capacity(params)),
             buffer_offset: 0,
         }
+    }
+
+    fn buffer_capacity(params: ChunkingParams) -> usize {
+        4 * params.max as usize
     }
 
     /// Adds bytes; calls `emit(offset, bytes, hash)` for every shard whose end is now final.
@@ -50,16 +54,15 @@ impl StreamChunker {
     where
         E: ShardSink,
     {
-        let capacity = self.buffer.capacity();
         while !data.is_empty() {
-            if self.buffer.len() == capacity {
-                // Move the unfinished tail (under one maximum shard) to the front.
-                self.buffer.copy_within(self.start.., 0);
-                self.buffer.truncate(self.buffer.len() - self.start);
-                self.buffer_offset += self.start as u64;
-                self.start = 0;
+            if self.buffer.capacity() == self.buffer.len() {
+                // Room for a full buffer again: the unfinished tail (under one maximum shard)
+                // moves to the front of the same allocation once every shard cut from it is
+                // dropped, else to a new one.
+                self.buffer
+                    .reserve(Self::buffer_capacity(self.params) - self.buffer.len());
             }
-            let take = (capacity - self.buffer.len()).min(data.len());
+            let take = (self.buffer.capacity() - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
             // Cut as soon as a shard's end is final, while its bytes are still in cache.
@@ -70,7 +73,7 @@ impl StreamChunker {
 
     /// Whether every byte pushed so far is in an emitted shard.
     pub fn is_empty(&self) -> bool {
-        self.start == self.buffer.len()
+        self.buffer.is_empty()
     }
 
     /// Continues the stream at blob offset `offset` (bytes before it were cut elsewhere). Only
@@ -78,7 +81,6 @@ impl StreamChunker {
     pub fn skip_to(&mut self, offset: u64) {
         debug_assert!(self.is_empty());
         self.buffer.clear();
-        self.start = 0;
         self.buffer_offset = offset;
     }
 
@@ -89,24 +91,24 @@ impl StreamChunker {
 
     fn cut<E: ShardSink>(&mut self, at_end: bool, emit: &mut E) -> Result<(), E::Error> {
         let max = self.params.max as usize;
-        let available = self.buffer.len();
-        if available - self.start < max && !at_end {
-            return Ok(());
+        loop {
+            let available = self.buffer.len();
+            if available == 0 || (!at_end && available < max) {
+                return Ok(());
+            }
+            let (_, len) = FastCDC::new(
+                &self.buffer,
+                self.params.min,
+                self.params.avg,
+                self.params.max,
+            )
+            .cut(0, available);
+            let shard = self.buffer.split_to(len).freeze();
+            let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
+            let offset = self.buffer_offset;
+            self.buffer_offset += len as u64;
+            emit.shard(offset, shard, hash)?;
         }
-        let cdc = FastCDC::new(
-            &self.buffer,
-            self.params.min,
-            self.params.avg,
-            self.params.max,
-        );
-        while self.start < available && (at_end || available - self.start >= max) {
-            let (_, end) = cdc.cut(self.start, available - self.start);
-            let shard = &self.buffer[self.start..end];
-            let hash = ShardHash::from_bytes(*blake3::hash(shard).as_bytes());
-            emit.shard(self.buffer_offset + self.start as u64, shard, hash)?;
-            self.start = end;
-        }
-        Ok(())
     }
 }
 
@@ -115,25 +117,19 @@ pub trait ShardSink {
     /// What can go wrong while handling a shard.
     type Error;
     /// Handles the shard at `offset` with bytes `data` and BLAKE3 `hash`.
-    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), Self::Error>;
+    fn shard(&mut self, offset: u64, data: Bytes, hash: ShardHash) -> Result<(), Self::Error>;
 }
 
-impl<F: FnMut(u64, &[u8], ShardHash)> ShardSink for F {
+impl<F: FnMut(u64, Bytes, ShardHash)> ShardSink for F {
     type Error = std::convert::Infallible;
-    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), Self::Error> {
+    fn shard(&mut self, offset: u64, data: Bytes, hash: ShardHash) -> Result<(), Self::Error> {
         self(offset, data, hash);
         Ok(())
     }
 }
 
-fn collect_into(out: &mut Vec<CutShard>) -> impl FnMut(u64, &[u8], ShardHash) + '_ {
-    |offset, data, hash| {
-        out.push(CutShard {
-            offset,
-            data: Bytes::copy_from_slice(data),
-            hash,
-        })
-    }
+fn collect_into(out: &mut Vec<CutShard>) -> impl FnMut(u64, Bytes, ShardHash) + '_ {
+    |offset, data, hash| out.push(CutShard { offset, data, hash })
 }
 
 /// Cuts a whole buffer at once (used by tests and tools).
@@ -202,6 +198,27 @@ mod tests {
             for shard in pieces.iter().rev().skip(1) {
                 prop_assert!(shard.data.len() >= SMALL.min as usize);
             }
+        }
+
+        #[test]
+        fn streamed_shards_are_the_ones_fastcdc_cuts_from_the_whole_buffer(
+            len in 0usize..60_000,
+            seed in any::<u64>(),
+            piece in 1usize..9_000,
+        ) {
+            let data = pseudo_random(len, seed);
+            let mut chunker = StreamChunker::new(SMALL);
+            let mut streamed = Vec::new();
+            for part in data.chunks(piece) {
+                let Ok(()) = chunker.push(part, collect_into(&mut streamed));
+            }
+            let Ok(()) = chunker.finish(collect_into(&mut streamed));
+            let whole: Vec<(u64, usize)> = FastCDC::new(&data, SMALL.min, SMALL.avg, SMALL.max)
+                .map(|chunk| (chunk.offset as u64, chunk.length))
+                .collect();
+            let streamed: Vec<(u64, usize)> =
+                streamed.iter().map(|s| (s.offset, s.data.len())).collect();
+            prop_assert_eq!(streamed, whole);
         }
 
         #[test]

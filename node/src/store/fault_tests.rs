@@ -239,3 +239,29 @@ fn a_failed_step_of_an_ingest_leaves_nothing_and_the_next_commit_clears_the_fail
         }
     }
 }
+
+/// Two ingests of the same bytes at once: the second finds every shard file in place, written by
+/// the first, which has not committed (so not fsynced) them. Its commit must fsync them itself
+/// before its map makes them reachable, or a crash could leave a committed map over lost shards.
+#[test]
+fn a_commit_fsyncs_the_shards_it_found_written_by_an_ingest_not_yet_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Arc::new(FaultyFiles::new());
+    let store = open(dir.path(), files.clone());
+    let data = &pool()[1];
+    let mut first = store.begin_ingest(digest_of(data));
+    first.write(data).unwrap();
+    first.verify().unwrap();
+    let mut second = store.begin_ingest(digest_of(data));
+    second.write(data).unwrap();
+    second.verify().unwrap();
+    // Count the fsyncs of files (a fault planned past the last one never fires).
+    files.plan(Some(Step::SyncFile), u64::MAX, Fault::Crash);
+    let map = second.commit().unwrap();
+    let shard_files: BTreeSet<[u8; 32]> = map.shards.iter().map(|s| s.hash).collect();
+    assert!(shard_files.len() > 1);
+    // One per shard file, one for the map.
+    assert_eq!(files.seen(), shard_files.len() as u64 + 1);
+    drop(first);
+    assert_eq!(read_back(&store, &digest_of(data)).unwrap(), *data);
+}

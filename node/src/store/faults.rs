@@ -60,6 +60,11 @@ impl FaultyFiles {
         *self.plan.lock().unwrap() = Some((step, nth, fault));
     }
 
+    /// Steps (of the aimed kind, if any) seen since the last [`plan`](Self::plan).
+    pub(crate) fn seen(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// Whether the planned fault fired.
     pub(crate) fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)

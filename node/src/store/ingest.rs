@@ -1,13 +1,22 @@
 //! Ingesting one blob: chunk, hash, write shards, verify the digest, commit.
+//!
+//! Two stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
+//! chunker, zero-copy: each shard is a slice of the chunker's buffer), and the `shard_writer`
+//! stage writes new shard files on a thread of its own, so cutting the next shards and writing
+//! the last ones overlap. The blob's sha256 is the caller's: [`Ingest::write`] computes it inline,
+//! while the node computes it on a third thread and ends with [`Ingest::verify_with`]. Nothing is
+//! fsynced before the commit, which makes the whole blob durable at once.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
 use super::chunker::{ShardSink, StreamChunker};
+use super::shard_writer::{Finished, ShardJob, ShardWriter};
 use super::{io_context, ShardStore, StoreError, WriteFailure};
 
 /// Why an ingest did not commit. Nothing of the blob is left in the store in every case.
@@ -65,54 +74,33 @@ pub struct Ingest {
     received: u64,
     verified: bool,
     shards: IngestShards,
+    writer: ShardWriter,
 }
 
-/// Writes each shard the chunker emits, once per store however many blobs share it.
-struct ShardWriter<'a> {
+/// Pins each shard the chunker emits, lists it in the blob's map and hands it to the writer.
+struct ShardQueue<'a> {
     store: &'a ShardStore,
     shards: &'a mut IngestShards,
-    stored: Vec<StoredShard>,
+    writer: &'a mut ShardWriter,
+    /// Whether to write on the writer thread (starting it if needed); shards cut at the end of
+    /// a blob that never started it are written on the caller's thread.
+    background: bool,
 }
 
-impl ShardSink for &mut ShardWriter<'_> {
+impl ShardSink for &mut ShardQueue<'_> {
     type Error = IngestError;
 
-    fn shard(&mut self, offset: u64, data: &[u8], hash: ShardHash) -> Result<(), IngestError> {
-        let path = self.store.layout().shard_path(&hash);
-        let exists = self.store.pin_shard(hash);
+    fn shard(&mut self, offset: u64, data: Bytes, hash: ShardHash) -> Result<(), IngestError> {
+        // Pinned before the writer looks for its file: eviction cannot remove it in between.
+        self.store.pin_shard(hash);
         self.shards.pinned.push(hash);
-        if !exists {
-            // Rename without fsync: until the blob commits the file is unreferenced, and the
-            // commit fsyncs every file it created before the shard map makes them reachable.
-            // A failed step leaves no tmp file behind (a crash may; the next start empties tmp/).
-            let files = self.store.files();
-            let tmp = self.store.tmp_path("shard");
-            let written = files
-                .write_new(&tmp, data)
-                .map_err(io_context(format!("writing {}", tmp.display())))
-                .and_then(|()| {
-                    files
-                        .rename(&tmp, &path)
-                        .map_err(io_context(format!("renaming to {}", path.display())))
-                });
-            if let Err(error) = written {
-                self.store.discard(&tmp);
-                return Err(error.into());
-            }
-            self.shards.created.push(hash);
-        }
-        let len = data.len() as u32;
         self.shards.entries.push(ShardEntry {
             hash: *hash.as_bytes(),
             offset,
-            len,
+            len: data.len() as u32,
         });
-        self.stored.push(StoredShard {
-            offset,
-            len,
-            path,
-            hash,
-        });
+        self.writer
+            .submit(ShardJob { offset, data, hash }, self.background)?;
         Ok(())
     }
 }
@@ -120,6 +108,7 @@ impl ShardSink for &mut ShardWriter<'_> {
 impl Ingest {
     pub(super) fn new(store: ShardStore, expected: BlobDigest) -> Self {
         let chunker = StreamChunker::new(store.chunking());
+        let store_for_writer = store.clone();
         Self {
             store,
             expected,
@@ -128,6 +117,7 @@ impl Ingest {
             received: 0,
             verified: false,
             shards: IngestShards::default(),
+            writer: ShardWriter::new(store_for_writer),
         }
     }
 
@@ -161,14 +151,29 @@ impl Ingest {
         if self.received > MAX_BLOB_BYTES {
             return Err(IngestError::TooLarge);
         }
-        let mut writer = ShardWriter {
+        let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
-            stored: Vec::new(),
+            writer: &mut self.writer,
+            background: true,
         };
-        let pushed = self.chunker.push(data, &mut writer);
-        let stored = writer.stored;
-        self.noted(pushed.map(|()| stored))
+        let pushed = self.chunker.push(data, &mut queue);
+        let written = pushed.and_then(|()| self.take_written());
+        self.noted(written)
+    }
+
+    /// The shards the writer finished since the last call.
+    fn take_written(&mut self) -> Result<Vec<StoredShard>, IngestError> {
+        let Finished { stored, created } = self.writer.take()?;
+        self.shards.created.extend(created);
+        Ok(stored)
+    }
+
+    /// Waits for the writer to finish every shard queued.
+    fn drain_written(&mut self) -> Result<Vec<StoredShard>, IngestError> {
+        let Finished { stored, created } = self.writer.drain()?;
+        self.shards.created.extend(created);
+        Ok(stored)
     }
 
     /// Stores one shard cut by a peer with this store's chunking settings, whose BLAKE3 the caller
@@ -177,25 +182,26 @@ impl Ingest {
     /// shard joins them instead, so a blob's shards stay contiguous either way.
     pub fn write_shard(
         &mut self,
-        data: &[u8],
+        data: Bytes,
         hash: ShardHash,
     ) -> Result<Vec<StoredShard>, IngestError> {
         if !self.chunker.is_empty() {
-            return self.write_unhashed(data);
+            return self.write_unhashed(&data);
         }
         let offset = self.received;
         self.received += data.len() as u64;
         if self.received > MAX_BLOB_BYTES {
             return Err(IngestError::TooLarge);
         }
-        let mut writer = ShardWriter {
+        let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
-            stored: Vec::new(),
+            writer: &mut self.writer,
+            background: true,
         };
-        let written = (&mut writer).shard(offset, data, hash);
-        let stored = writer.stored;
-        self.noted(written)?;
+        let queued = (&mut queue).shard(offset, data, hash);
+        let written = queued.and_then(|()| self.take_written());
+        let stored = self.noted(written)?;
         self.chunker.skip_to(self.received);
         Ok(stored)
     }
@@ -218,14 +224,15 @@ impl Ingest {
 
     /// Like [`verify`](Self::verify), with the sha256 of every byte written computed by the caller.
     pub fn verify_with(&mut self, actual: BlobDigest) -> Result<Vec<StoredShard>, IngestError> {
-        let mut writer = ShardWriter {
+        let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
-            stored: Vec::new(),
+            writer: &mut self.writer,
+            background: false,
         };
-        let cut = self.chunker.finish(&mut writer);
-        let last = writer.stored;
-        self.noted(cut)?;
+        let cut = self.chunker.finish(&mut queue);
+        let written = cut.and_then(|()| self.drain_written());
+        let last = self.noted(written)?;
         if actual != self.expected {
             return Err(IngestError::DigestMismatch {
                 expected: self.expected,
@@ -267,8 +274,17 @@ impl Ingest {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
         let files = self.store.files();
+        // Every file this ingest created, and every file it found in place that no committed
+        // blob holds yet: another ingest still running wrote it and has not fsynced it.
+        let mut unsynced: BTreeSet<ShardHash> = self.shards.created.iter().copied().collect();
+        for entry in &self.shards.entries {
+            let hash = ShardHash::from_bytes(entry.hash);
+            if !unsynced.contains(&hash) && !self.store.shard_is_committed(&hash)? {
+                unsynced.insert(hash);
+            }
+        }
         let mut dirs = BTreeSet::new();
-        for hash in &self.shards.created {
+        for hash in &unsynced {
             let path = layout.shard_path(hash);
             files
                 .sync_file(&path)
@@ -297,8 +313,10 @@ impl Ingest {
 
 #[cfg(test)]
 impl Ingest {
-    /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up.
+    /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up
+    /// (the writer stage stops without writing what is queued, as a dying process would).
     pub(crate) fn crash(mut self) {
+        self.writer.stop();
         self.shards.pinned.clear();
         self.shards.created.clear();
     }
@@ -306,6 +324,9 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
+        // No file may appear after the cleanup: stop the writer first.
+        let created = self.writer.stop();
+        self.shards.created.extend(created);
         self.store
             .unpin_shards(&self.shards.pinned, &self.shards.created);
     }

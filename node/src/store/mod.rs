@@ -27,6 +27,7 @@ mod ingest;
 pub mod layout;
 pub mod recovery;
 pub mod room;
+mod shard_writer;
 
 use std::collections::HashMap;
 use std::fs;
@@ -657,11 +658,14 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// Pins `hash` for an ingest in flight and says whether its file already exists.
-    fn pin_shard(&self, hash: ShardHash) -> bool {
-        let mut live = self.live();
-        *live.pinned.entry(hash).or_insert(0) += 1;
-        self.inner.layout.shard_path(&hash).exists()
+    /// Pins `hash` for an ingest in flight: its file is not removed until it is unpinned.
+    fn pin_shard(&self, hash: ShardHash) {
+        *self.live().pinned.entry(hash).or_insert(0) += 1;
+    }
+
+    /// Whether a committed blob holds `hash` (then its file was fsynced by that blob's commit).
+    fn shard_is_committed(&self, hash: &ShardHash) -> Result<bool, StoreError> {
+        Ok(self.inner.shards.get(hash.as_bytes())?.is_some())
     }
 
     /// Releases pins; deletes `created` shards that no committed blob and no other ingest uses.

@@ -311,7 +311,9 @@ fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
     let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
     let mut whole = store.begin_ingest(digest_of(&bytes));
     for (shard, hash) in &shards {
-        whole.write_shard(shard, *hash).unwrap();
+        whole
+            .write_shard(Bytes::copy_from_slice(shard), *hash)
+            .unwrap();
     }
     // Like `write_unhashed`, `write_shard` leaves the blob's sha256 to the caller.
     whole.verify_with(digest_of(&bytes)).unwrap();
@@ -327,7 +329,10 @@ fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
     for entry in &other_map.shards[..half] {
         let range = entry.offset as usize..entry.end() as usize;
         mixed
-            .write_shard(&other[range], ShardHash::from_bytes(entry.hash))
+            .write_shard(
+                Bytes::copy_from_slice(&other[range]),
+                ShardHash::from_bytes(entry.hash),
+            )
             .unwrap();
     }
     for piece in other[cut..].chunks(5000) {

@@ -23,6 +23,10 @@ enum Command {
         /// Runs (each with a fresh origin and fresh nodes).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Pins the holder to core HOLDER and the fetching node to core FETCHER (`taskset`), so
+        /// that each end has a core of its own, as on two hosts.
+        #[arg(long, value_name = "HOLDER,FETCHER", value_delimiter = ',')]
+        pin: Option<Vec<usize>>,
     },
     /// N nodes asking for one blob at once.
     Crowd {
@@ -45,13 +49,24 @@ enum Command {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::OnePeer { size_mib, runs } => {
+        Command::OnePeer {
+            size_mib,
+            runs,
+            pin,
+        } => {
             let size = size_mib << 20;
+            let pinning = match pin.as_deref() {
+                None => None,
+                Some(&[holder, fetcher]) => Some(bench::Pinning { holder, fetcher }),
+                Some(_) => anyhow::bail!("--pin wants two cores: HOLDER,FETCHER"),
+            };
+            let gib = size as f64 / (1u64 << 30) as f64;
             let mut columns: [Vec<f64>; 4] = Default::default();
-            println!("| run | origin direct | cold node, origin only | cold node, one peer | warm holder |");
-            println!("|---|---|---|---|---|");
+            let mut cpu: [Vec<f64>; 3] = Default::default();
+            println!("| run | origin direct | cold node, origin only | cold node, one peer | warm holder | CPU s/GiB: node from origin / holder / node from peer |");
+            println!("|---|---|---|---|---|---|");
             for run in 0..runs {
-                let r = bench::one_peer(size, 700 + run as u64).await?;
+                let r = bench::one_peer(size, 700 + run as u64, pinning).await?;
                 let times = [
                     r.origin_direct,
                     r.node_from_origin,
@@ -67,13 +82,37 @@ async fn main() -> Result<()> {
                         format!("{t:.2} s ({rate:.0} MB/s)")
                     })
                     .collect();
-                println!("| {} | {} |", run + 1, rates.join(" | "));
+                let per_gib =
+                    [r.cpu_node_from_origin, r.cpu_holder, r.cpu_fetcher].map(|s| s / gib);
+                for (value, column) in per_gib.iter().zip(cpu.iter_mut()) {
+                    column.push(*value);
+                }
+                println!(
+                    "| {} | {} | {:.2} / {:.2} / {:.2} |",
+                    run + 1,
+                    rates.join(" | "),
+                    per_gib[0],
+                    per_gib[1],
+                    per_gib[2]
+                );
             }
             let medians: Vec<String> = columns
                 .iter_mut()
                 .map(|c| format!("{:.0} MB/s", median(c)))
                 .collect();
-            println!("| median | {} |", medians.join(" | "));
+            let cpu_medians: Vec<String> = cpu
+                .iter_mut()
+                .map(|c| format!("{:.2}", median(c)))
+                .collect();
+            println!(
+                "| median | {} | {} |",
+                medians.join(" | "),
+                cpu_medians.join(" / ")
+            );
+            println!(
+                "peer / origin through a node (medians): {:.2}x",
+                median(&mut columns[2]) / median(&mut columns[1])
+            );
         }
         Command::Crowd {
             nodes,
