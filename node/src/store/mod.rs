@@ -317,8 +317,10 @@ impl ShardStore {
 
     /// Writes `bytes` to `path` through a temporary file: write, fsync, rename, fsync the
     /// directory. Readers see either the old file or the whole new one. On failure the temporary
-    /// file is removed, and so is `path` if the rename happened but its directory could not be
-    /// made durable: nobody may rely on a file whose name may vanish in a crash.
+    /// file is removed, and so is `path` if the rename created it but its directory could not be
+    /// made durable: nobody may rely on a file whose name may vanish in a crash. A `path` that
+    /// existed before stays (its old name was durable, and a crash leaves the old or the new
+    /// version, never none).
     pub(crate) fn write_durably(
         &self,
         label: &str,
@@ -327,6 +329,10 @@ impl ShardStore {
     ) -> Result<(), StoreError> {
         let files = &self.inner.files;
         let tmp = self.tmp_path(label);
+        // A file already there (a committed blob's map, ingested again) was durable before this
+        // write: if the new name cannot be made durable, the file must stay, since either
+        // version is valid and a committed blob must not lose its map.
+        let replacing = path.exists();
         let written = files
             .write_new(&tmp, bytes)
             .map_err(io_context(format!("writing {}", tmp.display())))
@@ -346,7 +352,9 @@ impl ShardStore {
         }
         if let Some(dir) = path.parent() {
             if let Err(error) = self.fsync_dir(dir) {
-                self.discard(path);
+                if !replacing {
+                    self.discard(path);
+                }
                 return Err(error);
             }
         }
