@@ -97,7 +97,20 @@ fn a_node_out_of_descriptors_answers_503_before_taking_a_request() {
         assert!(Instant::now() < deadline, "the node kept its descriptors");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = status_of_new_request(&registry);
-    assert!(status.contains("200"), "{status:?}");
+    // Served as usual again. Connections the node is still closing, and its own background
+    // tasks' files, can hold the last few descriptors for a moment, so a 503 (with Retry-After,
+    // as a client would) is retried until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = status_of_new_request(&registry);
+        if status.contains("200") {
+            break;
+        }
+        assert!(
+            status.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
+            "{status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(node.0.try_wait().unwrap().is_none(), "shoald died");
 }

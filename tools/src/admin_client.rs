@@ -18,6 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 pub struct AdminClient {
     base: reqwest::Url,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl AdminClient {
@@ -33,7 +34,18 @@ impl AdminClient {
             .timeout(TIMEOUT)
             .build()
             .context("building the HTTP client")?;
-        Ok(AdminClient { base, http })
+        Ok(AdminClient {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    /// Sends `token` as the bearer token on requests that change state (needed when the node
+    /// has `admin_token_file`).
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token;
+        self
     }
 
     async fn get(&self, path: &str) -> Result<String> {
@@ -88,11 +100,14 @@ impl AdminClient {
             .context("joining the admin URL")?;
         let what = format!("POST {url}");
         let body = serde_json::to_vec(request).context("encoding the preheat request")?;
-        let post = self
+        let mut post = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(token) = &self.token {
+            post = post.bearer_auth(token);
+        }
         let (status, text) = self.exchange(post, &what).await?;
         if !status.is_success() {
             bail!("{what}: {status}: {}", error_message(&text));

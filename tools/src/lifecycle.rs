@@ -119,20 +119,7 @@ impl Client {
         }
         let token = match &options.token_file {
             None => None,
-            Some(path) => {
-                let len = std::fs::metadata(path)
-                    .with_context(|| format!("reading --token-file {}", path.display()))?
-                    .len();
-                if len > MAX_TOKEN_BYTES {
-                    bail!(
-                        "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
-                        path.display()
-                    );
-                }
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --token-file {}", path.display()))?;
-                Some(text.trim().to_owned())
-            }
+            Some(path) => Some(read_token_file(path)?),
         };
         let http = reqwest::Client::builder().timeout(TIMEOUT).build()?;
         Ok(Client { base, http, token })
@@ -596,4 +583,20 @@ mod tests {
         assert!(dot.contains("fillcolor=lightblue"));
         assert!(dot.trim_end().ends_with('}'));
     }
+}
+
+/// The admin bearer token in `path` (the node's `admin_token_file`), trimmed; bounded in size.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?
+        .len();
+    if len > MAX_TOKEN_BYTES {
+        bail!(
+            "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?;
+    Ok(text.trim().to_owned())
 }

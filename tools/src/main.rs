@@ -105,6 +105,9 @@ enum Command {
         /// The node's admin API.
         #[arg(long, default_value = "http://127.0.0.1:5051")]
         admin: String,
+        /// A file holding the admin bearer token (the node's `admin_token_file`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// A running node's layers with their lifecycle states (`GET /layers`), paginated.
     Layers {
@@ -170,12 +173,14 @@ fn main() -> ExitCode {
             all_regions,
             platforms,
             admin,
+            token_file,
         } => block_on(preheat::run(preheat::PreheatArgs {
             admin,
             images,
             regions,
             all_regions,
             platforms,
+            token_file,
         })),
         Command::Layers {
             state,

@@ -39,11 +39,18 @@ pub struct PreheatArgs {
     pub all_regions: bool,
     /// Platforms of multi-platform images.
     pub platforms: Vec<String>,
+    /// The file holding the admin bearer token, if the node needs one.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Runs `shoal preheat`.
 pub async fn run(args: PreheatArgs) -> Result<ExitCode> {
-    let client = AdminClient::new(&args.admin)?;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(crate::lifecycle::read_token_file)
+        .transpose()?;
+    let client = AdminClient::new(&args.admin)?.with_token(token);
     let started = client
         .preheat_start(&PreheatBody {
             images: args.images.clone(),
