@@ -557,6 +557,22 @@ pub fn retention(options: &AdminOptions, dry_run: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The admin bearer token in `path` (the node's `admin_token_file`), trimmed; bounded in size.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?
+        .len();
+    if len > MAX_TOKEN_BYTES {
+        bail!(
+            "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,20 +599,4 @@ mod tests {
         assert!(dot.contains("fillcolor=lightblue"));
         assert!(dot.trim_end().ends_with('}'));
     }
-}
-
-/// The admin bearer token in `path` (the node's `admin_token_file`), trimmed; bounded in size.
-pub fn read_token_file(path: &std::path::Path) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading --token-file {}", path.display()))?
-        .len();
-    if len > MAX_TOKEN_BYTES {
-        bail!(
-            "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --token-file {}", path.display()))?;
-    Ok(text.trim().to_owned())
 }
