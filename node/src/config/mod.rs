@@ -37,6 +37,22 @@ fn error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A section's optional key: its value, or `default` when absent, refused (with the message to
+/// show) unless within `low..=high`. NaN is refused too. Each section (`[placement]`,
+/// `[lifecycle]`, `[threat]`, ...) wraps the message in its own error with the key's full name.
+pub(crate) fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+    value: Option<T>,
+    default: T,
+    low: T,
+    high: T,
+) -> Result<T, String> {
+    let value = value.unwrap_or(default);
+    if !(value >= low && value <= high) {
+        return Err(format!("must be {low} to {high}"));
+    }
+    Ok(value)
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

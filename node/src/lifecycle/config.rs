@@ -98,12 +98,7 @@ fn within<T: PartialOrd + Copy + std::fmt::Display>(
     low: T,
     high: T,
 ) -> Result<T, LifecycleConfigError> {
-    let value = value.unwrap_or(default);
-    // Written so that NaN fails too.
-    if !(value >= low && value <= high) {
-        return Err(bad(key, format!("must be {low} to {high}")));
-    }
-    Ok(value)
+    crate::config::in_range(value, default, low, high).map_err(|message| bad(key, message))
 }
 
 /// Seven years: the longest period any key takes.

@@ -100,11 +100,7 @@ fn within<T: PartialOrd + Copy + std::fmt::Display>(
     low: T,
     high: T,
 ) -> Result<T, PlacementConfigError> {
-    let value = value.unwrap_or(default);
-    if value < low || value > high {
-        return Err(bad(key, format!("must be {low} to {high}")));
-    }
-    Ok(value)
+    crate::config::in_range(value, default, low, high).map_err(|message| bad(key, message))
 }
 
 impl PlacementConfig {

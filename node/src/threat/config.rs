@@ -61,15 +61,10 @@ fn within<T: PartialOrd + Copy + std::fmt::Display>(
     low: T,
     high: T,
 ) -> Result<T, ThreatConfigError> {
-    let value = value.unwrap_or(default);
-    // `!(..)` so that a NaN is refused too.
-    if !(value >= low && value <= high) {
-        return Err(ThreatConfigError {
-            key: format!("threat.{key}"),
-            message: format!("must be {low} to {high}"),
-        });
-    }
-    Ok(value)
+    crate::config::in_range(value, default, low, high).map_err(|message| ThreatConfigError {
+        key: format!("threat.{key}"),
+        message,
+    })
 }
 
 impl ThreatConfig {
