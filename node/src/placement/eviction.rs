@@ -18,8 +18,9 @@
 //! first.
 //!
 //! The store evicts from the front until it is within budget, so a protected blob goes only when
-//! no other candidate is left (the disk budget is a hard limit). Lifecycle deletion is not wired
-//! yet: no candidate is marked for deletion.
+//! no other candidate is left (the disk budget is a hard limit). With the lifecycle on,
+//! `lifecycle::LifecycleEviction` wraps this order (Cold and Pending Deletion first, pinned keep
+//! last); deletion itself is the lifecycle's, not eviction's.
 
 use std::sync::{Arc, Mutex};
 
