@@ -8,6 +8,11 @@
 //! - demand in region A (a manifest pulled through one of A's two nodes) for an image only region
 //!   B holds makes a copy of each layer appear in A, fetched from B, with no new origin bytes;
 //!   A's nodes share the demand over gossip and split the layers between them.
+//! - under disk pressure, the last copy in the network of a layer in demand survives while a copy
+//!   held elsewhere goes, and the evicted blob's provider record leaves the DHT.
+//! - under disk pressure, a copy the plan requires on the node survives (its explanation says so
+//!   before the pressure) while a newer copy nothing protects goes: the protection, not recency,
+//!   decides.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -327,6 +332,165 @@ async fn under_disk_pressure_the_last_copy_in_demand_survives_and_evicted_blobs_
     );
     // Node 1 stops naming node 0 as a provider of what node 0 evicted: its store's records
     // of node 0 match node 0's blobs again.
+    let withdrawn = network
+        .node(0)
+        .metric("shoal_provider_records_withdrawn_total")
+        .await?;
+    ensure!(withdrawn >= 1.0, "no provider record withdrawn");
+    let blobs = network.node(0).metric("shoal_store_blobs").await?;
+    network
+        .node(1)
+        .wait_for_metric_with(
+            "shoal_p2p_provider_records",
+            &[("provider", "remote")],
+            PLACEMENT_TIMEOUT,
+            |n| n == blobs,
+        )
+        .await
+        .context("node 1 still holds provider records of blobs node 0 evicted")?;
+    logs.passed();
+    network.shutdown().await
+}
+
+/// Has `node` preheat `image` into its own region (no client request: no demand is recorded) and
+/// waits until the job is done.
+async fn preheat_here(node: &Node, image: &ImageInfo) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/preheat", node.admin_url());
+    let body = serde_json::json!({ "images": [image.reference] });
+    let response = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "POST {url}: {}",
+        response.status()
+    );
+    let started: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    let id = started["id"].as_str().context("no job id")?.to_owned();
+    let deadline = Instant::now() + PLACEMENT_TIMEOUT;
+    loop {
+        let job: serde_json::Value = serde_json::from_slice(
+            &http
+                .get(format!("{url}/{id}"))
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
+        match job["state"].as_str() {
+            Some("done") => return Ok(()),
+            Some("failed") => bail!("preheat failed: {job}"),
+            _ => {}
+        }
+        ensure!(Instant::now() < deadline, "preheat never finished: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `digest`'s explanation on `node` until `ready` holds for it.
+async fn wait_for_explanation(
+    node: &Node,
+    digest: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + PLACEMENT_TIMEOUT;
+    loop {
+        let explained = explain(node, digest).await?;
+        if ready(&explained) {
+            return Ok(explained);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{digest}: never {what}: {explained}\n{}",
+            node.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_disk_pressure_a_copy_the_plan_requires_survives_and_an_unprotected_newer_one_goes(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = placement_config(dir.path())?;
+    let network = Network::start(
+        NetworkSpec::new(97)
+            .node_with("a", with_config(&config).max_disk_bytes(16 << 20))
+            .node_with("b", with_config(&config)),
+    )
+    .await?;
+    let mut logs = LogsOnFailure::new(network.nodes().iter().map(|n| n.node()));
+    let image = |repo: &str, seed| ImageSpec::new(repo, "v1", seed).layer(7 << 20, 100);
+    let required = push_image(network.origin(), image("test/required", 98)).await?;
+    let unprotected = push_image(network.origin(), image("test/unprotected", 99)).await?;
+    let newest = push_image(network.origin(), image("test/newest", 100)).await?;
+    // Node 1 holds both, so neither is the last copy in the network.
+    network.node(1).pull_and_store(&required).await?;
+    network.node(1).pull_and_store(&unprotected).await?;
+    // A client of region A pulls the first image through node 0 (demand in A: the plan wants a
+    // copy there, and node 0 is A's only node); then node 0 preheats the second, which no client
+    // of A asked for. By recency, the required copy is the older one.
+    network.node(0).pull_and_store(&required).await?;
+    preheat_here(network.node(0), &unprotected).await?;
+
+    let required_layer = required.largest_layer().digest.clone();
+    let unprotected_layer = unprotected.largest_layer().digest.clone();
+    let has_holders =
+        |e: &serde_json::Value| e["known_holders"].as_array().is_some_and(|h| !h.is_empty());
+    wait_for_explanation(
+        network.node(0),
+        &required_layer,
+        "required here by the plan with another holder known",
+        |e| {
+            e["held_here"] == true
+                && e["required_here"] == true
+                && e["eviction_protection"] == "plan_required"
+                && has_holders(e)
+        },
+    )
+    .await?;
+    let before = wait_for_explanation(
+        network.node(0),
+        &unprotected_layer,
+        "held here and unprotected with another holder known",
+        |e| e["held_here"] == true && e["planned_at"].as_u64() > Some(0) && has_holders(e),
+    )
+    .await?;
+    ensure!(
+        before["required_here"] == false && before["eviction_protection"] == "none",
+        "the preheated copy is protected: {before}"
+    );
+    ensure!(
+        before["plan"]["copies_per_region"].get("a").is_none(),
+        "the plan wants the preheated layer in region A: {before}"
+    );
+
+    // The third image does not fit: something must go.
+    let hosts = shoal_testnet::hosts::HostsDir::for_test_registry(network.node(0).registry_addr())?;
+    let client = Containerd::start().await?;
+    client.pull_ok(&newest.reference, hosts.path()).await?;
+    drop(client);
+    network
+        .node(0)
+        .wait_for_metric("shoal_evictions_total", PLACEMENT_TIMEOUT, |n| n >= 1.0)
+        .await?;
+
+    let kept = explain(network.node(0), &required_layer).await?;
+    ensure!(
+        kept["held_here"] == true,
+        "the copy the plan requires was evicted: {kept}"
+    );
+    let evicted = explain(network.node(0), &unprotected_layer).await?;
+    ensure!(
+        evicted["held_here"] == false,
+        "the unprotected copy stayed: {evicted}"
+    );
+    // Node 1's DHT store stops naming node 0 as a provider of what node 0 evicted.
     let withdrawn = network
         .node(0)
         .metric("shoal_provider_records_withdrawn_total")
