@@ -9,6 +9,7 @@
 //!   OCI and Docker manifests, an optional index) and pushed to the origin.
 //! - [`containerd`]: a private containerd (fresh content store per instance)
 //!   and `ctr image pull` with a timeout.
+//! - [`far_link`]: a relay that puts the origin far away (an added round trip, a capped rate).
 //! - [`hosts`]: the `hosts.toml` that makes containerd pull only through a
 //!   mirror.
 //! - [`node`]: `shoald` as a child process, with restart, `kill -9` and the
@@ -17,6 +18,8 @@
 //!   behind one origin, each with its hosts directory (and the
 //!   `shoal-testnet up` command built on it).
 //! - [`cli`]: the operator CLI `shoal` (`fsck`, `inspect`).
+//! - [`release`]: the first pull of a new release (`shoal-testnet release-bench`), pre-positioned,
+//!   cold through a node and direct, with the origin behind a [`far_link`].
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
 //! - [`bench`]: peer network benchmarks (`shoal-peer-bench`).
@@ -34,6 +37,7 @@
 pub mod bench;
 pub mod cli;
 pub mod containerd;
+pub mod far_link;
 pub mod hosts;
 pub mod image;
 pub mod load;
@@ -43,6 +47,7 @@ pub mod node;
 pub mod origin;
 mod process;
 pub mod raw_http;
+pub mod release;
 pub mod soak;
 pub mod tmpfs;
 

@@ -7,7 +7,8 @@
 //! returns once every node reports N-1 proven members on its metrics
 //! (`shoal_p2p_members`). Network-wide shaping (added latency per region pair)
 //! and per-node options (an egress cap, extra flags) go through
-//! [`NetworkSpec`]. Everything is torn down on drop (nodes first, then the
+//! [`NetworkSpec`], and so does a far link in front of the origin
+//! ([`NetworkSpec::far_origin`]). Everything is torn down on drop (nodes first, then the
 //! origin); [`Network::shutdown`] stops the parts gracefully instead.
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::far_link::{FarLink, LinkShape};
 use crate::hosts::HostsDir;
 use crate::node::{NetworkKeyFile, Node, NodeConfig};
 use crate::origin::Origin;
@@ -32,6 +34,7 @@ pub struct NetworkSpec {
     key_seed: u64,
     nodes: Vec<(String, NodeConfig)>,
     latency: Vec<(String, String, u64)>,
+    far_origin: Option<LinkShape>,
 }
 
 impl NetworkSpec {
@@ -41,7 +44,16 @@ impl NetworkSpec {
             key_seed,
             nodes: Vec::new(),
             latency: Vec::new(),
+            far_origin: None,
         }
+    }
+
+    /// Puts the origin behind a [`FarLink`] of `shape`: every node reaches it through the link
+    /// (an added round trip and a capped rate), and so can a direct client
+    /// ([`Network::far_origin`]).
+    pub fn far_origin(mut self, shape: LinkShape) -> NetworkSpec {
+        self.far_origin = Some(shape);
+        self
     }
 
     /// Adds a node in `region`.
@@ -107,10 +119,11 @@ impl NetworkNode {
     }
 }
 
-/// A running network. Fields drop in order: nodes, key, origin.
+/// A running network. Fields drop in order: nodes, key, far link, origin.
 pub struct Network {
     nodes: Vec<NetworkNode>,
     key: NetworkKeyFile,
+    far_origin: Option<FarLink>,
     origin: Origin,
 }
 
@@ -126,9 +139,17 @@ impl Network {
         );
         let origin = Origin::start().await?;
         let key = NetworkKeyFile::new(spec.key_seed)?;
+        let far_origin = match spec.far_origin {
+            Some(shape) => Some(FarLink::start(origin.addr(), shape).await?),
+            None => None,
+        };
+        let upstream = far_origin
+            .as_ref()
+            .map_or_else(|| origin.url(), FarLink::url);
         let mut network = Network {
             nodes: Vec::with_capacity(spec.len()),
             key,
+            far_origin,
             origin,
         };
         let mut bootstrap: Vec<String> = Vec::new();
@@ -136,7 +157,7 @@ impl Network {
             let mut config = options;
             config.upstreams.clear();
             config = config
-                .upstream(crate::REGISTRY_HOST, &network.origin.url())
+                .upstream(crate::REGISTRY_HOST, &upstream)
                 .default_upstream(crate::REGISTRY_HOST)
                 .network_key(&network.key)
                 .region(&region);
@@ -187,6 +208,12 @@ impl Network {
     /// The origin registry, for stopping and starting it.
     pub fn origin_mut(&mut self) -> &mut Origin {
         &mut self.origin
+    }
+
+    /// The far link in front of the origin, if the spec asked for one
+    /// ([`NetworkSpec::far_origin`]).
+    pub fn far_origin(&self) -> Option<&FarLink> {
+        self.far_origin.as_ref()
     }
 
     /// The network key file every node holds.

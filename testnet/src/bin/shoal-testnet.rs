@@ -3,7 +3,8 @@
 //! tears everything down on Ctrl-C (SIGINT) or SIGTERM (`up`). Also runs the
 //! chaos soak (`soak`, [`shoal_testnet::soak`]) and the load test (`load`,
 //! [`shoal_testnet::load`]), each printing a summary and exiting non-zero when
-//! a property failed.
+//! a property failed, and the first-pull-of-a-release benchmark
+//! (`release-bench`, [`shoal_testnet::release`]).
 //!
 //! It runs the same programs the end-to-end tests do (`shoald`, the origin
 //! registry `docker-registry`) through [`shoal_testnet::network`]; `shoald`
@@ -42,6 +43,32 @@ enum Command {
     /// clients never finish their headers; reports latency, memory and
     /// descriptors.
     Load(LoadArgs),
+    /// First pull of a new release with the origin far away: pre-positioned
+    /// by placement, cold through a node with placement off, and direct from
+    /// the origin; medians over fresh networks.
+    ReleaseBench(ReleaseBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReleaseBenchArgs {
+    /// Runs of each way to pull (each on a fresh origin, nodes and containerd).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Round trip added to every exchange with the origin, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    origin_rtt_ms: u64,
+    /// The origin's rate towards its clients, MiB per second (all together).
+    #[arg(long, default_value_t = 8)]
+    origin_mib_per_sec: u64,
+    /// Round trip added between the two regions' nodes, milliseconds.
+    #[arg(long, default_value_t = 5)]
+    peer_rtt_ms: u64,
+    /// Seed of the images.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +143,7 @@ fn main() -> ExitCode {
             Command::Up(up) => run_up(up).await,
             Command::Soak(soak) => run_soak(soak).await,
             Command::Load(load) => run_load(load).await,
+            Command::ReleaseBench(args) => run_release_bench(args).await,
         }
     });
     match result {
@@ -266,6 +294,33 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     }
     let failures = report.failures();
     ensure!(failures.is_empty(), "load failed: {}", failures.join("; "));
+    Ok(())
+}
+
+async fn run_release_bench(args: ReleaseBenchArgs) -> Result<()> {
+    ensure!(
+        (1..=1024).contains(&args.origin_mib_per_sec),
+        "--origin-mib-per-sec must be 1 to 1024"
+    );
+    ensure!(
+        args.peer_rtt_ms <= 10_000,
+        "--peer-rtt-ms must be at most 10000"
+    );
+    let options = shoal_testnet::release::ReleaseOptions {
+        runs: args.runs,
+        origin: shoal_testnet::far_link::LinkShape {
+            rtt: std::time::Duration::from_millis(args.origin_rtt_ms),
+            bytes_per_sec: args.origin_mib_per_sec << 20,
+        },
+        peer_rtt_ms: args.peer_rtt_ms,
+        seed: args.seed,
+    };
+    let report = shoal_testnet::release::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", shoal_testnet::release::render(&report));
+    }
     Ok(())
 }
 
