@@ -974,6 +974,10 @@ impl<'a> Simulation<'a> {
             return;
         };
         let layers = self.workload.versions[version as usize].layers.clone();
+        if self.settings.new_versions_to_every_holder {
+            self.new_version_to_every_holder(t, top, &layers);
+            return;
+        }
         for r in 0..self.topology.regions() {
             let region = RegionId(r as u16);
             let demand = self.trackers[r]
@@ -1007,6 +1011,27 @@ impl<'a> Simulation<'a> {
                 {
                     self.result.new_version_bytes += self.workload.layer_sizes[l.0 as usize];
                 }
+            }
+        }
+    }
+
+    /// `shoald`'s way with a new version: every node holding the previous version's top layer
+    /// fetches the new version's layers it lacks, at once, whatever they cost (the transfer takes
+    /// the nearest source, as a pull would).
+    fn new_version_to_every_holder(&mut self, t: f64, top: LayerId, layers: &[LayerId]) {
+        let holders = self.holders[top.0 as usize].clone();
+        for holder in holders {
+            for &layer in layers {
+                let size = self.workload.layer_sizes[layer.0 as usize];
+                let node = &self.nodes[holder.0 as usize];
+                if node.stored.contains(&layer)
+                    || node.inflight.contains_key(&layer)
+                    || size > node.capacity
+                {
+                    continue;
+                }
+                self.start_flow(t, holder.0, layer, true);
+                self.result.new_version_bytes += size;
             }
         }
     }

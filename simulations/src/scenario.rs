@@ -258,6 +258,12 @@ pub struct PolicySettings {
     /// When a tag gets a new version, pre-place its layers where the previous
     /// version was in demand. Default true.
     pub precache_new_versions: bool,
+    /// With `precache_new_versions`: pre-place a new version on every node that holds the previous
+    /// one (its top layer), without the pre-cache verdict and budget, as `shoald`'s tag watcher
+    /// does (each node watches the tags its clients pull and fetches every new version of them).
+    /// Default false: one node per region where the previous version is in demand, when the
+    /// pre-cache verdict pays and the budget allows.
+    pub new_versions_to_every_holder: bool,
     /// Planner settings (weights, copies).
     pub plan: PlanConfig,
     /// Predictive eviction settings.
@@ -275,6 +281,7 @@ impl Default for PolicySettings {
             replication_gb_per_plan: 200.0,
             precache: PrecacheConfig::default(),
             precache_new_versions: true,
+            new_versions_to_every_holder: false,
             plan: PlanConfig::default(),
             eviction: PredictiveConfig::default(),
             lifecycle: LifecycleConfig::default(),

@@ -724,7 +724,12 @@ struct TraceLayer {
 ///   [{"digest": "sha256:…", "size": 52599697}, …]}`; `"region": "eu-west"`
 ///   may replace `node` (a node of that region is then drawn with the seed);
 /// * a disclosure: `{"time": 30, "kind": "disclosure", "score": 98,
-///   "layers": [{"digest": "sha256:…"}]}`.
+///   "layers": [{"digest": "sha256:…"}]}`;
+/// * a publication: `{"time": 60, "kind": "publish", "image": "python:3.6",
+///   "layers": [{"digest": "sha256:…", "size": 52599697}, …]}`: the tag now
+///   names this version (with `precache_new_versions`, the predictive policy
+///   pre-places it where the previous version is in demand). A pull of a tag
+///   never published is a pull of the version it names.
 ///
 /// `time` is seconds from the start of the run; lines need not be sorted.
 /// Events after `duration_secs` are dropped.
@@ -801,6 +806,29 @@ pub fn read_trace(
                 events.push(Event {
                     time: rec.time,
                     kind: EventKind::Pull { node, version },
+                });
+            }
+            "publish" => {
+                let image = rec
+                    .image
+                    .as_deref()
+                    .ok_or_else(|| err("a publication needs image".into()))?;
+                let mut layers = Vec::with_capacity(rec.layers.len());
+                for l in &rec.layers {
+                    let size = l
+                        .size
+                        .ok_or_else(|| err("a published layer needs size".into()))?;
+                    layers.push(interner.layer(&l.digest, size).map_err(&err)?);
+                }
+                let tag = interner.tag(image);
+                let next = versions.len() as u32;
+                let version = *version_ids.entry((tag, layers.clone())).or_insert(next);
+                if version == next {
+                    versions.push(Version { tag, layers });
+                }
+                events.push(Event {
+                    time: rec.time,
+                    kind: EventKind::Publish { version },
                 });
             }
             "disclosure" => {

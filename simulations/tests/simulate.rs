@@ -244,6 +244,61 @@ fn trace_replay() {
 }
 
 #[test]
+fn trace_publications_pre_place_new_versions_on_the_holders_of_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let layer = |c: char, size: u64| format!("{{\"digest\": \"{}\", \"size\": {size}}}", d(c));
+    let mut lines = format!(
+        "{{\"time\": 0, \"kind\": \"publish\", \"image\": \"app:latest\", \"layers\": [{}]}}\n",
+        layer('a', 1_000_000)
+    );
+    for i in 0..20 {
+        lines.push_str(&format!(
+            "{{\"time\": {}, \"node\": 0, \"image\": \"app:latest\", \"layers\": [{}]}}\n",
+            1 + i * 60,
+            layer('a', 1_000_000)
+        ));
+    }
+    let v2 = format!("{}, {}", layer('a', 1_000_000), layer('b', 3_000_000));
+    lines.push_str(&format!(
+        "{{\"time\": 1500, \"kind\": \"publish\", \"image\": \"app:latest\", \"layers\": [{v2}]}}\n"
+    ));
+    lines.push_str(&format!(
+        "{{\"time\": 2000, \"node\": 0, \"image\": \"app:latest\", \"layers\": [{v2}]}}\n"
+    ));
+    std::fs::write(&trace, &lines).unwrap();
+    let run = |every_holder: bool| {
+        let s = small(
+            "trace",
+            &format!(
+                "trace = {:?}\n[policy]\nnew_versions_to_every_holder = {every_holder}\n",
+                trace.display().to_string()
+            ),
+        );
+        let r = shoal_simulations::compare(&s, RunOptions::default()).unwrap();
+        assert_eq!(r.info.pulls, 21);
+        let result = |policy: &str| {
+            let x = r.results.iter().find(|x| x.policy == policy).unwrap();
+            (
+                x.new_version_bytes,
+                x.served.requests[Source::Origin as usize],
+            )
+        };
+        (result("predictive"), result("lru"))
+    };
+    // As shoald does: node 0 holds the old version, so it fetches the new layer at once, and the
+    // pull of the new version needs nothing from the origin.
+    let (predictive, lru) = run(true);
+    assert_eq!(predictive, (3_000_000, 1));
+    assert_eq!(lru, (0, 2));
+    // By the pre-cache verdict, a copy from the origin costs what the pull would, so it is not
+    // made before the pull.
+    let (predictive, _) = run(false);
+    assert_eq!(predictive, (0, 2));
+}
+
+#[test]
 fn sweep_finds_the_smallest_configuration() {
     let s = small("synthetic", "");
     let sweep = shoal_simulations::sweep(&s, RunOptions::default()).unwrap();

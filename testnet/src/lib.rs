@@ -22,6 +22,8 @@
 //!   cold through a node and direct, with the origin behind a [`far_link`].
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
+//! - [`agreement`]: one small scenario from the image catalog, written as a `shoal-sim` trace and
+//!   replayed on six nodes (`shoal-testnet agreement`), to compare the simulator with the testnet.
 //! - [`bench`]: peer network benchmarks (`shoal-peer-bench`).
 //! - [`tmpfs`]: a small tmpfs over a node's data directory (a disk that fills up; root only).
 //! - [`soak`]: the chaos soak (`shoal-testnet soak`): five nodes, twenty clients, nodes killed,
@@ -34,6 +36,7 @@
 //! is stopped by a `Drop` guard, so tests can run in parallel and a failing
 //! test leaves no processes behind. Every wait is bounded.
 
+pub mod agreement;
 pub mod bench;
 pub mod cli;
 pub mod containerd;

@@ -47,6 +47,35 @@ enum Command {
     /// by placement, cold through a node with placement off, and direct from
     /// the origin; medians over fresh networks.
     ReleaseBench(ReleaseBenchArgs),
+    /// The simulator's small scenario on real nodes: writes a trace of
+    /// catalog images (and a shoal-sim scenario over it), replays it on six
+    /// nodes in three regions, and prints origin bytes and local hit ratio.
+    Agreement(AgreementArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgreementArgs {
+    /// The image catalog (JSON lines).
+    #[arg(long, default_value = "../shared/data/image-catalog.jsonl")]
+    catalog: std::path::PathBuf,
+    /// Layer sizes are divided by this.
+    #[arg(long, default_value_t = 1000)]
+    scale: u64,
+    /// Tags pulled.
+    #[arg(long, default_value_t = 8)]
+    tags: usize,
+    /// Pulls in the trace.
+    #[arg(long, default_value_t = 240)]
+    pulls: usize,
+    /// Length of the run, seconds.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Seed of the tag choice and the pulls.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where trace.jsonl and scenario.toml are written.
+    #[arg(long, default_value = "agreement-out")]
+    out: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +173,7 @@ fn main() -> ExitCode {
             Command::Soak(soak) => run_soak(soak).await,
             Command::Load(load) => run_load(load).await,
             Command::ReleaseBench(args) => run_release_bench(args).await,
+            Command::Agreement(args) => run_agreement(args).await,
         }
     });
     match result {
@@ -321,6 +351,30 @@ async fn run_release_bench(args: ReleaseBenchArgs) -> Result<()> {
     } else {
         print!("{}", shoal_testnet::release::render(&report));
     }
+    Ok(())
+}
+
+async fn run_agreement(args: AgreementArgs) -> Result<()> {
+    ensure!(
+        (1..=7200).contains(&args.seconds),
+        "--seconds must be 1 to 7200"
+    );
+    let options = shoal_testnet::agreement::AgreementOptions {
+        catalog: args.catalog,
+        scale: args.scale,
+        tags: args.tags,
+        pulls: args.pulls,
+        seconds: args.seconds,
+        seed: args.seed,
+        out: args.out,
+    };
+    let report = shoal_testnet::agreement::replay(&options).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!(
+        "trace and scenario in {}; the simulator's figures: shoal-sim run --scenario {}",
+        options.out.display(),
+        options.out.join("scenario.toml").display()
+    );
     Ok(())
 }
 
