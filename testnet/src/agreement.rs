@@ -51,8 +51,10 @@ const TAG_TTL_SECS: u64 = 5;
 const QUIET_AFTER_PUBLISH_SECS: f64 = 30.0;
 /// Largest unscaled image taken from the catalog, bytes.
 const MAX_IMAGE_BYTES: u64 = 400_000_000;
-/// RTT between two regions, and from every region to the origin, in the simulator, ms.
+/// RTT between two regions, ms (added between the testnet's regions too).
 const REGION_RTT_MS: u64 = 20;
+/// RTT from every region to the origin in the simulator, ms (the testnet's origin is local: the
+/// figures compared are bytes and hits, not times).
 const ORIGIN_RTT_MS: u64 = 150;
 
 /// What to build and replay.
