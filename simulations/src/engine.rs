@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use shoal_policy::cooperative;
 use shoal_policy::eviction::{
     BeladyMin, CandidateLayer, EvictionPolicy, LayerSignals, Lfu, Lru, Predictive,
 };
@@ -906,6 +907,7 @@ impl<'a> Simulation<'a> {
                         .lifecycle
                         .get(&l)
                         .is_some_and(|s| s.says_delete(now, &self.settings.lifecycle)),
+                    spare_copy: self.is_spare_copy(node, l),
                 })
                 .collect();
             let victims = self.nodes[n]
@@ -1009,6 +1011,23 @@ impl<'a> Simulation<'a> {
                 }
             }
         }
+    }
+
+    /// True when `node` holds `layer` and another node of its region keeps
+    /// it ([`cooperative`]); always false for the baselines, which ignore it.
+    fn is_spare_copy(&self, node: u32, layer: LayerId) -> bool {
+        if self.kind != PolicyKind::Predictive {
+            return false;
+        }
+        let region = self.nodes[node as usize].region;
+        let regional = self.holders[layer.0 as usize]
+            .iter()
+            .copied()
+            .filter(|h| self.nodes[h.0 as usize].region == region);
+        let mut others = regional.clone().filter(|&h| h != NodeId(node));
+        others.next().is_some()
+            && cooperative::keeper(layer, regional.chain(std::iter::once(NodeId(node))))
+                != Some(NodeId(node))
     }
 
     /// True when the LRU shadow of another node this node's demand could be
@@ -1115,6 +1134,7 @@ impl<'a> Simulation<'a> {
                     pinned: false,
                     plan_required: n.required.contains(&l),
                     lifecycle_delete: false,
+                    spare_copy: self.is_spare_copy(node, l),
                 })
                 .collect();
             let inbound: u64 = n
