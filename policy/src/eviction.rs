@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{AdaptiveGuard, GuardConfig};
+use crate::guard::{AdaptiveGuard, BaseOrder, GuardConfig};
 use crate::reuse::{ReuseConfig, ReuseStats};
 use crate::usage::{UsageConfig, UsageTracker};
 use crate::{LayerId, Timestamp};
@@ -535,8 +535,21 @@ impl Predictive {
         // Positions run from 1/n to 1, never 0, so that a spare copy's
         // discounted rank falls below even the first unique candidate's.
         let scale = n as f64;
+        // The baseline half of the blend: LRU's order, or LFU's while the
+        // node's ghost LFU leads its ghost LRU.
+        let frequency = self
+            .guard
+            .as_ref()
+            .filter(|g| g.base_order() == BaseOrder::Frequency);
         let mut by_recency: Vec<usize> = (0..n).collect();
-        by_recency.sort_by_key(|&i| (self.recency.rank(evictable[i].layer), evictable[i].layer));
+        by_recency.sort_by_key(|&i| {
+            let layer = evictable[i].layer;
+            (
+                frequency.map_or(0, |g| g.frequency(layer)),
+                self.recency.rank(layer),
+                layer,
+            )
+        });
         let values: Vec<f64> = evictable
             .iter()
             .map(|c| self.value_per_byte(now, c.layer, c.size))
@@ -727,6 +740,36 @@ mod tests {
             blind.record_request(Timestamp(t), LayerId(l), 10, false);
         }
         assert_eq!(blind.choose_victims(Timestamp(3), &c, 10), vec![LayerId(1)]);
+    }
+
+    #[test]
+    fn while_the_ghost_lfu_leads_the_lean_0_order_is_lfus() {
+        let config = PredictiveConfig {
+            guard: GuardConfig {
+                sub_window_requests: 4,
+                sub_windows: 2,
+                initial_lean: 0.0,
+                step_up: 0.0,
+                ..GuardConfig::default()
+            },
+            ..PredictiveConfig::default()
+        };
+        let mut p = Predictive::with_capacity(config, 100);
+        let mut t = 0;
+        for round in 0..20u32 {
+            p.record_request(Timestamp(t), LayerId(1), 50, false);
+            t += 1;
+            for k in 0..3 {
+                p.record_request(Timestamp(t), LayerId(1000 + round * 3 + k), 50, false);
+                t += 1;
+            }
+        }
+        assert_eq!(p.guard().unwrap().base_order(), BaseOrder::Frequency);
+        // Layer 1 is the least recent but by far the most frequent.
+        let c: Vec<_> = [1, 1058, 1059]
+            .map(|l| CandidateLayer::new(LayerId(l), 50))
+            .to_vec();
+        assert_eq!(p.choose_victims(Timestamp(t), &c, 50), vec![LayerId(1058)]);
     }
 
     #[test]
