@@ -33,33 +33,45 @@
 //!
 //! None: the answer is a pure function of the layer, the node and the
 //! holders the caller knows (the simulator's exact holder lists; the
-//! daemon's known holders from gossip).
+//! daemon's known holders from gossip). Layers and nodes are named by keys
+//! every node derives alike: global ids in the simulator, [`stable_key`] of
+//! the digest and peer id in a daemon (whose interned layer ids are local).
 
 use crate::{LayerId, NodeId};
 
-/// The rendezvous weight of `node` for `layer`: a fixed 64-bit mix
-/// (SplitMix64's finaliser) of both ids, the same on every node and every
-/// run.
-pub fn rendezvous_weight(layer: LayerId, node: NodeId) -> u64 {
-    let mut z = (u64::from(layer.0) << 32 | u64::from(node.0)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+/// The rendezvous weight of a node for a layer, from keys every node of the
+/// region derives the same way (the simulator's global ids; the daemon's
+/// digest and peer id hashes, see [`stable_key`]): a fixed 64-bit mix
+/// (SplitMix64's finaliser) of both, the same on every node and every run.
+pub fn rendezvous_weight(layer_key: u64, node_key: u64) -> u64 {
+    let mut z = (layer_key.rotate_left(32) ^ node_key).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// The holder that keeps `layer` in its region: the highest rendezvous
-/// weight, ties (equal weights need equal ids) to the lower id. `None` when
-/// there is no holder.
-pub fn keeper(layer: LayerId, holders: impl IntoIterator<Item = NodeId>) -> Option<NodeId> {
-    holders
-        .into_iter()
-        .max_by_key(|&n| (rendezvous_weight(layer, n), std::cmp::Reverse(n)))
+/// A key for [`rendezvous_weight`] from bytes every node agrees on (a
+/// digest, a peer id): the first eight bytes of their FNV-1a 64 hash mix.
+/// Local handles such as an interned [`LayerId`] differ between nodes and
+/// must not be used where nodes have to agree.
+pub fn stable_key(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
-/// True when `this` node's copy of `layer` is spare: some other node of the
-/// region holds it (`regional_holders`, which may or may not list `this`)
-/// and, among all of them and `this`, `this` is not the keeper.
-pub fn is_spare_copy(layer: LayerId, this: NodeId, regional_holders: &[NodeId]) -> bool {
+/// The key that keeps `layer_key` among `holder_keys`: the highest rendezvous
+/// weight, ties to the lower key. `None` when there is no holder.
+pub fn keeper_key(layer_key: u64, holder_keys: impl IntoIterator<Item = u64>) -> Option<u64> {
+    holder_keys
+        .into_iter()
+        .max_by_key(|&n| (rendezvous_weight(layer_key, n), std::cmp::Reverse(n)))
+}
+
+/// True when the copy of the node keyed `this` is spare: some other holder
+/// of the region is known (`regional_holders`, which may or may not list
+/// `this`) and, among all of them and `this`, `this` is not the keeper.
+pub fn is_spare_key(layer_key: u64, this: u64, regional_holders: &[u64]) -> bool {
     if !regional_holders.iter().any(|&n| n != this) {
         return false;
     }
@@ -68,7 +80,24 @@ pub fn is_spare_copy(layer: LayerId, this: NodeId, regional_holders: &[NodeId]) 
         .copied()
         .filter(|&n| n != this)
         .chain(std::iter::once(this));
-    keeper(layer, all) != Some(this)
+    keeper_key(layer_key, all) != Some(this)
+}
+
+/// [`keeper_key`] over ids that are the same on every node (the
+/// simulator's).
+pub fn keeper(layer: LayerId, holders: impl IntoIterator<Item = NodeId>) -> Option<NodeId> {
+    keeper_key(
+        u64::from(layer.0),
+        holders.into_iter().map(|n| u64::from(n.0)),
+    )
+    .map(|k| NodeId(k as u32))
+}
+
+/// [`is_spare_key`] over ids that are the same on every node (the
+/// simulator's).
+pub fn is_spare_copy(layer: LayerId, this: NodeId, regional_holders: &[NodeId]) -> bool {
+    let holders: Vec<u64> = regional_holders.iter().map(|n| u64::from(n.0)).collect();
+    is_spare_key(u64::from(layer.0), u64::from(this.0), &holders)
 }
 
 #[cfg(test)]
@@ -105,6 +134,24 @@ mod tests {
         for k in kept {
             assert!((800..1200).contains(&k), "{kept:?}");
         }
+    }
+
+    #[test]
+    fn keys_from_digests_and_peer_ids_agree_across_nodes() {
+        let layer = stable_key(b"sha256:4f2a");
+        let a = stable_key(b"peer-a");
+        let b = stable_key(b"peer-b");
+        assert_eq!(layer, stable_key(b"sha256:4f2a"));
+        assert_ne!(a, b);
+        // Each node lists the holders in its own order: same answer.
+        assert_eq!(
+            is_spare_key(layer, a, &[a, b]),
+            is_spare_key(layer, a, &[b, a])
+        );
+        assert_ne!(
+            is_spare_key(layer, a, &[a, b]),
+            is_spare_key(layer, b, &[b, a])
+        );
     }
 
     proptest! {

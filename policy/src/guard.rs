@@ -11,6 +11,13 @@
 //! * **Shadow.** Every request (layer, size, whether the node had it) is also
 //!   replayed on a ghost LRU: layer ids and sizes only, evicted oldest first
 //!   down to the node's capacity. It answers "would LRU have hit this?".
+//! * **Ghost experts.** With [`GuardConfig::frequency_expert`] (the
+//!   default), every request also goes to a ghost LFU of the same size
+//!   ([`GhostLfu`]). At the end of each sub-window the node takes as its
+//!   baseline order ([`AdaptiveGuard::base_order`]) the order of whichever
+//!   ghost got more byte hits over the window, LRU on ties: follow the
+//!   leader, as ARC and LeCaR do with their ghost lists, with no misses paid
+//!   to find out.
 //! * **Window.** Requests are summed into sub-windows of
 //!   [`GuardConfig::sub_window_requests`] requests; the last
 //!   [`GuardConfig::sub_windows`] of them form the sliding window. At the end
@@ -36,9 +43,11 @@
 //!
 //! # State per node
 //!
-//! The ghost list (one entry per layer LRU would hold, at most
-//! [`GuardConfig::max_ghost_entries`]), `sub_windows` counters of four
-//! integers, and the lean. No clock is read: requests carry `now`.
+//! The ghost LRU list (one entry per layer LRU would hold, at most
+//! [`GuardConfig::max_ghost_entries`]), the ghost LFU (as many resident
+//! entries, and at most four times as many request counts), `sub_windows`
+//! counters of six integers, the leading expert and the lean. No clock is
+//! read: requests carry `now`.
 //!
 //! # Reaction time
 //!
@@ -46,7 +55,8 @@
 //! sub-windows while the shadow stays ahead: with the defaults, 4 sub-windows
 //! of 32 requests, 128 requests of the node. Climbing back from 0 to 1 takes
 //! `ceil(1 / step_up)` sub-windows at least level with the shadow (20, 640
-//! requests).
+//! requests). The leading expert changes at the end of the first sub-window
+//! in which the other ghost is ahead over the window (32 requests).
 
 use std::collections::{BTreeMap, VecDeque};
 
