@@ -26,8 +26,10 @@
 //! transfers the plan implies, refreshes the eviction signals and steps every
 //! layer's [`lifecycle`](shoal_policy::lifecycle) state. When a tag gets a new
 //! version, its layers are pre-placed in the regions where the previous
-//! version is in demand. The baselines (`lru`, `lfu`, `min`) only cache on
-//! demand.
+//! version is in demand. When a predictive node evicts, each candidate is
+//! marked spare when another node of its region holds the layer and is its
+//! keeper ([`cooperative`]): the simulator knows every holder exactly. The
+//! baselines (`lru`, `lfu`, `min`) only cache on demand and ignore spares.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
