@@ -11,6 +11,13 @@
 //! * **Shadow.** Every request (layer, size, whether the node had it) is also
 //!   replayed on a ghost LRU: layer ids and sizes only, evicted oldest first
 //!   down to the node's capacity. It answers "would LRU have hit this?".
+//! * **Ghost experts.** With [`GuardConfig::frequency_expert`] (the
+//!   default), every request also goes to a ghost LFU of the same size
+//!   ([`GhostLfu`]). At the end of each sub-window the node takes as its
+//!   baseline order ([`AdaptiveGuard::base_order`]) the order of whichever
+//!   ghost got more byte hits over the window, LRU on ties: follow the
+//!   leader, as ARC and LeCaR do with their ghost lists, with no misses paid
+//!   to find out.
 //! * **Window.** Requests are summed into sub-windows of
 //!   [`GuardConfig::sub_window_requests`] requests; the last
 //!   [`GuardConfig::sub_windows`] of them form the sliding window. At the end
@@ -36,9 +43,11 @@
 //!
 //! # State per node
 //!
-//! The ghost list (one entry per layer LRU would hold, at most
-//! [`GuardConfig::max_ghost_entries`]), `sub_windows` counters of four
-//! integers, and the lean. No clock is read: requests carry `now`.
+//! The ghost LRU list (one entry per layer LRU would hold, at most
+//! [`GuardConfig::max_ghost_entries`]), the ghost LFU (as many resident
+//! entries, and at most four times as many request counts), `sub_windows`
+//! counters of six integers, the leading expert and the lean. No clock is
+//! read: requests carry `now`.
 //!
 //! # Reaction time
 //!
@@ -46,7 +55,8 @@
 //! sub-windows while the shadow stays ahead: with the defaults, 4 sub-windows
 //! of 32 requests, 128 requests of the node. Climbing back from 0 to 1 takes
 //! `ceil(1 / step_up)` sub-windows at least level with the shadow (20, 640
-//! requests).
+//! requests). The leading expert changes at the end of the first sub-window
+//! in which the other ghost is ahead over the window (32 requests).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -76,6 +86,10 @@ pub struct GuardConfig {
     pub initial_lean: f64,
     /// Most ghost entries kept, whatever the capacity. Default 65536.
     pub max_ghost_entries: usize,
+    /// Keep a ghost LFU beside the ghost LRU and follow whichever of the
+    /// two got more byte hits over the window ([`AdaptiveGuard::base_order`]).
+    /// Default true; false keeps recency as the only baseline order.
+    pub frequency_expert: bool,
 }
 
 impl Default for GuardConfig {
@@ -88,6 +102,7 @@ impl Default for GuardConfig {
             step_up: 0.05,
             initial_lean: 1.0,
             max_ghost_entries: 65_536,
+            frequency_expert: true,
         }
     }
 }
@@ -211,6 +226,128 @@ impl GhostLru {
     }
 }
 
+/// A metadata-only LFU: which layers an LFU cache of `capacity` bytes would
+/// hold, ranked as [`crate::eviction::Lfu`] ranks them (request count, then
+/// least recently requested first; counts outlive residence, as in perfect
+/// LFU). A newly requested layer always enters, as a demand fetch does.
+///
+/// Bounded: at most `max_entries` resident layers, and at most four times
+/// that many counts; past that, the half of the non-resident counts that
+/// are lowest are forgotten.
+#[derive(Debug, Clone, Default)]
+pub struct GhostLfu {
+    capacity: u64,
+    max_entries: usize,
+    used: u64,
+    tick: u64,
+    /// Layer -> (request count, last tick).
+    counts: BTreeMap<LayerId, (u64, u64)>,
+    /// Resident layer -> size.
+    resident: BTreeMap<LayerId, u64>,
+    /// Resident layers by (count, last tick), first to go first.
+    order: std::collections::BTreeSet<(u64, u64, LayerId)>,
+}
+
+impl GhostLfu {
+    /// An empty ghost LFU for a cache of `capacity` bytes.
+    pub fn new(capacity: u64, max_entries: usize) -> Self {
+        GhostLfu {
+            capacity,
+            max_entries: max_entries.max(1),
+            ..GhostLfu::default()
+        }
+    }
+
+    /// Replays one request; returns whether LFU would have hit.
+    pub fn request(&mut self, layer: LayerId, size: u64) -> bool {
+        self.tick += 1;
+        let entry = self.counts.entry(layer).or_insert((0, 0));
+        let before = *entry;
+        entry.0 += 1;
+        entry.1 = self.tick;
+        let after = *entry;
+        let hit = match self.resident.get_mut(&layer) {
+            Some(held) => {
+                self.order.remove(&(before.0, before.1, layer));
+                self.used = self.used - *held + size;
+                *held = size;
+                true
+            }
+            None => {
+                if size > self.capacity {
+                    self.prune_counts();
+                    return false;
+                }
+                self.resident.insert(layer, size);
+                self.used += size;
+                false
+            }
+        };
+        // The layer just requested stays; others go lowest count first.
+        while self.used > self.capacity || self.resident.len() > self.max_entries {
+            let Some(&(count, tick, victim)) = self.order.first() else {
+                break;
+            };
+            self.order.remove(&(count, tick, victim));
+            if let Some(size) = self.resident.remove(&victim) {
+                self.used -= size;
+            }
+        }
+        self.order.insert((after.0, after.1, layer));
+        self.prune_counts();
+        hit
+    }
+
+    fn prune_counts(&mut self) {
+        let limit = self.max_entries.saturating_mul(4);
+        if self.counts.len() <= limit {
+            return;
+        }
+        let mut gone: Vec<(u64, u64, LayerId)> = self
+            .counts
+            .iter()
+            .filter(|(l, _)| !self.resident.contains_key(l))
+            .map(|(&l, &(c, t))| (c, t, l))
+            .collect();
+        gone.sort_unstable();
+        gone.truncate(gone.len() / 2 + 1);
+        for (_, _, l) in gone {
+            self.counts.remove(&l);
+        }
+    }
+
+    /// How often `layer` was requested, as far as the ghost remembers.
+    pub fn count(&self, layer: LayerId) -> u64 {
+        self.counts.get(&layer).map_or(0, |&(c, _)| c)
+    }
+
+    /// True when LFU would hold `layer` now (does not count as a request).
+    pub fn contains(&self, layer: LayerId) -> bool {
+        self.resident.contains_key(&layer)
+    }
+
+    /// Bytes the ghost stands for.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Counts remembered (resident or not).
+    pub fn remembered(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// Which baseline order a node's eviction follows under its predictive
+/// blend: whichever ghost expert got more byte hits over the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseOrder {
+    /// Least recently used first (the ghost LRU leads or ties).
+    Recency,
+    /// Least frequently used first (the ghost LFU leads).
+    Frequency,
+}
+
 /// Sums over one sub-window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct WindowSums {
@@ -218,6 +355,10 @@ struct WindowSums {
     requested_bytes: u64,
     actual_hit_bytes: u64,
     shadow_hit_bytes: u64,
+    /// Byte hits of the node's own LRU ghost (no peers).
+    own_lru_hit_bytes: u64,
+    /// Byte hits of the node's LFU ghost.
+    lfu_hit_bytes: u64,
     miss_bytes: u64,
     first: Option<Timestamp>,
     last: Option<Timestamp>,
@@ -229,6 +370,8 @@ pub struct AdaptiveGuard {
     config: GuardConfig,
     capacity: u64,
     shadow: GhostLru,
+    frequency: GhostLfu,
+    base_order: BaseOrder,
     current: WindowSums,
     window: VecDeque<WindowSums>,
     lean: f64,
@@ -262,6 +405,8 @@ impl AdaptiveGuard {
         };
         AdaptiveGuard {
             shadow: GhostLru::new(capacity, config.max_ghost_entries),
+            frequency: GhostLfu::new(capacity, config.max_ghost_entries),
+            base_order: BaseOrder::Recency,
             capacity,
             current: WindowSums::default(),
             window: VecDeque::with_capacity(config.sub_windows as usize),
@@ -275,7 +420,8 @@ impl AdaptiveGuard {
     /// Records one request of `layer` at `now`, and whether the node had it.
     pub fn record_request(&mut self, now: Timestamp, layer: LayerId, size: u64, hit: bool) {
         let shadow_hit = self.shadow.request(layer, size);
-        self.record_outcome(now, size, hit, shadow_hit);
+        let lfu_hit = self.config.frequency_expert && self.frequency.request(layer, size);
+        self.record_outcome(now, size, hit, shadow_hit, shadow_hit, lfu_hit);
     }
 
     /// Records one request judged at the level of the node's region: `hit`
@@ -294,7 +440,8 @@ impl AdaptiveGuard {
         peer_shadow_hit: bool,
     ) {
         let own = self.shadow.request(layer, size);
-        self.record_outcome(now, size, hit, own || peer_shadow_hit);
+        let lfu_hit = self.config.frequency_expert && self.frequency.request(layer, size);
+        self.record_outcome(now, size, hit, own || peer_shadow_hit, own, lfu_hit);
     }
 
     /// True when this node's LRU shadow holds `layer` (not a request).
@@ -302,8 +449,22 @@ impl AdaptiveGuard {
         self.shadow.contains(layer)
     }
 
-    fn record_outcome(&mut self, now: Timestamp, size: u64, hit: bool, shadow_hit: bool) {
+    fn record_outcome(
+        &mut self,
+        now: Timestamp,
+        size: u64,
+        hit: bool,
+        shadow_hit: bool,
+        own_lru_hit: bool,
+        lfu_hit: bool,
+    ) {
         let w = &mut self.current;
+        if own_lru_hit {
+            w.own_lru_hit_bytes += size;
+        }
+        if lfu_hit {
+            w.lfu_hit_bytes += size;
+        }
         w.requests += 1;
         w.requested_bytes += size;
         if hit {
@@ -331,6 +492,8 @@ impl AdaptiveGuard {
             s.requested_bytes += w.requested_bytes;
             s.actual_hit_bytes += w.actual_hit_bytes;
             s.shadow_hit_bytes += w.shadow_hit_bytes;
+            s.own_lru_hit_bytes += w.own_lru_hit_bytes;
+            s.lfu_hit_bytes += w.lfu_hit_bytes;
             s.miss_bytes += w.miss_bytes;
             s.first = match (s.first, w.first) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -349,6 +512,13 @@ impl AdaptiveGuard {
         self.window.push_back(done);
         self.totals.windows += 1;
         let s = self.window_sums();
+        // Follow the leader among the ghost experts: no live exploration,
+        // the ghosts already say which order would have done better here.
+        self.base_order = if s.lfu_hit_bytes > s.own_lru_hit_bytes {
+            BaseOrder::Frequency
+        } else {
+            BaseOrder::Recency
+        };
         let gap = s.shadow_hit_bytes as f64 - s.actual_hit_bytes as f64;
         let allowed = self.config.tolerance * s.requested_bytes as f64;
         if gap > allowed {
@@ -367,6 +537,17 @@ impl AdaptiveGuard {
     /// 1 is predicted value only.
     pub fn lean(&self) -> f64 {
         self.lean
+    }
+
+    /// The baseline order the node follows: the ghost expert (LRU or LFU of
+    /// the node's size) with more byte hits over the last window.
+    pub fn base_order(&self) -> BaseOrder {
+        self.base_order
+    }
+
+    /// How often `layer` was requested, as the node's ghost LFU remembers.
+    pub fn frequency(&self, layer: LayerId) -> u64 {
+        self.frequency.count(layer)
     }
 
     /// True when the last sub-window ended with the shadow ahead.
@@ -516,6 +697,60 @@ mod tests {
         assert!(g.lean() < 1.0);
         assert!(g.shadow_holds(LayerId(7)));
         assert!(!g.shadow_holds(LayerId(99)));
+    }
+
+    #[test]
+    fn the_ghost_lfu_keeps_the_frequent_layer_and_lets_a_new_one_in() {
+        let mut g = GhostLfu::new(100, 10);
+        for _ in 0..3 {
+            g.request(LayerId(1), 40);
+        }
+        assert!(!g.request(LayerId(2), 40));
+        // 3 enters and pushes out 2 (one request), not 1 (three).
+        assert!(!g.request(LayerId(3), 40));
+        assert!(g.contains(LayerId(1)) && g.contains(LayerId(3)));
+        assert!(!g.contains(LayerId(2)));
+        assert!(g.used() <= 100);
+        assert!(g.request(LayerId(1), 40));
+        assert_eq!(g.count(LayerId(1)), 4);
+        // Counts outlive residence.
+        assert_eq!(g.count(LayerId(2)), 1);
+    }
+
+    #[test]
+    fn the_ghost_lfu_forgets_counts_past_its_bound() {
+        let mut g = GhostLfu::new(1, 2);
+        for l in 0..100 {
+            g.request(LayerId(l), 1);
+        }
+        assert!(g.remembered() <= 8, "{}", g.remembered());
+        assert!(g.contains(LayerId(99)));
+    }
+
+    #[test]
+    fn the_node_follows_the_ghost_expert_that_is_ahead() {
+        let mut g = guard();
+        assert_eq!(g.base_order(), BaseOrder::Recency);
+        // A hot layer between scans of one-offs: LFU keeps it, LRU of two
+        // slots loses it to the scan every time.
+        let mut t = 0;
+        for round in 0..20u32 {
+            g.record_request(Timestamp(t), LayerId(1), 50, false);
+            t += 1;
+            for k in 0..3 {
+                g.record_request(Timestamp(t), LayerId(1000 + round * 3 + k), 50, false);
+                t += 1;
+            }
+        }
+        assert_eq!(g.base_order(), BaseOrder::Frequency);
+        assert!(g.frequency(LayerId(1)) >= 20);
+        // Recency workload: the same two layers over and over after a
+        // change of set; LRU catches up at once, LFU clings to layer 1.
+        for i in 0..40u32 {
+            g.record_request(Timestamp(t), LayerId(2000 + i % 2), 50, false);
+            t += 1;
+        }
+        assert_eq!(g.base_order(), BaseOrder::Recency);
     }
 
     #[test]

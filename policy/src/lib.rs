@@ -58,6 +58,7 @@ assert_eq!(policy.choose_victims(Timestamp(30), &candidates, 150), vec![LayerId(
 ```
 "#]
 
+pub mod cooperative;
 pub mod eviction;
 pub mod guard;
 pub mod lifecycle;

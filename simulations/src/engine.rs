@@ -26,8 +26,10 @@
 //! transfers the plan implies, refreshes the eviction signals and steps every
 //! layer's [`lifecycle`](shoal_policy::lifecycle) state. When a tag gets a new
 //! version, its layers are pre-placed in the regions where the previous
-//! version is in demand. The baselines (`lru`, `lfu`, `min`) only cache on
-//! demand.
+//! version is in demand. When a predictive node evicts, each candidate is
+//! marked spare when another node of its region holds the layer and is its
+//! keeper ([`cooperative`]): the simulator knows every holder exactly. The
+//! baselines (`lru`, `lfu`, `min`) only cache on demand and ignore spares.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -35,6 +37,7 @@ use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use shoal_policy::cooperative;
 use shoal_policy::eviction::{
     BeladyMin, CandidateLayer, EvictionPolicy, LayerSignals, Lfu, Lru, Predictive,
 };
@@ -906,6 +909,7 @@ impl<'a> Simulation<'a> {
                         .lifecycle
                         .get(&l)
                         .is_some_and(|s| s.says_delete(now, &self.settings.lifecycle)),
+                    spare_copy: self.is_spare_copy(node, l),
                 })
                 .collect();
             let victims = self.nodes[n]
@@ -1036,6 +1040,23 @@ impl<'a> Simulation<'a> {
         }
     }
 
+    /// True when `node` holds `layer` and another node of its region keeps
+    /// it ([`cooperative`]); always false for the baselines, which ignore it.
+    fn is_spare_copy(&self, node: u32, layer: LayerId) -> bool {
+        if self.kind != PolicyKind::Predictive {
+            return false;
+        }
+        let region = self.nodes[node as usize].region;
+        let regional = self.holders[layer.0 as usize]
+            .iter()
+            .copied()
+            .filter(|h| self.nodes[h.0 as usize].region == region);
+        let mut others = regional.clone().filter(|&h| h != NodeId(node));
+        others.next().is_some()
+            && cooperative::keeper(layer, regional.chain(std::iter::once(NodeId(node))))
+                != Some(NodeId(node))
+    }
+
     /// True when the LRU shadow of another node this node's demand could be
     /// served from (its region, or a region nearer than the origin) holds
     /// `layer`.
@@ -1140,6 +1161,7 @@ impl<'a> Simulation<'a> {
                     pinned: false,
                     plan_required: n.required.contains(&l),
                     lifecycle_delete: false,
+                    spare_copy: self.is_spare_copy(node, l),
                 })
                 .collect();
             let inbound: u64 = n

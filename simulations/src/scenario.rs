@@ -581,6 +581,10 @@ impl Scenario {
             .guard
             .validate()
             .map_err(|e| invalid("policy.eviction.guard", e.to_string()))?;
+        fraction(
+            "policy.eviction.spare_copy_cost",
+            p.eviction.spare_copy_cost,
+        )?;
         p.precache
             .validate()
             .map_err(|e| invalid("policy.precache", e.to_string()))?;

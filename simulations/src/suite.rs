@@ -45,6 +45,10 @@ pub struct TuningConfig {
     /// scenario's own value only.
     #[serde(default)]
     pub guard_step_up: Vec<f64>,
+    /// `policy.eviction.spare_copy_cost` values to try. Default: the
+    /// scenario's own value only.
+    #[serde(default)]
+    pub spare_copy_cost: Vec<f64>,
 }
 
 /// Why a suite could not run.
@@ -105,7 +109,10 @@ impl SuiteConfig {
             )));
         }
         let t = &config.tuning;
-        let grid = t.budget_fraction.len() * t.latency_credit.len() * t.guard_step_up.len().max(1);
+        let grid = t.budget_fraction.len()
+            * t.latency_credit.len()
+            * t.guard_step_up.len().max(1)
+            * t.spare_copy_cost.len().max(1);
         if grid == 0 || grid > MAX_SUITE_ENTRIES {
             return Err(invalid(format!(
                 "tuning grid: between 1 and {MAX_SUITE_ENTRIES} points"
@@ -119,6 +126,11 @@ impl SuiteConfig {
         if t.guard_step_up.iter().any(|v| !(0.0..=1.0).contains(v)) {
             return Err(invalid(
                 "tuning guard_step_up values must be in [0, 1]".into(),
+            ));
+        }
+        if t.spare_copy_cost.iter().any(|v| !(0.0..=1.0).contains(v)) {
+            return Err(invalid(
+                "tuning spare_copy_cost values must be in [0, 1]".into(),
             ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
@@ -149,6 +161,8 @@ pub struct TuningPoint {
     pub latency_credit: f64,
     /// `eviction.guard.step_up`.
     pub guard_step_up: f64,
+    /// `eviction.spare_copy_cost`.
+    pub spare_copy_cost: f64,
     /// WAN bytes of the predictive run on the tuning scenario, GB.
     pub wan_gb: f64,
     /// Origin egress of that run, GB.
@@ -278,6 +292,7 @@ fn with_point(mut s: Scenario, point: &TuningPoint) -> Scenario {
     s.policy.precache.budget_fraction = point.budget_fraction;
     s.policy.precache.latency_credit = point.latency_credit;
     s.policy.eviction.guard.step_up = point.guard_step_up;
+    s.policy.eviction.spare_copy_cost = point.spare_copy_cost;
     s
 }
 
@@ -298,31 +313,46 @@ pub fn run_suite(config: &SuiteConfig, options: RunOptions) -> Result<SuiteRepor
     } else {
         config.tuning.guard_step_up.clone()
     };
+    let spare_costs = if config.tuning.spare_copy_cost.is_empty() {
+        vec![tuning.policy.eviction.spare_copy_cost]
+    } else {
+        config.tuning.spare_copy_cost.clone()
+    };
+    let mut grid = Vec::new();
     for &budget_fraction in &config.tuning.budget_fraction {
         for &latency_credit in &config.tuning.latency_credit {
             for &guard_step_up in &step_ups {
-                let mut point = TuningPoint {
-                    budget_fraction,
-                    latency_credit,
-                    guard_step_up,
-                    wan_gb: 0.0,
-                    origin_egress_gb: 0.0,
-                };
-                let mut s = with_point(tuning.clone(), &point);
-                s.policies = vec!["predictive".into()];
-                if options.progress {
-                    eprintln!(
-                        "tuning on {}: budget_fraction {budget_fraction}, latency_credit {latency_credit}, guard step_up {guard_step_up}",
-                        s.name
-                    );
+                for &spare_copy_cost in &spare_costs {
+                    grid.push(TuningPoint {
+                        budget_fraction,
+                        latency_credit,
+                        guard_step_up,
+                        spare_copy_cost,
+                        wan_gb: 0.0,
+                        origin_egress_gb: 0.0,
+                    });
                 }
-                let r = run_one(&config.tuning.scenario, &s, RunOptions::default())?;
-                let p = &r.results[0];
-                point.wan_gb = gb(p.wan_bytes());
-                point.origin_egress_gb = gb(p.origin_egress_bytes);
-                points.push(point);
             }
         }
+    }
+    for mut point in grid {
+        let mut s = with_point(tuning.clone(), &point);
+        s.policies = vec!["predictive".into()];
+        if options.progress {
+            eprintln!(
+                "tuning on {}: budget_fraction {}, latency_credit {}, guard step_up {}, spare_copy_cost {}",
+                s.name,
+                point.budget_fraction,
+                point.latency_credit,
+                point.guard_step_up,
+                point.spare_copy_cost
+            );
+        }
+        let r = run_one(&config.tuning.scenario, &s, RunOptions::default())?;
+        let p = &r.results[0];
+        point.wan_gb = gb(p.wan_bytes());
+        point.origin_egress_gb = gb(p.origin_egress_bytes);
+        points.push(point);
     }
     let chosen = points
         .iter()
@@ -366,11 +396,12 @@ fn yes(b: bool) -> &'static str {
 /// The suite as markdown: the results table, then the goals table.
 pub fn markdown(report: &SuiteReport) -> String {
     let mut s = format!(
-        "Parameters chosen on `{}` (not reported): precache.budget_fraction = {}, precache.latency_credit = {}, eviction.guard.step_up = {}.\n\n",
+        "Parameters chosen on `{}` (not reported): precache.budget_fraction = {}, precache.latency_credit = {}, eviction.guard.step_up = {}, eviction.spare_copy_cost = {}.\n\n",
         report.tuning_scenario,
         report.chosen.budget_fraction,
         report.chosen.latency_credit,
-        report.chosen.guard_step_up
+        report.chosen.guard_step_up,
+        report.chosen.spare_copy_cost
     );
     s.push_str("| scenario | policy | origin egress GB | WAN GB | bytes without origin | pre-cache GB | pre-cache hit GB | pre-cache wasted GB | lean |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
