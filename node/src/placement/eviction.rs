@@ -102,6 +102,21 @@ pub fn protection(
     }
 }
 
+/// What placement knows of one candidate when the store asks for an order.
+#[derive(Debug, Clone, Copy)]
+pub struct EvictionFacts {
+    /// The candidate's stable id in the demand table.
+    pub layer: LayerId,
+    /// Its protection tier.
+    pub protection: Protection,
+    /// Forecast pulls in this node's region over the horizon.
+    pub forecast: f64,
+    /// Its threat score (0 without reports).
+    pub threat: f64,
+    /// Another member of this node's region keeps the blob (see `Shared::is_spare_copy`).
+    pub spare_copy: bool,
+}
+
 /// The policy behind the order.
 #[derive(Debug)]
 pub enum OrderPolicy {
@@ -157,24 +172,26 @@ impl PlacementEviction {
     pub fn order(&self, now_ms: u64, mut candidates: Vec<EvictionCandidate>) -> Vec<BlobDigest> {
         let now = now_ms / 1000;
         candidates.sort_by_key(|c| (c.last_access_ms, c.digest));
-        let facts: Vec<(LayerId, Protection, f64, f64)> = candidates
+        let facts: Vec<EvictionFacts> = candidates
             .iter()
             .map(|c| self.shared.eviction_facts(now, c))
             .collect();
         let mut by_layer = std::collections::HashMap::new();
         let mut layers = Vec::with_capacity(candidates.len());
-        for (candidate, (layer, protection, _, _)) in candidates.iter().zip(&facts) {
-            by_layer.insert(*layer, candidate.digest);
-            layers.push((CandidateLayer::new(*layer, candidate.size), *protection));
+        for (candidate, fact) in candidates.iter().zip(&facts) {
+            by_layer.insert(fact.layer, candidate.digest);
+            let mut layer = CandidateLayer::new(fact.layer, candidate.size);
+            layer.spare_copy = fact.spare_copy;
+            layers.push((layer, fact.protection));
         }
         let mut policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let order = match &mut *policy {
             OrderPolicy::Lru(lru) => {
                 // Replayed oldest first: the store's access records are the truth for recency.
-                for (candidate, (layer, _, _, _)) in candidates.iter().zip(&facts) {
+                for (candidate, fact) in candidates.iter().zip(&facts) {
                     lru.record_access(
                         Timestamp(candidate.last_access_ms / 1000),
-                        *layer,
+                        fact.layer,
                         candidate.size,
                     );
                 }
@@ -182,11 +199,11 @@ impl PlacementEviction {
             }
             OrderPolicy::Predictive(predictive) => {
                 let signals = LayerSignals {
-                    regional_forecast: facts.iter().map(|(l, _, f, _)| (*l, *f)).collect(),
+                    regional_forecast: facts.iter().map(|f| (f.layer, f.forecast)).collect(),
                     threat: facts
                         .iter()
-                        .filter(|(_, _, _, t)| *t > 0.0)
-                        .map(|(l, _, _, t)| (*l, *t))
+                        .filter(|f| f.threat > 0.0)
+                        .map(|f| (f.layer, f.threat))
                         .collect(),
                     region_nodes: 1,
                 };

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use shoal_policy::cooperative;
 use shoal_policy::eviction::{Lru, Predictive, PredictiveConfig};
 use shoal_policy::plan::PlanConfig;
 use shoal_policy::usage::UsageConfig;
@@ -51,7 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 pub use config::{EvictionOrder, FilePlacement, PlacementConfig, PlacementConfigError};
 use demand::{DemandBook, DemandSnapshot};
-use eviction::{OrderPolicy, PlacementEviction, Protection, StoreEviction};
+use eviction::{OrderPolicy, PlacementEviction, StoreEviction};
 use tags::{CheckOutcome, TagRecord, TagWatch, WatchedTag};
 
 use crate::metrics::Metrics;
@@ -302,12 +303,9 @@ impl Shared {
         self.threats.get().map(|t| t.config().evict_first_score)
     }
 
-    /// The id, protection, forecast and threat of an eviction candidate.
-    fn eviction_facts(
-        &self,
-        now: u64,
-        candidate: &EvictionCandidate,
-    ) -> (LayerId, Protection, f64, f64) {
+    /// What placement knows of an eviction candidate: its id, protection, forecast, threat and
+    /// whether a regional peer keeps it.
+    fn eviction_facts(&self, now: u64, candidate: &EvictionCandidate) -> eviction::EvictionFacts {
         self.touch();
         let (layer, forecast, required) = {
             let mut state = self.state();
@@ -321,14 +319,48 @@ impl Shared {
             (layer, forecast, required)
         };
         let threat = self.threat(&candidate.digest);
+        let holders = self.other_holders(&candidate.digest);
         let protection = eviction::protection(
             forecast,
-            !self.other_holders(&candidate.digest).is_empty(),
+            !holders.is_empty(),
             required,
             threat,
             self.evict_first_score(),
         );
-        (layer, protection, forecast, threat)
+        eviction::EvictionFacts {
+            layer,
+            protection,
+            forecast,
+            threat,
+            spare_copy: self.is_spare_copy(&candidate.digest, &holders),
+        }
+    }
+
+    /// True when a member of this node's region is known to hold the whole blob and, among the
+    /// region's holders and this node, this node is not the blob's keeper
+    /// (`shoal_policy::cooperative`): a miss after evicting this copy comes from that peer. Every
+    /// node of the region names the same keeper from the same announcements, so the region never
+    /// drops its last copy on this ground.
+    fn is_spare_copy(&self, digest: &BlobDigest, holders: &[libp2p::PeerId]) -> bool {
+        let Some(network) = self.network.get() else {
+            return false;
+        };
+        let region = network.region();
+        let regional: Vec<u64> = holders
+            .iter()
+            .filter(|peer| {
+                network
+                    .peer_info(peer)
+                    .and_then(|info| info.region)
+                    .is_some_and(|r| r == region)
+            })
+            .map(|peer| cooperative::stable_key(&peer.to_bytes()))
+            .collect();
+        cooperative::is_spare_key(
+            cooperative::stable_key(digest.to_string().as_bytes()),
+            cooperative::stable_key(&network.local_peer_id().to_bytes()),
+            &regional,
+        )
     }
 
     /// Members known (by their announcements) to hold the whole blob.
