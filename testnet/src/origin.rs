@@ -47,6 +47,8 @@ pub struct AccessLogEntry {
     pub status: u16,
     /// Body bytes written (0 when the log shows `-`).
     pub bytes: u64,
+    /// When the request was logged, Unix seconds (the log's resolution), if the date parses.
+    pub at_unix_secs: Option<u64>,
 }
 
 impl Origin {
@@ -361,7 +363,11 @@ impl Drop for CorruptedBlob {
 /// (the registry's structured `time=... level=...` lines).
 pub fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
     // `<ip> - - [<date>] "<METHOD> <URI> <PROTO>" <status> <bytes> "<referer>" "<ua>"`
-    let after_date = &line[line.find("] \"")? + 3..];
+    let date_end = line.find("] \"")?;
+    let at_unix_secs = line[..date_end]
+        .rsplit_once('[')
+        .and_then(|(_, date)| parse_log_date(date));
+    let after_date = &line[date_end + 3..];
     let (request, rest) = after_date.split_once('"')?;
     let mut request_parts = request.split(' ');
     let method = request_parts.next()?.to_string();
@@ -379,7 +385,36 @@ pub fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
         query: query.to_string(),
         status,
         bytes,
+        at_unix_secs,
     })
+}
+
+/// Unix seconds of a combined-log date, `23/Nov/2026:18:40:57 +0000` (UTC offsets only, which is
+/// what the registry writes).
+fn parse_log_date(date: &str) -> Option<u64> {
+    let (stamp, zone) = date.split_once(' ')?;
+    if zone != "+0000" {
+        return None;
+    }
+    let mut parts = stamp.split(['/', ':']);
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let year: i64 = parts.next()?.parse().ok()?;
+    let hour: u64 = parts.next()?.parse().ok()?;
+    let minute: u64 = parts.next()?.parse().ok()?;
+    let second: u64 = parts.next()?.parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day as i64 - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = u64::try_from(era * 146_097 + day_of_era - 719_468).ok()?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 #[cfg(test)]
@@ -397,6 +432,7 @@ mod tests {
                 query: String::new(),
                 status: 206,
                 bytes: 157,
+                at_unix_secs: Some(1_795_459_257),
             })
         );
         let structured = "time=\"2026-11-23T18:40:57Z\" level=info msg=\"response completed\" http.request.uri=/v2/";

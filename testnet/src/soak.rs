@@ -160,6 +160,24 @@ pub struct PhaseReport {
     /// Nodes found not running at the end of the phase, though no fault had left them down (a
     /// node that exited on its own).
     pub nodes_down_at_end: Vec<usize>,
+    /// The blobs the origin served more than one copy of, with what the origin's access log and
+    /// the nodes' logs say about each: where the phase's extra origin bytes went.
+    pub origin_overfetch: Vec<BlobOriginUse>,
+}
+
+/// One blob's origin traffic over a phase, when it exceeded one copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobOriginUse {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// The blob's length.
+    pub len: u64,
+    /// Body bytes the origin served for it.
+    pub origin_bytes: u64,
+    /// Each origin GET: seconds into the phase, status, body bytes.
+    pub gets: Vec<String>,
+    /// The nodes' log lines about the blob's fetches (`node <i>: <line>`).
+    pub node_log: Vec<String>,
 }
 
 impl PhaseReport {
@@ -454,6 +472,9 @@ async fn run_phase(
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample(pids.clone(), stop.clone()));
     let started = Instant::now();
+    let started_unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let deadline = started + options.duration;
     let mut clients = Vec::new();
     for client in 0..options.http_clients {
@@ -520,6 +541,7 @@ async fn run_phase(
 
     network.origin().settle().await;
     let origin_blob_bytes = network.origin().blob_bytes_served();
+    let origin_overfetch = overfetched_blobs(&network, &shelf, started_unix_secs);
     let released_blob_bytes = {
         let shelf = shelf.read().expect("shelf lock");
         let mut distinct = BTreeMap::new();
@@ -566,7 +588,104 @@ async fn run_phase(
         nodes,
         fsck,
         nodes_down_at_end,
+        origin_overfetch,
     })
+}
+
+/// What the nodes log about a blob's fetch, kept for the attribution of extra origin bytes.
+const FETCH_LOG_MARKERS: [&str; 9] = [
+    "blob fetched",
+    "blob fetch failed",
+    "blob passed through",
+    "following a peer",
+    "fetching blob from peers",
+    "continuing from the origin",
+    "resuming",
+    "fetching them from the origin",
+    "fetching the blob again",
+];
+
+/// The released blobs whose origin bytes exceeded one copy, with each origin GET (seconds after
+/// `started_unix_secs`) and what the nodes logged about the blob.
+fn overfetched_blobs(
+    network: &Network,
+    shelf: &Shelf,
+    started_unix_secs: u64,
+) -> Vec<BlobOriginUse> {
+    let lengths: BTreeMap<String, u64> = shelf
+        .read()
+        .expect("shelf lock")
+        .iter()
+        .flat_map(|image| image.blobs.iter())
+        .map(|(digest, bytes)| (digest.clone(), bytes.len() as u64))
+        .collect();
+    let mut gets: BTreeMap<String, Vec<crate::origin::AccessLogEntry>> = BTreeMap::new();
+    for entry in network.origin().access_log().unwrap_or_default() {
+        if entry.method != "GET" {
+            continue;
+        }
+        if let Some((_, digest)) = entry.path.rsplit_once("/blobs/") {
+            gets.entry(digest.to_string()).or_default().push(entry);
+        }
+    }
+    let logs: Vec<String> = network
+        .nodes()
+        .iter()
+        .map(|n| std::fs::read_to_string(n.node().log_path()).unwrap_or_default())
+        .collect();
+    let mut overfetched = Vec::new();
+    for (digest, entries) in gets {
+        let origin_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
+        let len = lengths.get(&digest).copied().unwrap_or(0);
+        if origin_bytes <= len {
+            continue;
+        }
+        let gets = entries
+            .iter()
+            .map(|e| {
+                let at = e.at_unix_secs.map_or("?".to_string(), |t| {
+                    format!("{}", t as i64 - started_unix_secs as i64)
+                });
+                format!("{at}s {} {}", e.status, e.bytes)
+            })
+            .collect();
+        let mut node_log = Vec::new();
+        for (node, log) in logs.iter().enumerate() {
+            for line in log.lines() {
+                if line.contains(&digest) && FETCH_LOG_MARKERS.iter().any(|m| line.contains(m)) {
+                    let line = strip_ansi(line);
+                    let line: String = line.chars().take(400).collect();
+                    node_log.push(format!("node {node}: {line}"));
+                }
+            }
+        }
+        overfetched.push(BlobOriginUse {
+            digest,
+            len,
+            origin_bytes,
+            gets,
+            node_log,
+        });
+    }
+    overfetched
+}
+
+/// `line` without terminal colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Pushes an image to the origin and puts it on the clients' shelf.
@@ -854,6 +973,25 @@ pub fn render(report: &SoakReport) -> String {
                 n.last_fds,
                 n.samples
             ));
+        }
+        if !phase.fault_log.is_empty() {
+            out.push_str("  faults:\n");
+            for line in &phase.fault_log {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+        for blob in &phase.origin_overfetch {
+            out.push_str(&format!(
+                "  origin served {} bytes of {} ({} long, {} extra); GETs: {}\n",
+                blob.origin_bytes,
+                blob.digest,
+                blob.len,
+                blob.origin_bytes - blob.len,
+                blob.gets.join(", ")
+            ));
+            for line in &blob.node_log {
+                out.push_str(&format!("    {line}\n"));
+            }
         }
     }
     out
