@@ -305,7 +305,10 @@ async fn bad_rebuild_requests_are_refused_with_the_reason_and_change_nothing() -
     // Without the token, or with a wrong one, the POST is refused before anything is read.
     for wrong in [None, Some("wrong-token")] {
         let (got, answer) = rebuild_call_with(node, &good, Some(Vec::new()), wrong).await?;
-        ensure!(got == 401 && answer["error"].is_string(), "{wrong:?}: {got} {answer}");
+        ensure!(
+            got == 401 && answer["error"].is_string(),
+            "{wrong:?}: {got} {answer}"
+        );
     }
     for (image, body, status, says) in [
         ("UPPER/Case:v1", Vec::new(), 400, "OCI grammar"),
