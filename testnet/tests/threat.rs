@@ -8,8 +8,8 @@
 //! - a report in Grype's JSON format (findings located by DiffID only) for a second image,
 //!   imported on B with `shoal threat import`: A shows it; a clean layer of that image is
 //!   recorded as clean; `shoal threat get` prints a record;
-//! - with `threat.auto_rebuild` on, a report with fixed versions reaches the rebuild flow (which
-//!   starts nothing for an image named by digest only);
+//! - with `threat.auto_rebuild` on, a report with fixed versions runs the rebuild flow for the
+//!   tag naming the scanned image (no new digest upstream: nothing changes);
 //! - oversized, malformed, wrong-format and unmappable reports, and one naming an image the
 //!   origin does not have, are each refused with a 4xx (502 for the missing image) and a JSON
 //!   error naming the problem, and nothing changes on either node.
@@ -278,13 +278,13 @@ async fn reports_in_trivy_and_grype_formats_score_layers_here_and_on_a_peer() ->
     ensure!(summary["layers_scored"] == app.layers.len(), "{summary}");
     ensure!(summary["cves"] == 3, "{summary}");
     ensure!(summary["findings_unmapped"] == 0, "{summary}");
-    // Fixed versions exist and `threat.auto_rebuild` is on: the rebuild flow heard the request.
-    // This report names the image by digest only, and a rebuild moves a tag, so the flow says so
-    // and starts nothing (testnet/tests/rebuild.rs covers the rebuild itself).
+    // Fixed versions exist and `threat.auto_rebuild` is on: the rebuild flow ran for the tag that
+    // names the scanned manifest here; the upstream names the same digest, so it changed nothing
+    // (testnet/tests/rebuild.rs covers a rebuild to a new digest).
     ensure!(summary["rebuild_requested"] == true, "{summary}");
     a.wait_for_log(
-        "threat.auto_rebuild: the report names no tag",
-        Duration::from_secs(10),
+        "threat.auto_rebuild: no new digest upstream",
+        Duration::from_secs(20),
     )
     .await?;
     ensure!(

@@ -655,22 +655,76 @@ impl crate::p2p::rebuild::RebuildNews for RebuildService {
     }
 }
 
+impl RebuildService {
+    /// The cached tags of `registry/repo` that name `digest`, itself or as a child of their
+    /// index (a report may name an image by the manifest it scanned), at most
+    /// [`MAX_TAGS_PER_REQUEST`], in key order. Blocking: reads the store's tag records.
+    fn cached_tags_naming(
+        &self,
+        registry: &str,
+        repo: &RepoName,
+        digest: BlobDigest,
+    ) -> Vec<String> {
+        let store = self.inner.parts.pull.store();
+        let prefix = format!("{registry}/{repo}:");
+        let Ok(tags) = store.tags(MAX_TAGS_SCANNED) else {
+            return Vec::new();
+        };
+        tags.into_iter()
+            .filter_map(|(key, record)| {
+                let tag = key.strip_prefix(&prefix)?.to_owned();
+                let named = BlobDigest::from_bytes(record.digest);
+                let names_it = named == digest
+                    || store
+                        .manifest(&named)
+                        .ok()
+                        .flatten()
+                        .and_then(|m| read_manifest(&m.body))
+                        .is_some_and(|m| m.index && m.children.iter().any(|(c, _)| *c == digest));
+                names_it.then_some(tag)
+            })
+            .take(MAX_TAGS_PER_REQUEST)
+            .collect()
+    }
+}
+
+/// Tag records read to find the tags naming a digest.
+const MAX_TAGS_SCANNED: usize = 50_000;
+/// Tags one `threat.auto_rebuild` request rebuilds at most.
+const MAX_TAGS_PER_REQUEST: usize = 4;
+
 impl RebuildRequests for RebuildService {
     fn request(&self, request: RebuildRequest) {
-        let Some(tag) = &request.image.tag else {
-            tracing::warn!(image = %request.image, "threat.auto_rebuild: the report names no tag; a rebuild moves a tag, so nothing was started");
-            return;
-        };
-        let text = format!("{}/{}:{tag}", request.image.registry, request.image.repo);
-        tracing::info!(image = %text, fixable = request.fixable, worst_score = request.worst_score, "threat.auto_rebuild: rebuild requested by a threat report");
+        tracing::info!(image = %request.image, fixable = request.fixable, worst_score = request.worst_score, "threat.auto_rebuild: rebuild requested by a threat report");
         let this = self.clone();
         tokio::spawn(async move {
-            match this.start(&text).await {
-                Ok((view, _)) => {
-                    tracing::info!(image = %text, state = ?view.state, "threat.auto_rebuild: {}", view.message)
+            let image = &request.image;
+            let tags = match (&image.tag, image.digest) {
+                (Some(tag), _) => vec![tag.clone()],
+                (None, Some(digest)) => {
+                    let (finder, registry, repo) =
+                        (this.clone(), image.registry.clone(), image.repo.clone());
+                    tokio::task::spawn_blocking(move || {
+                        finder.cached_tags_naming(&registry, &repo, digest)
+                    })
+                    .await
+                    .unwrap_or_default()
                 }
-                Err(refused) => {
-                    tracing::warn!(image = %text, %refused, "threat.auto_rebuild: rebuild not started")
+                (None, None) => Vec::new(),
+            };
+            if tags.is_empty() {
+                tracing::warn!(image = %image, "threat.auto_rebuild: no cached tag names this image; a rebuild moves a tag, so nothing was started");
+                return;
+            }
+            for tag in tags {
+                let text = format!("{}/{}:{tag}", image.registry, image.repo);
+                match this.start(&text).await {
+                    Ok((view, _)) => {
+                        tracing::info!(image = %text, state = ?view.state, "threat.auto_rebuild: {}", view.message)
+                    }
+                    Err(refused) => {
+                        tracing::warn!(image = %text, %refused, "threat.auto_rebuild: rebuild not started")
+                    }
                 }
             }
         });
