@@ -10,6 +10,7 @@
 //! placement: demand, new versions pre-positioned, the replication plan, the eviction order),
 //! [`preheat`] (operator-requested fetches of images into chosen regions, with progress).
 //! [`threat`] (scanner reports in, a score per layer, shared with peers).
+//! [`rebuild`] (a tag's new version fetched into every region before the tag moves to it).
 
 pub mod admin;
 pub mod assembly;
@@ -22,6 +23,7 @@ pub mod p2p;
 pub mod placement;
 pub mod preheat;
 pub mod pullthrough;
+pub mod rebuild;
 pub mod registry;
 pub mod store;
 pub mod threat;
@@ -75,6 +77,9 @@ pub enum StartError {
     /// Threat's state directory could not be created.
     #[error("starting threat: {0}")]
     Threat(#[from] threat::ThreatError),
+    /// The rebuild holds could not be read.
+    #[error("starting rebuilds: {0}")]
+    Rebuild(std::io::Error),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` completes; then drains connections and
@@ -150,13 +155,16 @@ pub async fn run_with(
     // HTTP stops first; the peer network only after the flights it may be feeding have ended.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (p2p_stop_tx, p2p_stop_rx) = tokio::sync::watch::channel(false);
+    let tag_holds = rebuild::holds::TagHolds::open(&config.data_dir, config.rebuild.hold.as_secs())
+        .map_err(StartError::Rebuild)?;
     let mut pull = PullThrough::new(
         store.clone(),
         metrics.clone(),
         PullConfig {
             tag_ttl: config.tag_ttl,
         },
-    );
+    )
+    .with_held_tags(Arc::new(tag_holds.clone()));
     let mut p2p_task = None;
     let mut status_network = None;
     let mut network_handle = None;
@@ -195,6 +203,8 @@ pub async fn run_with(
             tracing::info!("no network key configured: running without the peer network");
         }
     }
+    // Bound to the rebuild service below, once the preheat service it runs on exists.
+    let rebuild_hook = Arc::new(rebuild::RebuildHook::default());
     let threats = threat::Threats::open(threat::Parts {
         config: config.threat.clone(),
         data_dir: config.data_dir.clone(),
@@ -202,8 +212,7 @@ pub async fn run_with(
         pull: pull.clone(),
         upstreams: upstreams.clone(),
         network: network_handle.clone(),
-        // The rebuild flow is wired in here once it exists; until then requests are logged.
-        rebuild: Arc::new(threat::LoggedRebuildRequests),
+        rebuild: rebuild_hook.clone(),
     })?;
     let threat_task = threats.start(stop_rx.clone());
     if let Some(shared) = &placement_shared {
@@ -224,6 +233,21 @@ pub async fn run_with(
     if let Some(network) = &network_handle {
         network.serve_preheat(Arc::new(preheat.clone()));
     }
+    let rebuilds = rebuild::RebuildService::new(rebuild::Parts {
+        pull: pull.clone(),
+        network: network_handle.clone(),
+        upstreams: upstreams.clone(),
+        default_upstream: config.default_upstream.clone(),
+        region: config
+            .p2p
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone()),
+        preheat: preheat.clone(),
+        holds: tag_holds,
+        config: config.rebuild.clone(),
+    });
+    rebuilds.listen();
+    rebuild_hook.bind(rebuilds.clone());
     let (placement, placement_task) = match placement_shared {
         Some(shared) => {
             let parts = placement::Parts {
@@ -320,6 +344,7 @@ pub async fn run_with(
         admin::router(admin_state)
             .merge(placement::admin_routes(placement))
             .merge(preheat::admin_routes(preheat))
+            .merge(rebuild::admin_routes(rebuilds))
             .merge(lifecycle::api::router(lifecycle_api))
             .merge(threat::http::router(threats, config.admin_token.clone()))
             // Router-wide, after every merge: every mutating admin route needs the token.

@@ -17,7 +17,10 @@
 //! (each node's top [`MAX_DEMAND_ENTRIES`] layers by forecast, with its region, once per plan);
 //! `shoal/threat/1` carries [`ThreatScores`] (threat records of at most [`MAX_THREAT_ENTRIES`]
 //! layers, each with its report's time, score and worst [`MAX_THREAT_CVES`] CVEs, published when a
-//! node imports a scanner report; receivers keep, per layer, the record of the newest report).
+//! node imports a scanner report; receivers keep, per layer, the record of the newest report);
+//! `shoal/rebuild/1` carries [`TagNews`] (one tag of one upstream repository: held at its old
+//! digest while a rebuild's shadow is fetched, then switched to the new digest, or released when
+//! the rebuild failed; receivers keep, per tag, the news of the newest rebuild).
 //!
 //! ## Payload
 //!
@@ -28,7 +31,8 @@
 //! offset  size  field
 //! 0       4     magic "SHWR"
 //! 4       2     format version, little endian (currently 1)
-//! 6       1     message kind: 10 = Announcement, 11 = DemandSummary, 12 = ThreatScores
+//! 6       1     message kind: 10 = Announcement, 11 = DemandSummary, 12 = ThreatScores,
+//!                     13 = TagNews
 //! 7       1     reserved, zero
 //! 8       N-8   rkyv archive of the message (validated with bytecheck on decode)
 //! ```
@@ -85,11 +89,18 @@ pub enum Topic {
     Demand,
     /// Threat scores of layers from scanner reports ([`ThreatScores`]).
     Threat,
+    /// Tags held at a digest during a rebuild, and their switchovers ([`TagNews`]).
+    Rebuild,
 }
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 3] = [Topic::Announce, Topic::Demand, Topic::Threat];
+    pub const ALL: [Topic; 4] = [
+        Topic::Announce,
+        Topic::Demand,
+        Topic::Threat,
+        Topic::Rebuild,
+    ];
 
     /// The topic's name on the network.
     pub fn name(self) -> &'static str {
@@ -97,6 +108,7 @@ impl Topic {
             Topic::Announce => "shoal/announce/1",
             Topic::Demand => "shoal/demand/1",
             Topic::Threat => "shoal/threat/1",
+            Topic::Rebuild => "shoal/rebuild/1",
         }
     }
 
@@ -461,6 +473,153 @@ wire_message!(
 
 impl GossipMessage for ThreatScores {
     const TOPIC: Topic = Topic::Threat;
+}
+
+/// Largest encoded [`TagNews`] (header included).
+pub const MAX_TAG_NEWS_BYTES: usize = HEADER_LEN
+    + 128
+    + crate::limits::MAX_REGISTRY_HOST_BYTES
+    + crate::limits::MAX_REPO_NAME_BYTES
+    + crate::limits::MAX_TAG_BYTES;
+
+pub use tag_news::{TagNews, TagPhase};
+
+// As for `announcement`: the archived twins' fields mirror the documented ones.
+#[allow(missing_docs)]
+mod tag_news {
+    /// Where a rebuild of a tag is, as its author says.
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        PartialOrd,
+        Ord,
+        rkyv::Archive,
+        rkyv::Serialize,
+        rkyv::Deserialize,
+    )]
+    pub enum TagPhase {
+        /// The new version is being fetched into every region: serve `old` for the tag until
+        /// `expires_at` or later news.
+        Held,
+        /// Every region holds the new version: the tag moves to `new`.
+        Switched,
+        /// The rebuild failed: the hold is lifted, the tag is left as it was.
+        Released,
+    }
+
+    /// News about one tag's rebuild.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct TagNews {
+        /// The upstream's registry host name, as containerd sends it in `ns`.
+        pub upstream: String,
+        /// The repository, in the OCI grammar.
+        pub repo: String,
+        /// The tag, in the OCI grammar.
+        pub tag: String,
+        /// SHA-256 of the manifest the tag named before the rebuild (served while held).
+        pub old: [u8; 32],
+        /// SHA-256 of the manifest the upstream names now (the tag's digest after the switch).
+        pub new: [u8; 32],
+        /// Where the rebuild is.
+        pub phase: TagPhase,
+        /// When the rebuild started, seconds since the Unix epoch (news of a later rebuild of the
+        /// same tag wins).
+        pub started_at: u64,
+        /// When a hold lapses by itself, seconds since the Unix epoch (at or after `started_at`).
+        pub expires_at: u64,
+    }
+}
+
+impl TagNews {
+    fn check_rules(&self) -> Result<(), WireError> {
+        if !crate::oci::is_valid_registry_host(&self.upstream) {
+            return Err(WireError::Invalid("upstream is not a registry host name"));
+        }
+        if self.repo.parse::<crate::oci::RepoName>().is_err() {
+            return Err(WireError::Invalid("repository name outside the grammar"));
+        }
+        if !crate::oci::is_valid_tag(&self.tag) {
+            return Err(WireError::Invalid("tag outside the grammar"));
+        }
+        if self.old == self.new {
+            return Err(WireError::Invalid("a rebuild names two different digests"));
+        }
+        if self.expires_at < self.started_at {
+            return Err(WireError::Invalid("a hold expires before it started"));
+        }
+        Ok(())
+    }
+}
+
+wire_message!(
+    TagNews,
+    Kind::TagNews,
+    MAX_TAG_NEWS_BYTES,
+    TagNews::check_rules
+);
+
+impl GossipMessage for TagNews {
+    const TOPIC: Topic = Topic::Rebuild;
+}
+
+#[cfg(test)]
+mod tag_news_tests {
+    use super::*;
+
+    fn news() -> TagNews {
+        TagNews {
+            upstream: "a".repeat(crate::limits::MAX_REGISTRY_HOST_BYTES),
+            repo: "r".repeat(crate::limits::MAX_REPO_NAME_BYTES),
+            tag: "t".repeat(crate::limits::MAX_TAG_BYTES),
+            old: [1; 32],
+            new: [2; 32],
+            phase: TagPhase::Held,
+            started_at: 10,
+            expires_at: 3_610,
+        }
+    }
+
+    #[test]
+    fn the_largest_news_fits_and_round_trips() {
+        let news = news();
+        let payload = news.to_payload();
+        assert!(payload.len() <= MAX_TAG_NEWS_BYTES);
+        assert_eq!(TagNews::from_payload(&payload), Ok(news));
+        assert_eq!(Topic::from_name("shoal/rebuild/1"), Some(Topic::Rebuild));
+    }
+
+    #[test]
+    fn bad_news_is_refused() {
+        let bad: [&dyn Fn(&mut TagNews); 6] = [
+            &|n| n.upstream = "bad host/".into(),
+            &|n| n.repo = "Upper/Case".into(),
+            &|n| n.tag = "-tag".into(),
+            &|n| n.new = n.old,
+            &|n| n.expires_at = n.started_at - 1,
+            &|n| n.upstream = String::new(),
+        ];
+        for change in bad {
+            let mut news = news();
+            change(&mut news);
+            assert!(
+                TagNews::from_payload(&news.to_payload()).is_err(),
+                "{news:?}"
+            );
+        }
+        let threat = ThreatScores {
+            entries: vec![ThreatEntry {
+                blob: [0; 32],
+                reported_at: 0,
+                milli_score: 0,
+                cves_total: 0,
+                cves: vec![],
+            }],
+        };
+        assert!(TagNews::from_payload(&threat.to_payload()).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,8 @@ pub enum Kind {
     DemandSummary = 11,
     /// [`crate::gossip::ThreatScores`] (a gossip payload, not a stream frame).
     ThreatScores = 12,
+    /// [`crate::gossip::TagNews`] (a gossip payload, not a stream frame).
+    TagNews = 13,
     /// [`crate::preheat::PreheatRequest`].
     PreheatRequest = 20,
     /// [`crate::preheat::PreheatReport`].

@@ -1,4 +1,4 @@
-//! A small client for a node's admin API (`/status`, `/metrics`, `/preheat`), with bounded
+//! A small client for a node's admin API (`/status`, `/metrics`, `/preheat`, rebuilds), with bounded
 //! answers and timeouts.
 
 use std::time::Duration;
@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use shoal_node::admin::status::NodeStatus;
 use shoal_node::preheat::job::JobView;
 use shoal_node::preheat::{PreheatBody, Started};
+use shoal_node::rebuild::job::RebuildView;
 
 /// Largest admin answer read, in bytes.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -127,6 +128,49 @@ impl AdminClient {
             bail!("{what}: {status}: {}", error_message(&text));
         }
         serde_json::from_str(&text).with_context(|| format!("{what}: not a preheat job"))
+    }
+
+    /// `POST /images/{image}/rebuild`: re-resolves the tag upstream and starts a rebuild on a
+    /// new digest. The view, and whether a rebuild runs.
+    pub async fn rebuild_start(&self, image: &str) -> Result<(RebuildView, bool)> {
+        let url = self.rebuild_url(image)?;
+        let what = format!("POST {url}");
+        let mut post = self.http.post(url);
+        if let Some(token) = &self.token {
+            post = post.bearer_auth(token);
+        }
+        let (status, text) = self.exchange(post, &what).await?;
+        if !status.is_success() {
+            bail!("{what}: {status}: {}", error_message(&text));
+        }
+        let view = serde_json::from_str(&text)
+            .with_context(|| format!("{what}: unexpected answer {text:?}"))?;
+        Ok((view, status == reqwest::StatusCode::ACCEPTED))
+    }
+
+    /// `GET /images/{image}/rebuild`: a rebuild's progress.
+    pub async fn rebuild_view(&self, image: &str) -> Result<RebuildView> {
+        let url = self.rebuild_url(image)?;
+        let what = format!("GET {url}");
+        let (status, text) = self.exchange(self.http.get(url), &what).await?;
+        if !status.is_success() {
+            bail!("{what}: {status}: {}", error_message(&text));
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: not a rebuild"))
+    }
+
+    fn rebuild_url(&self, image: &str) -> Result<reqwest::Url> {
+        let plain = !image.is_empty()
+            && image.len() <= 512
+            && image
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"?#%".contains(&b));
+        if !plain {
+            bail!("{image:?} is not an image reference such as registry/repository:tag");
+        }
+        self.base
+            .join(&format!("/images/{image}/rebuild"))
+            .context("joining the admin URL")
     }
 
     /// `GET /status`.

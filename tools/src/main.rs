@@ -15,6 +15,8 @@
 //!   regions fetch images ahead of a rollout, with progress (see [`preheat`]).
 //! * `shoal threat import FILE` and `shoal threat get DIGEST`: a running node's threat intake (see
 //!   [`threat`]).
+//! * `shoal rebuild REF [--wait] [--json]`: re-resolve a tag upstream and, on a new digest, shadow
+//!   it into every region before switching (see [`rebuild`]).
 
 mod admin_client;
 mod bench;
@@ -24,6 +26,7 @@ mod containerd;
 mod lifecycle;
 mod placement;
 mod preheat;
+mod rebuild;
 mod status;
 mod threat;
 
@@ -152,6 +155,25 @@ enum Command {
     /// Send scanner reports to a running node and read its threat scores.
     #[command(subcommand)]
     Threat(threat::ThreatCommand),
+    /// Re-resolve an image's tag upstream; on a new digest, fetch the new version into every
+    /// region that holds the old one and only then move the tag (`POST /images/{ref}/rebuild`).
+    /// Exit 1 when the rebuild failed.
+    Rebuild {
+        /// The image, `registry/repository:tag` (the registry must be a configured upstream).
+        image: String,
+        /// Follow the rebuild until it switched over or failed.
+        #[arg(long)]
+        wait: bool,
+        /// Print the node's JSON answer (the last one with --wait) instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The node's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:5051")]
+        admin: String,
+        /// A file holding the admin bearer token (the node's `admin_token_file`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -197,6 +219,19 @@ fn main() -> ExitCode {
         } => lifecycle::graph(&options, image.as_deref(), format),
         Command::Retention { dry_run, options } => lifecycle::retention(&options, dry_run),
         Command::Threat(command) => block_on(threat::run(command)),
+        Command::Rebuild {
+            image,
+            wait,
+            json,
+            admin,
+            token_file,
+        } => block_on(rebuild::run(rebuild::RebuildArgs {
+            image,
+            wait,
+            json,
+            admin,
+            token_file,
+        })),
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,8 @@ pub struct Config {
     pub retention: crate::lifecycle::RetentionSettings,
     /// Threat intake and scores (`[threat]`).
     pub threat: crate::threat::ThreatConfig,
+    /// Rebuilds: shadow fetch and switchover (`[rebuild]`).
+    pub rebuild: crate::rebuild::RebuildConfig,
 }
 
 /// The admin API's bearer token. Its `Debug` form does not show it.
@@ -176,6 +178,7 @@ pub struct FileConfig {
     lifecycle: Option<crate::lifecycle::FileLifecycle>,
     retention: Option<crate::lifecycle::FileRetention>,
     threat: Option<crate::threat::FileThreat>,
+    rebuild: Option<crate::rebuild::FileRebuild>,
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -638,6 +641,8 @@ impl Config {
             .map_err(|e| error(e.key, e.message))?;
         let threat = crate::threat::ThreatConfig::from_file(file.threat.take())
             .map_err(|e| error(e.key, e.message))?;
+        let rebuild = crate::rebuild::RebuildConfig::from_file(file.rebuild.take())
+            .map_err(|e| error(e.key, e.message))?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -833,6 +838,7 @@ impl Config {
             lifecycle,
             retention,
             threat,
+            rebuild,
         })
     }
 }

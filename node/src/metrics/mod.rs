@@ -219,6 +219,8 @@ pub struct Metrics {
     pub heal_failures: Counter,
     /// Tags answered from a stale cache entry because the upstream was unreachable.
     pub stale_tags_served: Counter,
+    /// Tag requests answered with the digest a rebuild holds the tag at.
+    pub rebuild_held_tags_served: Counter,
     /// Blobs evicted for the disk budget.
     pub evictions: Counter,
     /// Requests that joined a fetch already in flight.
@@ -334,6 +336,7 @@ impl Default for Metrics {
             shards_healed: Counter::default(),
             heal_failures: Counter::default(),
             stale_tags_served: Counter::default(),
+            rebuild_held_tags_served: Counter::default(),
             evictions: Counter::default(),
             single_flight_joins: Counter::default(),
             bytes_received_peer: Counter::default(),
@@ -670,6 +673,11 @@ impl Metrics {
             "shoal_stale_tags_served",
             "Tags served stale while the upstream was down.",
             m.stale_tags_served.clone(),
+        );
+        r.register(
+            "shoal_rebuild_held_tags_served",
+            "Tag requests answered with the digest a rebuild holds the tag at.",
+            m.rebuild_held_tags_served.clone(),
         );
         r.register(
             "shoal_evictions",

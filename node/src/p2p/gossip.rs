@@ -27,7 +27,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 use shoal_proto::gossip::{
-    Announcement, DemandSummary, GossipMessage as _, ThreatScores, Topic, MAX_GOSSIP_TRANSMIT_BYTES,
+    Announcement, DemandSummary, GossipMessage as _, TagNews, ThreatScores, Topic,
+    MAX_GOSSIP_TRANSMIT_BYTES,
 };
 
 use super::gate::{GateIn, Openings};
@@ -287,6 +288,8 @@ pub(super) enum Received {
     Demand(DemandSummary),
     /// On [`Topic::Threat`].
     Threat(ThreatScores),
+    /// On [`Topic::Rebuild`].
+    Rebuild(TagNews),
 }
 
 /// A gossip message that passed [`judge`]: who wrote it, and what it says.
@@ -336,6 +339,9 @@ pub(super) fn judge(
         ),
         Topic::Threat => Received::Threat(
             ThreatScores::from_payload(&message.data).map_err(|_| "undecodable threat scores")?,
+        ),
+        Topic::Rebuild => Received::Rebuild(
+            TagNews::from_payload(&message.data).map_err(|_| "undecodable tag news")?,
         ),
     };
     Ok(Judged {

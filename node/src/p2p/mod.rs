@@ -32,6 +32,7 @@ mod manifests;
 mod membership;
 mod peers;
 pub mod preheat;
+pub mod rebuild;
 mod record_store;
 pub mod shaping;
 pub mod threat;
@@ -202,6 +203,7 @@ pub struct PeerNetwork {
     holdings: Arc<Mutex<Holdings>>,
     demand: Arc<Mutex<demand::RegionalDemand>>,
     threat_news: ThreatSink,
+    tag_news: TagNewsSink,
     store: ShardStore,
     metrics: Arc<Metrics>,
     region: String,
@@ -213,6 +215,8 @@ pub struct PeerNetwork {
 
 /// Where threat scores from peers go, once the node's threat book is set up.
 type ThreatSink = Arc<std::sync::OnceLock<Arc<dyn threat::ThreatNews>>>;
+/// Where rebuild news from peers goes, once the node's rebuild service is set up.
+type TagNewsSink = Arc<std::sync::OnceLock<Arc<dyn rebuild::RebuildNews>>>;
 
 /// Longest wait for a closest-peers lookup; past it, the members connected now decide the home.
 const HOME_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -436,6 +440,17 @@ impl PeerNetwork {
     /// Where threat scores from members go (set once; later calls are ignored).
     pub fn set_threat_news(&self, news: Arc<dyn threat::ThreatNews>) {
         let _ = self.threat_news.set(news);
+    }
+
+    /// Tells every member where a rebuild of a tag is (held, switched, released). Never waits,
+    /// like [`Self::announce`].
+    pub fn publish_tag_news(&self, news: &shoal_proto::gossip::TagNews) {
+        self.publish(news);
+    }
+
+    /// Where rebuild news from members goes (set once; later calls are ignored).
+    pub fn set_tag_news(&self, news: Arc<dyn rebuild::RebuildNews>) {
+        let _ = self.tag_news.set(news);
     }
 
     /// Forecast pulls per region and blob that members (this node's own summaries excluded)
@@ -753,6 +768,7 @@ pub async fn start(
     let holdings = Arc::new(Mutex::new(Holdings::default()));
     let demand = Arc::new(Mutex::new(demand::RegionalDemand::default()));
     let threat_news = ThreatSink::default();
+    let tag_news = TagNewsSink::default();
     let network = PeerNetwork {
         local,
         commands: commands.clone(),
@@ -762,6 +778,7 @@ pub async fn start(
         holdings: holdings.clone(),
         demand: demand.clone(),
         threat_news: threat_news.clone(),
+        tag_news: tag_news.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         region: config.region.clone(),
@@ -842,6 +859,8 @@ pub async fn start(
         demand,
         threat_news,
         threat_budgets: threat::AuthorBudgets::default(),
+        tag_news,
+        tag_news_budgets: threat::AuthorBudgets::default(),
         metrics,
         commands,
         addresses: AddressBook::new(config.limits.max_established as usize),
@@ -874,6 +893,8 @@ struct SwarmTask {
     demand: Arc<Mutex<demand::RegionalDemand>>,
     threat_news: ThreatSink,
     threat_budgets: threat::AuthorBudgets,
+    tag_news: TagNewsSink,
+    tag_news_budgets: threat::AuthorBudgets,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
     /// Addresses learned per connected peer, added to the routing table once the peer proved
@@ -1201,6 +1222,21 @@ impl SwarmTask {
                         }
                         _ => {
                             tracing::debug!(author = %judged.author, within, "threat scores ignored");
+                            gossipsub::MessageAcceptance::Ignore
+                        }
+                    }
+                }
+                // Rebuild news counts wherever its author is (every node serves the tag); judged
+                // like threat: a budget per author, forwarded only when it changed something.
+                gossip::Received::Rebuild(news) => {
+                    let within = self.tag_news_budgets.take(judged.author, Instant::now());
+                    let sink = self.tag_news.get().filter(|_| within);
+                    match sink {
+                        Some(sink) if sink.received(judged.author, news) => {
+                            gossipsub::MessageAcceptance::Accept
+                        }
+                        _ => {
+                            tracing::debug!(author = %judged.author, within, "tag news ignored");
                             gossipsub::MessageAcceptance::Ignore
                         }
                     }

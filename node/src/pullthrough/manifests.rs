@@ -188,6 +188,9 @@ impl PullThrough {
                 Ok(reply)
             }
             Reference::Tag(_) => {
+                if let Some(held) = self.held_tags.as_ref().and_then(|h| h.held_digest(key)) {
+                    return self.held_manifest(upstream, repo, key, held, accept).await;
+                }
                 let cached = self.store.tag(key)?;
                 let cached_manifest = match &cached {
                     Some(tag) => self.store.manifest(&BlobDigest::from_bytes(tag.digest))?,
@@ -259,6 +262,80 @@ impl PullThrough {
                 }
             }
         }
+    }
+
+    /// Answers a held tag with its held digest: from the cache, else by digest (the upstream,
+    /// or members while it is down; verified either way). The tag's own record is left alone.
+    async fn held_manifest(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        key: &str,
+        held: BlobDigest,
+        accept: Option<&str>,
+    ) -> Result<ManifestReply, PullError> {
+        tracing::debug!(tag = key, digest = %held, "tag held by a rebuild: serving the held digest");
+        self.metrics.rebuild_held_tags_served.inc();
+        let by_digest = Reference::Digest(held);
+        Box::pin(self.manifest_locked(upstream, repo, &by_digest, accept, &held.to_string())).await
+    }
+
+    /// Resolves a tag at the upstream itself, bypassing the cached tag (a rebuild's check for a
+    /// new digest). The manifest is cached by digest; the tag's record is not touched.
+    pub async fn resolve_tag_upstream(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<ManifestReply, PullError> {
+        let reply = self
+            .fetch_manifest(upstream, repo, &Reference::Tag(tag.to_owned()), None)
+            .await?;
+        self.cache_manifest(&reply)?;
+        Ok(reply)
+    }
+
+    /// The digest the cached record of a tag names, whatever its age.
+    pub fn cached_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<BlobDigest>, PullError> {
+        Ok(self
+            .store
+            .tag(&tag_key(upstream, repo, tag))?
+            .map(|record| BlobDigest::from_bytes(record.digest)))
+    }
+
+    /// Points a tag at `reply` (a rebuild's switchover). `fresh` when this node resolved it at the
+    /// upstream itself; a member's word is recorded as already stale, like a tag a member
+    /// answered (the upstream is asked again on the next pull, and serves it while down).
+    pub fn point_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+        reply: &ManifestReply,
+        fresh: bool,
+    ) -> Result<(), PullError> {
+        let key = tag_key(upstream, repo, tag);
+        let now = now_ms();
+        let record = TagRecord {
+            digest: *reply.digest.as_bytes(),
+            media_type: reply.media_type.clone(),
+            fetched_at_ms: match fresh {
+                true => now,
+                false => stale_fetch_time(now, now, self.config.tag_ttl),
+            },
+        };
+        self.cache_manifest(reply)?;
+        self.store.put_tag(&key, &record)?;
+        match fresh {
+            true => self.tag_times.resolved(&key, std::time::Instant::now()),
+            false => self.tag_times.forget(&key),
+        }
+        Ok(())
     }
 
     async fn fetch_manifest(

@@ -107,6 +107,16 @@ pub struct PullThrough {
     upstream_unreachable: Arc<AtomicBool>,
     /// When this process resolved each tag, on the monotonic clock.
     tag_times: Arc<tag_times::TagTimes>,
+    /// Tags a rebuild holds at a digest until its switchover.
+    held_tags: Option<Arc<dyn HeldTags>>,
+}
+
+/// Tags held at a digest until a rebuild's switchover (`rebuild::holds::TagHolds`): while a tag
+/// is held, the manifest path answers it with the held digest, whatever the tag's TTL and the
+/// upstream say.
+pub trait HeldTags: Send + Sync + std::fmt::Debug {
+    /// The digest the tag key (`upstream/repository:tag`) is held at now, if it is.
+    fn held_digest(&self, key: &str) -> Option<BlobDigest>;
 }
 
 impl PullThrough {
@@ -121,7 +131,14 @@ impl PullThrough {
             peers: None,
             upstream_unreachable: Arc::default(),
             tag_times: Arc::default(),
+            held_tags: None,
         }
+    }
+
+    /// Honours the holds of `held` on the manifest path.
+    pub fn with_held_tags(mut self, held: Arc<dyn HeldTags>) -> Self {
+        self.held_tags = Some(held);
+        self
     }
 
     /// Asks peers (through the DHT) for a blob before its upstream, and announces every blob

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 pub use book::{CveSummary, LayerThreat, ThreatBook, ThreatRecord};
 pub use config::{FileThreat, ThreatConfig, ThreatConfigError};
-pub use rebuild::{LoggedRebuildRequests, RebuildRequest, RebuildRequests};
+pub use rebuild::{RebuildRequest, RebuildRequests};
 
 use book::{BookLimits, BookSnapshot, Merged};
 use intake::{IntakeError, ResolvedImage};
