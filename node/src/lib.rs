@@ -319,7 +319,8 @@ pub async fn run_with(
         config.max_disk_bytes,
         status_network,
         metrics.clone(),
-    );
+    )
+    .with_lifecycle(lifecycle_api.lifecycle.clone());
     let admin_state = admin::AdminState {
         metrics,
         store: store.clone(),

@@ -1,16 +1,20 @@
 //! Replays the fuzz corpora of `proto`'s decoders (wire messages, gossip, shard maps, index
-//! records, the OCI name grammar) through the same checks the fuzz targets run (`fuzz/checks/`).
+//! records, the OCI name grammar, threat scores, preheat messages) through the same checks the fuzz targets run (`fuzz/checks/`).
 
 #[path = "../../fuzz/checks/gossip.rs"]
 mod gossip;
 #[path = "../../fuzz/checks/oci.rs"]
 mod oci;
+#[path = "../../fuzz/checks/preheat.rs"]
+mod preheat;
 #[path = "../../fuzz/checks/records.rs"]
 mod records;
 #[path = "../../fuzz/checks/replay.rs"]
 mod replay;
 #[path = "../../fuzz/checks/shard_map.rs"]
 mod shard_map;
+#[path = "../../fuzz/checks/threat_scores.rs"]
+mod threat_scores;
 #[path = "../../fuzz/checks/wire.rs"]
 mod wire;
 
@@ -37,4 +41,14 @@ fn every_index_record_corpus_input_decodes_consistently_or_is_refused() {
 #[test]
 fn every_oci_name_corpus_input_parses_consistently_or_is_refused() {
     replay::replay("oci", oci::check);
+}
+
+#[test]
+fn every_threat_scores_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("threat_scores", threat_scores::check);
+}
+
+#[test]
+fn every_preheat_corpus_input_decodes_consistently_or_is_refused() {
+    replay::replay("preheat", preheat::check);
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use shoal_node::admin::status::{NodeStatus, Traffic};
+use shoal_node::lifecycle::StateCounts;
 
 use crate::admin_client::AdminClient;
 
@@ -70,6 +71,12 @@ pub fn render(status: &NodeStatus) -> String {
         },
         disk.blobs
     );
+    match &status.lifecycle {
+        Some(counts) => lifecycle(&mut out, counts),
+        None => {
+            let _ = writeln!(out, "layers    lifecycle off");
+        }
+    }
     traffic(&mut out, "since start", &status.since_start);
     traffic(&mut out, "last hour", &status.last_hour);
     if !status.largest_blobs.is_empty() {
@@ -85,6 +92,27 @@ pub fn render(status: &NodeStatus) -> String {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out
+}
+
+/// The lifecycle's states as a one-row table, with the pins and the bytes held.
+fn lifecycle(out: &mut String, counts: &StateCounts) {
+    let _ = writeln!(
+        out,
+        "layers    {:>8} {:>8} {:>8} {:>16} {:>8} {:>11} {:>13}",
+        "active", "warm", "cold", "pending deletion", "deleted", "pinned keep", "pinned delete"
+    );
+    let _ = writeln!(
+        out,
+        "          {:>8} {:>8} {:>8} {:>16} {:>8} {:>11} {:>13}",
+        counts.active,
+        counts.warm,
+        counts.cold,
+        counts.pending_deletion,
+        counts.deleted,
+        counts.pinned_keep,
+        counts.pinned_delete
+    );
+    let _ = writeln!(out, "          {} held", bytes(counts.held_bytes));
 }
 
 fn traffic(out: &mut String, label: &str, traffic: &Traffic) {
@@ -140,6 +168,51 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_shows_lifecycle_states_or_says_the_lifecycle_is_off() {
+        let mut status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "version": "0.1.0",
+            "region": "eu",
+            "peer_id": null,
+            "registry_listen": "127.0.0.1:5000",
+            "upstreams": [],
+            "peer_network": true,
+            "members_by_region": {"eu": 2, "us": 1},
+            "disk": {"used_bytes": 1536, "budget_bytes": 4096, "blobs": 3},
+            "since_start": {"seconds": 10, "hits": 3, "misses": 1, "bytes_served_cache": 0,
+                "bytes_served_upstream": 0, "bytes_received_peer": 0, "bytes_received_origin": 0},
+            "last_hour": {"seconds": 10, "hits": 3, "misses": 1, "bytes_served_cache": 0,
+                "bytes_served_upstream": 0, "bytes_received_peer": 0, "bytes_received_origin": 0},
+            "largest_blobs": [],
+            "warnings": []
+        }))
+        .unwrap();
+        let text = render(&status);
+        assert!(text.contains("members   3 (eu: 2, us: 1)"), "{text}");
+        assert!(text.contains("1.5 KiB of 4.0 KiB"), "{text}");
+        assert!(text.contains("hit ratio 75.0%"), "{text}");
+        assert!(text.contains("lifecycle off"), "{text}");
+        status.lifecycle = Some(StateCounts {
+            active: 4,
+            warm: 3,
+            cold: 2,
+            pending_deletion: 1,
+            deleted: 7,
+            held_bytes: 2048,
+            pinned_keep: 5,
+            pinned_delete: 6,
+        });
+        let text = render(&status);
+        let row = text
+            .lines()
+            .skip_while(|l| !l.contains("pending deletion"))
+            .nth(1)
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells, ["4", "3", "2", "1", "7", "5", "6"], "{text}");
+        assert!(text.contains("2.0 KiB held"), "{text}");
+    }
 
     #[test]
     fn bytes_read_as_a_person_would_write_them() {

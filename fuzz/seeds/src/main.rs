@@ -6,7 +6,10 @@
 
 use std::path::Path;
 
-use shoal_proto::gossip::{Announcement, DemandSummary, GossipMessage};
+use shoal_proto::gossip::{
+    Announcement, DemandSummary, GossipMessage, ThreatCve, ThreatEntry, ThreatScores,
+};
+use shoal_proto::preheat::{BlobSource, Fetched, PreheatReport, PreheatRequest};
 use shoal_proto::records::{encode, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
 use shoal_proto::wire::{
     Challenge, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted, Proof,
@@ -155,6 +158,62 @@ fn main() {
     write("gossip", "demand", &with_selector(1, &summary.to_payload()));
 
     write("shard_map", "three-shards", &sample_map().encode());
+
+    let scores = ThreatScores {
+        entries: vec![
+            ThreatEntry {
+                blob: [1; 32],
+                reported_at: 1_796_025_600,
+                milli_score: 98_000,
+                cves_total: 3,
+                cves: vec![
+                    ThreatCve {
+                        id: "CVE-2024-0001".into(),
+                        severity: 5,
+                        fixed: true,
+                    },
+                    ThreatCve {
+                        id: "GHSA-abcd-efgh-ijkl".into(),
+                        severity: 3,
+                        fixed: false,
+                    },
+                ],
+            },
+            ThreatEntry {
+                blob: [2; 32],
+                reported_at: 1_796_025_600,
+                milli_score: 0,
+                cves_total: 0,
+                cves: Vec::new(),
+            },
+        ],
+    };
+    write("threat_scores", "two-layers", &scores.to_payload());
+
+    let preheat_request = PreheatRequest::new(
+        "registry.example:5000",
+        &"library/alpine".parse().expect("a valid repository"),
+        blob,
+        2_000_000,
+    );
+    let frame = preheat_request.encode();
+    write("preheat", "request", &with_selector(0, &frame[PREFIX_LEN..]));
+    for (name, report) in [
+        ("progress", PreheatReport::Progress(1 << 20)),
+        ("already-there", PreheatReport::AlreadyThere),
+        (
+            "fetched",
+            PreheatReport::Fetched(Fetched {
+                source: BlobSource::PeersAndOrigin,
+                bytes: 2_000_000,
+            }),
+        ),
+        ("busy", PreheatReport::Busy),
+        ("failed", PreheatReport::failed("the origin answered 404")),
+    ] {
+        let frame = report.encode();
+        write("preheat", name, &with_selector(1, &frame[PREFIX_LEN..]));
+    }
 
     let manifest = ManifestRecord {
         media_type: "application/json".into(),

@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::AdminState;
+use crate::lifecycle::{Lifecycle, StateCounts};
 use crate::metrics::Metrics;
 use crate::p2p::PeerNetwork;
 use crate::store::ShardStore;
@@ -55,6 +56,10 @@ pub struct NodeStatus {
     pub last_hour: Traffic,
     /// The largest stored blobs, largest first.
     pub largest_blobs: Vec<BlobSize>,
+    /// Layers per lifecycle state and pins, as of the last review (none when the lifecycle is
+    /// off).
+    #[serde(default)]
+    pub lifecycle: Option<StateCounts>,
     /// Things an operator should look at, one sentence each.
     pub warnings: Vec<String>,
 }
@@ -221,6 +226,8 @@ pub struct StatusContext {
     pub budget_bytes: u64,
     /// The peer network, when on.
     pub network: Option<PeerNetwork>,
+    /// The lifecycle, when on (its state counts).
+    pub lifecycle: Option<Lifecycle>,
     started: Instant,
     history: Arc<Mutex<CounterHistory>>,
 }
@@ -256,9 +263,16 @@ impl StatusContext {
             upstreams,
             budget_bytes,
             network,
+            lifecycle: None,
             started,
             history,
         }
+    }
+
+    /// The same context, reporting `lifecycle`'s state counts.
+    pub fn with_lifecycle(mut self, lifecycle: Option<Lifecycle>) -> Self {
+        self.lifecycle = lifecycle;
+        self
     }
 }
 
@@ -329,6 +343,7 @@ pub async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         since_start,
         last_hour: last_hour.traffic,
         largest_blobs: largest,
+        lifecycle: context.lifecycle.as_ref().map(Lifecycle::state_counts),
         warnings,
     };
     match serde_json::to_string(&answer) {

@@ -144,6 +144,28 @@ pub struct ReviewOutcome {
     pub remove: Vec<BlobDigest>,
 }
 
+/// How many layers are in each state, with their bytes, and how many are pinned: what
+/// `GET /status` and `shoal status` show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    /// Layers Active.
+    pub active: u64,
+    /// Layers Warm.
+    pub warm: u64,
+    /// Layers Cold.
+    pub cold: u64,
+    /// Layers Pending Deletion.
+    pub pending_deletion: u64,
+    /// Layers Deleted (remembered, at most [`MAX_DELETED`]; their bytes are gone or going).
+    pub deleted: u64,
+    /// Bytes of the layers held (every state but Deleted).
+    pub held_bytes: u64,
+    /// Layers pinned keep.
+    pub pinned_keep: u64,
+    /// Layers pinned delete (a layer pinned both ways counts in both).
+    pub pinned_delete: u64,
+}
+
 /// Every cached layer's lifecycle, and the pins.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LifecycleBook {
@@ -185,6 +207,29 @@ impl LifecycleBook {
             .iter()
             .filter(|(_, p)| p.keep.is_some())
             .map(|(d, _)| d)
+    }
+
+    /// Layers per state and pins, as of the last review.
+    pub fn counts(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for record in self.layers.values() {
+            let slot = match record.state {
+                LifecycleState::Active => &mut counts.active,
+                LifecycleState::Warm => &mut counts.warm,
+                LifecycleState::Cold => &mut counts.cold,
+                LifecycleState::PendingDeletion { .. } => &mut counts.pending_deletion,
+                LifecycleState::Deleted => &mut counts.deleted,
+            };
+            *slot += 1;
+            if record.state != LifecycleState::Deleted {
+                counts.held_bytes += record.size;
+            }
+        }
+        for pins in self.pins.values() {
+            counts.pinned_keep += u64::from(pins.keep.is_some());
+            counts.pinned_delete += u64::from(pins.delete.is_some());
+        }
+        counts
     }
 
     /// Whether the book knows the layer (a record or a pin).
@@ -595,6 +640,43 @@ mod tests {
         assert_eq!(book.record(&d('a')).unwrap().state, LifecycleState::Deleted);
         book.review(3, &[input('a', 90.0, false)], &c);
         assert_eq!(book.record(&d('a')).unwrap().state, LifecycleState::Active);
+    }
+
+    #[test]
+    fn counts_follow_the_states_and_pins() {
+        let mut book = LifecycleBook::new();
+        let c = config(0);
+        book.set_override(d('a'), OverrideAction::Keep, None, "k", None, 0)
+            .unwrap();
+        book.set_override(d('a'), OverrideAction::Delete, None, "d", None, 0)
+            .unwrap();
+        book.set_override(d('c'), OverrideAction::Delete, None, "d", None, 0)
+            .unwrap();
+        let layers = [
+            input('a', 0.0, false),
+            input('b', 90.0, false),
+            input('c', 90.0, false),
+        ];
+        book.review(1, &layers, &c);
+        assert_eq!(
+            book.counts(),
+            StateCounts {
+                active: 2,
+                pending_deletion: 1,
+                held_bytes: 30,
+                pinned_keep: 1,
+                pinned_delete: 2,
+                ..StateCounts::default()
+            }
+        );
+        assert_eq!(book.review(2, &layers, &c).remove, [d('c')]);
+        book.removed(&d('c'));
+        book.review(3, &layers[..2], &c);
+        let counts = book.counts();
+        assert_eq!(
+            (counts.active, counts.deleted, counts.held_bytes),
+            (2, 1, 20)
+        );
     }
 
     #[test]

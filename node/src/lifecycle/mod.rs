@@ -45,7 +45,7 @@ use shoal_proto::gossip::Announcement;
 use shoal_proto::BlobDigest;
 use tokio::sync::{watch, Notify};
 
-pub use book::{LifecycleBook, OverrideAction, PinKind, Pins};
+pub use book::{LifecycleBook, OverrideAction, PinKind, Pins, StateCounts};
 pub use config::{
     FileLifecycle, FileRetention, LifecycleConfigError, LifecycleSettings, RetentionSettings,
 };
@@ -507,6 +507,11 @@ impl Lifecycle {
             state.book.pins(digest),
             state.last_review,
         )
+    }
+
+    /// Layers per state and pins, as of the last review.
+    pub fn state_counts(&self) -> StateCounts {
+        self.state().book.counts()
     }
 
     /// Whether the book knows the layer.

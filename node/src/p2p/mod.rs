@@ -1145,6 +1145,16 @@ impl SwarmTask {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Subscribed {
+                peer_id,
+                topic,
+            })) if topic == gossip::ident(Topic::Threat).hash()
+                && self.members.is_member(&peer_id) =>
+            {
+                if let Some(news) = self.threat_news.get() {
+                    news.member_subscribed(peer_id);
+                }
+            }
             _ => {}
         }
     }

@@ -26,6 +26,10 @@ pub const REFILL: Duration = Duration::from_secs(1);
 pub trait ThreatNews: Send + Sync {
     /// Merges the records `author` published; true when any was newer than what this node had.
     fn received(&self, author: PeerId, scores: ThreatScores) -> bool;
+
+    /// `peer`, a member, subscribed to the threat topic: it may have joined after records were
+    /// published (see `threat::gossip`'s republishing).
+    fn member_subscribed(&self, peer: PeerId);
 }
 
 /// Each author's token bucket.

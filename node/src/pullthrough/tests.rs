@@ -262,6 +262,33 @@ async fn a_store_failing_at_any_step_of_an_ingest_never_breaks_a_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cause_of_a_failed_write_is_reported_until_the_next_commit_succeeds() {
+    // `disk_full` is the one cause a room check clears too (the file system has space here, so
+    // it would clear at once): `a_blob_that_does_not_fit_passes_through_...` shows it.
+    let data = blob(120_000, 11);
+    let digest = digest_of(&data);
+    let (_origin, addr) = start_origin(vec![data.clone()]).await;
+    for (error, reason) in [
+        (ErrorKind::ReadOnlyFilesystem, "store_read_only"),
+        (ErrorKind::Other, "store_io_error"),
+    ] {
+        let node = node(addr);
+        node.files.plan(Some(Step::SyncFile), 0, Fault::Fail(error));
+        assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+        assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+        assert!(node.files.fired(), "{reason}");
+        assert!(node.store.shard_map(&digest).unwrap().is_none(), "{reason}");
+        assert_eq!(node.pull.degradations(), vec![reason]);
+        // The store takes writes again: the next request caches the blob and clears the reason.
+        assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+        assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+        assert!(node.store.shard_map(&digest).unwrap().is_some(), "{reason}");
+        assert_eq!(node.pull.degradations(), Vec::<&str>::new(), "{reason}");
+        close_and_fsck(node);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_that_does_not_fit_passes_through_and_is_cached_once_there_is_room() {
     let data = blob(300_000, 8);
     let digest = digest_of(&data);

@@ -8,10 +8,12 @@
 //!
 //! A record carries `reported_at`, the time the scan was made (the report's own timestamp, never
 //! later than when it was imported). For each layer the record with the newest `reported_at`
-//! wins; on a tie, the higher score, then the longer CVE list, then the smaller first differing
-//! CVE id. That is a total order on records, so merging is commutative and idempotent: nodes that
-//! heard the same records in any order hold the same book. A clean rescan (score 0, no CVEs) is a
-//! record like any other, so it replaces an older finding.
+//! wins; on a tie, the higher score (in thousandths, as on the wire), then the more CVEs named,
+//! then the longer CVE list, then the smaller first differing CVE id. Records equal in all of
+//! that are one report heard twice (the first copy stays), so merging is commutative and
+//! idempotent: nodes that heard the same records in any order hold the same book, and a copy
+//! sent back by a peer changes nothing. A clean rescan (score 0, no CVEs) is a record like any
+//! other, so it replaces an older finding.
 //!
 //! # Bounds
 //!
@@ -103,11 +105,17 @@ pub struct ThreatRecord {
 
 impl ThreatRecord {
     /// The merge order (see the module docs): the greater record wins.
-    fn merge_key(&self) -> (u64, u64, u32, std::cmp::Reverse<Vec<&str>>) {
+    ///
+    /// The score counts in thousandths, the resolution it has on the wire, and the CVE list by
+    /// its length before its ids: so the copy of a record that a peer sends back (score rounded,
+    /// list cut to the wire's [`shoal_proto::gossip::MAX_THREAT_CVES`]) never replaces the record
+    /// it was made from.
+    fn merge_key(&self) -> (u64, u64, u32, usize, std::cmp::Reverse<Vec<&str>>) {
         (
             self.reported_at,
-            self.threat.score.clamp(0.0, 100.0).to_bits(),
+            (self.threat.score.clamp(0.0, 100.0) * 1000.0).round() as u64,
             self.cves_total,
+            self.threat.cves.len(),
             std::cmp::Reverse(self.threat.cves.iter().map(|c| c.id.as_str()).collect()),
         )
     }
@@ -332,6 +340,23 @@ impl ThreatBook {
         self.records.iter()
     }
 
+    /// At most `limit` records that `include` accepts, newest report first (what this node
+    /// publishes again for members that joined after the first publication).
+    pub fn newest(
+        &self,
+        limit: usize,
+        include: &dyn Fn(&BlobDigest, &ThreatRecord) -> bool,
+    ) -> Vec<(BlobDigest, ThreatRecord)> {
+        self.by_age
+            .iter()
+            .rev()
+            .filter_map(|(_, digest)| Some((*digest, self.records.get(digest)?)))
+            .filter(|(digest, record)| include(digest, record))
+            .take(limit)
+            .map(|(digest, record)| (digest, record.clone()))
+            .collect()
+    }
+
     /// The book as written to disk.
     pub fn snapshot(&self) -> BookSnapshot {
         BookSnapshot {
@@ -462,6 +487,59 @@ mod tests {
             book.merge(100, d(1), clean, NOTHING_HELD),
             Ok(Merged::Stale)
         );
+    }
+
+    #[test]
+    fn a_peers_copy_of_a_record_never_replaces_the_record_it_was_made_from() {
+        let findings: Vec<ScoredFinding> = (0..40)
+            .map(|i| finding(&format!("CVE-2024-{i:04}"), Severity::High, 71.234_56, true))
+            .collect();
+        let original = record_from_findings(&findings, 50, 64);
+        let mut book = ThreatBook::new(limits(10));
+        book.limits.max_cves_per_layer = 64;
+        assert_eq!(
+            book.merge(100, d(1), original.clone(), NOTHING_HELD),
+            Ok(Merged::Taken)
+        );
+        // What a peer holds after gossip, and would publish again: score in thousandths, the
+        // worst 16 CVEs.
+        let mut copy = original.clone();
+        copy.threat.score = (original.threat.score * 1000.0).round() / 1000.0;
+        copy.threat
+            .cves
+            .truncate(shoal_proto::gossip::MAX_THREAT_CVES);
+        copy.source = RecordSource::Peer("b".into());
+        assert_eq!(
+            book.merge(100, d(1), copy.clone(), NOTHING_HELD),
+            Ok(Merged::Stale)
+        );
+        assert_eq!(book.record(&d(1)), Some(&original));
+        // In the other order the full record wins too.
+        let mut other = ThreatBook::new(limits(10));
+        other.limits.max_cves_per_layer = 64;
+        other.merge(100, d(1), copy, NOTHING_HELD).unwrap();
+        assert_eq!(
+            other.merge(100, d(1), original.clone(), NOTHING_HELD),
+            Ok(Merged::Taken)
+        );
+    }
+
+    #[test]
+    fn the_newest_records_come_first_and_only_those_asked_for() {
+        let mut book = ThreatBook::new(limits(10));
+        for (byte, at) in [(1, 30), (2, 10), (3, 50), (4, 20)] {
+            book.merge(100, d(byte), record(at, 40.0), NOTHING_HELD)
+                .unwrap();
+        }
+        let digests = |records: Vec<(BlobDigest, ThreatRecord)>| -> Vec<BlobDigest> {
+            records.into_iter().map(|(d, _)| d).collect()
+        };
+        assert_eq!(digests(book.newest(3, &|_, _| true)), [d(3), d(1), d(4)]);
+        assert_eq!(
+            digests(book.newest(10, &|digest, _| *digest != d(3))),
+            [d(1), d(4), d(2)]
+        );
+        assert!(book.newest(0, &|_, _| true).is_empty());
     }
 
     #[test]

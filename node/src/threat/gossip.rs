@@ -7,8 +7,16 @@
 //! coming from the author. Publishing is paced like the receivers' budget (a burst of
 //! `p2p::threat::BURST` messages, then one per `p2p::threat::REFILL`), so a large report reaches
 //! peers whole instead of being cut off by their rate limit.
+//!
+//! Gossip reaches only the members subscribed when a record is published. So that a member that
+//! joins later learns the book too, every node publishes its [`REPUBLISH_RECORDS`] newest records
+//! again when a member subscribes to the topic ([`RepublishSchedule`]: [`JOIN_SETTLE`] after the
+//! subscription, so members joining together share one round; at most one round per
+//! [`REPUBLISH_GAP`]; and one every [`REPUBLISH_EVERY`] in any case, for a join this node did not
+//! see). Receivers merge such a copy like any record: members that have it find it stale (not
+//! forwarded, nothing changes), the newcomer takes it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_policy::threat::Severity;
 use shoal_proto::gossip::{
@@ -23,6 +31,65 @@ use crate::p2p::PeerNetwork;
 
 /// Messages waiting to be published at most (32 layers each); more are dropped and logged.
 pub const PUBLISH_QUEUE: usize = 1024;
+
+/// Records published again per round at most (eight messages), newest report first.
+pub const REPUBLISH_RECORDS: usize = 8 * MAX_THREAT_ENTRIES;
+/// How long after a member subscribes the round starts.
+pub const JOIN_SETTLE: Duration = Duration::from_secs(2);
+/// Rounds start at most this often, however many members join.
+pub const REPUBLISH_GAP: Duration = Duration::from_secs(60);
+/// A round starts at least this often.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// When this node publishes its newest records again: a pure schedule driven by joins and an
+/// explicit `now` (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RepublishSchedule {
+    /// When the last round started, or the schedule began.
+    last: Instant,
+    /// Whether a round started yet (the gap counts from rounds only).
+    started_one: bool,
+    /// The next round asked for by a join.
+    due: Option<Instant>,
+}
+
+impl RepublishSchedule {
+    /// A schedule whose first periodic round is [`REPUBLISH_EVERY`] after `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            started_one: false,
+            due: None,
+        }
+    }
+
+    /// A member subscribed at `now`: a round [`JOIN_SETTLE`] later, or once [`REPUBLISH_GAP`]
+    /// has passed since the last round, whichever is later; a round already due sooner stays.
+    pub fn member_joined(&mut self, now: Instant) {
+        let mut at = now + JOIN_SETTLE;
+        if self.started_one {
+            at = at.max(self.last + REPUBLISH_GAP);
+        }
+        self.due = Some(self.due.map_or(at, |due| due.min(at)));
+    }
+
+    /// When the next round starts.
+    pub fn next_round(&self) -> Instant {
+        let periodic = self.last + REPUBLISH_EVERY;
+        self.due.map_or(periodic, |due| due.min(periodic))
+    }
+
+    /// Whether a round starts at `now` (it is then counted as started).
+    pub fn start_round(&mut self, now: Instant) -> bool {
+        if now < self.next_round() {
+            return false;
+        }
+        self.last = now;
+        self.started_one = true;
+        self.due = None;
+        true
+    }
+}
 
 fn severity_code(label: &str) -> u8 {
     match Severity::from_label(label) {
@@ -132,6 +199,33 @@ mod tests {
 
     use super::super::book::{record_from_findings, ScoredFinding};
     use super::*;
+
+    #[test]
+    fn joins_bring_a_round_soon_but_rounds_keep_their_gap() {
+        let secs = Duration::from_secs;
+        let t = Instant::now();
+        let mut schedule = RepublishSchedule::new(t);
+        assert_eq!(schedule.next_round(), t + REPUBLISH_EVERY);
+        assert!(!schedule.start_round(t + secs(1)));
+        // A join: a round once members joining together have subscribed.
+        schedule.member_joined(t + secs(1));
+        schedule.member_joined(t + secs(2));
+        let first = t + secs(1) + JOIN_SETTLE;
+        assert_eq!(schedule.next_round(), first, "a later join keeps the round");
+        assert!(!schedule.start_round(first - Duration::from_millis(1)));
+        assert!(schedule.start_round(first));
+        assert!(!schedule.start_round(first), "one round per join");
+        // Joins right after a round wait for the gap.
+        schedule.member_joined(first + secs(1));
+        schedule.member_joined(first + secs(3));
+        assert_eq!(schedule.next_round(), first + REPUBLISH_GAP);
+        assert!(schedule.start_round(first + REPUBLISH_GAP));
+        // Without joins, the periodic round.
+        let second = first + REPUBLISH_GAP;
+        assert_eq!(schedule.next_round(), second + REPUBLISH_EVERY);
+        assert!(!schedule.start_round(second + REPUBLISH_EVERY - secs(1)));
+        assert!(schedule.start_round(second + REPUBLISH_EVERY));
+    }
 
     #[test]
     fn records_cross_the_wire_with_their_worst_cves_and_fit_a_message() {

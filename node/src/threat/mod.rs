@@ -104,6 +104,8 @@ struct Inner {
     publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<shoal_proto::gossip::ThreatScores>>>,
     changes: AtomicU64,
     written: AtomicU64,
+    /// A member subscribed to the threat topic (the republish task wakes).
+    member_joined: tokio::sync::Notify,
 }
 
 /// The running threat subsystem: a cheap handle.
@@ -227,6 +229,7 @@ impl Threats {
                 publish_queue: Mutex::new(publish_queue),
                 changes: AtomicU64::new(0),
                 written: AtomicU64::new(0),
+                member_joined: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -416,6 +419,41 @@ impl Threats {
         }
     }
 
+    /// Publishes this node's newest records again (at most [`gossip::REPUBLISH_RECORDS`]), for
+    /// members that joined after they were first published; returns how many were queued.
+    pub fn republish(&self) -> usize {
+        let records = self.book().newest(gossip::REPUBLISH_RECORDS, &|_, _| true);
+        let count = records.len();
+        if count > 0 {
+            tracing::debug!(records = count, "threat records published again");
+            self.publish(records);
+        }
+        count
+    }
+
+    /// Publishes again whenever [`gossip::RepublishSchedule`] says so, until `stop`.
+    async fn republish_on_schedule(self, mut stop: watch::Receiver<bool>) {
+        let mut schedule = gossip::RepublishSchedule::new(tokio::time::Instant::now().into_std());
+        loop {
+            let wake = tokio::time::Instant::from_std(schedule.next_round());
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = self.inner.member_joined.notified() => {
+                    schedule.member_joined(tokio::time::Instant::now().into_std());
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if schedule.start_round(tokio::time::Instant::now().into_std()) {
+                        self.republish();
+                    }
+                }
+            }
+        }
+    }
+
     /// Merges records a peer published (see [`gossip`]); true when any was new here.
     pub fn merge_from_peer(
         &self,
@@ -491,6 +529,7 @@ impl Threats {
                     let _ = stopped.wait_for(|s| *s).await;
                     publisher.abort();
                 });
+                tokio::spawn(self.clone().republish_on_schedule(stop.clone()));
             }
         }
         let this = self.clone();
@@ -515,6 +554,11 @@ impl Threats {
 impl crate::p2p::threat::ThreatNews for Threats {
     fn received(&self, author: libp2p::PeerId, scores: shoal_proto::gossip::ThreatScores) -> bool {
         self.merge_from_peer(author.to_string(), &scores)
+    }
+
+    fn member_subscribed(&self, peer: libp2p::PeerId) {
+        tracing::debug!(%peer, "a member subscribed to threat gossip");
+        self.inner.member_joined.notify_one();
     }
 }
 
