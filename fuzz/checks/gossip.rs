@@ -1,17 +1,17 @@
-//! The gossip payloads (`shoal_proto::gossip`): announcements and demand summaries as a member
-//! receives them. Whatever decodes must keep its rules through to_payload → from_payload.
+//! The gossip payloads (`shoal_proto::gossip`): announcements, demand summaries and a rebuild's
+//! tag news as a member receives them. Whatever decodes must keep its rules through to_payload → from_payload.
 
-use shoal_proto::gossip::{Announcement, DemandSummary, GossipMessage};
+use shoal_proto::gossip::{Announcement, DemandSummary, GossipMessage, TagNews};
 
 /// The first byte picks the message type; the rest is the received payload.
 pub fn check(data: &[u8]) {
     let Some((&selector, payload)) = data.split_first() else {
         return;
     };
-    if selector % 2 == 0 {
-        round_trip::<Announcement>(payload);
-    } else {
-        round_trip::<DemandSummary>(payload);
+    match selector % 3 {
+        0 => round_trip::<Announcement>(payload),
+        1 => round_trip::<DemandSummary>(payload),
+        _ => round_trip::<TagNews>(payload),
     }
 }
 

@@ -52,3 +52,25 @@ fn every_threat_scores_corpus_input_decodes_consistently_or_is_refused() {
 fn every_preheat_corpus_input_decodes_consistently_or_is_refused() {
     replay::replay("preheat", preheat::check);
 }
+
+#[test]
+fn a_valid_tag_news_passes_the_gossip_check() {
+    use shoal_proto::gossip::{GossipMessage, TagNews, TagPhase};
+    let news = TagNews {
+        upstream: "registry.example".into(),
+        repo: "team/app".into(),
+        tag: "v2".into(),
+        old: [1; 32],
+        new: [2; 32],
+        phase: TagPhase::Held,
+        started_at: 1_700_000_000,
+        expires_at: 1_700_003_600,
+    };
+    let mut input = vec![2u8];
+    input.extend_from_slice(&news.to_payload());
+    assert_eq!(
+        TagNews::from_payload(&input[1..]).expect("a valid tag news decodes"),
+        news
+    );
+    gossip::check(&input);
+}
