@@ -270,6 +270,31 @@ fn lines(
     }))
 }
 
+/// The version a trace line names (its image and layers, interned), added to `versions` the
+/// first time it is seen; `needs` are the errors for a missing image and a layer without size.
+fn intern_version(
+    rec: &TraceLine,
+    needs: (&str, &str),
+    interner: &mut Interner,
+    versions: &mut Vec<Version>,
+    version_ids: &mut BTreeMap<(u32, Vec<LayerId>), u32>,
+) -> Result<u32, String> {
+    let (needs_image, needs_size) = needs;
+    let image = rec.image.as_deref().ok_or_else(|| needs_image.to_owned())?;
+    let mut layers = Vec::with_capacity(rec.layers.len());
+    for l in &rec.layers {
+        let size = l.size.ok_or_else(|| needs_size.to_owned())?;
+        layers.push(interner.layer(&l.digest, size)?);
+    }
+    let tag = interner.tag(image);
+    let next = versions.len() as u32;
+    let version = *version_ids.entry((tag, layers.clone())).or_insert(next);
+    if version == next {
+        versions.push(Version { tag, layers });
+    }
+    Ok(version)
+}
+
 fn line_err(path: &str, line: usize, problem: impl Into<String>) -> WorkloadError {
     WorkloadError::Line {
         path: path.to_string(),
@@ -786,46 +811,28 @@ pub fn read_trace(
                     }
                     (None, None) => return Err(err("a pull needs node or region".into())),
                 };
-                let image = rec
-                    .image
-                    .as_deref()
-                    .ok_or_else(|| err("a pull needs image".into()))?;
-                let mut layers = Vec::with_capacity(rec.layers.len());
-                for l in &rec.layers {
-                    let size = l
-                        .size
-                        .ok_or_else(|| err("a pulled layer needs size".into()))?;
-                    layers.push(interner.layer(&l.digest, size).map_err(&err)?);
-                }
-                let tag = interner.tag(image);
-                let next = versions.len() as u32;
-                let version = *version_ids.entry((tag, layers.clone())).or_insert(next);
-                if version == next {
-                    versions.push(Version { tag, layers });
-                }
+                let version = intern_version(
+                    &rec,
+                    ("a pull needs image", "a pulled layer needs size"),
+                    &mut interner,
+                    &mut versions,
+                    &mut version_ids,
+                )
+                .map_err(&err)?;
                 events.push(Event {
                     time: rec.time,
                     kind: EventKind::Pull { node, version },
                 });
             }
             "publish" => {
-                let image = rec
-                    .image
-                    .as_deref()
-                    .ok_or_else(|| err("a publication needs image".into()))?;
-                let mut layers = Vec::with_capacity(rec.layers.len());
-                for l in &rec.layers {
-                    let size = l
-                        .size
-                        .ok_or_else(|| err("a published layer needs size".into()))?;
-                    layers.push(interner.layer(&l.digest, size).map_err(&err)?);
-                }
-                let tag = interner.tag(image);
-                let next = versions.len() as u32;
-                let version = *version_ids.entry((tag, layers.clone())).or_insert(next);
-                if version == next {
-                    versions.push(Version { tag, layers });
-                }
+                let version = intern_version(
+                    &rec,
+                    ("a publication needs image", "a published layer needs size"),
+                    &mut interner,
+                    &mut versions,
+                    &mut version_ids,
+                )
+                .map_err(&err)?;
                 events.push(Event {
                     time: rec.time,
                     kind: EventKind::Publish { version },
