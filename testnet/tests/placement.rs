@@ -277,6 +277,28 @@ async fn demand_in_a_region_copies_a_layer_there_from_a_peer_without_origin_byte
     network.shutdown().await
 }
 
+/// Node 0 withdrew at least one provider record, and node 1 stops naming node 0 as a provider of
+/// what node 0 evicted: its store's records of node 0 match node 0's blobs again.
+async fn evictions_leave_the_dht(network: &Network) -> Result<()> {
+    let withdrawn = network
+        .node(0)
+        .metric("shoal_provider_records_withdrawn_total")
+        .await?;
+    ensure!(withdrawn >= 1.0, "no provider record withdrawn");
+    let blobs = network.node(0).metric("shoal_store_blobs").await?;
+    network
+        .node(1)
+        .wait_for_metric_with(
+            "shoal_p2p_provider_records",
+            &[("provider", "remote")],
+            PLACEMENT_TIMEOUT,
+            |n| n == blobs,
+        )
+        .await
+        .context("node 1 still holds provider records of blobs node 0 evicted")?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_disk_pressure_the_last_copy_in_demand_survives_and_evicted_blobs_leave_the_dht(
 ) -> Result<()> {
@@ -330,24 +352,7 @@ async fn under_disk_pressure_the_last_copy_in_demand_survives_and_evicted_blobs_
         evicted["held_here"] == false,
         "the copy held elsewhere stayed: {evicted}"
     );
-    // Node 1 stops naming node 0 as a provider of what node 0 evicted: its store's records
-    // of node 0 match node 0's blobs again.
-    let withdrawn = network
-        .node(0)
-        .metric("shoal_provider_records_withdrawn_total")
-        .await?;
-    ensure!(withdrawn >= 1.0, "no provider record withdrawn");
-    let blobs = network.node(0).metric("shoal_store_blobs").await?;
-    network
-        .node(1)
-        .wait_for_metric_with(
-            "shoal_p2p_provider_records",
-            &[("provider", "remote")],
-            PLACEMENT_TIMEOUT,
-            |n| n == blobs,
-        )
-        .await
-        .context("node 1 still holds provider records of blobs node 0 evicted")?;
+    evictions_leave_the_dht(&network).await?;
     logs.passed();
     network.shutdown().await
 }
@@ -490,23 +495,7 @@ async fn under_disk_pressure_a_copy_the_plan_requires_survives_and_an_unprotecte
         evicted["held_here"] == false,
         "the unprotected copy stayed: {evicted}"
     );
-    // Node 1's DHT store stops naming node 0 as a provider of what node 0 evicted.
-    let withdrawn = network
-        .node(0)
-        .metric("shoal_provider_records_withdrawn_total")
-        .await?;
-    ensure!(withdrawn >= 1.0, "no provider record withdrawn");
-    let blobs = network.node(0).metric("shoal_store_blobs").await?;
-    network
-        .node(1)
-        .wait_for_metric_with(
-            "shoal_p2p_provider_records",
-            &[("provider", "remote")],
-            PLACEMENT_TIMEOUT,
-            |n| n == blobs,
-        )
-        .await
-        .context("node 1 still holds provider records of blobs node 0 evicted")?;
+    evictions_leave_the_dht(&network).await?;
     logs.passed();
     network.shutdown().await
 }
