@@ -21,6 +21,7 @@
 //! - [`release`]: the first pull of a new release (`shoal-testnet release-bench`), pre-positioned,
 //!   cold through a node and direct, with the origin behind a [`far_link`].
 //! - [`raw_http`]: exact HTTP requests for hostile-input tests.
+//! - [`reports`]: Trivy and Grype reports for a test image, for the threat-intake tests.
 //! - [`metrics`]: reading the Prometheus text of `/metrics`.
 //! - [`agreement`]: one small scenario from the image catalog, written as a `shoal-sim` trace and
 //!   replayed on six nodes (`shoal-testnet agreement`), to compare the simulator with the testnet.
@@ -51,6 +52,7 @@ pub mod origin;
 mod process;
 pub mod raw_http;
 pub mod release;
+pub mod reports;
 pub mod soak;
 pub mod tmpfs;
 

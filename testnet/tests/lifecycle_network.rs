@@ -19,6 +19,7 @@ use shoal_testnet::image::{push_image, ImageInfo, ImageSpec};
 use shoal_testnet::network::{Network, NetworkSpec};
 use shoal_testnet::node::{LogsOnFailure, Node, NodeConfig};
 use shoal_testnet::origin::Origin;
+use shoal_testnet::reports::{self, LayerLocation, TrivyFinding};
 
 const TOKEN: &str = "lifecycle-network-test-token-0123456789";
 /// How long a test waits for a node to reach a state (a deadline, not a timed assertion).
@@ -139,49 +140,19 @@ where
     }
 }
 
-/// A Trivy JSON report (SchemaVersion 2, the shape `trivy image --format json` writes) for
-/// `image`: one critical, fixable finding in its bottom layer (located by digest and DiffID).
+/// A Trivy report for `image`: one critical, fixable finding in its bottom layer (located by
+/// digest and DiffID).
 fn trivy_report(image: &ImageInfo, created_at: &str) -> Vec<u8> {
-    let layers: Vec<Value> = image
-        .layers
-        .iter()
-        .zip(&image.diff_ids)
-        .map(|(l, d)| json!({"Size": l.size, "Digest": l.digest, "DiffID": d}))
-        .collect();
-    let report = json!({
-        "SchemaVersion": 2,
-        "Trivy": {"Version": "0.58.1"},
-        "CreatedAt": created_at,
-        "ArtifactName": image.reference,
-        "ArtifactType": "container_image",
-        "Metadata": {
-            "OS": {"Family": "alpine", "Name": "3.19.1"},
-            "ImageID": image.config.digest,
-            "DiffIDs": image.diff_ids,
-            "RepoTags": [image.reference],
-            "RepoDigests": [format!("{}/{}@{}", shoal_testnet::REGISTRY_HOST, image.repo, image.index.as_ref().unwrap_or(&image.manifest).digest)],
-            "ImageConfig": {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": image.diff_ids}},
-            "Layers": layers,
-        },
-        "Results": [{
-            "Target": format!("{} (alpine 3.19.1)", image.reference),
-            "Class": "os-pkgs",
-            "Type": "alpine",
-            "Vulnerabilities": [{
-                "VulnerabilityID": "CVE-2024-4242",
-                "PkgID": "libcrypto3@3.1.4-r0",
-                "PkgName": "libcrypto3",
-                "InstalledVersion": "3.1.4-r0",
-                "FixedVersion": "3.1.4-r5",
-                "Status": "fixed",
-                "Layer": {"Digest": image.layers[0].digest, "DiffID": image.diff_ids[0]},
-                "SeveritySource": "nvd",
-                "Title": "libcrypto3: a test finding",
-                "Severity": "CRITICAL",
-                "CVSS": {"nvd": {"V3Vector": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "V3Score": 9.8}},
-            }],
-        }],
-    });
+    let finding = TrivyFinding {
+        id: "CVE-2024-4242",
+        package: "libcrypto3",
+        installed: "3.1.4-r0",
+        fixed: Some("3.1.4-r5"),
+        severity: "CRITICAL",
+        score: 9.8,
+        layer: LayerLocation::DigestAndDiffId(0),
+    };
+    let report = reports::trivy_report(image, created_at, &[finding]);
     serde_json::to_vec(&report).expect("a JSON value encodes")
 }
 

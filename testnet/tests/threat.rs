@@ -23,6 +23,7 @@ use shoal_testnet::containerd::Containerd;
 use shoal_testnet::image::{push_image, ImageInfo, ImageSpec};
 use shoal_testnet::network::{Network, NetworkSpec};
 use shoal_testnet::node::{LogsOnFailure, Node, NodeConfig};
+use shoal_testnet::reports::{self, GrypeFinding, LayerLocation, TrivyFinding};
 
 /// How long gossip may take to carry a record to the peer.
 const GOSSIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,135 +105,68 @@ fn cve_ids(record: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A Trivy JSON report (SchemaVersion 2, as `trivy image --format json` writes it) for `image`:
-/// a critical fixable CVE and a medium one in the bottom layer (located by digest and DiffID, as
-/// Trivy does), and a high one in the top layer located by DiffID only.
+/// A Trivy report for `image`: a critical fixable CVE and a medium one in the bottom layer
+/// (located by digest and DiffID, as Trivy does), and a high one in the top layer located by
+/// DiffID only.
 fn trivy_report(image: &ImageInfo, created_at: &str) -> Value {
-    let layers: Vec<Value> = image
-        .layers
-        .iter()
-        .zip(&image.diff_ids)
-        .map(|(l, d)| json!({"Size": l.size, "Digest": l.digest, "DiffID": d}))
-        .collect();
     let top = image.layers.len() - 1;
-    let vuln = |id: &str,
-                pkg: &str,
-                fixed: Option<&str>,
-                severity: &str,
-                score: f64,
-                layer: Value| {
-        let mut v = json!({
-            "VulnerabilityID": id,
-            "PkgID": format!("{pkg}@1.0.0-r0"),
-            "PkgName": pkg,
-            "InstalledVersion": "1.0.0-r0",
-            "Status": if fixed.is_some() { "fixed" } else { "affected" },
-            "Layer": layer,
-            "SeveritySource": "nvd",
-            "PrimaryURL": format!("https://avd.aquasec.com/nvd/{}", id.to_lowercase()),
-            "Title": format!("{pkg}: a test finding"),
-            "Severity": severity,
-            "CVSS": {"nvd": {"V3Vector": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "V3Score": score}},
-        });
-        if let Some(fixed) = fixed {
-            v["FixedVersion"] = json!(fixed);
-        }
-        v
+    let finding = |id, package, fixed, severity, score, layer| TrivyFinding {
+        id,
+        package,
+        installed: "1.0.0-r0",
+        fixed,
+        severity,
+        score,
+        layer,
     };
-    let index_or_manifest = image.index.as_ref().unwrap_or(&image.manifest);
-    json!({
-        "SchemaVersion": 2,
-        "Trivy": {"Version": "0.58.1"},
-        "CreatedAt": created_at,
-        "ArtifactName": image.reference,
-        "ArtifactType": "container_image",
-        "Metadata": {
-            "OS": {"Family": "alpine", "Name": "3.19.1"},
-            "ImageID": image.config.digest,
-            "DiffIDs": image.diff_ids,
-            "RepoTags": [image.reference],
-            "RepoDigests": [format!("{}/{}@{}", shoal_testnet::REGISTRY_HOST, image.repo, index_or_manifest.digest)],
-            "ImageConfig": {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": image.diff_ids}},
-            "Layers": layers,
-        },
-        "Results": [{
-            "Target": format!("{} (alpine 3.19.1)", image.reference),
-            "Class": "os-pkgs",
-            "Type": "alpine",
-            "Vulnerabilities": [
-                vuln("CVE-2024-0001", "libcrypto3", Some("3.1.4-r5"), "CRITICAL", 9.8,
-                     json!({"Digest": image.layers[0].digest, "DiffID": image.diff_ids[0]})),
-                vuln("CVE-2024-0002", "busybox", None, "MEDIUM", 5.5,
-                     json!({"Digest": image.layers[0].digest, "DiffID": image.diff_ids[0]})),
-                vuln("CVE-2024-0003", "zlib", Some("1.3.1-r0"), "HIGH", 7.5,
-                     json!({"DiffID": image.diff_ids[top]})),
-            ],
-        }],
-    })
+    reports::trivy_report(
+        image,
+        created_at,
+        &[
+            finding(
+                "CVE-2024-0001",
+                "libcrypto3",
+                Some("3.1.4-r5"),
+                "CRITICAL",
+                9.8,
+                LayerLocation::DigestAndDiffId(0),
+            ),
+            finding(
+                "CVE-2024-0002",
+                "busybox",
+                None,
+                "MEDIUM",
+                5.5,
+                LayerLocation::DigestAndDiffId(0),
+            ),
+            finding(
+                "CVE-2024-0003",
+                "zlib",
+                Some("1.3.1-r0"),
+                "HIGH",
+                7.5,
+                LayerLocation::DiffIdOnly(top),
+            ),
+        ],
+    )
 }
 
-/// A Grype JSON report (as `grype -o json` writes it) for `image`: findings located by DiffID in
-/// `artifact.locations[].layerID`, the image's layers listed by DiffID in `source.target.layers`.
-/// Only the bottom layer has findings.
+/// A Grype report for `image`: a high fixable and a low unfixed finding, both in the bottom layer.
 fn grype_report(image: &ImageInfo, timestamp: &str) -> Value {
-    let finding = |id: &str, severity: &str, score: f64, fixed: bool| {
-        json!({
-            "vulnerability": {
-                "id": id,
-                "dataSource": format!("https://nvd.nist.gov/vuln/detail/{id}"),
-                "namespace": "alpine:distro:alpine:3.19",
-                "severity": severity,
-                "urls": [],
-                "cvss": [{"version": "3.1", "vector": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
-                          "metrics": {"baseScore": score, "exploitabilityScore": 3.9, "impactScore": 5.9},
-                          "vendorMetadata": {}}],
-                "fix": if fixed { json!({"versions": ["2.0.1-r0"], "state": "fixed"}) } else { json!({"versions": [], "state": "not-fixed"}) },
-                "advisories": [],
-            },
-            "relatedVulnerabilities": [],
-            "matchDetails": [],
-            "artifact": {
-                "id": "0d5b3ac3e2f5b4c8",
-                "name": "openssl",
-                "version": "2.0.0-r0",
-                "type": "apk",
-                "locations": [{"path": "/lib/apk/db/installed", "layerID": image.diff_ids[0]}],
-                "language": "",
-                "licenses": [],
-                "cpes": [],
-                "purl": "pkg:apk/alpine/openssl@2.0.0-r0",
-            },
-        })
+    let finding = |id, severity, score, fixed| GrypeFinding {
+        id,
+        severity,
+        score,
+        fixed,
     };
-    let layers: Vec<Value> = image
-        .layers
-        .iter()
-        .zip(&image.diff_ids)
-        .map(|(l, d)| json!({"mediaType": l.media_type, "digest": d, "size": l.size}))
-        .collect();
-    json!({
-        "matches": [
+    reports::grype_report(
+        image,
+        timestamp,
+        &[
             finding("CVE-2024-1001", "High", 8.1, true),
             finding("CVE-2024-1002", "Low", 3.3, false),
         ],
-        "source": {
-            "type": "image",
-            "target": {
-                "userInput": image.reference,
-                "imageID": image.config.digest,
-                "manifestDigest": image.manifest.digest,
-                "mediaType": image.manifest.media_type,
-                "tags": [image.reference],
-                "imageSize": image.layers.iter().map(|l| l.size).sum::<u64>(),
-                "layers": layers,
-                "repoDigests": [],
-                "architecture": "amd64",
-                "os": "linux",
-            },
-        },
-        "distro": {"name": "alpine", "version": "3.19.1", "idLike": []},
-        "descriptor": {"name": "grype", "version": "0.74.0", "timestamp": timestamp},
-    })
+    )
 }
 
 /// Every record both nodes hold for `digests`, to compare before and after refused reports.
