@@ -1,6 +1,8 @@
-//! A small client for a node's admin API (`/status`, `/metrics`, `/preheat`, rebuilds), with bounded
-//! answers and timeouts.
+//! The one client for a node's admin API (`/status`, `/metrics`, `/preheat`, rebuilds, the
+//! lifecycle, threat intake, placement) that every `shoal` command uses: bounded answers, a
+//! timeout, and the bearer token on every request when one is given.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -9,10 +11,28 @@ use shoal_node::preheat::job::JobView;
 use shoal_node::preheat::{PreheatBody, Started};
 use shoal_node::rebuild::job::RebuildView;
 
-/// Largest admin answer read, in bytes.
-const MAX_ANSWER_BYTES: usize = 16 << 20;
-/// Longest an admin request may take.
+/// Largest admin answer read, in bytes (the largest is `/graph` of a big catalog).
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+/// Longest an admin request may take unless the command says otherwise.
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest token file read.
+const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// The admin bearer token in `path` (the node's `admin_token_file`), trimmed; bounded in size.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?
+        .len();
+    if len > MAX_TOKEN_BYTES {
+        bail!(
+            "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --token-file {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
 
 /// A node's admin API at one base URL.
 #[derive(Debug, Clone)]
@@ -23,16 +43,28 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for the admin API at `base`, e.g. `http://127.0.0.1:5051`.
+    /// A client for the admin API at `base`: a URL such as `http://127.0.0.1:5051`, or an
+    /// address such as `127.0.0.1:5051` (plain HTTP then).
     pub fn new(base: &str) -> Result<AdminClient> {
-        let base = reqwest::Url::parse(base).with_context(|| {
+        AdminClient::with_timeout(base, TIMEOUT)
+    }
+
+    /// [`AdminClient::new`] with requests allowed to take up to `timeout` (a large report, a
+    /// retention run).
+    pub fn with_timeout(base: &str, timeout: Duration) -> Result<AdminClient> {
+        let url = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
+        let base = reqwest::Url::parse(&url).with_context(|| {
             format!("--admin {base:?} is not a URL such as http://127.0.0.1:5051")
         })?;
         if !matches!(base.scheme(), "http" | "https") {
             bail!("--admin {base} must be an http:// or https:// URL");
         }
         let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+            .timeout(timeout)
             .build()
             .context("building the HTTP client")?;
         Ok(AdminClient {
@@ -49,29 +81,54 @@ impl AdminClient {
         self
     }
 
+    /// `path` with `pairs` as its query, each name and value encoded.
+    pub fn path_with_query(&self, path: &str, pairs: &[(&str, &str)]) -> Result<String> {
+        let mut url = self.url(path)?;
+        if !pairs.is_empty() {
+            url.query_pairs_mut().extend_pairs(pairs);
+        }
+        Ok(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url> {
+        self.base.join(path).context("joining the admin URL")
+    }
+
     async fn get(&self, path: &str) -> Result<String> {
-        let url = self.base.join(path).context("joining the admin URL")?;
-        let mut response = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        if !response.status().is_success() {
-            bail!("GET {url}: {}", response.status());
+        let (status, text) = self.request(reqwest::Method::GET, path, None).await?;
+        if !status.is_success() {
+            bail!(
+                "GET {}: {status}: {}",
+                self.url(path)?,
+                error_message(&text)
+            );
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .with_context(|| format!("GET {url}"))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                bail!("GET {url}: answer larger than {MAX_ANSWER_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
+        Ok(text)
+    }
+
+    /// Sends `method` to `path` (with the token, and `body` as JSON if any) and reads the answer,
+    /// bounded, whatever its status. The error names the method and URL.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let url = self.url(path)?;
+        let what = format!("{method} {url}");
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
-        String::from_utf8(body).with_context(|| format!("GET {url}: not UTF-8"))
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        self.exchange(request, &what).await
     }
 
     /// Sends a request and reads its answer (bounded), whatever its status.
@@ -93,84 +150,68 @@ impl AdminClient {
         Ok((status, text))
     }
 
-    /// `POST /preheat`: starts a preheat job.
-    pub async fn preheat_start(&self, request: &PreheatBody) -> Result<Started> {
-        let url = self
-            .base
-            .join("/preheat")
-            .context("joining the admin URL")?;
-        let what = format!("POST {url}");
-        let body = serde_json::to_vec(request).context("encoding the preheat request")?;
-        let mut post = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(token) = &self.token {
-            post = post.bearer_auth(token);
-        }
-        let (status, text) = self.exchange(post, &what).await?;
+    /// Sends `method` to `path` with `body` as JSON, if any, and returns the node's JSON answer;
+    /// an unsuccessful answer is an error naming the node's reason.
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let body = body.map(|value| value.to_string().into_bytes());
+        let (_, value) = self.call(method, path, body).await?;
+        Ok(value)
+    }
+
+    /// Sends `method` to `path` and decodes a successful JSON answer as `T`; an unsuccessful
+    /// one is an error naming the node's reason.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(reqwest::StatusCode, T)> {
+        let what = format!("{method} {}", self.url(path)?);
+        let (status, text) = self.request(method, path, body).await?;
         if !status.is_success() {
             bail!("{what}: {status}: {}", error_message(&text));
         }
-        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer {text:?}"))
+        let value = serde_json::from_str(&text)
+            .with_context(|| format!("{what}: unexpected answer {text:?}"))?;
+        Ok((status, value))
+    }
+
+    /// `POST /preheat`: starts a preheat job.
+    pub async fn preheat_start(&self, request: &PreheatBody) -> Result<Started> {
+        let body = serde_json::to_vec(request).context("encoding the preheat request")?;
+        let (_, started) = self
+            .call(reqwest::Method::POST, "/preheat", Some(body))
+            .await?;
+        Ok(started)
     }
 
     /// `GET /preheat/{id}`: a preheat job's progress.
     pub async fn preheat_job(&self, id: &str) -> Result<JobView> {
-        let url = self
-            .base
-            .join(&format!("/preheat/{id}"))
-            .context("joining the admin URL")?;
-        let what = format!("GET {url}");
-        let (status, text) = self.exchange(self.http.get(url), &what).await?;
-        if !status.is_success() {
-            bail!("{what}: {status}: {}", error_message(&text));
-        }
-        serde_json::from_str(&text).with_context(|| format!("{what}: not a preheat job"))
+        let (_, job) = self
+            .call(reqwest::Method::GET, &format!("/preheat/{id}"), None)
+            .await?;
+        Ok(job)
     }
 
     /// `POST /images/{image}/rebuild`: re-resolves the tag upstream and starts a rebuild on a
     /// new digest. The view, and whether a rebuild runs.
     pub async fn rebuild_start(&self, image: &str) -> Result<(RebuildView, bool)> {
-        let url = self.rebuild_url(image)?;
-        let what = format!("POST {url}");
-        let mut post = self.http.post(url);
-        if let Some(token) = &self.token {
-            post = post.bearer_auth(token);
-        }
-        let (status, text) = self.exchange(post, &what).await?;
-        if !status.is_success() {
-            bail!("{what}: {status}: {}", error_message(&text));
-        }
-        let view = serde_json::from_str(&text)
-            .with_context(|| format!("{what}: unexpected answer {text:?}"))?;
+        let path = rebuild_path(image)?;
+        let (status, view) = self.call(reqwest::Method::POST, &path, None).await?;
         Ok((view, status == reqwest::StatusCode::ACCEPTED))
     }
 
     /// `GET /images/{image}/rebuild`: a rebuild's progress.
     pub async fn rebuild_view(&self, image: &str) -> Result<RebuildView> {
-        let url = self.rebuild_url(image)?;
-        let what = format!("GET {url}");
-        let (status, text) = self.exchange(self.http.get(url), &what).await?;
-        if !status.is_success() {
-            bail!("{what}: {status}: {}", error_message(&text));
-        }
-        serde_json::from_str(&text).with_context(|| format!("{what}: not a rebuild"))
-    }
-
-    fn rebuild_url(&self, image: &str) -> Result<reqwest::Url> {
-        let plain = !image.is_empty()
-            && image.len() <= 512
-            && image
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"?#%".contains(&b));
-        if !plain {
-            bail!("{image:?} is not an image reference such as registry/repository:tag");
-        }
-        self.base
-            .join(&format!("/images/{image}/rebuild"))
-            .context("joining the admin URL")
+        let (_, view) = self
+            .call(reqwest::Method::GET, &rebuild_path(image)?, None)
+            .await?;
+        Ok(view)
     }
 
     /// `GET /status`.
@@ -186,8 +227,21 @@ impl AdminClient {
     }
 }
 
+/// `/images/{image}/rebuild`, for an image reference with nothing a URL would read as more.
+fn rebuild_path(image: &str) -> Result<String> {
+    let plain = !image.is_empty()
+        && image.len() <= 512
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"?#%".contains(&b));
+    if !plain {
+        bail!("{image:?} is not an image reference such as registry/repository:tag");
+    }
+    Ok(format!("/images/{image}/rebuild"))
+}
+
 /// The `error` of a JSON error answer, else the answer itself (cut short).
-fn error_message(text: &str) -> String {
+pub fn error_message(text: &str) -> String {
     serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
@@ -208,6 +262,46 @@ pub fn sum_samples(text: &str, name: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_a_scheme_is_plain_http_and_other_schemes_are_refused() {
+        let client = AdminClient::new("127.0.0.1:5051").unwrap();
+        assert_eq!(
+            client.url("/status").unwrap().as_str(),
+            "http://127.0.0.1:5051/status"
+        );
+        let client = AdminClient::new("https://node.example:5051/").unwrap();
+        assert_eq!(
+            client.url("/status").unwrap().as_str(),
+            "https://node.example:5051/status"
+        );
+        assert!(AdminClient::new("ftp://127.0.0.1:5051").is_err());
+        assert!(AdminClient::new("http://").is_err());
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        let client = AdminClient::new("http://127.0.0.1:5051").unwrap();
+        assert_eq!(client.path_with_query("/graph", &[]).unwrap(), "/graph");
+        assert_eq!(
+            client
+                .path_with_query("/graph", &[("image", "a/b:c&d=e f")])
+                .unwrap(),
+            "/graph?image=a%2Fb%3Ac%26d%3De+f"
+        );
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret\n").unwrap();
+        assert_eq!(read_token_file(&path).unwrap(), "s3cret");
+        std::fs::write(&path, vec![b'x'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
+        let error = read_token_file(&path).unwrap_err().to_string();
+        assert!(error.contains("larger than"), "{error}");
+        assert!(read_token_file(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn sums_every_series_of_one_name_only() {

@@ -7,17 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use shoal_proto::BlobDigest;
 
-/// Largest answer read.
-const MAX_ANSWER_BYTES: usize = 32 << 20;
+use crate::admin_client::{read_token_file, AdminClient};
+
 /// Longest a request may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest token file read.
-const MAX_TOKEN_BYTES: u64 = 4096;
 
 /// Where the node is and how to authenticate.
 #[derive(Debug, Clone, Args)]
@@ -100,68 +98,14 @@ pub enum GraphFormat {
     Table,
 }
 
-struct Client {
-    base: reqwest::Url,
-    http: reqwest::Client,
-    token: Option<String>,
-}
-
-impl Client {
-    fn new(options: &AdminOptions) -> Result<Client> {
-        let base = reqwest::Url::parse(&options.admin).with_context(|| {
-            format!(
-                "--admin {:?} is not a URL such as http://127.0.0.1:5051",
-                options.admin
-            )
-        })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            bail!("--admin {base} must be an http:// or https:// URL");
-        }
-        let token = match &options.token_file {
-            None => None,
-            Some(path) => Some(read_token_file(path)?),
-        };
-        let http = reqwest::Client::builder().timeout(TIMEOUT).build()?;
-        Ok(Client { base, http, token })
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let url = self.base.join(path).context("joining the admin URL")?;
-        let mut request = self.http.request(method.clone(), url.clone());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        let mut response = request
-            .send()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
-        let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                bail!("{method} {url}: answer larger than {MAX_ANSWER_BYTES} bytes");
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(
-            |_| json!({"error": String::from_utf8_lossy(&bytes).trim().to_owned()}),
-        );
-        if !status.is_success() {
-            let message = value["error"].as_str().unwrap_or("no reason given");
-            bail!("{method} {url}: {status}: {message}");
-        }
-        Ok(value)
-    }
+/// The admin client for `options`, with the token read from `--token-file` if given.
+fn client(options: &AdminOptions) -> Result<AdminClient> {
+    let token = options
+        .token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()?;
+    Ok(AdminClient::with_timeout(&options.admin, TIMEOUT)?.with_token(token))
 }
 
 fn run_async<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -203,8 +147,8 @@ pub fn run(command: LifecycleCommand) -> Result<ExitCode> {
     match command {
         LifecycleCommand::Get { digest, options } => {
             let digest = check_digest(&digest)?;
-            let client = Client::new(&options)?;
-            let value = run_async(client.send(
+            let client = client(&options)?;
+            let value = run_async(client.json(
                 reqwest::Method::GET,
                 &format!("/layers/{digest}/lifecycle"),
                 None,
@@ -245,8 +189,8 @@ pub fn run(command: LifecycleCommand) -> Result<ExitCode> {
 }
 
 fn override_layer(options: &AdminOptions, digest: BlobDigest, body: Value) -> Result<ExitCode> {
-    let client = Client::new(options)?;
-    let value = run_async(client.send(
+    let client = client(options)?;
+    let value = run_async(client.json(
         reqwest::Method::POST,
         &format!("/layers/{digest}/lifecycle/override"),
         Some(body),
@@ -345,12 +289,12 @@ pub fn layers(
     limit: usize,
     offset: usize,
 ) -> Result<ExitCode> {
-    let client = Client::new(options)?;
+    let client = client(options)?;
     let mut path = format!("/layers?sort={sort}&limit={limit}&offset={offset}");
     if let Some(state) = state {
         path.push_str(&format!("&state={state}"));
     }
-    let value = run_async(client.send(reqwest::Method::GET, &path, None))?;
+    let value = run_async(client.json(reqwest::Method::GET, &path, None))?;
     if options.json {
         return print_json(&value);
     }
@@ -394,16 +338,10 @@ pub fn layers(
 
 /// `shoal graph`.
 pub fn graph(options: &AdminOptions, image: Option<&str>, format: GraphFormat) -> Result<ExitCode> {
-    let client = Client::new(options)?;
-    let mut url = client.base.join("/graph")?;
-    if let Some(image) = image {
-        url.query_pairs_mut().append_pair("image", image);
-    }
-    let path = match url.query() {
-        Some(q) => format!("/graph?{q}"),
-        None => "/graph".to_owned(),
-    };
-    let value = run_async(client.send(reqwest::Method::GET, &path, None))?;
+    let client = client(options)?;
+    let query: Vec<(&str, &str)> = image.map(|image| ("image", image)).into_iter().collect();
+    let path = client.path_with_query("/graph", &query)?;
+    let value = run_async(client.json(reqwest::Method::GET, &path, None))?;
     let format = if options.json {
         GraphFormat::Json
     } else {
@@ -529,11 +467,11 @@ pub fn render_dot(value: &Value) -> String {
 
 /// `shoal retention`.
 pub fn retention(options: &AdminOptions, dry_run: bool) -> Result<ExitCode> {
-    let client = Client::new(options)?;
+    let client = client(options)?;
     let value = if dry_run {
-        run_async(client.send(reqwest::Method::GET, "/retention/run", None))?
+        run_async(client.json(reqwest::Method::GET, "/retention/run", None))?
     } else {
-        run_async(client.send(reqwest::Method::POST, "/retention/run?dry_run=false", None))?
+        run_async(client.json(reqwest::Method::POST, "/retention/run?dry_run=false", None))?
     };
     if options.json {
         return print_json(&value);
@@ -555,22 +493,6 @@ pub fn retention(options: &AdminOptions, dry_run: bool) -> Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The admin bearer token in `path` (the node's `admin_token_file`), trimmed; bounded in size.
-pub fn read_token_file(path: &std::path::Path) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading --token-file {}", path.display()))?
-        .len();
-    if len > MAX_TOKEN_BYTES {
-        bail!(
-            "--token-file {} is larger than {MAX_TOKEN_BYTES} bytes",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --token-file {}", path.display()))?;
-    Ok(text.trim().to_owned())
 }
 
 #[cfg(test)]

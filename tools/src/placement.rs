@@ -4,12 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Subcommand;
 use shoal_proto::BlobDigest;
 
-/// Largest answer read.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+use crate::admin_client::AdminClient;
 
 /// `shoal placement ...`
 #[derive(Debug, Subcommand)]
@@ -31,35 +30,14 @@ pub fn run(command: PlacementCommand) -> anyhow::Result<ExitCode> {
     let digest: BlobDigest = digest
         .parse()
         .map_err(|e| anyhow::anyhow!("{digest:?} is not a sha256 digest: {e}"))?;
-    let url = format!("http://{admin}/placement/explain/{digest}");
+    let path = format!("/placement/explain/{digest}");
+    let client = AdminClient::with_timeout(&admin, Duration::from_secs(10))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, body) = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let response = client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("asking {url}"))?;
-        let status = response.status();
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
-        {
-            bail!("the answer from {url} is too large");
-        }
-        let body = response.bytes().await?;
-        if body.len() > MAX_ANSWER_BYTES {
-            bail!("the answer from {url} is too large");
-        }
-        anyhow::Ok((status, body))
-    })?;
-    let text = String::from_utf8_lossy(&body);
+    let (status, text) = runtime.block_on(client.request(reqwest::Method::GET, &path, None))?;
     if !status.is_success() {
-        bail!("{url} answered {status}: {}", text.trim());
+        bail!("{path} on {admin}: {status}: {}", text.trim());
     }
     println!("{}", text.trim_end());
     Ok(ExitCode::SUCCESS)

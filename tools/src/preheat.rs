@@ -48,7 +48,7 @@ pub async fn run(args: PreheatArgs) -> Result<ExitCode> {
     let token = args
         .token_file
         .as_deref()
-        .map(crate::lifecycle::read_token_file)
+        .map(crate::admin_client::read_token_file)
         .transpose()?;
     let client = AdminClient::new(&args.admin)?.with_token(token);
     let started = client

@@ -35,7 +35,7 @@ pub async fn run(args: RebuildArgs) -> Result<ExitCode> {
     let token = args
         .token_file
         .as_deref()
-        .map(crate::lifecycle::read_token_file)
+        .map(crate::admin_client::read_token_file)
         .transpose()?;
     let client = AdminClient::new(&args.admin)?.with_token(token);
     let (mut view, running) = client.rebuild_start(&args.image).await?;

@@ -3,7 +3,7 @@
 //!
 //! The report is read from disk with a size check first (the node's own limit is
 //! `threat.max_report_bytes`; this command refuses anything over the policy crate's absolute
-//! limit before reading it). Answers are read up to [`MAX_ANSWER_BYTES`]. Exit 0 on success, 1
+//! limit before reading it). Answers are read through the bounded [`AdminClient`]. Exit 0 on success, 1
 //! when the node refused the report or has no record of the layer, 2 on any other error.
 
 use std::path::PathBuf;
@@ -15,8 +15,7 @@ use clap::Subcommand;
 use serde_json::Value;
 use shoal_proto::BlobDigest;
 
-/// Largest answer read.
-const MAX_ANSWER_BYTES: usize = 4 << 20;
+use crate::admin_client::{read_token_file, AdminClient};
 
 /// `shoal threat ...`
 #[derive(Debug, Subcommand)]
@@ -49,40 +48,24 @@ pub enum ThreatCommand {
     },
 }
 
-fn base(admin: &str) -> String {
-    let admin = admin.trim_end_matches('/');
-    if admin.starts_with("http://") || admin.starts_with("https://") {
-        admin.to_owned()
-    } else {
-        format!("http://{admin}")
-    }
-}
+/// Longest a request may take (a large report takes a while to score).
+const TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn answer(response: reqwest::Response, url: &str) -> anyhow::Result<(u16, Value)> {
-    let status = response.status().as_u16();
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
-    {
-        bail!("the answer from {url} is too large");
-    }
-    let body = response.bytes().await?;
-    if body.len() > MAX_ANSWER_BYTES {
-        bail!("the answer from {url} is too large");
-    }
-    let value = serde_json::from_slice(&body).with_context(|| {
+/// Sends `method` to `path` and reads the node's JSON answer, whatever its status.
+async fn exchange(
+    client: &AdminClient,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(u16, Value)> {
+    let (status, text) = client.request(method, path, body).await?;
+    let value = serde_json::from_str(&text).with_context(|| {
         format!(
-            "{url} answered {status} with something that is not JSON: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
+            "{path} answered {status} with something that is not JSON: {}",
+            text.chars().take(200).collect::<String>()
         )
     })?;
-    Ok((status, value))
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?)
+    Ok((status.as_u16(), value))
 }
 
 /// Runs a threat command.
@@ -119,21 +102,16 @@ async fn import(
         );
     }
     let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let url = format!("{}/threat/reports", base(admin));
-    let mut request = client()?
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .body(body);
-    if let Some(path) = token_file {
-        let token = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        request = request.bearer_auth(token.trim());
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("sending the report to {url}"))?;
-    let (status, value) = answer(response, &url).await?;
+    let token = token_file.as_deref().map(read_token_file).transpose()?;
+    let client = AdminClient::with_timeout(admin, TIMEOUT)?.with_token(token);
+    let (status, value) = exchange(
+        &client,
+        reqwest::Method::POST,
+        "/threat/reports",
+        Some(body),
+    )
+    .await
+    .context("sending the report")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
@@ -186,13 +164,14 @@ async fn get(digest: &str, admin: &str, json: bool) -> anyhow::Result<ExitCode> 
     let digest: BlobDigest = digest
         .parse()
         .map_err(|e| anyhow::anyhow!("{digest:?} is not a sha256 digest: {e}"))?;
-    let url = format!("{}/threat/layers/{digest}", base(admin));
-    let response = client()?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("asking {url}"))?;
-    let (status, value) = answer(response, &url).await?;
+    let client = AdminClient::with_timeout(admin, TIMEOUT)?;
+    let (status, value) = exchange(
+        &client,
+        reqwest::Method::GET,
+        &format!("/threat/layers/{digest}"),
+        None,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
