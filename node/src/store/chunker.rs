@@ -1,18 +1,142 @@
 //! Streaming content-defined chunking: bytes go in as they arrive from the network, shards come
 //! out with their BLAKE3 hash, cut by FastCDC v2020.
 //!
-//! A FastCDC cut that starts at offset `s` depends only on the bytes `s..s + max`, so once the
-//! buffer holds at least `max` bytes past a shard's start, that shard's end is final. The chunker
-//! appends into one buffer of four maximum shards, cuts every shard whose end is final, hashes
-//! each right after it is cut while its bytes are still in cache (chunking and hashing are one pass
-//! over the data), and hands it on as a [`Bytes`] split off the front of the buffer: the shard's
-//! bytes are not copied again, so a later stage (the shard writer, on its own thread) can own
-//! them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to the
-//! front of it, or to a new buffer while shards cut from the old one are still held.
+//! The cut points are exactly the `fastcdc` crate's (`v2020::FastCDC`, normalization level 1):
+//! the chunker drives the crate's gear tables and masks through the crate's own `cut_gear` loop,
+//! but keeps the loop's state (the gear hash and the position) between calls, so each byte is
+//! scanned once, as soon as it arrives, instead of waiting for a maximum shard to pile up after a
+//! shard's start. The property tests check the cut points against the crate's on random data.
+//!
+//! Each part of a shard is BLAKE3-hashed (incrementally) as soon as the scan has passed it, while
+//! it is still in cache: a byte the scan passed without finding a cut belongs to the current
+//! shard whatever comes later, and so does every byte before the minimum shard size. Copying a
+//! network read into the buffer, scanning it and hashing it are one pass over at most
+//! [`STEP`] bytes at a time.
+//!
+//! Shards are handed on as [`Bytes`] split off the front of one buffer of four maximum shards:
+//! their bytes are not copied again, so a later stage (the shard writer, on its own thread) can
+//! own them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to
+//! the front of it, or to a new buffer while shards cut from the old one are still held.
 
 use bytes::{Bytes, BytesMut};
-use fastcdc::v2020::FastCDC;
+use fastcdc::v2020::{get_gear_with_seed, logarithm2, Normalization, MASKS};
 use shoal_proto::{ChunkingParams, ShardHash};
+
+/// Bytes copied, scanned and hashed at a time: small enough to stay in the core's cache between
+/// the three.
+pub const STEP: usize = 64 * 1024;
+
+/// The crate's cut parameters for one [`ChunkingParams`]: what `FastCDC::new` computes.
+#[derive(Debug)]
+struct GearCut {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    mask_s_ls: u64,
+    mask_l_ls: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+}
+
+impl GearCut {
+    fn new(params: ChunkingParams) -> Self {
+        let bits = logarithm2(params.avg);
+        let level = Normalization::Level1.bits();
+        let mask_s = MASKS[(bits + level) as usize];
+        let mask_l = MASKS[(bits - level) as usize];
+        let (gear, gear_ls) = get_gear_with_seed(0);
+        Self {
+            min: params.min as usize,
+            avg: params.avg as usize,
+            max: params.max as usize,
+            mask_s,
+            mask_l,
+            mask_s_ls: mask_s << 1,
+            mask_l_ls: mask_l << 1,
+            gear,
+            gear_ls,
+        }
+    }
+}
+
+/// How far the shard at the front of the buffer has been scanned and hashed.
+#[derive(Debug)]
+struct ShardScan {
+    /// The next pair of bytes the gear loop examines (pair `i` is bytes `2i` and `2i + 1` of the
+    /// shard, as `cut_gear` counts); every byte before `2 * pair` is in this shard.
+    pair: usize,
+    /// The gear hash after the pairs before `pair`.
+    gear_hash: u64,
+    /// Bytes of the shard already fed to `hasher`.
+    hashed: usize,
+    hasher: blake3::Hasher,
+}
+
+impl ShardScan {
+    fn new(cut: &GearCut) -> Self {
+        Self {
+            pair: cut.min / 2,
+            gear_hash: 0,
+            hashed: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// Back to the start of a new shard.
+    fn restart(&mut self, cut: &GearCut) {
+        self.pair = cut.min / 2;
+        self.gear_hash = 0;
+        self.hashed = 0;
+        self.hasher.reset();
+    }
+
+    /// Hashes the shard's bytes up to `end` (all of them in the shard).
+    fn hash_to(&mut self, shard: &[u8], end: usize) {
+        if end > self.hashed {
+            self.hasher.update(&shard[self.hashed..end]);
+            self.hashed = end;
+        }
+    }
+
+    /// `cut_gear`'s loop from where it stopped, over the pairs before `end_pair`: the shard's
+    /// length if a cut point is among them.
+    fn scan(&mut self, cut: &GearCut, shard: &[u8], end_pair: usize) -> Option<usize> {
+        let (gear, gear_ls) = (&*cut.gear, &*cut.gear_ls);
+        let mut hash = self.gear_hash;
+        let mut pair = self.pair;
+        // Below the average size the stricter masks apply (normalized chunking).
+        let small_end = end_pair.min(cut.avg / 2);
+        while pair < small_end {
+            let a = pair * 2;
+            hash = (hash << 2).wrapping_add(gear_ls[shard[a] as usize]);
+            if hash & cut.mask_s_ls == 0 {
+                return Some(a);
+            }
+            hash = hash.wrapping_add(gear[shard[a + 1] as usize]);
+            if hash & cut.mask_s == 0 {
+                return Some(a + 1);
+            }
+            pair += 1;
+        }
+        while pair < end_pair {
+            let a = pair * 2;
+            hash = (hash << 2).wrapping_add(gear_ls[shard[a] as usize]);
+            if hash & cut.mask_l_ls == 0 {
+                return Some(a);
+            }
+            hash = hash.wrapping_add(gear[shard[a + 1] as usize]);
+            if hash & cut.mask_l == 0 {
+                return Some(a + 1);
+            }
+            pair += 1;
+        }
+        self.gear_hash = hash;
+        self.pair = pair;
+        None
+    }
+}
 
 /// One shard cut from the stream, owned (see [`chunk_all`]).
 #[derive(Debug, Clone)]
@@ -29,6 +153,9 @@ pub struct CutShard {
 #[derive(Debug)]
 pub struct StreamChunker {
     params: ChunkingParams,
+    cut: GearCut,
+    /// The shard at the front of `buffer`: how far it is scanned and hashed.
+    scan: ShardScan,
     /// Bytes pushed and not yet in a shard; shards are split off its front.
     buffer: BytesMut,
     /// Blob offset of `buffer[0]`.
@@ -38,8 +165,12 @@ pub struct StreamChunker {
 impl StreamChunker {
     /// A chunker for one blob. `params` must already be validated (see `config`).
     pub fn new(params: ChunkingParams) -> Self {
+        let cut = GearCut::new(params);
+        let scan = ShardScan::new(&cut);
         Self {
             params,
+            cut,
+            scan,
             buffer: BytesMut::with_capacity(Self::buffer_capacity(params)),
             buffer_offset: 0,
         }
@@ -62,10 +193,12 @@ impl StreamChunker {
                 self.buffer
                     .reserve(Self::buffer_capacity(self.params) - self.buffer.len());
             }
-            let take = (self.buffer.capacity() - self.buffer.len()).min(data.len());
+            let take = (self.buffer.capacity() - self.buffer.len())
+                .min(data.len())
+                .min(STEP);
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            // Cut as soon as a shard's end is final, while its bytes are still in cache.
+            // Scan and hash the bytes just copied while they are still in cache.
             self.cut(false, &mut emit)?;
         }
         Ok(())
@@ -82,6 +215,7 @@ impl StreamChunker {
         debug_assert!(self.is_empty());
         self.buffer.clear();
         self.buffer_offset = offset;
+        self.scan.restart(&self.cut);
     }
 
     /// Ends the stream; emits the remaining shards.
@@ -89,22 +223,41 @@ impl StreamChunker {
         self.cut(true, &mut emit)
     }
 
+    /// Scans and hashes what the buffer holds, and emits every shard whose end is final: where
+    /// `cut_gear` finds a cut point, at the maximum size, or (`at_end`) at the end of the stream.
     fn cut<E: ShardSink>(&mut self, at_end: bool, emit: &mut E) -> Result<(), E::Error> {
-        let max = self.params.max as usize;
+        let max = self.cut.max;
         loop {
             let available = self.buffer.len();
-            if available == 0 || (!at_end && available < max) {
+            if available == 0 {
                 return Ok(());
             }
-            let (_, len) = FastCDC::new(
-                &self.buffer,
-                self.params.min,
-                self.params.avg,
-                self.params.max,
-            )
-            .cut(0, available);
+            // `cut_gear` looks at no byte past the maximum shard, and at whole pairs only.
+            let end_pair = available.min(max) / 2;
+            let found = loop {
+                // Every byte before the scan's position is in this shard: hash it now.
+                let certain = (2 * self.scan.pair).min(available);
+                self.scan.hash_to(&self.buffer, certain);
+                if self.scan.pair >= end_pair {
+                    break None;
+                }
+                let step_end = end_pair.min(self.scan.pair + STEP / 2);
+                if let Some(len) = self.scan.scan(&self.cut, &self.buffer, step_end) {
+                    break Some(len);
+                }
+            };
+            let len = match found {
+                Some(len) => len,
+                None if available >= max => max,
+                // The crate's last shard: whatever is left (scanned to its end, or at most the
+                // minimum size and not scanned at all).
+                None if at_end => available,
+                None => return Ok(()),
+            };
+            self.scan.hash_to(&self.buffer, len);
+            let hash = ShardHash::from_bytes(*self.scan.hasher.finalize().as_bytes());
+            self.scan.restart(&self.cut);
             let shard = self.buffer.split_to(len).freeze();
-            let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
             let offset = self.buffer_offset;
             self.buffer_offset += len as u64;
             emit.shard(offset, shard, hash)?;
@@ -144,6 +297,7 @@ pub fn chunk_all(params: ChunkingParams, data: &[u8]) -> Vec<CutShard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fastcdc::v2020::FastCDC;
     use proptest::prelude::*;
 
     const SMALL: ChunkingParams = ChunkingParams {
@@ -231,6 +385,82 @@ mod tests {
                 prop_assert_eq!(a.offset, b.offset);
                 prop_assert_eq!(a.hash, b.hash);
             }
+        }
+    }
+
+    /// Random bytes with runs of zeros, where the gear hash finds no cut and shards end at the
+    /// maximum size.
+    fn with_zero_runs(len: usize, seed: u64, runs: &[(usize, usize)]) -> Vec<u8> {
+        let mut data = pseudo_random(len, seed);
+        for &(start, run) in runs {
+            let start = start.min(len);
+            let end = (start + run).min(len);
+            data[start..end].fill(0);
+        }
+        data
+    }
+
+    /// The crate's shards of `data`, with their BLAKE3.
+    fn crate_shards(params: ChunkingParams, data: &[u8]) -> Vec<(u64, usize, ShardHash)> {
+        FastCDC::new(data, params.min, params.avg, params.max)
+            .map(|chunk| {
+                let bytes = &data[chunk.offset..chunk.offset + chunk.length];
+                let hash = ShardHash::from_bytes(*blake3::hash(bytes).as_bytes());
+                (chunk.offset as u64, chunk.length, hash)
+            })
+            .collect()
+    }
+
+    fn streamed_shards(
+        params: ChunkingParams,
+        data: &[u8],
+        piece: usize,
+    ) -> Vec<(u64, usize, ShardHash)> {
+        let mut chunker = StreamChunker::new(params);
+        let mut out = Vec::new();
+        for part in data.chunks(piece) {
+            let Ok(()) = chunker.push(part, collect_into(&mut out));
+        }
+        let Ok(()) = chunker.finish(collect_into(&mut out));
+        out.iter()
+            .map(|s| (s.offset, s.data.len(), s.hash))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_chunking_cuts_and_hashes_as_the_crate_does(
+            min in 64u32..3_000,
+            avg_above_min in 1u32..9_000,
+            max in 65_536u32..140_000,
+            len in 0usize..400_000,
+            seed in any::<u64>(),
+            zero_runs in proptest::collection::vec((0usize..400_000, 0usize..150_000), 0..3),
+            piece in 1usize..100_000,
+        ) {
+            let avg = min + avg_above_min;
+            let params = crate::config::validate_chunking(ChunkingParams { min, avg, max })
+                .expect("valid chunking");
+            let data = with_zero_runs(len, seed, &zero_runs);
+            prop_assert_eq!(streamed_shards(params, &data, piece), crate_shards(params, &data));
+        }
+    }
+
+    #[test]
+    fn the_default_chunking_cuts_and_hashes_as_the_crate_does() {
+        let params = crate::config::DEFAULT_CHUNKING;
+        // 20 MiB: random, a 9 MiB run of zeros (two maximum shards and a part), random again.
+        let data = with_zero_runs(20 << 20, 11, &[(6 << 20, 9 << 20)]);
+        let expected = crate_shards(params, &data);
+        assert!(expected
+            .iter()
+            .any(|&(_, len, _)| len == params.max as usize));
+        for piece in [16 * 1024 + 3, 64 * 1024, 1 << 20, data.len()] {
+            assert_eq!(
+                streamed_shards(params, &data, piece),
+                expected,
+                "pieces of {piece}"
+            );
         }
     }
 

@@ -1,11 +1,12 @@
 //! Ingesting one blob: chunk, hash, write shards, verify the digest, commit.
 //!
-//! Two stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
-//! chunker, zero-copy: each shard is a slice of the chunker's buffer), and the `shard_writer`
-//! stage writes new shard files on a thread of its own, so cutting the next shards and writing
-//! the last ones overlap. The blob's sha256 is the caller's: [`Ingest::write`] computes it inline,
-//! while the node computes it on a third thread and ends with [`Ingest::verify_with`]. Nothing is
-//! fsynced before the commit, which makes the whole blob durable at once.
+//! Three stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
+//! chunker, zero-copy: each shard is a slice of the chunker's buffer), the `shard_writer` stage
+//! writes new shard files on a thread of its own, and `shard_sync`'s threads fsync each new file
+//! as soon as it is in place, so cutting, writing and writing back overlap. The blob's sha256 is
+//! the caller's: [`Ingest::write`] computes it inline, while the node computes it on a thread of
+//! its own and ends with [`Ingest::verify_with`]. The commit waits for the fsyncs in flight and
+//! makes durable whatever the blob relies on that they did not, before the shard map names it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,8 +17,9 @@ use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
 use super::chunker::{ShardSink, StreamChunker};
+use super::shard_sync::sync_all;
 use super::shard_writer::{Finished, ShardJob, ShardWriter};
-use super::{io_context, ShardStore, StoreError, WriteFailure};
+use super::{ShardStore, StoreError, WriteFailure};
 
 /// Why an ingest did not commit. Nothing of the blob is left in the store in every case.
 #[derive(Debug, thiserror::Error)]
@@ -151,11 +153,13 @@ impl Ingest {
         if self.received > MAX_BLOB_BYTES {
             return Err(IngestError::TooLarge);
         }
+        // A blob under one maximum shard starts no threads: its few shards are written here.
+        let background = self.received >= u64::from(self.store.chunking().max);
         let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
             writer: &mut self.writer,
-            background: true,
+            background,
         };
         let pushed = self.chunker.push(data, &mut queue);
         let written = pushed.and_then(|()| self.take_written());
@@ -273,29 +277,30 @@ impl Ingest {
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
-        let files = self.store.files();
+        // The files the sync threads made durable while the blob arrived (a failed fsync fails
+        // the commit here).
+        let synced = self.writer.synced()?;
         // Every file this ingest created, and every file it found in place that no committed
-        // blob holds yet: another ingest still running wrote it and has not fsynced it.
-        let mut unsynced: BTreeSet<ShardHash> = self.shards.created.iter().copied().collect();
+        // blob holds yet (another ingest still running wrote it and has not fsynced it), unless
+        // the sync threads already made it durable.
+        let mut unsynced: BTreeSet<ShardHash> = self
+            .shards
+            .created
+            .iter()
+            .filter(|hash| !synced.contains(hash))
+            .copied()
+            .collect();
         for entry in &self.shards.entries {
             let hash = ShardHash::from_bytes(entry.hash);
-            if !unsynced.contains(&hash) && !self.store.shard_is_committed(&hash)? {
+            if !unsynced.contains(&hash)
+                && !synced.contains(&hash)
+                && !self.store.shard_is_committed(&hash)?
+            {
                 unsynced.insert(hash);
             }
         }
-        let mut dirs = BTreeSet::new();
-        for hash in &unsynced {
-            let path = layout.shard_path(hash);
-            files
-                .sync_file(&path)
-                .map_err(io_context(format!("fsync {}", path.display())))?;
-            if let Some(dir) = path.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-        for dir in dirs {
-            self.store.fsync_dir(&dir)?;
-        }
+        let paths: Vec<PathBuf> = unsynced.iter().map(|h| layout.shard_path(h)).collect();
+        sync_all(&self.store, &paths)?;
         let encoded = map.encode();
         let map_path = layout.map_path(&self.expected);
         self.store.write_durably("map", &map_path, &encoded)?;
@@ -313,6 +318,14 @@ impl Ingest {
 
 #[cfg(test)]
 impl Ingest {
+    /// Waits until every shard is written and the sync threads are done with them (a commit
+    /// then fsyncs only what they did not).
+    pub(crate) fn settle(&mut self) -> Result<(), IngestError> {
+        self.drain_written()?;
+        self.writer.synced()?;
+        Ok(())
+    }
+
     /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up
     /// (the writer stage stops without writing what is queued, as a dying process would).
     pub(crate) fn crash(mut self) {
