@@ -105,35 +105,31 @@ impl ShardScan {
     fn scan(&mut self, cut: &GearCut, shard: &[u8], end_pair: usize) -> Option<usize> {
         let (gear, gear_ls) = (&*cut.gear, &*cut.gear_ls);
         let mut hash = self.gear_hash;
-        let mut pair = self.pair;
         // Below the average size the stricter masks apply (normalized chunking).
-        let small_end = end_pair.min(cut.avg / 2);
-        while pair < small_end {
-            let a = pair * 2;
-            hash = (hash << 2).wrapping_add(gear_ls[shard[a] as usize]);
-            if hash & cut.mask_s_ls == 0 {
-                return Some(a);
+        let stages = [
+            (cut.mask_s, cut.mask_s_ls, end_pair.min(cut.avg / 2)),
+            (cut.mask_l, cut.mask_l_ls, end_pair),
+        ];
+        for (mask, mask_ls, stop) in stages {
+            if self.pair >= stop {
+                continue;
             }
-            hash = hash.wrapping_add(gear[shard[a + 1] as usize]);
-            if hash & cut.mask_s == 0 {
-                return Some(a + 1);
+            // Whole pairs from a slice: the loop runs without bounds checks, as fast as the
+            // crate's own.
+            let pairs = shard[2 * self.pair..2 * stop].chunks_exact(2);
+            for (i, two) in pairs.enumerate() {
+                hash = (hash << 2).wrapping_add(gear_ls[two[0] as usize]);
+                if hash & mask_ls == 0 {
+                    return Some(2 * (self.pair + i));
+                }
+                hash = hash.wrapping_add(gear[two[1] as usize]);
+                if hash & mask == 0 {
+                    return Some(2 * (self.pair + i) + 1);
+                }
             }
-            pair += 1;
-        }
-        while pair < end_pair {
-            let a = pair * 2;
-            hash = (hash << 2).wrapping_add(gear_ls[shard[a] as usize]);
-            if hash & cut.mask_l_ls == 0 {
-                return Some(a);
-            }
-            hash = hash.wrapping_add(gear[shard[a + 1] as usize]);
-            if hash & cut.mask_l == 0 {
-                return Some(a + 1);
-            }
-            pair += 1;
+            self.pair = stop;
         }
         self.gear_hash = hash;
-        self.pair = pair;
         None
     }
 }
