@@ -1,5 +1,5 @@
-//! The store under injected storage faults ([`faults::FaultyFiles`]): any write, writeback start,
-//! fsync, rename, directory sync or removal fails, or the process "crashes" before it, while random ingests,
+//! The store under injected storage faults ([`faults::FaultyFiles`]): any write, fsync, rename,
+//! directory sync or removal fails, or the process "crashes" before it, while random ingests,
 //! reads and evictions run. After every recovery: no committed blob is lost, every blob the
 //! store lists reads back exactly (so no unverified byte is served), `tmp/` is empty and `fsck`
 //! is clean.
@@ -113,7 +113,6 @@ fn step() -> impl Strategy<Value = Option<Step>> {
     prop_oneof![
         Just(None),
         Just(Some(Step::WriteNew)),
-        Just(Some(Step::StartWriteback)),
         Just(Some(Step::SyncFile)),
         Just(Some(Step::Rename)),
         Just(Some(Step::SyncDir)),
@@ -207,13 +206,7 @@ proptest! {
 fn a_failed_step_of_an_ingest_leaves_nothing_and_the_next_commit_clears_the_failure() {
     let blobs = pool();
     let data = &blobs[3];
-    for step in [
-        Step::WriteNew,
-        Step::StartWriteback,
-        Step::Rename,
-        Step::SyncFile,
-        Step::SyncDir,
-    ] {
+    for step in [Step::WriteNew, Step::Rename, Step::SyncFile, Step::SyncDir] {
         for nth in 0.. {
             let dir = tempfile::tempdir().unwrap();
             let files = Arc::new(FaultyFiles::new());

@@ -13,7 +13,7 @@
 //! is stopped.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,7 @@ fn run(
 }
 
 /// Fsyncs a shard file, then the directory that names it.
-fn sync_shard(store: &ShardStore, path: &Path) -> Result<(), StoreError> {
+fn sync_shard(store: &ShardStore, path: &PathBuf) -> Result<(), StoreError> {
     store
         .files()
         .sync_file(path)

@@ -1,8 +1,7 @@
 //! The last stage of an ingest: writing new shard files, on a thread of its own so that cutting
 //! and hashing the next shards (the caller's thread) and writing the last ones overlap.
 //!
-//! A shard is written as a temporary file (its writeback started at once, see
-//! `files::StoreFiles::start_writeback`) renamed into place, and handed to `shard_sync`, whose
+//! A shard is written as a temporary file renamed into place, and handed to `shard_sync`, whose
 //! threads fsync it (and its directory) while the next shards are cut and written: until its
 //! blob commits, nothing references the file, and the commit waits for those fsyncs and makes
 //! every other file the blob relies on durable before the shard map makes them reachable (see
@@ -353,16 +352,9 @@ fn write_shard(store: &ShardStore, job: &ShardJob) -> Result<bool, StoreError> {
     }
     let files = store.files();
     let tmp = store.tmp_path("shard");
-    // Writeback starts now, so the sync threads' fsync of this file waits for little.
     let written = files
         .write_new(&tmp, &job.data)
         .map_err(io_context(format!("writing {}", tmp.display())))
-        .and_then(|()| {
-            files.start_writeback(&tmp).map_err(io_context(format!(
-                "starting writeback of {}",
-                tmp.display()
-            )))
-        })
         .and_then(|()| {
             files
                 .rename(&tmp, &path)
