@@ -252,8 +252,6 @@ fn a_commit_fsyncs_the_shards_it_found_written_by_an_ingest_not_yet_committed() 
     let mut first = store.begin_ingest(digest_of(data));
     first.write(data).unwrap();
     first.verify().unwrap();
-    // The first ingest's sync threads are done: the count below is the second commit's alone.
-    first.settle().unwrap();
     let mut second = store.begin_ingest(digest_of(data));
     second.write(data).unwrap();
     second.verify().unwrap();
@@ -266,34 +264,4 @@ fn a_commit_fsyncs_the_shards_it_found_written_by_an_ingest_not_yet_committed() 
     assert_eq!(files.seen(), shard_files.len() as u64 + 1);
     drop(first);
     assert_eq!(read_back(&store, &digest_of(data)).unwrap(), *data);
-}
-
-/// The sync threads fsync the shard files of a blob while it arrives, and the commit fsyncs only
-/// the rest: every shard file is fsynced exactly once, most of them before the commit starts.
-#[test]
-fn shard_files_are_fsynced_once_each_most_of_them_before_the_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = Arc::new(FaultyFiles::new());
-    let store = open(dir.path(), files.clone());
-    let data = bytes(200_000, 5);
-    // Count the fsyncs of files (a fault planned past the last one never fires).
-    files.plan(Some(Step::SyncFile), u64::MAX, Fault::Crash);
-    let mut ingest = store.begin_ingest(digest_of(&data));
-    for piece in data.chunks(7_000) {
-        ingest.write(piece).unwrap();
-    }
-    ingest.verify().unwrap();
-    ingest.settle().unwrap();
-    let before_commit = files.seen();
-    let map = ingest.commit().unwrap();
-    let shard_files: BTreeSet<[u8; 32]> = map.shards.iter().map(|s| s.hash).collect();
-    assert!(shard_files.len() > 10);
-    assert!(
-        before_commit * 2 > shard_files.len() as u64,
-        "{before_commit} of {} shard files fsynced before the commit",
-        shard_files.len()
-    );
-    // One per shard file, one for the map.
-    assert_eq!(files.seen(), shard_files.len() as u64 + 1);
-    assert_eq!(read_back(&store, &digest_of(&data)).unwrap(), data);
 }

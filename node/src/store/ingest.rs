@@ -1,12 +1,12 @@
 //! Ingesting one blob: chunk, hash, write shards, verify the digest, commit.
 //!
-//! Three stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
-//! chunker, zero-copy: each shard is a slice of the chunker's buffer), the `shard_writer` stage
-//! writes new shard files on a thread of its own, and `shard_sync`'s threads fsync each new file
-//! as soon as it is in place, so cutting, writing and writing back overlap. The blob's sha256 is
-//! the caller's: [`Ingest::write`] computes it inline, while the node computes it on a thread of
-//! its own and ends with [`Ingest::verify_with`]. The commit waits for the fsyncs in flight and
-//! makes durable whatever the blob relies on that they did not, before the shard map names it.
+//! Two stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
+//! chunker, zero-copy: each shard is a slice of the chunker's buffer), and the `shard_writer`
+//! stage writes new shard files on a thread of its own, so cutting the next shards and writing
+//! the last ones overlap. The blob's sha256 is the caller's: [`Ingest::write`] computes it inline,
+//! while the node computes it on a third thread and ends with [`Ingest::verify_with`]. Nothing is
+//! fsynced before the commit, which makes the whole blob durable at once, its fsyncs issued from
+//! several threads (`shard_sync`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -277,25 +277,12 @@ impl Ingest {
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
-        // The files the sync threads made durable while the blob arrived (a failed fsync fails
-        // the commit here).
-        let synced = self.writer.synced()?;
         // Every file this ingest created, and every file it found in place that no committed
-        // blob holds yet (another ingest still running wrote it and has not fsynced it), unless
-        // the sync threads already made it durable.
-        let mut unsynced: BTreeSet<ShardHash> = self
-            .shards
-            .created
-            .iter()
-            .filter(|hash| !synced.contains(hash))
-            .copied()
-            .collect();
+        // blob holds yet: another ingest still running wrote it and has not fsynced it.
+        let mut unsynced: BTreeSet<ShardHash> = self.shards.created.iter().copied().collect();
         for entry in &self.shards.entries {
             let hash = ShardHash::from_bytes(entry.hash);
-            if !unsynced.contains(&hash)
-                && !synced.contains(&hash)
-                && !self.store.shard_is_committed(&hash)?
-            {
+            if !unsynced.contains(&hash) && !self.store.shard_is_committed(&hash)? {
                 unsynced.insert(hash);
             }
         }
@@ -318,14 +305,6 @@ impl Ingest {
 
 #[cfg(test)]
 impl Ingest {
-    /// Waits until every shard is written and the sync threads are done with them (a commit
-    /// then fsyncs only what they did not).
-    pub(crate) fn settle(&mut self) -> Result<(), IngestError> {
-        self.drain_written()?;
-        self.writer.synced()?;
-        Ok(())
-    }
-
     /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up
     /// (the writer stage stops without writing what is queued, as a dying process would).
     pub(crate) fn crash(mut self) {

@@ -1,11 +1,10 @@
 //! The last stage of an ingest: writing new shard files, on a thread of its own so that cutting
 //! and hashing the next shards (the caller's thread) and writing the last ones overlap.
 //!
-//! A shard is written as a temporary file renamed into place, and handed to `shard_sync`, whose
-//! threads fsync it (and its directory) while the next shards are cut and written: until its
-//! blob commits, nothing references the file, and the commit waits for those fsyncs and makes
-//! every other file the blob relies on durable before the shard map makes them reachable (see
-//! `ingest`). A shard whose file already exists
+//! A shard is written as a temporary file renamed into place, without fsync: until its blob
+//! commits, nothing references the file, and the commit fsyncs every file the ingest created
+//! before the shard map makes them reachable (see `ingest`). Fsyncing early, while the blob
+//! arrives, was measured and slowed the cold path: the writes of the next shards wait on it. A shard whose file already exists
 //! (another blob, or an earlier shard of this one, has the same bytes) is not written again.
 //!
 //! Shards are written in the order they were cut, and reported in that order, so the blob's
@@ -19,7 +18,6 @@
 //! abandoned ingest, or a simulated crash in tests) skips what is still queued and waits for the
 //! write in progress, so no file appears after the ingest has cleaned up.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
@@ -30,7 +28,6 @@ use bytes::Bytes;
 use shoal_proto::ShardHash;
 
 use super::ingest::StoredShard;
-use super::shard_sync::{ShardSyncs, SyncQueue};
 use super::{io_context, ShardStore, StoreError};
 
 /// Shards cut and waiting for the writer thread at most.
@@ -82,11 +79,6 @@ pub(super) struct ShardWriter {
     inline: Finished,
     /// Set by the first failure: every later request fails with the same kind of error.
     failed: Option<io::ErrorKind>,
-    /// The fsync threads of the files the writer thread created (they outlive the thread until
-    /// the commit asks for them, or the stage stops).
-    syncs: Option<ShardSyncs>,
-    /// Shards whose files the fsync threads made durable.
-    synced: BTreeSet<ShardHash>,
 }
 
 impl ShardWriter {
@@ -96,8 +88,6 @@ impl ShardWriter {
             thread: None,
             inline: Finished::default(),
             failed: None,
-            syncs: None,
-            synced: BTreeSet::new(),
         }
     }
 
@@ -126,16 +116,7 @@ impl ShardWriter {
     pub(super) fn submit(&mut self, job: ShardJob, background: bool) -> Result<(), StoreError> {
         self.refuse()?;
         if self.thread.is_none() && background {
-            // Shards written after a drain: the sync threads of the first run are done first.
-            if let Some(earlier) = self.syncs.take() {
-                match earlier.wait() {
-                    Ok(synced) => self.synced.extend(synced),
-                    Err(error) => return Err(self.fail(error)),
-                }
-            }
-            let (thread, syncs) = self.start()?;
-            self.thread = Some(thread);
-            self.syncs = Some(syncs);
+            self.thread = Some(self.start()?);
         }
         let Some(thread) = &self.thread else {
             return match write_shard(&self.store, &job) {
@@ -166,31 +147,21 @@ impl ShardWriter {
         Ok(())
     }
 
-    fn start(&self) -> Result<(WriterThread, ShardSyncs), StoreError> {
-        let (mut syncs, sync_queue) = ShardSyncs::start(&self.store)?;
+    fn start(&self) -> Result<WriterThread, StoreError> {
         let (jobs, queue) = mpsc::sync_channel(QUEUED_SHARDS);
         let (report, reports) = mpsc::channel();
         let abort = Arc::new(AtomicBool::new(false));
         let (store, stop) = (self.store.clone(), abort.clone());
-        let spawned = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("shoal-shard-writer".into())
-            .spawn(move || run(&store, &queue, &report, &stop, &sync_queue))
-            .map_err(io_context("starting the shard writer thread"));
-        let handle = match spawned {
-            Ok(handle) => handle,
-            Err(error) => {
-                // The closure, and the sync queue with it, is dropped: the sync threads end.
-                syncs.stop();
-                return Err(error);
-            }
-        };
-        let thread = WriterThread {
+            .spawn(move || run(&store, &queue, &report, &stop))
+            .map_err(io_context("starting the shard writer thread"))?;
+        Ok(WriterThread {
             jobs: Some(jobs),
             reports,
             abort,
             handle: Some(handle),
-        };
-        Ok((thread, syncs))
+        })
     }
 
     /// Takes the shards written since the last call, without waiting. A failed write is
@@ -221,22 +192,6 @@ impl ShardWriter {
             Ok(()) => Ok(std::mem::take(&mut self.inline)),
             Err(error) => Err(self.fail(error)),
         }
-    }
-
-    /// The shards whose files the fsync threads made durable, once every shard is written
-    /// ([`drain`](Self::drain)); waits for the fsyncs in flight. A failed fsync is returned as
-    /// the error. Before the drain, only what earlier calls collected.
-    pub(super) fn synced(&mut self) -> Result<&BTreeSet<ShardHash>, StoreError> {
-        self.refuse()?;
-        if self.thread.is_none() {
-            if let Some(syncs) = self.syncs.take() {
-                match syncs.wait() {
-                    Ok(synced) => self.synced.extend(synced),
-                    Err(error) => return Err(self.fail(error)),
-                }
-            }
-        }
-        Ok(&self.synced)
     }
 
     /// Moves the thread's reports to `inline`; with `wait`, until the thread has ended.
@@ -289,10 +244,6 @@ impl ShardWriter {
                 }
             }
         }
-        // The writer thread has ended, and its sync queue with it.
-        if let Some(mut syncs) = self.syncs.take() {
-            syncs.stop();
-        }
         created
     }
 }
@@ -307,26 +258,22 @@ fn stored_shard(store: &ShardStore, job: &ShardJob) -> StoredShard {
 }
 
 /// The writer thread: writes queued shards in order until the queue closes, a write fails, or
-/// the stage is stopped. Each file it creates goes to the fsync threads once it is reported.
+/// the stage is stopped.
 fn run(
     store: &ShardStore,
     queue: &Receiver<ShardJob>,
     reports: &mpsc::Sender<Report>,
     abort: &AtomicBool,
-    syncs: &SyncQueue,
 ) {
     while let Ok(job) = queue.recv() {
         if abort.load(Ordering::SeqCst) {
             return;
         }
-        let (report, created) = match write_shard(store, &job) {
-            Ok(created) => (
-                Report::Written {
-                    shard: stored_shard(store, &job),
-                    created,
-                },
+        let report = match write_shard(store, &job) {
+            Ok(created) => Report::Written {
+                shard: stored_shard(store, &job),
                 created,
-            ),
+            },
             Err(error) => {
                 let _ = reports.send(Report::Failed(error));
                 return;
@@ -334,11 +281,6 @@ fn run(
         };
         if reports.send(report).is_err() {
             return;
-        }
-        if created {
-            // Waits while the fsyncs are far behind. Should the sync threads be gone, the commit
-            // fsyncs the file itself.
-            let _ = syncs.send(job.hash);
         }
     }
 }
