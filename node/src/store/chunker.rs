@@ -1,138 +1,18 @@
 //! Streaming content-defined chunking: bytes go in as they arrive from the network, shards come
 //! out with their BLAKE3 hash, cut by FastCDC v2020.
 //!
-//! The cut points are exactly the `fastcdc` crate's (`v2020::FastCDC`, normalization level 1):
-//! the chunker drives the crate's gear tables and masks through the crate's own `cut_gear` loop,
-//! but keeps the loop's state (the gear hash and the position) between calls, so each byte is
-//! scanned once, as soon as it arrives, instead of waiting for a maximum shard to pile up after a
-//! shard's start. The property tests check the cut points against the crate's on random data.
-//!
-//! Each part of a shard is BLAKE3-hashed (incrementally) as soon as the scan has passed it, while
-//! it is still in cache: a byte the scan passed without finding a cut belongs to the current
-//! shard whatever comes later, and so does every byte before the minimum shard size. Copying a
-//! network read into the buffer, scanning it and hashing it are one pass over at most
-//! [`STEP`] bytes at a time.
-//!
-//! Shards are handed on as [`Bytes`] split off the front of one buffer of four maximum shards:
-//! their bytes are not copied again, so a later stage (the shard writer, on its own thread) can
-//! own them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to
-//! the front of it, or to a new buffer while shards cut from the old one are still held.
+//! A FastCDC cut that starts at offset `s` depends only on the bytes `s..s + max`, so once the
+//! buffer holds at least `max` bytes past a shard's start, that shard's end is final. The chunker
+//! appends into one buffer of four maximum shards, cuts every shard whose end is final, hashes
+//! each right after it is cut while its bytes are still in cache (chunking and hashing are one pass
+//! over the data), and hands it on as a [`Bytes`] split off the front of the buffer: the shard's
+//! bytes are not copied again, so a later stage (the shard writer, on its own thread) can own
+//! them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to the
+//! front of it, or to a new buffer while shards cut from the old one are still held.
 
 use bytes::{Bytes, BytesMut};
-use fastcdc::v2020::{get_gear_with_seed, logarithm2, Normalization, MASKS};
+use fastcdc::v2020::FastCDC;
 use shoal_proto::{ChunkingParams, ShardHash};
-
-/// Bytes copied, scanned and hashed at a time: small enough to stay in the core's cache between
-/// the three.
-pub const STEP: usize = 64 * 1024;
-
-/// The crate's cut parameters for one [`ChunkingParams`]: what `FastCDC::new` computes.
-#[derive(Debug)]
-struct GearCut {
-    min: usize,
-    avg: usize,
-    max: usize,
-    mask_s: u64,
-    mask_l: u64,
-    mask_s_ls: u64,
-    mask_l_ls: u64,
-    gear: Box<[u64; 256]>,
-    gear_ls: Box<[u64; 256]>,
-}
-
-impl GearCut {
-    fn new(params: ChunkingParams) -> Self {
-        let bits = logarithm2(params.avg);
-        let level = Normalization::Level1.bits();
-        let mask_s = MASKS[(bits + level) as usize];
-        let mask_l = MASKS[(bits - level) as usize];
-        let (gear, gear_ls) = get_gear_with_seed(0);
-        Self {
-            min: params.min as usize,
-            avg: params.avg as usize,
-            max: params.max as usize,
-            mask_s,
-            mask_l,
-            mask_s_ls: mask_s << 1,
-            mask_l_ls: mask_l << 1,
-            gear,
-            gear_ls,
-        }
-    }
-}
-
-/// How far the shard at the front of the buffer has been scanned and hashed.
-#[derive(Debug)]
-struct ShardScan {
-    /// The next pair of bytes the gear loop examines (pair `i` is bytes `2i` and `2i + 1` of the
-    /// shard, as `cut_gear` counts); every byte before `2 * pair` is in this shard.
-    pair: usize,
-    /// The gear hash after the pairs before `pair`.
-    gear_hash: u64,
-    /// Bytes of the shard already fed to `hasher`.
-    hashed: usize,
-    hasher: blake3::Hasher,
-}
-
-impl ShardScan {
-    fn new(cut: &GearCut) -> Self {
-        Self {
-            pair: cut.min / 2,
-            gear_hash: 0,
-            hashed: 0,
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    /// Back to the start of a new shard.
-    fn restart(&mut self, cut: &GearCut) {
-        self.pair = cut.min / 2;
-        self.gear_hash = 0;
-        self.hashed = 0;
-        self.hasher.reset();
-    }
-
-    /// Hashes the shard's bytes up to `end` (all of them in the shard).
-    fn hash_to(&mut self, shard: &[u8], end: usize) {
-        if end > self.hashed {
-            self.hasher.update(&shard[self.hashed..end]);
-            self.hashed = end;
-        }
-    }
-
-    /// `cut_gear`'s loop from where it stopped, over the pairs before `end_pair`: the shard's
-    /// length if a cut point is among them.
-    fn scan(&mut self, cut: &GearCut, shard: &[u8], end_pair: usize) -> Option<usize> {
-        let (gear, gear_ls) = (&*cut.gear, &*cut.gear_ls);
-        let mut hash = self.gear_hash;
-        // Below the average size the stricter masks apply (normalized chunking).
-        let stages = [
-            (cut.mask_s, cut.mask_s_ls, end_pair.min(cut.avg / 2)),
-            (cut.mask_l, cut.mask_l_ls, end_pair),
-        ];
-        for (mask, mask_ls, stop) in stages {
-            if self.pair >= stop {
-                continue;
-            }
-            // Whole pairs from a slice: the loop runs without bounds checks, as fast as the
-            // crate's own.
-            let pairs = shard[2 * self.pair..2 * stop].chunks_exact(2);
-            for (i, two) in pairs.enumerate() {
-                hash = (hash << 2).wrapping_add(gear_ls[two[0] as usize]);
-                if hash & mask_ls == 0 {
-                    return Some(2 * (self.pair + i));
-                }
-                hash = hash.wrapping_add(gear[two[1] as usize]);
-                if hash & mask == 0 {
-                    return Some(2 * (self.pair + i) + 1);
-                }
-            }
-            self.pair = stop;
-        }
-        self.gear_hash = hash;
-        None
-    }
-}
 
 /// One shard cut from the stream, owned (see [`chunk_all`]).
 #[derive(Debug, Clone)]
@@ -149,9 +29,6 @@ pub struct CutShard {
 #[derive(Debug)]
 pub struct StreamChunker {
     params: ChunkingParams,
-    cut: GearCut,
-    /// The shard at the front of `buffer`: how far it is scanned and hashed.
-    scan: ShardScan,
     /// Bytes pushed and not yet in a shard; shards are split off its front.
     buffer: BytesMut,
     /// Blob offset of `buffer[0]`.
@@ -161,12 +38,8 @@ pub struct StreamChunker {
 impl StreamChunker {
     /// A chunker for one blob. `params` must already be validated (see `config`).
     pub fn new(params: ChunkingParams) -> Self {
-        let cut = GearCut::new(params);
-        let scan = ShardScan::new(&cut);
         Self {
             params,
-            cut,
-            scan,
             buffer: BytesMut::with_capacity(Self::buffer_capacity(params)),
             buffer_offset: 0,
         }
@@ -189,12 +62,10 @@ impl StreamChunker {
                 self.buffer
                     .reserve(Self::buffer_capacity(self.params) - self.buffer.len());
             }
-            let take = (self.buffer.capacity() - self.buffer.len())
-                .min(data.len())
-                .min(STEP);
+            let take = (self.buffer.capacity() - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            // Scan and hash the bytes just copied while they are still in cache.
+            // Cut as soon as a shard's end is final, while its bytes are still in cache.
             self.cut(false, &mut emit)?;
         }
         Ok(())
@@ -211,7 +82,6 @@ impl StreamChunker {
         debug_assert!(self.is_empty());
         self.buffer.clear();
         self.buffer_offset = offset;
-        self.scan.restart(&self.cut);
     }
 
     /// Ends the stream; emits the remaining shards.
@@ -219,41 +89,22 @@ impl StreamChunker {
         self.cut(true, &mut emit)
     }
 
-    /// Scans and hashes what the buffer holds, and emits every shard whose end is final: where
-    /// `cut_gear` finds a cut point, at the maximum size, or (`at_end`) at the end of the stream.
     fn cut<E: ShardSink>(&mut self, at_end: bool, emit: &mut E) -> Result<(), E::Error> {
-        let max = self.cut.max;
+        let max = self.params.max as usize;
         loop {
             let available = self.buffer.len();
-            if available == 0 {
+            if available == 0 || (!at_end && available < max) {
                 return Ok(());
             }
-            // `cut_gear` looks at no byte past the maximum shard, and at whole pairs only.
-            let end_pair = available.min(max) / 2;
-            let found = loop {
-                // Every byte before the scan's position is in this shard: hash it now.
-                let certain = (2 * self.scan.pair).min(available);
-                self.scan.hash_to(&self.buffer, certain);
-                if self.scan.pair >= end_pair {
-                    break None;
-                }
-                let step_end = end_pair.min(self.scan.pair + STEP / 2);
-                if let Some(len) = self.scan.scan(&self.cut, &self.buffer, step_end) {
-                    break Some(len);
-                }
-            };
-            let len = match found {
-                Some(len) => len,
-                None if available >= max => max,
-                // The crate's last shard: whatever is left (scanned to its end, or at most the
-                // minimum size and not scanned at all).
-                None if at_end => available,
-                None => return Ok(()),
-            };
-            self.scan.hash_to(&self.buffer, len);
-            let hash = ShardHash::from_bytes(*self.scan.hasher.finalize().as_bytes());
-            self.scan.restart(&self.cut);
+            let (_, len) = FastCDC::new(
+                &self.buffer,
+                self.params.min,
+                self.params.avg,
+                self.params.max,
+            )
+            .cut(0, available);
             let shard = self.buffer.split_to(len).freeze();
+            let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
             let offset = self.buffer_offset;
             self.buffer_offset += len as u64;
             emit.shard(offset, shard, hash)?;
@@ -293,7 +144,6 @@ pub fn chunk_all(params: ChunkingParams, data: &[u8]) -> Vec<CutShard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastcdc::v2020::FastCDC;
     use proptest::prelude::*;
 
     const SMALL: ChunkingParams = ChunkingParams {
