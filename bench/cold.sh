@@ -8,7 +8,10 @@
 # and, for `shoald` and the origin, the time to the first byte; for `shoald`, its peak resident
 # memory (VmHWM) after the fetch. Then the disk's sequential write speed with dd (fsync at the end).
 # With SHOALD_BEFORE=path/to/another/shoald, that build is measured too, in the same runs (to
-# record what a change bought).
+# record what a change bought). Per fetch, the CPU seconds (user + system) the origin, the proxy or
+# `shoald`, and curl spent on it are recorded from /proc/PID/stat and printed as medians.
+# With READERS=N (N > 1), a last section fetches the blob through one fresh `shoald` with N
+# concurrent curls: each reader's time and first byte, and `shoald`'s peak resident memory.
 # Needs: docker-registry (Debian package) and release builds: cargo build --release --bins
 # Usage: bench/cold.sh [SIZE_MIB (256)] [RUNS (5)]
 set -euo pipefail
@@ -36,6 +39,7 @@ http: {addr: 127.0.0.1:$origin_port}
 log: {level: error, accesslog: {disabled: true}}
 YML
 docker-registry serve "$work/origin.yml" >"$work/origin.log" 2>&1 & pids+=($!)
+origin_pid=$!
 until curl -sf "http://127.0.0.1:$origin_port/v2/" >/dev/null; do sleep 0.1; done
 
 head -c $((size_mib << 20)) /dev/urandom > "$work/blob"
@@ -70,10 +74,16 @@ start_shoald() { # [binary]
   until curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null; do sleep 0.1; done
 }
 stop_shoald() { kill "$shoal_pid"; wait "$shoal_pid" || true; }
-# Prints "total_seconds first_byte_seconds" and checks the bytes.
-fetch() {
-  local out
-  out=$(curl -sf -o "$work/out" -w '%{time_total} %{time_starttransfer}' "$1")
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# Prints "total_seconds first_byte_seconds", checks the bytes, and appends "origin server curl"
+# CPU seconds of this fetch to the file $3 (server: the pid in $2, or none).
+fetch() { # url server_pid cpu_file
+  local out o0 s0 o1 s1
+  o0=$(cpu "$origin_pid"); s0=$([ -n "$2" ] && cpu "$2" || echo 0)
+  out=$(/usr/bin/time -f '%U %S' -o "$work/curl-time" curl -sf -o "$work/out" -w '%{time_total} %{time_starttransfer}' "$1")
+  o1=$(cpu "$origin_pid"); s1=$([ -n "$2" ] && cpu "$2" || echo 0)
+  echo "$(python3 -c "print(f'{$o1-$o0:.2f} {$s1-$s0:.2f}')") $(awk '{printf "%.2f", $1 + $2}' "$work/curl-time")" >> "$3"
   [ "sha256:$(sha256sum "$work/out" | cut -d' ' -f1)" = "$digest" ] || { echo "wrong bytes from $1" >&2; exit 1; }
   rm -f "$work/out"
   echo "$out"
@@ -88,13 +98,13 @@ shoal_url="http://127.0.0.1:$shoal_port/v2/bench/big/blobs/$digest?ns=origin"
 : > "$work/t-direct"; : > "$work/t-proxy"; : > "$work/t-shoald"; : > "$work/t-hwm"; : > "$work/t-before"
 for i in $(seq "$runs"); do
   sync
-  fetch "$origin_url" >> "$work/t-direct"
-  start_proxy; sync; fetch "$proxy_url" >> "$work/t-proxy"; stop_proxy
-  start_shoald; sync; fetch "$shoal_url" >> "$work/t-shoald"
+  fetch "$origin_url" "" "$work/c-direct" >> "$work/t-direct"
+  start_proxy; sync; fetch "$proxy_url" "$proxy_pid" "$work/c-proxy" >> "$work/t-proxy"; stop_proxy
+  start_shoald; sync; fetch "$shoal_url" "$shoal_pid" "$work/c-shoald" >> "$work/t-shoald"
   awk '/VmHWM/ {print $2}' "/proc/$shoal_pid/status" >> "$work/t-hwm"
   stop_shoald
   if [ -n "${SHOALD_BEFORE:-}" ]; then
-    start_shoald "$SHOALD_BEFORE"; sync; fetch "$shoal_url" >> "$work/t-before"; stop_shoald
+    start_shoald "$SHOALD_BEFORE"; sync; fetch "$shoal_url" "$shoal_pid" "$work/c-before" >> "$work/t-before"; stop_shoald
   fi
   echo "run $i: direct $(tail -1 "$work/t-direct")  proxy $(tail -1 "$work/t-proxy")  shoald $(tail -1 "$work/t-shoald")  shoald VmHWM $(tail -1 "$work/t-hwm") KiB${SHOALD_BEFORE:+  shoald before $(tail -1 "$work/t-before")}"
 done
@@ -107,6 +117,28 @@ echo "shoald peak RSS (VmHWM) median: $(median < "$work/t-hwm") KiB"
 if [ -n "${SHOALD_BEFORE:-}" ]; then
   before=$(cut -d' ' -f1 "$work/t-before" | median)
   echo "median total, shoald before: ${before}s ($(python3 -c "print(f'{$before/$direct:.2f}x')"))"
+fi
+echo "median CPU seconds per fetch (origin, server, curl):"
+for path in direct proxy shoald before; do
+  [ -s "$work/c-$path" ] || continue
+  echo "  $path: origin $(cut -d' ' -f1 "$work/c-$path" | median)  server $(cut -d' ' -f2 "$work/c-$path" | median)  curl $(cut -d' ' -f3 "$work/c-$path" | median)"
+done
+if [ "${READERS:-1}" -gt 1 ]; then
+  echo "== ${READERS} concurrent readers of the cold blob through one fresh shoald (seconds: total, first byte) =="
+  start_shoald; sync
+  readers=()
+  for r in $(seq "$READERS"); do
+    curl -sf -o "$work/out-$r" -w '%{time_total} %{time_starttransfer}\n' "$shoal_url" > "$work/r-$r" &
+    readers+=($!)
+  done
+  for p in "${readers[@]}"; do wait "$p"; done
+  for r in $(seq "$READERS"); do
+    [ "sha256:$(sha256sum "$work/out-$r" | cut -d' ' -f1)" = "$digest" ] || { echo "wrong bytes for reader $r" >&2; exit 1; }
+    rm -f "$work/out-$r"
+    echo "reader $r: $(cat "$work/r-$r")"
+  done
+  echo "shoald VmHWM with ${READERS} readers: $(awk '/VmHWM/ {print $2}' "/proc/$shoal_pid/status") KiB"
+  stop_shoald
 fi
 echo "== the disk's sequential write speed: dd ${size_mib} MiB, 1 MiB writes, fsync at the end =="
 for i in 1 2 3; do

@@ -234,6 +234,82 @@ mod tests {
         }
     }
 
+    /// Random bytes with runs of zeros, where the gear hash finds no cut and shards end at the
+    /// maximum size.
+    fn with_zero_runs(len: usize, seed: u64, runs: &[(usize, usize)]) -> Vec<u8> {
+        let mut data = pseudo_random(len, seed);
+        for &(start, run) in runs {
+            let start = start.min(len);
+            let end = (start + run).min(len);
+            data[start..end].fill(0);
+        }
+        data
+    }
+
+    /// The crate's shards of `data`, with their BLAKE3.
+    fn crate_shards(params: ChunkingParams, data: &[u8]) -> Vec<(u64, usize, ShardHash)> {
+        FastCDC::new(data, params.min, params.avg, params.max)
+            .map(|chunk| {
+                let bytes = &data[chunk.offset..chunk.offset + chunk.length];
+                let hash = ShardHash::from_bytes(*blake3::hash(bytes).as_bytes());
+                (chunk.offset as u64, chunk.length, hash)
+            })
+            .collect()
+    }
+
+    fn streamed_shards(
+        params: ChunkingParams,
+        data: &[u8],
+        piece: usize,
+    ) -> Vec<(u64, usize, ShardHash)> {
+        let mut chunker = StreamChunker::new(params);
+        let mut out = Vec::new();
+        for part in data.chunks(piece) {
+            let Ok(()) = chunker.push(part, collect_into(&mut out));
+        }
+        let Ok(()) = chunker.finish(collect_into(&mut out));
+        out.iter()
+            .map(|s| (s.offset, s.data.len(), s.hash))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_chunking_cuts_and_hashes_as_the_crate_does(
+            min in 64u32..3_000,
+            avg_above_min in 1u32..9_000,
+            max in 65_536u32..140_000,
+            len in 0usize..400_000,
+            seed in any::<u64>(),
+            zero_runs in proptest::collection::vec((0usize..400_000, 0usize..150_000), 0..3),
+            piece in 1usize..100_000,
+        ) {
+            let avg = min + avg_above_min;
+            let params = crate::config::validate_chunking(ChunkingParams { min, avg, max })
+                .expect("valid chunking");
+            let data = with_zero_runs(len, seed, &zero_runs);
+            prop_assert_eq!(streamed_shards(params, &data, piece), crate_shards(params, &data));
+        }
+    }
+
+    #[test]
+    fn the_default_chunking_cuts_and_hashes_as_the_crate_does() {
+        let params = crate::config::DEFAULT_CHUNKING;
+        // 20 MiB: random, a 9 MiB run of zeros (two maximum shards and a part), random again.
+        let data = with_zero_runs(20 << 20, 11, &[(6 << 20, 9 << 20)]);
+        let expected = crate_shards(params, &data);
+        assert!(expected
+            .iter()
+            .any(|&(_, len, _)| len == params.max as usize));
+        for piece in [16 * 1024 + 3, 64 * 1024, 1 << 20, data.len()] {
+            assert_eq!(
+                streamed_shards(params, &data, piece),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+    }
+
     #[test]
     fn inserted_bytes_disturb_few_shards() {
         let data = pseudo_random(200_000, 7);

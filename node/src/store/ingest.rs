@@ -5,7 +5,8 @@
 //! stage writes new shard files on a thread of its own, so cutting the next shards and writing
 //! the last ones overlap. The blob's sha256 is the caller's: [`Ingest::write`] computes it inline,
 //! while the node computes it on a third thread and ends with [`Ingest::verify_with`]. Nothing is
-//! fsynced before the commit, which makes the whole blob durable at once.
+//! fsynced before the commit, which makes the whole blob durable at once, its fsyncs issued from
+//! several threads (`shard_sync`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,8 +17,9 @@ use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
 use super::chunker::{ShardSink, StreamChunker};
+use super::shard_sync::sync_all;
 use super::shard_writer::{Finished, ShardJob, ShardWriter};
-use super::{io_context, ShardStore, StoreError, WriteFailure};
+use super::{ShardStore, StoreError, WriteFailure};
 
 /// Why an ingest did not commit. Nothing of the blob is left in the store in every case.
 #[derive(Debug, thiserror::Error)]
@@ -151,11 +153,13 @@ impl Ingest {
         if self.received > MAX_BLOB_BYTES {
             return Err(IngestError::TooLarge);
         }
+        // A blob under one maximum shard starts no threads: its few shards are written here.
+        let background = self.received >= u64::from(self.store.chunking().max);
         let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
             writer: &mut self.writer,
-            background: true,
+            background,
         };
         let pushed = self.chunker.push(data, &mut queue);
         let written = pushed.and_then(|()| self.take_written());
@@ -273,7 +277,6 @@ impl Ingest {
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
-        let files = self.store.files();
         // Every file this ingest created, and every file it found in place that no committed
         // blob holds yet: another ingest still running wrote it and has not fsynced it.
         let mut unsynced: BTreeSet<ShardHash> = self.shards.created.iter().copied().collect();
@@ -283,19 +286,8 @@ impl Ingest {
                 unsynced.insert(hash);
             }
         }
-        let mut dirs = BTreeSet::new();
-        for hash in &unsynced {
-            let path = layout.shard_path(hash);
-            files
-                .sync_file(&path)
-                .map_err(io_context(format!("fsync {}", path.display())))?;
-            if let Some(dir) = path.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-        for dir in dirs {
-            self.store.fsync_dir(&dir)?;
-        }
+        let paths: Vec<PathBuf> = unsynced.iter().map(|h| layout.shard_path(h)).collect();
+        sync_all(&self.store, &paths)?;
         let encoded = map.encode();
         let map_path = layout.map_path(&self.expected);
         self.store.write_durably("map", &map_path, &encoded)?;

@@ -27,6 +27,7 @@ mod ingest;
 pub mod layout;
 pub mod recovery;
 pub mod room;
+mod shard_sync;
 mod shard_writer;
 
 use std::collections::HashMap;

@@ -3,7 +3,8 @@
 //!
 //! A shard is written as a temporary file renamed into place, without fsync: until its blob
 //! commits, nothing references the file, and the commit fsyncs every file the ingest created
-//! before the shard map makes them reachable (see `ingest`). A shard whose file already exists
+//! before the shard map makes them reachable (see `ingest`). Fsyncing early, while the blob
+//! arrives, was measured and slowed the cold path: the writes of the next shards wait on it. A shard whose file already exists
 //! (another blob, or an earlier shard of this one, has the same bytes) is not written again.
 //!
 //! Shards are written in the order they were cut, and reported in that order, so the blob's
