@@ -69,23 +69,71 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Times of one run of [`one_peer`], in seconds, and the CPU time the nodes spent.
+/// The peer transport a holder listens on (the fetching node dials what the holder announces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC (`/udp/../quic-v1`), the node's default.
+    Quic,
+    /// TCP + noise + yamux (`/tcp/..`).
+    Tcp,
+}
+
+impl Transport {
+    /// The loopback listen address, on a port chosen by the kernel.
+    pub fn listen(self) -> &'static str {
+        match self {
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+        }
+    }
+
+    /// Its name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "QUIC",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            "tcp" => Ok(Transport::Tcp),
+            other => anyhow::bail!("unknown transport {other:?} (quic or tcp)"),
+        }
+    }
+}
+
+/// One cold fill from one peer over one transport, in a run of [`one_peer`].
 #[derive(Debug, Clone, Copy)]
+pub struct PeerFill {
+    /// The transport.
+    pub transport: Transport,
+    /// Seconds of the GET through the cold node whose only source is the peer (origin stopped).
+    pub seconds: f64,
+    /// Seconds of a GET from the holder's warm cache.
+    pub warm_holder: f64,
+    /// CPU seconds (user + system) of the holder while it served the peer, during the GET.
+    pub cpu_holder: f64,
+    /// CPU seconds of the node filling from the peer, during the GET.
+    pub cpu_fetcher: f64,
+}
+
+/// Times of one run of [`one_peer`], in seconds, and the CPU time the nodes spent.
+#[derive(Debug, Clone)]
 pub struct OnePeerRun {
     /// GET from the origin registry directly.
     pub origin_direct: f64,
     /// GET through a cold node with no peer network (origin only).
     pub node_from_origin: f64,
-    /// GET through a cold node whose only source is one peer (origin stopped).
-    pub node_from_peer: f64,
-    /// GET from the holder's warm cache.
-    pub warm_holder: f64,
     /// CPU seconds (user + system) of the cold node filling from the origin, during its GET.
     pub cpu_node_from_origin: f64,
-    /// CPU seconds of the holder while it served the peer, during the peer GET.
-    pub cpu_holder: f64,
-    /// CPU seconds of the node filling from the peer, during the peer GET.
-    pub cpu_fetcher: f64,
+    /// The fills from one peer, one per transport asked for, in the order they ran.
+    pub peers: Vec<PeerFill>,
 }
 
 /// Where to pin the nodes of [`one_peer`]: the holder on one core, the fetcher (and the node
@@ -152,9 +200,17 @@ async fn fetch_measuring_cpu(base: &str, blob: &Blob, nodes: &[&Node]) -> Result
     ))
 }
 
-/// One run of the one-peer benchmark with a fresh origin and fresh nodes; with `pinning`, the
-/// nodes are pinned to separate cores.
-pub async fn one_peer(size: usize, seed: u64, pinning: Option<Pinning>) -> Result<OnePeerRun> {
+/// One run of the one-peer benchmark with a fresh origin and fresh nodes: the origin directly,
+/// a cold node from the origin, then for each of `transports` a holder and a cold node in a
+/// network of their own, each fetching node filling from its holder with the origin stopped (one
+/// pair after the other, so they never share the cores). With `pinning`, the nodes are pinned to
+/// separate cores.
+pub async fn one_peer(
+    size: usize,
+    seed: u64,
+    pinning: Option<Pinning>,
+    transports: &[Transport],
+) -> Result<OnePeerRun> {
     let mut origin = Origin::start().await?;
     let blob = push_random_blob(&origin, size, seed).await?;
     let origin_direct = fetch(&origin.url(), &blob).await?.as_secs_f64();
@@ -167,29 +223,49 @@ pub async fn one_peer(size: usize, seed: u64, pinning: Option<Pinning>) -> Resul
     let cpu_node_from_origin = cpu[0];
     drop(alone);
 
-    let key = NetworkKeyFile::new(seed)?;
-    let holder = Node::start(NodeConfig::for_origin(&origin).network_key(&key)).await?;
-    fetch(&holder.registry_url(), &blob).await?;
-    let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
-    let fetcher = Node::start(NodeConfig::joining(&origin, &key, holder.p2p_addr()?)).await?;
-    if let Some(pinning) = pinning {
-        pin(&holder, pinning.holder)?;
-        pin(&fetcher, pinning.fetcher)?;
-    }
-    fetcher
-        .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+    // Every holder fills from the origin while it is up; then it stops, and each pair is timed.
+    let mut pairs = Vec::new();
+    for (index, &transport) in transports.iter().enumerate() {
+        let key = NetworkKeyFile::new(seed * 16 + index as u64)?;
+        let holder = Node::start(
+            NodeConfig::for_origin(&origin)
+                .network_key(&key)
+                .p2p_listen(transport.listen()),
+        )
         .await?;
+        fetch(&holder.registry_url(), &blob).await?;
+        let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
+        let fetcher = Node::start(
+            NodeConfig::joining(&origin, &key, holder.p2p_addr()?).p2p_listen(transport.listen()),
+        )
+        .await?;
+        if let Some(pinning) = pinning {
+            pin(&holder, pinning.holder)?;
+            pin(&fetcher, pinning.fetcher)?;
+        }
+        fetcher
+            .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
+            .await?;
+        pairs.push((transport, warm_holder, holder, fetcher, key));
+    }
     origin.stop().await?;
-    let (node_from_peer, cpu) =
-        fetch_measuring_cpu(&fetcher.registry_url(), &blob, &[&holder, &fetcher]).await?;
+    let mut peers = Vec::new();
+    for (transport, warm_holder, holder, fetcher, _key) in &pairs {
+        let (seconds, cpu) =
+            fetch_measuring_cpu(&fetcher.registry_url(), &blob, &[holder, fetcher]).await?;
+        peers.push(PeerFill {
+            transport: *transport,
+            seconds,
+            warm_holder: *warm_holder,
+            cpu_holder: cpu[0],
+            cpu_fetcher: cpu[1],
+        });
+    }
     Ok(OnePeerRun {
         origin_direct,
         node_from_origin,
-        node_from_peer,
-        warm_holder,
         cpu_node_from_origin,
-        cpu_holder: cpu[0],
-        cpu_fetcher: cpu[1],
+        peers,
     })
 }
 

@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// `--network-key FILE`; also turns on `--p2p-listen` on a loopback
     /// UDP port chosen by the kernel.
     pub network_key: Option<PathBuf>,
+    /// `--p2p-listen MULTIADDR` when the node has a network key; defaults to
+    /// QUIC on a loopback UDP port chosen by the kernel.
+    pub p2p_listen: Option<String>,
     /// `--bootstrap MULTIADDR` values.
     pub bootstrap: Vec<String>,
     /// `--region NAME`.
@@ -141,6 +144,13 @@ impl NodeConfig {
     /// Joins the peer network with the key in `key`.
     pub fn network_key(mut self, key: &NetworkKeyFile) -> NodeConfig {
         self.network_key = Some(key.path().to_path_buf());
+        self
+    }
+
+    /// Listens for peers on `addr` (`--p2p-listen`), for example
+    /// `/ip4/127.0.0.1/tcp/0` for TCP + noise + yamux instead of QUIC.
+    pub fn p2p_listen(mut self, addr: &str) -> NodeConfig {
+        self.p2p_listen = Some(addr.to_string());
         self
     }
 
@@ -296,8 +306,9 @@ impl Node {
                 .p2p
                 .as_deref()
                 .and_then(|addr| addr.split_once("/p2p/"))
-                .map_or("/ip4/127.0.0.1/udp/0/quic-v1", |(listen, _)| listen)
-                .to_string();
+                .map(|(listen, _)| listen.to_string())
+                .or_else(|| self.config.p2p_listen.clone())
+                .unwrap_or_else(|| "/ip4/127.0.0.1/udp/0/quic-v1".to_string());
             command
                 .arg("--network-key")
                 .arg(key)

@@ -144,6 +144,21 @@ pub(super) async fn read_message<M: WireMessage>(
         .map_err(|_| TransferError::Timeout)?
 }
 
+/// Reads the `len` raw bytes of one shard into one buffer of that capacity (so they are never
+/// copied again), [`READ_PIECE`] at a time: the memory touched is what arrived plus one piece.
+async fn read_shard_bytes(
+    stream: &mut (impl AsyncRead + Unpin),
+    len: usize,
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let start = bytes.len();
+        bytes.resize(len.min(start + READ_PIECE), 0);
+        stream.read_exact(&mut bytes[start..]).await?;
+    }
+    Ok(bytes)
+}
+
 /// What came next on a transfer stream.
 #[derive(Debug)]
 pub enum NextFrame {
@@ -221,11 +236,15 @@ impl ShardStream {
         if frame.is_end() {
             return Ok(NextFrame::End { count: frame.index });
         }
-        // The length is bounded by `ShardFrame::check` (at most one maximum shard).
-        let mut bytes = vec![0u8; frame.len as usize];
-        tokio::time::timeout(self.timeout, self.stream.read_exact(&mut bytes))
-            .await
-            .map_err(|_| TransferError::Timeout)??;
+        // The length is bounded by `ShardFrame::check` (at most one maximum shard), and the
+        // buffer is filled piece by piece: only bytes that arrived (and one piece) are touched, so
+        // a member that announces a large shard and sends little costs little memory.
+        let bytes = tokio::time::timeout(
+            self.timeout,
+            read_shard_bytes(&mut self.stream, frame.len as usize),
+        )
+        .await
+        .map_err(|_| TransferError::Timeout)??;
         if blake3::hash(&bytes).as_bytes() != &frame.hash {
             return Err(TransferError::Protocol(
                 "shard bytes do not match their BLAKE3 hash",
@@ -569,6 +588,26 @@ async fn send_in_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn shard_bytes_are_read_whole_across_pieces_and_no_further() {
+        let len = 3 * READ_PIECE + 5;
+        let sent: Vec<u8> = (0..len + 7).map(|i| (i % 251) as u8).collect();
+        let mut stream = futures::io::Cursor::new(sent.clone());
+        let bytes = read_shard_bytes(&mut stream, len).await.unwrap();
+        assert_eq!(bytes, sent[..len]);
+        // What follows the shard (the next frame) is left on the stream.
+        assert_eq!(stream.position(), len as u64);
+    }
+
+    #[tokio::test]
+    async fn a_shard_cut_short_is_an_error_not_a_short_shard() {
+        let mut stream = futures::io::Cursor::new(vec![7u8; READ_PIECE + 1]);
+        let error = read_shard_bytes(&mut stream, 2 * READ_PIECE)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     #[test]
     fn a_stream_that_ends_early_is_a_failure_not_misbehaviour() {

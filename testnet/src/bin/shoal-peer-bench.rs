@@ -27,6 +27,10 @@ enum Command {
         /// that each end has a core of its own, as on two hosts.
         #[arg(long, value_name = "HOLDER,FETCHER", value_delimiter = ',')]
         pin: Option<Vec<usize>>,
+        /// Peer transports to measure in each run, each with a holder and a fetching node of its
+        /// own: `quic` (the node's default), `tcp` (TCP + noise + yamux).
+        #[arg(long, value_delimiter = ',', default_value = "quic")]
+        transports: Vec<bench::Transport>,
     },
     /// N nodes asking for one blob at once.
     Crowd {
@@ -53,6 +57,7 @@ async fn main() -> Result<()> {
             size_mib,
             runs,
             pin,
+            transports,
         } => {
             let size = size_mib << 20;
             let pinning = match pin.as_deref() {
@@ -60,59 +65,8 @@ async fn main() -> Result<()> {
                 Some(&[holder, fetcher]) => Some(bench::Pinning { holder, fetcher }),
                 Some(_) => anyhow::bail!("--pin wants two cores: HOLDER,FETCHER"),
             };
-            let gib = size as f64 / (1u64 << 30) as f64;
-            let mut columns: [Vec<f64>; 4] = Default::default();
-            let mut cpu: [Vec<f64>; 3] = Default::default();
-            println!("| run | origin direct | cold node, origin only | cold node, one peer | warm holder | CPU s/GiB: node from origin / holder / node from peer |");
-            println!("|---|---|---|---|---|---|");
-            for run in 0..runs {
-                let r = bench::one_peer(size, 700 + run as u64, pinning).await?;
-                let times = [
-                    r.origin_direct,
-                    r.node_from_origin,
-                    r.node_from_peer,
-                    r.warm_holder,
-                ];
-                let rates: Vec<String> = times
-                    .iter()
-                    .zip(columns.iter_mut())
-                    .map(|(t, column)| {
-                        let rate = size as f64 / 1e6 / t;
-                        column.push(rate);
-                        format!("{t:.2} s ({rate:.0} MB/s)")
-                    })
-                    .collect();
-                let per_gib =
-                    [r.cpu_node_from_origin, r.cpu_holder, r.cpu_fetcher].map(|s| s / gib);
-                for (value, column) in per_gib.iter().zip(cpu.iter_mut()) {
-                    column.push(*value);
-                }
-                println!(
-                    "| {} | {} | {:.2} / {:.2} / {:.2} |",
-                    run + 1,
-                    rates.join(" | "),
-                    per_gib[0],
-                    per_gib[1],
-                    per_gib[2]
-                );
-            }
-            let medians: Vec<String> = columns
-                .iter_mut()
-                .map(|c| format!("{:.0} MB/s", median(c)))
-                .collect();
-            let cpu_medians: Vec<String> = cpu
-                .iter_mut()
-                .map(|c| format!("{:.2}", median(c)))
-                .collect();
-            println!(
-                "| median | {} | {} |",
-                medians.join(" | "),
-                cpu_medians.join(" / ")
-            );
-            println!(
-                "peer / origin through a node (medians): {:.2}x",
-                median(&mut columns[2]) / median(&mut columns[1])
-            );
+            anyhow::ensure!(!transports.is_empty(), "--transports wants at least one");
+            one_peer(size, runs, pinning, &transports).await?;
         }
         Command::Crowd {
             nodes,
@@ -141,6 +95,116 @@ async fn main() -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs [`bench::one_peer`] `runs` times and prints its table: one column per transport, then
+/// the CPU seconds per GiB of each node, then the medians and the ratios to the origin through a
+/// node.
+async fn one_peer(
+    size: usize,
+    runs: usize,
+    pinning: Option<bench::Pinning>,
+    transports: &[bench::Transport],
+) -> Result<()> {
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let rate = |seconds: f64| size as f64 / 1e6 / seconds;
+    let names: Vec<&str> = transports.iter().map(|t| t.name()).collect();
+    let peer_columns: Vec<String> = names
+        .iter()
+        .map(|name| format!("cold node, one peer ({name})"))
+        .collect();
+    let cpu_columns: Vec<String> = names
+        .iter()
+        .map(|name| format!("holder / node from peer ({name})"))
+        .collect();
+    println!(
+        "| run | origin direct | cold node, origin only | {} | warm holder | CPU s/GiB: node from origin; {} |",
+        peer_columns.join(" | "),
+        cpu_columns.join("; ")
+    );
+    println!("|---|---|---|{}---|---|", "---|".repeat(transports.len()));
+    let mut origin_direct = Vec::new();
+    let mut from_origin = Vec::new();
+    let mut cpu_from_origin = Vec::new();
+    let mut warm = Vec::new();
+    let mut from_peer: Vec<Vec<f64>> = vec![Vec::new(); transports.len()];
+    let mut cpu_holder: Vec<Vec<f64>> = vec![Vec::new(); transports.len()];
+    let mut cpu_fetcher: Vec<Vec<f64>> = vec![Vec::new(); transports.len()];
+    for run in 0..runs {
+        // Alternate the order of the transports, so neither always runs on a fresher machine.
+        let mut order = transports.to_vec();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        let r = bench::one_peer(size, 700 + run as u64, pinning, &order).await?;
+        origin_direct.push(rate(r.origin_direct));
+        from_origin.push(rate(r.node_from_origin));
+        cpu_from_origin.push(r.cpu_node_from_origin / gib);
+        let mut cells = Vec::new();
+        let mut cpu_cells = Vec::new();
+        for (column, transport) in transports.iter().enumerate() {
+            let fill = r
+                .peers
+                .iter()
+                .find(|fill| fill.transport == *transport)
+                .expect("one fill per transport");
+            from_peer[column].push(rate(fill.seconds));
+            cpu_holder[column].push(fill.cpu_holder / gib);
+            cpu_fetcher[column].push(fill.cpu_fetcher / gib);
+            cells.push(format!(
+                "{:.2} s ({:.0} MB/s)",
+                fill.seconds,
+                rate(fill.seconds)
+            ));
+            cpu_cells.push(format!(
+                "{:.2} / {:.2}",
+                fill.cpu_holder / gib,
+                fill.cpu_fetcher / gib
+            ));
+        }
+        let first = &r.peers[0];
+        warm.push(rate(first.warm_holder));
+        println!(
+            "| {} | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {} | {:.2} s ({:.0} MB/s) | {:.2}; {} |",
+            run + 1,
+            r.origin_direct,
+            rate(r.origin_direct),
+            r.node_from_origin,
+            rate(r.node_from_origin),
+            cells.join(" | "),
+            first.warm_holder,
+            rate(first.warm_holder),
+            r.cpu_node_from_origin / gib,
+            cpu_cells.join("; ")
+        );
+    }
+    let origin_median = median(&mut from_origin);
+    let peer_medians: Vec<f64> = from_peer.iter_mut().map(|c| median(c)).collect();
+    println!(
+        "| median | {:.0} MB/s | {:.0} MB/s | {} | {:.0} MB/s | {:.2}; {} |",
+        median(&mut origin_direct),
+        origin_median,
+        peer_medians
+            .iter()
+            .map(|m| format!("{m:.0} MB/s"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        median(&mut warm),
+        median(&mut cpu_from_origin),
+        cpu_holder
+            .iter_mut()
+            .zip(cpu_fetcher.iter_mut())
+            .map(|(h, f)| format!("{:.2} / {:.2}", median(h), median(f)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    for (name, peer_median) in names.iter().zip(&peer_medians) {
+        println!(
+            "peer ({name}) / origin through a node (medians): {:.2}x",
+            peer_median / origin_median
+        );
     }
     Ok(())
 }
