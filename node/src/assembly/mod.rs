@@ -171,6 +171,60 @@ pub async fn open(
     follow_down(network, metrics, digest, claimant).await
 }
 
+/// Finds a new source for a fetch whose parent (`gone`) went away mid-blob: members that announced
+/// the whole blob, else the blob's home, which places this node again under a live member of the blob's tree that does
+/// not follow it (or, when the claimant itself went away, grants this node the fetch: `None`, and
+/// the caller goes on from the origin where it stopped, as the tree's new root). A stored copy at
+/// the home is taken too. A flight the home is running itself is not: the home's own flight may
+/// follow this node, and a flight must never wait on its own follower. `None` when no peer can
+/// help.
+pub async fn rehome(
+    network: &PeerNetwork,
+    metrics: &Arc<Metrics>,
+    digest: BlobDigest,
+    gone: PeerId,
+) -> Option<PeerFetch> {
+    // Members that announced the whole blob first: a stored copy follows nobody.
+    let holders: Vec<PeerId> = network
+        .announced_holders(&digest)
+        .into_iter()
+        .filter(|holding| holding.complete && holding.peer != gone)
+        .map(|holding| holding.peer)
+        .collect();
+    let ranked = network.rank(&holders);
+    for peer in ranked.iter().copied().take(HOLDERS_ASKED) {
+        match ask(network, metrics, digest, peer, &ranked, false).await {
+            Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => {
+                tracing::info!(%digest, %gone, "the parent went away; going on from members that hold the blob");
+                return Some(fetch);
+            }
+            // A holder that is fetching the blob again may follow this node: not taken.
+            Asked::Fetch(PeerFetch::Follow(_)) | Asked::Claimed(_) | Asked::Nothing => {}
+        }
+    }
+    let home = network.find_home(digest).await;
+    let parent = if home == network.local_peer_id() {
+        network.claim_locally(digest)?
+    } else if home == gone {
+        return None;
+    } else {
+        match ask(network, metrics, digest, home, &[home], true).await {
+            Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => return Some(fetch),
+            Asked::Fetch(PeerFetch::Follow(_)) => {
+                tracing::debug!(%digest, %home, "the home offers its own flight; not re-homing under it");
+                return None;
+            }
+            Asked::Claimed(parent) => parent,
+            Asked::Nothing => return None,
+        }
+    };
+    if parent == gone || parent == network.local_peer_id() {
+        return None;
+    }
+    tracing::info!(%digest, %gone, %parent, "the parent went away; re-homed under another member of the blob's tree");
+    follow_down(network, metrics, digest, parent).await
+}
+
 /// Follows `first`'s fetch of the blob or, when its followers are full, the member it names, down
 /// the blob's tree for at most [`MAX_REDIRECTS`] hops.
 async fn follow_down(

@@ -72,17 +72,68 @@ impl Tree {
         }
     }
 
-    /// Places `asker` under a parent and returns the parent.
-    fn place(&mut self, asker: PeerId, region: Option<String>) -> PeerId {
-        if let Some(placed) = self.members.iter().find(|m| m.peer == asker) {
-            return placed.parent.unwrap_or(placed.peer);
+    /// Whether `member` follows `ancestor`, directly or down the tree: a member placed again
+    /// must not be placed under its own followers, or two fetches would wait on each other.
+    fn descends_from(&self, member: PeerId, ancestor: PeerId) -> bool {
+        let mut current = member;
+        // Each hop goes to a parent placed before; the bound guards against a malformed table.
+        for _ in 0..self.members.len() {
+            let Some(parent) = self
+                .members
+                .iter()
+                .find(|m| m.peer == current)
+                .and_then(|m| m.parent)
+            else {
+                return false;
+            };
+            if parent == ancestor {
+                return true;
+            }
+            current = parent;
+        }
+        false
+    }
+
+    /// Places `asker` under a live parent and returns the parent. A member asking again keeps
+    /// its parent while that one is connected; one whose parent went away (killed, or gone from
+    /// the network) is placed again, under a member still there, and resumes from it.
+    fn place(
+        &mut self,
+        asker: PeerId,
+        region: Option<String>,
+        alive: &dyn Fn(&PeerId) -> bool,
+    ) -> PeerId {
+        if let Some(index) = self.members.iter().position(|m| m.peer == asker) {
+            let placed = &self.members[index];
+            match placed.parent {
+                None => return placed.peer,
+                Some(parent) if alive(&parent) => return parent,
+                Some(gone) => {
+                    let placed = self.members.remove(index);
+                    if let Some(old) = self.members.iter_mut().find(|m| m.peer == gone) {
+                        old.followers = old.followers.saturating_sub(1);
+                    }
+                    // Its own followers stay with it: it keeps its place in their chains.
+                    let followers = placed.followers;
+                    let parent = self.place(asker, region, alive);
+                    if let Some(again) = self.members.iter_mut().find(|m| m.peer == asker) {
+                        again.followers = followers;
+                    }
+                    return parent;
+                }
+            }
         }
         let same_region = |m: &Placed| region.is_some() && m.region == region;
         let parent = self
             .members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.followers < FANOUT)
+            .filter(|(_, m)| {
+                m.followers < FANOUT
+                    && m.peer != asker
+                    && alive(&m.peer)
+                    && !self.descends_from(m.peer, asker)
+            })
             // Same region first, then shallowest, then the earliest to ask.
             .min_by_key(|(order, m)| (!same_region(m), m.depth, *order))
             .map(|(order, _)| order);
@@ -115,7 +166,8 @@ struct ClaimTable {
 pub(crate) struct Claims(Arc<Mutex<ClaimTable>>);
 
 impl Claims {
-    /// `asker`, in `region`, asks at `now` to fetch `digest`.
+    /// `asker`, in `region`, asks at `now` to fetch `digest`, every member being connected.
+    #[cfg(test)]
     pub(crate) fn claim(
         &self,
         digest: BlobDigest,
@@ -123,13 +175,30 @@ impl Claims {
         region: Option<String>,
         now: Instant,
     ) -> Claim {
+        self.claim_among(digest, asker, region, now, &|_| true)
+    }
+
+    /// `asker`, in `region`, asks at `now` to fetch `digest`; `alive` says which members are still
+    /// connected to this home. A claimant that went away lapses at once: the asker is granted the
+    /// fetch (it resumes from the origin where it stopped, and the others re-home under it), so a
+    /// killed claimant does not leave each of its followers to fetch the rest from the origin.
+    pub(crate) fn claim_among(
+        &self,
+        digest: BlobDigest,
+        asker: PeerId,
+        region: Option<String>,
+        now: Instant,
+        alive: &dyn Fn(&PeerId) -> bool,
+    ) -> Claim {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tree) = table.by_blob.get_mut(&digest) {
-            if now.saturating_duration_since(tree.claimed_at) < CLAIM_TTL {
-                if tree.members[0].peer == asker {
+            let claimant = tree.members[0].peer;
+            let lapsed = now.saturating_duration_since(tree.claimed_at) >= CLAIM_TTL;
+            if !lapsed && (claimant == asker || alive(&claimant)) {
+                if claimant == asker {
                     return Claim::Granted;
                 }
-                return Claim::Held(tree.place(asker, region));
+                return Claim::Held(tree.place(asker, region, alive));
             }
         }
         table.by_blob.insert(digest, Tree::new(asker, region, now));
@@ -271,6 +340,112 @@ mod tests {
             claims.claim(digest(MAX_CLAIMS as u64 + 9), PeerId::random(), None, now),
             Claim::Held(peer)
         );
+    }
+
+    #[test]
+    fn a_claimant_that_went_away_hands_the_fetch_to_the_next_asker_and_the_tree_regrows() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let (claimant, a, b, c) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let everyone = |_: &PeerId| true;
+        claims.claim_among(digest(1), claimant, None, now, &everyone);
+        assert_eq!(
+            claims.claim_among(digest(1), a, None, now, &everyone),
+            Claim::Held(claimant)
+        );
+        assert_eq!(
+            claims.claim_among(digest(1), b, None, now, &everyone),
+            Claim::Held(claimant)
+        );
+        // The claimant is killed; its followers ask again.
+        let without = |peer: &PeerId| *peer != claimant;
+        assert_eq!(
+            claims.claim_among(digest(1), a, None, now, &without),
+            Claim::Granted
+        );
+        assert_eq!(
+            claims.claim_among(digest(1), b, None, now, &without),
+            Claim::Held(a)
+        );
+        assert_eq!(
+            claims.claim_among(digest(1), c, None, now, &without),
+            Claim::Held(a)
+        );
+        // Back after a restart, the old claimant is only a follower now.
+        assert_eq!(
+            claims.claim_among(digest(1), claimant, None, now, &everyone),
+            Claim::Held(b)
+        );
+    }
+
+    #[test]
+    fn a_follower_whose_parent_went_away_is_placed_again_under_a_live_member() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let everyone = |_: &PeerId| true;
+        let claimant = PeerId::random();
+        claims.claim_among(digest(1), claimant, None, now, &everyone);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        claims.claim_among(digest(1), a, None, now, &everyone);
+        claims.claim_among(digest(1), b, None, now, &everyone);
+        // The claimant is full: the next one follows `a`.
+        let deep = PeerId::random();
+        assert_eq!(
+            claims.claim_among(digest(1), deep, None, now, &everyone),
+            Claim::Held(a)
+        );
+        // `a` dies: `deep` asks again and is placed under a live member, never under `a`.
+        let without_a = |peer: &PeerId| *peer != a;
+        let Claim::Held(parent) = claims.claim_among(digest(1), deep, None, now, &without_a) else {
+            panic!("the claimant is alive: nobody else is granted the fetch");
+        };
+        assert_ne!(parent, a);
+        assert_ne!(parent, deep);
+        // Asked again, it keeps that parent.
+        assert_eq!(
+            claims.claim_among(digest(1), deep, None, now, &without_a),
+            Claim::Held(parent)
+        );
+    }
+
+    #[test]
+    fn a_member_placed_again_is_never_put_under_its_own_followers() {
+        let (claimant, x, y, a, a1) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let placed = |peer, depth, parent, followers| Placed {
+            peer,
+            region: None,
+            depth,
+            parent,
+            followers,
+        };
+        // Everyone is full but `a`'s own follower `a1`; `a`'s parent `x` went away.
+        let mut tree = Tree {
+            claimed_at: Instant::now(),
+            members: vec![
+                placed(claimant, 0, None, FANOUT),
+                placed(x, 1, Some(claimant), 1),
+                placed(y, 1, Some(claimant), FANOUT),
+                placed(a, 2, Some(x), 1),
+                placed(a1, 3, Some(a), 0),
+            ],
+        };
+        let without_x = |peer: &PeerId| *peer != x;
+        let parent = tree.place(a, None, &without_x);
+        assert_ne!(parent, a1, "placed under its own follower: a loop");
+        assert_eq!(parent, claimant, "with no room left, the claimant");
+        // A newcomer may follow `a1`.
+        assert_eq!(tree.place(PeerId::random(), None, &without_x), a1);
     }
 
     #[test]

@@ -260,9 +260,11 @@ impl PeerNetwork {
     /// member claimed it first: then the member of its tree to follow instead.
     pub fn claim_locally(&self, digest: BlobDigest) -> Option<PeerId> {
         let region = Some(self.region.clone());
+        let (local, peers) = (self.local, &self.peers);
+        let alive = |peer: &PeerId| *peer == local || peers.is_member(peer);
         match self
             .claims
-            .claim(digest, self.local, region, Instant::now())
+            .claim_among(digest, self.local, region, Instant::now(), &alive)
         {
             claims::Claim::Granted => None,
             claims::Claim::Held(holder) => Some(holder),

@@ -387,9 +387,13 @@ async fn serve_one(
             }
             Offer::NotHere => {}
         }
+        // A member is alive while it is connected and proven; the asker itself always is.
+        let alive = |member: &PeerId| {
+            *member == serving.local || *member == peer || serving.members.is_member(member)
+        };
         match serving
             .claims
-            .claim(digest, peer, peer_region.clone(), Instant::now())
+            .claim_among(digest, peer, peer_region.clone(), Instant::now(), &alive)
         {
             Claim::Granted => {
                 tracing::debug!(%digest, "nobody fetches the blob; the requester will");
