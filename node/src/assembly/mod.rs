@@ -54,6 +54,8 @@ pub const WINDOW: usize = 8;
 pub const PER_PEER: usize = 3;
 /// How many holders are asked for the shard map before giving up on them.
 const HOLDERS_ASKED: usize = 3;
+/// How long a re-home waits for the DHT to name providers of the blob.
+const REHOME_PROVIDER_LOOKUP: std::time::Duration = std::time::Duration::from_secs(3);
 /// How many times a peer may send this node on to another member of a blob's tree (a full fetch
 /// names one of its followers) before this node stops following.
 const MAX_REDIRECTS: usize = 8;
@@ -171,26 +173,36 @@ pub async fn open(
     follow_down(network, metrics, digest, claimant).await
 }
 
-/// Finds a new source for a fetch whose parent (`gone`) went away mid-blob: members that announced
-/// the whole blob, else the blob's home, which places this node again under a live member of the blob's tree that does
-/// not follow it (or, when the claimant itself went away, grants this node the fetch: `None`, and
-/// the caller goes on from the origin where it stopped, as the tree's new root). A stored copy at
-/// the home is taken too. A flight the home is running itself is not: the home's own flight may
-/// follow this node, and a flight must never wait on its own follower. `None` when no peer can
-/// help.
+/// Finds a new source for a fetch whose parent or holders (`gone`: the one followed, or whose map
+/// led) failed mid-blob: members that announced the whole blob or that the DHT names as providers
+/// (a stored copy only), else the blob's home, which places this node again under a live member
+/// of the blob's tree that does not follow it (or, when the claimant itself went away, grants this
+/// node the fetch: `None`, and the caller goes on from the origin where it stopped, as the tree's
+/// new root). A stored copy at the home is taken too. A flight the home is running itself is not:
+/// the home's own flight may follow this node, and a flight must never wait on its own follower.
+/// `None` when no peer can help.
 pub async fn rehome(
     network: &PeerNetwork,
     metrics: &Arc<Metrics>,
     digest: BlobDigest,
     gone: PeerId,
 ) -> Option<PeerFetch> {
-    // Members that announced the whole blob first: a stored copy follows nobody.
-    let holders: Vec<PeerId> = network
+    // Members that announced the whole blob first, else the DHT's providers: only a stored copy
+    // is taken from them, since it follows nobody.
+    let mut holders: Vec<PeerId> = network
         .announced_holders(&digest)
         .into_iter()
         .filter(|holding| holding.complete && holding.peer != gone)
         .map(|holding| holding.peer)
         .collect();
+    if holders.is_empty() {
+        holders = network
+            .find_providers(digest, REHOME_PROVIDER_LOOKUP)
+            .await
+            .into_iter()
+            .filter(|peer| *peer != gone)
+            .collect();
+    }
     let ranked = network.rank(&holders);
     for peer in ranked.iter().copied().take(HOLDERS_ASKED) {
         match ask(network, metrics, digest, peer, &ranked, false).await {

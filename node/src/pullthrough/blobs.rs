@@ -485,7 +485,10 @@ impl PullThrough {
                             assembly::AssemblyError::Peer { peer, error } => {
                                 Some((*peer, error.is_misbehaviour()))
                             }
-                            assembly::AssemblyError::NoPeersLeft(_) => None,
+                            // Every holder failed: look again without the one whose map led.
+                            assembly::AssemblyError::NoPeersLeft(_) => {
+                                Some((fetch.accountable_peer(), false))
+                            }
                         };
                         let (avoid, mut step) = core.peers_failed(Instant::now(), failed);
                         if let (Some(peer), Some(peers)) = (avoid, &self.peers) {

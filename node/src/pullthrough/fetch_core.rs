@@ -323,23 +323,24 @@ impl FetchCore {
         Ok(())
     }
 
-    /// The peers cannot send the rest; `failed` is the peer that failed, and whether it
-    /// misbehaved (sent bytes it must not). Returns the peer to avoid and what to do: ask the
-    /// blob's home for another parent when the peer only went away (at most [`MAX_REHOMES`]
-    /// times), else go on from the origin where the peers stopped.
+    /// The peers cannot send the rest; `failed` is the peer that failed (the one followed, or the
+    /// holder whose map the fetch used), and whether it misbehaved (sent bytes it must not).
+    /// Returns the peer to avoid and what to do: look for another source among the peers without
+    /// it (at most [`MAX_REHOMES`] times), else go on from the origin where the peers stopped.
     pub fn peers_failed(
         &mut self,
         now: Instant,
         failed: Option<(PeerId, bool)>,
     ) -> (Option<PeerId>, Step) {
-        match failed {
-            Some((peer, true)) => (Some(peer), self.origin_for_the_rest(now)),
-            Some((gone, false)) if self.rehomes < MAX_REHOMES => {
-                self.rehomes += 1;
-                (None, Step::Rehome { gone })
-            }
-            _ => (None, self.origin_for_the_rest(now)),
+        let Some((peer, misbehaved)) = failed else {
+            return (None, self.origin_for_the_rest(now));
+        };
+        let avoid = misbehaved.then_some(peer);
+        if self.rehomes < MAX_REHOMES {
+            self.rehomes += 1;
+            return (avoid, Step::Rehome { gone: peer });
         }
+        (avoid, self.origin_for_the_rest(now))
     }
 
     /// The home found another parent (`accountable`, saying the blob is `total` long): go on
@@ -671,14 +672,23 @@ mod tests {
     }
 
     #[test]
-    fn peers_failing_before_any_byte_send_the_whole_blob_to_the_origin() {
+    fn a_lying_holder_is_avoided_and_the_blob_asked_of_other_peers_before_the_origin() {
         let liar = PeerId::random();
+        let now = t0();
         let mut core = FetchCore::new();
         core.opened(CoreSource::Peers { accountable: liar }, Some(1000))
             .unwrap();
-        let (avoid, step) = core.peers_failed(t0(), Some((liar, true)));
+        let (avoid, step) = core.peers_failed(now, Some((liar, true)));
         assert_eq!(avoid, Some(liar));
-        assert!(matches!(step, Step::FetchOrigin { range: None, .. }));
+        assert_eq!(step, Step::Rehome { gone: liar });
+        // Nobody else has it: the whole blob from the origin, nothing having arrived.
+        assert_eq!(
+            core.rehome_failed(now),
+            Step::FetchOrigin {
+                range: None,
+                at: now
+            }
+        );
     }
 
     #[test]
