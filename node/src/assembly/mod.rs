@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
+use shoal_proto::wire::{ClaimAsk, MapWanted, ShardRequest, ShardSet};
 use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 
 use crate::metrics::Metrics;
@@ -170,7 +170,12 @@ pub async fn open(
         }
     };
     tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
-    follow_down(network, metrics, digest, claimant).await
+    if let Some(fetch) = follow_down(network, metrics, digest, claimant).await {
+        return Some(fetch);
+    }
+    // The member the home named does not answer (killed, say, its lease not yet run out): look
+    // again as a fetch whose parent went away does, rather than fetch beside the tree.
+    rehome(network, metrics, digest, claimant).await
 }
 
 /// Finds a new source for a fetch whose parent or holders (`gone`: the one followed, or whose map
@@ -214,21 +219,32 @@ pub async fn rehome(
             Asked::Fetch(PeerFetch::Follow(_)) | Asked::Claimed(_) | Asked::Nothing => {}
         }
     }
-    let home = network.find_home(digest).await;
-    let parent = if home == network.local_peer_id() {
-        network.claim_locally(digest)?
-    } else if home == gone {
-        return None;
-    } else {
-        match ask(network, metrics, digest, home, &[home], true).await {
-            Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => return Some(fetch),
-            Asked::Fetch(PeerFetch::Follow(_)) => {
-                tracing::debug!(%digest, %home, "the home offers its own flight; not re-homing under it");
-                return None;
+    // The home names the peer that failed this node while that peer's lease still runs (it may
+    // only have been slow); ask again until the lease ran out, when the home places this node
+    // elsewhere or grants it the fetch.
+    let deadline = Instant::now() + crate::p2p::CLAIM_LEASE + crate::p2p::RENEW_CLAIM_EVERY;
+    let parent = loop {
+        let home = network.find_home(digest).await;
+        let parent = if home == network.local_peer_id() {
+            network.claim_locally(digest)?
+        } else if home == gone {
+            return None;
+        } else {
+            match ask(network, metrics, digest, home, &[home], true).await {
+                Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => return Some(fetch),
+                Asked::Fetch(PeerFetch::Follow(_)) => {
+                    tracing::debug!(%digest, %home, "the home offers its own flight; not re-homing under it");
+                    return None;
+                }
+                Asked::Claimed(parent) => parent,
+                Asked::Nothing => return None,
             }
-            Asked::Claimed(parent) => parent,
-            Asked::Nothing => return None,
+        };
+        if parent != gone || Instant::now() >= deadline {
+            break parent;
         }
+        tracing::debug!(%digest, %gone, "the home still counts the peer that failed as fetching; asking again");
+        tokio::time::sleep(crate::p2p::RENEW_CLAIM_EVERY).await;
     };
     if parent == gone || parent == network.local_peer_id() {
         return None;
@@ -284,7 +300,11 @@ async fn ask(
         blob: *digest.as_bytes(),
         shards: ShardSet::Bitfield(Vec::new()),
         map: MapWanted::Full,
-        claim,
+        claim: if claim {
+            ClaimAsk::WhoFetches
+        } else {
+            ClaimAsk::NoClaim
+        },
     };
     match network.request(peer, request).await {
         Ok(PeerAnswer::Map(map, _)) => {
@@ -459,7 +479,7 @@ impl ParallelFetch {
             blob: self.map().blob,
             shards: ShardSet::from_indices(range.clone()),
             map: MapWanted::HashOnly,
-            claim: false,
+            claim: ClaimAsk::NoClaim,
         };
         let network = self.network.clone();
         let metrics = self.metrics.clone();

@@ -12,6 +12,7 @@ use shoal_proto::gossip::Announcement;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
 
+use super::claim_lease::{ClaimLease, LeaseRole};
 use super::fetch_core::{CoreSource, FetchCore, IngestEnd, OriginFailure, Step, Verdict};
 use super::flight::{read_file_range, Flight, FlightReader, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
@@ -375,6 +376,9 @@ impl PullThrough {
         // The decisions (which source next, when, giving up, blame) are the core's; this shell
         // does the I/O it asks for.
         let mut core = FetchCore::new();
+        // Renews this fetch's place at the blob's home (a claim, or a follower's place) until
+        // the fetch ends, whichever way.
+        let lease = ClaimLease::start(self.peers.as_ref(), digest);
         let mut source = match self.peer_fetch(digest).await {
             Some(fetch) => Source::Peers(fetch),
             None => {
@@ -399,7 +403,7 @@ impl PullThrough {
         };
         flight.start(total);
         // Followers learn the blob's length from the flight, so announce it once it is known.
-        self.announce_source(flight, &source);
+        self.announce_source(flight, &source, &lease);
         // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
         // hashes and writes shards; the driver hands each network read to both.
         let (hash_feed, mut hasher_feed) = mpsc::channel::<Bytes>(16);
@@ -501,7 +505,7 @@ impl PullThrough {
                                 {
                                     self.metrics.rehomes.inc();
                                     source = Source::Peers(fetch);
-                                    self.announce_source(flight, &source);
+                                    self.announce_source(flight, &source, &lease);
                                     continue;
                                 }
                                 _ => step = core.rehome_failed(Instant::now()),
@@ -511,7 +515,7 @@ impl PullThrough {
                             .ask_origin(&mut core, step, upstream, repo, digest)
                             .await?;
                         source = Source::Origin(resumed);
-                        self.announce_source(flight, &source);
+                        self.announce_source(flight, &source, &lease);
                         continue;
                     }
                 },
@@ -772,13 +776,19 @@ impl PullThrough {
 
     /// Records where a flight's bytes now come from and announces the flight in the DHT at once,
     /// so that nodes missing the blob meanwhile find it and follow it.
-    fn announce_source(&self, flight: &Flight, source: &Source) {
-        let kind = match source {
-            Source::Origin(_) => FlightSource::Origin,
-            Source::Peers(PeerFetch::Parallel(_)) => FlightSource::StoredPeers,
-            Source::Peers(PeerFetch::Follow(_)) => FlightSource::InFlightPeer,
+    /// The fetch's lease at the blob's home follows its source.
+    fn announce_source(&self, flight: &Flight, source: &Source, lease: &ClaimLease) {
+        let (kind, role) = match source {
+            Source::Origin(_) => (FlightSource::Origin, LeaseRole::FromOrigin),
+            Source::Peers(PeerFetch::Parallel(_)) => {
+                (FlightSource::StoredPeers, LeaseRole::Outside)
+            }
+            Source::Peers(PeerFetch::Follow(_)) => {
+                (FlightSource::InFlightPeer, LeaseRole::Following)
+            }
         };
         flight.set_source(kind);
+        lease.set(role);
         if let Some(peers) = &self.peers {
             peers.provide(flight.digest);
         }

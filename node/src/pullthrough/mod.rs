@@ -15,6 +15,7 @@
 //! A response that cannot be completed correctly is aborted, never finished short or wrong.
 
 mod blobs;
+mod claim_lease;
 mod fetch_core;
 mod flight;
 mod for_peers;
