@@ -1085,4 +1085,43 @@ mod tests {
             assert!(!mac_eq(&base, &other));
         }
     }
+
+    #[test]
+    fn a_request_without_a_renewal_encodes_as_the_claim_flag_it_replaced() {
+        // The request's last field used to be `claim: bool`; members not yet upgraded still send
+        // it, and must read a plain request or a claim the same way.
+        #[derive(rkyv::Archive, rkyv::Serialize)]
+        struct FlagRequest {
+            blob: [u8; 32],
+            shards: ShardSet,
+            map: MapWanted,
+            claim: bool,
+        }
+        for (flag, ask) in [(false, ClaimAsk::NoClaim), (true, ClaimAsk::WhoFetches)] {
+            let old = FlagRequest {
+                blob: [7; 32],
+                shards: ShardSet::from_indices([1, 4]),
+                map: MapWanted::Full,
+                claim: flag,
+            };
+            let new = ShardRequest {
+                blob: [7; 32],
+                shards: ShardSet::from_indices([1, 4]),
+                map: MapWanted::Full,
+                claim: ask,
+            };
+            let old = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+            let new = rkyv::to_bytes::<rkyv::rancor::Error>(&new).unwrap();
+            assert_eq!(&old[..], &new[..]);
+        }
+        // A renewal is refused by such members rather than read as something else.
+        let renewal = ShardRequest {
+            blob: [7; 32],
+            shards: ShardSet::Bitfield(Vec::new()),
+            map: MapWanted::HashOnly,
+            claim: ClaimAsk::StillFollowing,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&renewal).unwrap();
+        assert!(rkyv::access::<ArchivedFlagRequest, rkyv::rancor::Error>(&bytes).is_err());
+    }
 }
