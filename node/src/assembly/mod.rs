@@ -180,10 +180,11 @@ pub async fn open(
 
 /// Finds a new source for a fetch whose parent or holders (`gone`: the one followed, or whose map
 /// led) failed mid-blob: members that announced the whole blob or that the DHT names as providers
-/// (a stored copy only), else the blob's home, which places this node again under a live member
-/// of the blob's tree that does not follow it (or, when the claimant itself went away, grants this
-/// node the fetch: `None`, and the caller goes on from the origin where it stopped, as the tree's
-/// new root). A stored copy at the home is taken too. A flight the home is running itself is not:
+/// (a stored copy only), else the blob's home, which places this node again under a member of the
+/// blob's tree that still renews its lease and does not follow it (or, once the claimant's lease
+/// ran out, grants this node the fetch: `None`, and the caller goes on from the origin where it
+/// stopped, as the tree's new root). While the home still names `gone` (its lease runs), it is
+/// asked again every `RENEW_CLAIM_EVERY`, for at most one lease. A stored copy at the home is taken too. A flight the home is running itself is not:
 /// the home's own flight may follow this node, and a flight must never wait on its own follower.
 /// `None` when no peer can help.
 pub async fn rehome(
