@@ -12,7 +12,7 @@ use std::time::Duration;
 use libp2p::{kad, PeerId};
 use shoal_node::p2p::TransferError;
 use shoal_node::p2p::{PeerAnswer, PeerNetwork};
-use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
+use shoal_proto::wire::{ClaimAsk, MapWanted, ShardRequest, ShardSet};
 use shoal_proto::BlobDigest;
 use tokio::sync::watch;
 
@@ -43,7 +43,7 @@ async fn claim(network: &PeerNetwork, home: PeerId, digest: BlobDigest) -> Optio
         blob: *digest.as_bytes(),
         shards: ShardSet::Bitfield(Vec::new()),
         map: MapWanted::Full,
-        claim: true,
+        claim: ClaimAsk::WhoFetches,
     };
     match network.request(home, request).await {
         Err(TransferError::NotHere) => None,

@@ -19,7 +19,9 @@ use sha2::{Digest as _, Sha256};
 use shoal_node::p2p::{NextFrame, PeerAnswer, TransferError, KAD_PROTOCOL, MANIFESTS_PROTOCOL};
 use shoal_node::store::ShardStore;
 use shoal_proto::records::{ManifestRecord, TagRecord};
-use shoal_proto::wire::{ManifestRequest, MapWanted, ShardRequest, ShardSet, WireMessage as _};
+use shoal_proto::wire::{
+    ClaimAsk, ManifestRequest, MapWanted, ShardRequest, ShardSet, WireMessage as _,
+};
 use shoal_proto::{BlobDigest, Reference, RepoName};
 use tokio::sync::watch;
 
@@ -38,7 +40,7 @@ fn whole_blob(digest: BlobDigest) -> ShardRequest {
         blob: *digest.as_bytes(),
         shards: ShardSet::All,
         map: MapWanted::Full,
-        claim: false,
+        claim: ClaimAsk::NoClaim,
     }
 }
 
@@ -90,7 +92,7 @@ async fn members_find_providers_and_outsiders_get_no_dht_answer() {
         blob: *digest.as_bytes(),
         shards: ShardSet::from_indices([last]),
         map: MapWanted::HashOnly,
-        claim: false,
+        claim: ClaimAsk::NoClaim,
     };
     let PeerAnswer::MapHash(hash, mut stream) =
         b.network.request(providers[0], some).await.unwrap()

@@ -72,6 +72,10 @@
 //!   the home placed it under), or `NotHere` after recording the requester as the one that fetches
 //!   it from the origin. Nodes that miss the same blob at the same time thus share one origin
 //!   fetch. The home never fetches for anyone.
+//! * The claimant and every member the home placed renew their place while they fetch (`claim`
+//!   `StillFetchingFromOrigin` or `StillFollowing`, no shards wanted): the home answers `NotHere` at
+//!   once and sends nothing else. A place not renewed for the home's lease lapses, so the home
+//!   learns that a member went away without being connected to it.
 //!
 //! A holder that cannot send a shard (for example it failed verification on its disk) closes the
 //! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
@@ -279,9 +283,31 @@ pub struct ShardRequest {
     pub shards: ShardSet,
     /// How much of the map to send back.
     pub map: MapWanted,
-    /// The requester asks the blob's home who fetches the blob when nobody holds it (see the
-    /// module docs).
-    pub claim: bool,
+    /// What the requester asks of the blob's home, if anything (see the module docs).
+    pub claim: ClaimAsk,
+}
+
+/// What a [`ShardRequest`] asks of the blob's home about who fetches the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ClaimAsk {
+    /// Nothing: a plain request to a holder.
+    NoClaim,
+    /// Who fetches the blob, when nobody holds it; the requester fetches it if nobody does.
+    WhoFetches,
+    /// The requester still fetches the blob from the origin: renew its claim (its lease).
+    StillFetchingFromOrigin,
+    /// The requester still fetches the blob from the member it was placed under: renew its place.
+    StillFollowing,
+}
+
+impl ClaimAsk {
+    /// Whether the request only renews a lease at the home (answered `NotHere`, nothing sent).
+    pub fn is_renewal(self) -> bool {
+        matches!(
+            self,
+            ClaimAsk::StillFetchingFromOrigin | ClaimAsk::StillFollowing
+        )
+    }
 }
 
 impl ShardRequest {
@@ -799,7 +825,7 @@ mod tests {
                 blob,
                 shards: ShardSet::from_indices(indices.iter().copied()),
                 map: MapWanted::HashOnly,
-                claim: true,
+                claim: ClaimAsk::WhoFetches,
             };
             prop_assert_eq!(ShardRequest::decode(body(&request.encode())), Ok(request.clone()));
             for i in &indices {
@@ -1058,5 +1084,44 @@ mod tests {
         ] {
             assert!(!mac_eq(&base, &other));
         }
+    }
+
+    #[test]
+    fn a_request_without_a_renewal_encodes_as_the_claim_flag_it_replaced() {
+        // The request's last field used to be `claim: bool`; members not yet upgraded still send
+        // it, and must read a plain request or a claim the same way.
+        #[derive(rkyv::Archive, rkyv::Serialize)]
+        struct FlagRequest {
+            blob: [u8; 32],
+            shards: ShardSet,
+            map: MapWanted,
+            claim: bool,
+        }
+        for (flag, ask) in [(false, ClaimAsk::NoClaim), (true, ClaimAsk::WhoFetches)] {
+            let old = FlagRequest {
+                blob: [7; 32],
+                shards: ShardSet::from_indices([1, 4]),
+                map: MapWanted::Full,
+                claim: flag,
+            };
+            let new = ShardRequest {
+                blob: [7; 32],
+                shards: ShardSet::from_indices([1, 4]),
+                map: MapWanted::Full,
+                claim: ask,
+            };
+            let old = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+            let new = rkyv::to_bytes::<rkyv::rancor::Error>(&new).unwrap();
+            assert_eq!(&old[..], &new[..]);
+        }
+        // A renewal is refused by such members rather than read as something else.
+        let renewal = ShardRequest {
+            blob: [7; 32],
+            shards: ShardSet::Bitfield(Vec::new()),
+            map: MapWanted::HashOnly,
+            claim: ClaimAsk::StillFollowing,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&renewal).unwrap();
+        assert!(rkyv::access::<ArchivedFlagRequest, rkyv::rancor::Error>(&bytes).is_err());
     }
 }

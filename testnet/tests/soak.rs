@@ -5,11 +5,11 @@
 //! bytes, every store passes fsck, memory and file descriptors of every node sampled and under
 //! their bounds, no node exited on its own, and faults were in fact injected. No figure is timed.
 //!
-//! Origin bytes: the soak's goal is the faulted phase within 1.1x of the fault-free one. At one
-//! minute that is not met yet (1.26x measured, RELIABILITY.md: with only about 20 MB released, one
-//! blob fetched again after an origin outage or a lying member is a large share), so this test
-//! holds the weaker bound that faults never cost a second copy of everything released (2x), and
-//! the `soak` command still reports the 1.1x check as failed.
+//! Origin bytes: the soak's goal is the faulted phase within 1.1x of the fault-free one. One-minute
+//! runs have measured 1.00x to 1.26x (RELIABILITY.md: with only about 20 MB released, one 6 MB
+//! layer fetched again is 0.3x), and ten-minute runs are not within 1.1x yet, so this test holds
+//! the weaker bound that faults never cost a second copy of everything released (2x), and the
+//! `soak` command still reports the 1.1x check when it fails.
 
 use anyhow::Result;
 use shoal_testnet::soak::{render, run, SoakOptions, ORIGIN_BYTES_RATIO};

@@ -12,7 +12,7 @@ use shoal_proto::gossip::{
 use shoal_proto::preheat::{BlobSource, Fetched, PreheatReport, PreheatRequest};
 use shoal_proto::records::{encode, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
 use shoal_proto::wire::{
-    Challenge, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted, Proof,
+    Challenge, ClaimAsk, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted, Proof,
     ShardAnswer, ShardFrame, ShardRequest, ShardSet, WireMessage, PREFIX_LEN,
 };
 use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardMap};
@@ -77,7 +77,7 @@ fn main() {
             blob: [3; 32],
             shards: ShardSet::All,
             map: MapWanted::Full,
-            claim: true,
+            claim: ClaimAsk::WhoFetches,
         },
     );
     wire(
@@ -87,7 +87,7 @@ fn main() {
             blob: [3; 32],
             shards: ShardSet::from_indices([0, 3, 9]),
             map: MapWanted::HashOnly,
-            claim: false,
+            claim: ClaimAsk::NoClaim,
         },
     );
     wire(3, "answer-map", &ShardAnswer::Map(sample_map()));

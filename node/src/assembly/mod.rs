@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use shoal_proto::wire::{MapWanted, ShardRequest, ShardSet};
+use shoal_proto::wire::{ClaimAsk, MapWanted, ShardRequest, ShardSet};
 use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 
 use crate::metrics::Metrics;
@@ -54,6 +54,8 @@ pub const WINDOW: usize = 8;
 pub const PER_PEER: usize = 3;
 /// How many holders are asked for the shard map before giving up on them.
 const HOLDERS_ASKED: usize = 3;
+/// How long a re-home waits for the DHT to name providers of the blob.
+const REHOME_PROVIDER_LOOKUP: std::time::Duration = std::time::Duration::from_secs(3);
 /// How many times a peer may send this node on to another member of a blob's tree (a full fetch
 /// names one of its followers) before this node stops following.
 const MAX_REDIRECTS: usize = 8;
@@ -168,7 +170,88 @@ pub async fn open(
         }
     };
     tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
-    follow_down(network, metrics, digest, claimant).await
+    if let Some(fetch) = follow_down(network, metrics, digest, claimant).await {
+        return Some(fetch);
+    }
+    // The member the home named does not answer (killed, say, its lease not yet run out): look
+    // again as a fetch whose parent went away does, rather than fetch beside the tree.
+    rehome(network, metrics, digest, claimant).await
+}
+
+/// Finds a new source for a fetch whose parent or holders (`gone`: the one followed, or whose map
+/// led) failed mid-blob: members that announced the whole blob or that the DHT names as providers
+/// (a stored copy only), else the blob's home, which places this node again under a member of the
+/// blob's tree that still renews its lease and does not follow it (or, once the claimant's lease
+/// ran out, grants this node the fetch: `None`, and the caller goes on from the origin where it
+/// stopped, as the tree's new root). While the home still names `gone` (its lease runs), it is
+/// asked again every `RENEW_CLAIM_EVERY`, for at most one lease. A stored copy at the home is taken too. A flight the home is running itself is not:
+/// the home's own flight may follow this node, and a flight must never wait on its own follower.
+/// `None` when no peer can help.
+pub async fn rehome(
+    network: &PeerNetwork,
+    metrics: &Arc<Metrics>,
+    digest: BlobDigest,
+    gone: PeerId,
+) -> Option<PeerFetch> {
+    // Members that announced the whole blob first, else the DHT's providers: only a stored copy
+    // is taken from them, since it follows nobody.
+    let mut holders: Vec<PeerId> = network
+        .announced_holders(&digest)
+        .into_iter()
+        .filter(|holding| holding.complete && holding.peer != gone)
+        .map(|holding| holding.peer)
+        .collect();
+    if holders.is_empty() {
+        holders = network
+            .find_providers(digest, REHOME_PROVIDER_LOOKUP)
+            .await
+            .into_iter()
+            .filter(|peer| *peer != gone)
+            .collect();
+    }
+    let ranked = network.rank(&holders);
+    for peer in ranked.iter().copied().take(HOLDERS_ASKED) {
+        match ask(network, metrics, digest, peer, &ranked, false).await {
+            Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => {
+                tracing::info!(%digest, %gone, "the parent went away; going on from members that hold the blob");
+                return Some(fetch);
+            }
+            // A holder that is fetching the blob again may follow this node: not taken.
+            Asked::Fetch(PeerFetch::Follow(_)) | Asked::Claimed(_) | Asked::Nothing => {}
+        }
+    }
+    // The home names the peer that failed this node while that peer's lease still runs (it may
+    // only have been slow); ask again until the lease ran out, when the home places this node
+    // elsewhere or grants it the fetch.
+    let deadline = Instant::now() + crate::p2p::CLAIM_LEASE + crate::p2p::RENEW_CLAIM_EVERY;
+    let parent = loop {
+        let home = network.find_home(digest).await;
+        let parent = if home == network.local_peer_id() {
+            network.claim_locally(digest)?
+        } else if home == gone {
+            return None;
+        } else {
+            match ask(network, metrics, digest, home, &[home], true).await {
+                Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => return Some(fetch),
+                Asked::Fetch(PeerFetch::Follow(_)) => {
+                    tracing::debug!(%digest, %home, "the home offers its own flight; not re-homing under it");
+                    return None;
+                }
+                Asked::Claimed(parent) => parent,
+                Asked::Nothing => return None,
+            }
+        };
+        if parent != gone || Instant::now() >= deadline {
+            break parent;
+        }
+        tracing::debug!(%digest, %gone, "the home still counts the peer that failed as fetching; asking again");
+        tokio::time::sleep(crate::p2p::RENEW_CLAIM_EVERY).await;
+    };
+    if parent == gone || parent == network.local_peer_id() {
+        return None;
+    }
+    tracing::info!(%digest, %gone, %parent, "the parent went away; re-homed under another member of the blob's tree");
+    follow_down(network, metrics, digest, parent).await
 }
 
 /// Follows `first`'s fetch of the blob or, when its followers are full, the member it names, down
@@ -218,7 +301,11 @@ async fn ask(
         blob: *digest.as_bytes(),
         shards: ShardSet::Bitfield(Vec::new()),
         map: MapWanted::Full,
-        claim,
+        claim: if claim {
+            ClaimAsk::WhoFetches
+        } else {
+            ClaimAsk::NoClaim
+        },
     };
     match network.request(peer, request).await {
         Ok(PeerAnswer::Map(map, _)) => {
@@ -393,7 +480,7 @@ impl ParallelFetch {
             blob: self.map().blob,
             shards: ShardSet::from_indices(range.clone()),
             map: MapWanted::HashOnly,
-            claim: false,
+            claim: ClaimAsk::NoClaim,
         };
         let network = self.network.clone();
         let metrics = self.metrics.clone();

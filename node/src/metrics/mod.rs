@@ -211,6 +211,8 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     /// Blobs fetched again because a peer's bytes did not match their digest.
     pub refetches_after_bad_peer: Counter,
+    /// Fetches whose parent went away mid-blob and that the blob's home placed under another member.
+    pub rehomes: Counter,
     /// Shards that failed BLAKE3 verification (or were missing) when served.
     pub shard_verify_failures: Counter,
     /// Shards fetched again from an upstream and put back.
@@ -332,6 +334,7 @@ impl Default for Metrics {
             blobs_committed: Counter::default(),
             digest_mismatches: Counter::default(),
             refetches_after_bad_peer: Counter::default(),
+            rehomes: Counter::default(),
             shard_verify_failures: Counter::default(),
             shards_healed: Counter::default(),
             heal_failures: Counter::default(),
@@ -654,6 +657,7 @@ impl Metrics {
             m.digest_mismatches.clone(),
         );
         r.register("shoal_refetches_after_bad_peer", "Blobs fetched again, without the peer, because a peer's bytes did not match their digest.", m.refetches_after_bad_peer.clone());
+        r.register("shoal_rehomes", "Fetches whose parent went away mid-blob and went on from another member of the blob's tree instead of the origin.", m.rehomes.clone());
         r.register(
             "shoal_shard_verify_failures",
             "Shards that failed verification when served.",

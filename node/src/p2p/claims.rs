@@ -7,8 +7,23 @@
 //! fewer than [`FANOUT`] followers. So one origin copy enters the network, each member uploads at
 //! most [`FANOUT`] copies while it downloads one, and the tree is about `log_FANOUT(N)` deep.
 //!
-//! A tree lapses [`CLAIM_TTL`] after its claim; by then the blob is stored somewhere and announced,
-//! or the claimant failed and the next asker fetches it instead.
+//! **Leases, not connections.** A place in a tree (the claim itself, or a follower's place) is a
+//! lease of [`LEASE`]: each member renews it every [`RENEW_EVERY`] while its fetch runs, over a
+//! stream it opens to the home (`ClaimAsk::StillFetchingFromOrigin` or `StillFollowing`), and
+//! asking the home again renews it too. A member whose lease ran out (killed, or its fetch ended)
+//! is no longer given followers, and a claim whose claimant's lease ran out passes to the next
+//! asker, which resumes from the origin where it stopped while the others re-home under it. The
+//! home never needs a connection to a member to know it is alive: with thousands of daemons per
+//! region a home cannot be connected to every member of every tree, and whether it happens to be
+//! connected says nothing about whether the member still fetches. A follower whose parent stops
+//! answering asks the home again; while the parent's lease still runs it is named again, and the
+//! follower asks once more a little later (`assembly::rehome`), so a parent that died is replaced
+//! within [`LEASE`] and one that lives is not abandoned.
+//!
+//! A renewal never places anyone: only the claimant renewing a claim that lapsed (or one this home
+//! never saw, after a restart or a change of home) takes it back, since it follows nobody. A tree
+//! records who follows whom exactly as the home told them; placing a member where it does not
+//! really fetch from could make two fetches wait on each other.
 //!
 //! Bounded: at most [`MAX_CLAIMS`] blobs, the oldest claim dropped first, and at most
 //! [`MAX_FOLLOWERS`] followers placed per blob (later ones follow the claimant).
@@ -20,8 +35,10 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use shoal_proto::BlobDigest;
 
-/// How long a claim holds.
-pub const CLAIM_TTL: Duration = Duration::from_secs(60);
+/// How long a place in a tree (the claim included) holds without being renewed.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How often a member fetching a blob renews its place at the blob's home.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// Claims kept at once.
 pub const MAX_CLAIMS: usize = 65_536;
 /// Followers a member is given at most.
@@ -38,6 +55,15 @@ pub enum Claim {
     Held(PeerId),
 }
 
+/// What a member renewing its lease says it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// It fetches the blob from the origin (it is the claimant, or believes it is).
+    FromOrigin,
+    /// It follows another member (or takes a stored copy).
+    Following,
+}
+
 /// One member of a blob's tree.
 #[derive(Debug)]
 struct Placed {
@@ -48,6 +74,14 @@ struct Placed {
     /// Whom it follows; `None` for the claimant.
     parent: Option<PeerId>,
     followers: u8,
+    /// When it last asked or renewed.
+    renewed_at: Instant,
+}
+
+impl Placed {
+    fn alive(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.renewed_at) < LEASE
+    }
 }
 
 /// The tree of one blob.
@@ -68,21 +102,78 @@ impl Tree {
                 depth: 0,
                 parent: None,
                 followers: 0,
+                renewed_at: now,
             }],
         }
     }
 
-    /// Places `asker` under a parent and returns the parent.
-    fn place(&mut self, asker: PeerId, region: Option<String>) -> PeerId {
-        if let Some(placed) = self.members.iter().find(|m| m.peer == asker) {
-            return placed.parent.unwrap_or(placed.peer);
+    /// Whether the claimant still renews its claim.
+    fn live(&self, now: Instant) -> bool {
+        self.members[0].alive(now)
+    }
+
+    fn alive(&self, peer: PeerId, now: Instant) -> bool {
+        self.members.iter().any(|m| m.peer == peer && m.alive(now))
+    }
+
+    /// Whether `member` follows `ancestor`, directly or down the tree: a member placed again
+    /// must not be placed under its own followers, or two fetches would wait on each other.
+    fn descends_from(&self, member: PeerId, ancestor: PeerId) -> bool {
+        let mut current = member;
+        // Each hop goes to a parent placed before; the bound guards against a malformed table.
+        for _ in 0..self.members.len() {
+            let Some(parent) = self
+                .members
+                .iter()
+                .find(|m| m.peer == current)
+                .and_then(|m| m.parent)
+            else {
+                return false;
+            };
+            if parent == ancestor {
+                return true;
+            }
+            current = parent;
+        }
+        false
+    }
+
+    /// Places `asker` under a parent whose lease runs and returns the parent. A member asking
+    /// again renews its own lease and keeps its parent while that one's lease runs; one whose
+    /// parent's lease ran out is placed again, under a member still renewing, and resumes from it.
+    fn place(&mut self, asker: PeerId, region: Option<String>, now: Instant) -> PeerId {
+        if let Some(index) = self.members.iter().position(|m| m.peer == asker) {
+            self.members[index].renewed_at = now;
+            let placed = &self.members[index];
+            match placed.parent {
+                None => return placed.peer,
+                Some(parent) if self.alive(parent, now) => return parent,
+                Some(gone) => {
+                    let placed = self.members.remove(index);
+                    if let Some(old) = self.members.iter_mut().find(|m| m.peer == gone) {
+                        old.followers = old.followers.saturating_sub(1);
+                    }
+                    // Its own followers stay with it: it keeps its place in their chains.
+                    let followers = placed.followers;
+                    let parent = self.place(asker, region, now);
+                    if let Some(again) = self.members.iter_mut().find(|m| m.peer == asker) {
+                        again.followers = followers;
+                    }
+                    return parent;
+                }
+            }
         }
         let same_region = |m: &Placed| region.is_some() && m.region == region;
         let parent = self
             .members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.followers < FANOUT)
+            .filter(|(_, m)| {
+                m.followers < FANOUT
+                    && m.peer != asker
+                    && m.alive(now)
+                    && !self.descends_from(m.peer, asker)
+            })
             // Same region first, then shallowest, then the earliest to ask.
             .min_by_key(|(order, m)| (!same_region(m), m.depth, *order))
             .map(|(order, _)| order);
@@ -98,6 +189,7 @@ impl Tree {
             depth,
             parent: Some(parent_peer),
             followers: 0,
+            renewed_at: now,
         });
         parent_peer
     }
@@ -110,12 +202,41 @@ struct ClaimTable {
     order: VecDeque<(BlobDigest, Instant)>,
 }
 
+impl ClaimTable {
+    /// Records `claimant` as the one that fetches `digest`, replacing a lapsed tree.
+    fn grant(
+        &mut self,
+        digest: BlobDigest,
+        claimant: PeerId,
+        region: Option<String>,
+        now: Instant,
+    ) {
+        self.by_blob
+            .insert(digest, Tree::new(claimant, region, now));
+        self.order.push_back((digest, now));
+        while self.by_blob.len() > MAX_CLAIMS || self.order.len() > 2 * MAX_CLAIMS {
+            let Some((oldest, at)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .by_blob
+                .get(&oldest)
+                .is_some_and(|tree| tree.claimed_at == at)
+            {
+                self.by_blob.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// The claims this node keeps as a home; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Claims(Arc<Mutex<ClaimTable>>);
 
 impl Claims {
-    /// `asker`, in `region`, asks at `now` to fetch `digest`.
+    /// `asker`, in `region`, asks at `now` to fetch `digest`. While the claimant's lease runs,
+    /// the asker is placed in its tree; once it ran out (the claimant was killed or its fetch
+    /// ended), the asker is granted the fetch and a new tree grows under it.
     pub(crate) fn claim(
         &self,
         digest: BlobDigest,
@@ -124,29 +245,44 @@ impl Claims {
         now: Instant,
     ) -> Claim {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tree) = table.by_blob.get_mut(&digest) {
-            if now.saturating_duration_since(tree.claimed_at) < CLAIM_TTL {
-                if tree.members[0].peer == asker {
-                    return Claim::Granted;
-                }
-                return Claim::Held(tree.place(asker, region));
+        if let Some(tree) = table.by_blob.get_mut(&digest).filter(|t| t.live(now)) {
+            if tree.members[0].peer == asker {
+                tree.members[0].renewed_at = now;
+                return Claim::Granted;
             }
+            return Claim::Held(tree.place(asker, region, now));
         }
-        table.by_blob.insert(digest, Tree::new(asker, region, now));
-        table.order.push_back((digest, now));
-        while table.by_blob.len() > MAX_CLAIMS || table.order.len() > 2 * MAX_CLAIMS {
-            let Some((oldest, at)) = table.order.pop_front() else {
-                break;
-            };
-            if table
-                .by_blob
-                .get(&oldest)
-                .is_some_and(|tree| tree.claimed_at == at)
-            {
-                table.by_blob.remove(&oldest);
-            }
-        }
+        table.grant(digest, asker, region, now);
         Claim::Granted
+    }
+
+    /// `member`, in `region`, renews at `now` its lease in `digest`'s tree, saying what it does.
+    /// A member of the live tree is renewed; the claimant of a lapsed (or unknown) claim that
+    /// still fetches from the origin takes it back. Anyone else is ignored: a renewal never
+    /// places a member. Returns whether a lease was renewed.
+    pub(crate) fn renew(
+        &self,
+        digest: BlobDigest,
+        member: PeerId,
+        renewal: Renewal,
+        region: Option<String>,
+        now: Instant,
+    ) -> bool {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match table.by_blob.get_mut(&digest).filter(|t| t.live(now)) {
+            Some(tree) => match tree.members.iter_mut().find(|m| m.peer == member) {
+                Some(placed) => {
+                    placed.renewed_at = now;
+                    true
+                }
+                None => false,
+            },
+            None if renewal == Renewal::FromOrigin => {
+                table.grant(digest, member, region, now);
+                true
+            }
+            None => false,
+        }
     }
 
     #[cfg(test)]
@@ -182,7 +318,7 @@ mod tests {
         assert_eq!(claims.claim(digest(1), a, None, now), Claim::Granted);
         assert_eq!(claims.claim(digest(1), b, None, now), Claim::Held(a));
         assert_eq!(claims.claim(digest(2), b, None, now), Claim::Granted);
-        let later = now + CLAIM_TTL;
+        let later = now + LEASE;
         assert_eq!(claims.claim(digest(1), b, None, later), Claim::Granted);
         assert_eq!(claims.claim(digest(1), a, None, later), Claim::Held(b));
     }
@@ -271,6 +407,156 @@ mod tests {
             claims.claim(digest(MAX_CLAIMS as u64 + 9), PeerId::random(), None, now),
             Claim::Held(peer)
         );
+    }
+
+    #[test]
+    fn a_claimant_that_stops_renewing_hands_the_fetch_to_the_next_asker_and_the_tree_regrows() {
+        let claims = Claims::default();
+        let start = Instant::now();
+        let (claimant, a, b, c) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        claims.claim(digest(1), claimant, None, start);
+        assert_eq!(
+            claims.claim(digest(1), a, None, start),
+            Claim::Held(claimant)
+        );
+        assert_eq!(
+            claims.claim(digest(1), b, None, start),
+            Claim::Held(claimant)
+        );
+        // The claimant is killed just after; its followers keep renewing.
+        let mut now = start;
+        while now + RENEW_EVERY < start + LEASE {
+            now += RENEW_EVERY;
+            assert!(claims.renew(digest(1), a, Renewal::Following, None, now));
+            assert!(claims.renew(digest(1), b, Renewal::Following, None, now));
+        }
+        now = start + LEASE;
+        // Its lease ran out: the first follower to ask again resumes from the origin, and the
+        // others are placed under it.
+        assert_eq!(claims.claim(digest(1), a, None, now), Claim::Granted);
+        assert_eq!(claims.claim(digest(1), b, None, now), Claim::Held(a));
+        assert_eq!(claims.claim(digest(1), c, None, now), Claim::Held(a));
+        // Back after a restart, the old claimant is only a follower now.
+        assert_eq!(claims.claim(digest(1), claimant, None, now), Claim::Held(b));
+    }
+
+    #[test]
+    fn a_claimant_that_renews_keeps_its_claim_however_long_its_fetch_takes() {
+        let claims = Claims::default();
+        let start = Instant::now();
+        let claimant = PeerId::random();
+        claims.claim(digest(1), claimant, None, start);
+        let mut now = start;
+        for _ in 0..100 {
+            now += RENEW_EVERY;
+            assert!(claims.renew(digest(1), claimant, Renewal::FromOrigin, None, now));
+        }
+        assert!(now - start > 10 * LEASE);
+        assert_eq!(
+            claims.claim(digest(1), PeerId::random(), None, now),
+            Claim::Held(claimant),
+            "a second claimant would fetch the blob from the origin again"
+        );
+    }
+
+    #[test]
+    fn a_follower_whose_parent_stopped_renewing_is_placed_again_under_a_live_member() {
+        let claims = Claims::default();
+        let start = Instant::now();
+        let claimant = PeerId::random();
+        claims.claim(digest(1), claimant, None, start);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        claims.claim(digest(1), a, None, start);
+        claims.claim(digest(1), b, None, start);
+        // The claimant is full: the next one follows `a`.
+        let deep = PeerId::random();
+        assert_eq!(claims.claim(digest(1), deep, None, start), Claim::Held(a));
+        // `deep` loses `a` at once and asks again: `a`'s lease still runs, so it is named again
+        // (it may only have been slow); `deep` asks again later.
+        assert_eq!(claims.claim(digest(1), deep, None, start), Claim::Held(a));
+        // `a` was killed: everyone else renews, `a` does not.
+        let mut now = start;
+        while now < start + LEASE {
+            now += RENEW_EVERY;
+            for member in [claimant, b, deep] {
+                assert!(claims.renew(digest(1), member, Renewal::Following, None, now));
+            }
+        }
+        let Claim::Held(parent) = claims.claim(digest(1), deep, None, now) else {
+            panic!("the claimant renews: nobody else is granted the fetch");
+        };
+        assert_ne!(parent, a);
+        assert_ne!(parent, deep);
+        // Asked again, it keeps that parent.
+        assert_eq!(
+            claims.claim(digest(1), deep, None, now),
+            Claim::Held(parent)
+        );
+    }
+
+    #[test]
+    fn a_renewal_never_places_a_member_and_only_an_origin_fetch_takes_a_lapsed_claim_back() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let (claimant, stranger) = (PeerId::random(), PeerId::random());
+        // Nothing recorded (this home restarted): a follower's renewal changes nothing, the
+        // claimant's takes the claim back so that later askers follow it.
+        assert!(!claims.renew(digest(1), stranger, Renewal::Following, None, now));
+        assert_eq!(claims.len(), 0);
+        assert!(claims.renew(digest(1), claimant, Renewal::FromOrigin, None, now));
+        assert_eq!(
+            claims.claim(digest(1), PeerId::random(), None, now),
+            Claim::Held(claimant)
+        );
+        // A live tree: a renewal from someone the home never placed places nobody.
+        assert!(!claims.renew(digest(1), stranger, Renewal::FromOrigin, None, now));
+        assert_eq!(
+            claims.0.lock().unwrap().by_blob[&digest(1)].members.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_member_placed_again_is_never_put_under_its_own_followers() {
+        let (claimant, x, y, a, a1) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let start = Instant::now();
+        let now = start + LEASE;
+        // Everyone renewed at `now` but `x`, whose lease ran out.
+        let placed = |peer, depth, parent, followers| Placed {
+            peer,
+            region: None,
+            depth,
+            parent,
+            followers,
+            renewed_at: if peer == x { start } else { now },
+        };
+        // Everyone is full but `a`'s own follower `a1`; `a`'s parent `x` went away.
+        let mut tree = Tree {
+            claimed_at: start,
+            members: vec![
+                placed(claimant, 0, None, FANOUT),
+                placed(x, 1, Some(claimant), 1),
+                placed(y, 1, Some(claimant), FANOUT),
+                placed(a, 2, Some(x), 1),
+                placed(a1, 3, Some(a), 0),
+            ],
+        };
+        let parent = tree.place(a, None, now);
+        assert_ne!(parent, a1, "placed under its own follower: a loop");
+        assert_eq!(parent, claimant, "with no room left, the claimant");
+        // A newcomer may follow `a1`.
+        assert_eq!(tree.place(PeerId::random(), None, now), a1);
     }
 
     #[test]

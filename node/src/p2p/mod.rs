@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::metrics::Metrics;
 use crate::store::ShardStore;
 
+pub use claims::{LEASE as CLAIM_LEASE, RENEW_EVERY as RENEW_CLAIM_EVERY};
 pub use gossip::{gossipsub_config, GOSSIP_PROTOCOL_PREFIX};
 pub use holdings::AnnouncedHolding;
 pub use home::HOME_TTL;
@@ -266,6 +267,45 @@ impl PeerNetwork {
         {
             claims::Claim::Granted => None,
             claims::Claim::Held(holder) => Some(holder),
+        }
+    }
+
+    /// Renews this node's place in `digest`'s tree at the blob's home (its claim when
+    /// `from_origin`, else its place as a follower): called every [`RENEW_CLAIM_EVERY`] while a
+    /// fetch of the blob runs, so the home knows it still fetches without being connected to it
+    /// (see `claims`). A failed renewal is only logged: the lease then runs out, as for a member
+    /// that went away.
+    pub async fn renew_claim(&self, digest: BlobDigest, from_origin: bool) {
+        let home = self.find_home(digest).await;
+        if home == self.local {
+            let renewal = if from_origin {
+                claims::Renewal::FromOrigin
+            } else {
+                claims::Renewal::Following
+            };
+            let region = Some(self.region.clone());
+            self.claims
+                .renew(digest, self.local, renewal, region, Instant::now());
+            return;
+        }
+        let request = shoal_proto::wire::ShardRequest {
+            blob: *digest.as_bytes(),
+            shards: shoal_proto::wire::ShardSet::Bitfield(Vec::new()),
+            map: shoal_proto::wire::MapWanted::HashOnly,
+            claim: if from_origin {
+                shoal_proto::wire::ClaimAsk::StillFetchingFromOrigin
+            } else {
+                shoal_proto::wire::ClaimAsk::StillFollowing
+            },
+        };
+        match self.request(home, request).await {
+            Err(TransferError::NotHere) => {}
+            Ok(_) => {
+                tracing::debug!(%digest, %home, "the home answered a renewal with more than NotHere")
+            }
+            Err(error) => {
+                tracing::debug!(%digest, %home, %error, "could not renew the claim at the blob's home")
+            }
         }
     }
 

@@ -16,13 +16,14 @@ use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{
-    self, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError, WireMessage,
+    self, ClaimAsk, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError,
+    WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::watch;
 
 use super::accept::{accept_streams, Admit};
-use super::claims::{Claim, Claims};
+use super::claims::{Claim, Claims, Renewal};
 use super::followers::{Admission, Followers};
 use super::peers::OpenRequest;
 use super::shaping::Shaping;
@@ -375,6 +376,19 @@ async fn serve_one(
     let request: ShardRequest = read_message(&mut stream, READ_TIMEOUT).await?;
     let digest = request.blob_digest();
     let peer_region = serving.members.info(&peer).and_then(|info| info.region);
+    if request.claim.is_renewal() {
+        // Only the lease is renewed: nothing is offered, placed or sent (see `claims`).
+        let renewal = match request.claim {
+            ClaimAsk::StillFetchingFromOrigin => Renewal::FromOrigin,
+            _ => Renewal::Following,
+        };
+        let renewed = serving
+            .claims
+            .renew(digest, peer, renewal, peer_region, Instant::now());
+        tracing::trace!(%digest, %peer, renewed, "claim renewal");
+        return answer(&mut stream, ShardAnswer::NotHere).await;
+    }
+    let claim = request.claim == ClaimAsk::WhoFetches;
     serving.shaping.delay_answer(peer_region.as_deref()).await;
     let mut offered = false;
     loop {
@@ -395,15 +409,13 @@ async fn serve_one(
         offered = true;
         // A request with a claim never waits on this node's own fetch: the home answers at once
         // (a fetch here that has not picked its source may be about to follow the requester).
-        let offered_now = offer(&serving, digest, !request.claim).await;
+        let offered_now = offer(&serving, digest, !claim).await;
         match offered_now {
             Offer::Stored => continue,
             Offer::InFlight(blob) => {
                 return follow_or_redirect(stream, peer, peer_region, digest, blob, &serving).await
             }
-            Offer::NotHere if !request.claim => {
-                return answer(&mut stream, ShardAnswer::NotHere).await
-            }
+            Offer::NotHere if !claim => return answer(&mut stream, ShardAnswer::NotHere).await,
             Offer::NotHere => {}
         }
         match serving

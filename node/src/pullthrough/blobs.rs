@@ -9,10 +9,11 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_proto::gossip::Announcement;
-use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, RepoName, ShardMap};
 use tokio::sync::mpsc;
 
+use super::claim_lease::{ClaimLease, LeaseRole};
+use super::fetch_core::{CoreSource, FetchCore, IngestEnd, OriginFailure, Step, Verdict};
 use super::flight::{read_file_range, Flight, FlightReader, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
 use super::{PullError, PullThrough};
@@ -42,8 +43,6 @@ pub struct BlobReply {
 const READ_AHEAD: usize = 4;
 /// Blobs of one shard up to this size are read in the lookup call and sent in one piece.
 const INLINE_MAX: u32 = 1 << 20;
-/// Attempts to resume a broken upstream body with a Range request.
-const RESUME_ATTEMPTS: u32 = 3;
 /// How long a cold miss waits for the DHT to name a provider before going to the origin.
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
 /// How many times a blob whose peer bytes failed its sha256 is fetched again, in the background,
@@ -374,6 +373,12 @@ impl PullThrough {
         repo: &RepoName,
     ) -> Result<Fetched, PullError> {
         let digest = flight.digest;
+        // The decisions (which source next, when, giving up, blame) are the core's; this shell
+        // does the I/O it asks for.
+        let mut core = FetchCore::new();
+        // Renews this fetch's place at the blob's home (a claim, or a follower's place) until
+        // the fetch ends, whichever way.
+        let lease = ClaimLease::start(self.peers.as_ref(), digest);
         let mut source = match self.peer_fetch(digest).await {
             Some(fetch) => Source::Peers(fetch),
             None => {
@@ -381,20 +386,16 @@ impl PullThrough {
                 Source::Origin(self.note_upstream(fetched)?)
             }
         };
-        let total = match &source {
-            Source::Peers(fetch) => fetch.blob_len(),
-            Source::Origin(response) => response.content_length,
-        };
-        if total.is_some_and(|len| len > MAX_BLOB_BYTES) {
-            return Err(PullError::UpstreamInvalid(format!(
-                "blob larger than {MAX_BLOB_BYTES} bytes"
-            )));
+        match &source {
+            Source::Peers(fetch) => core.opened(
+                CoreSource::Peers {
+                    accountable: fetch.accountable_peer(),
+                },
+                fetch.blob_len(),
+            )?,
+            Source::Origin(response) => core.opened(CoreSource::Origin, response.content_length)?,
         }
-        // The peer whose bytes are in this ingest, if any: blamed if the sha256 does not match.
-        let mut peer_used = match &source {
-            Source::Peers(fetch) => Some(fetch.accountable_peer()),
-            Source::Origin(_) => None,
-        };
+        let total = core.total();
         // Make room before the first byte when the length is known, so a full disk is rare.
         let room = match total {
             Some(len) => self.make_room(len).await,
@@ -402,7 +403,7 @@ impl PullThrough {
         };
         flight.start(total);
         // Followers learn the blob's length from the flight, so announce it once it is known.
-        self.announce_source(flight, &source);
+        self.announce_source(flight, &source, &lease);
         // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
         // hashes and writes shards; the driver hands each network read to both.
         let (hash_feed, mut hasher_feed) = mpsc::channel::<Bytes>(16);
@@ -427,9 +428,6 @@ impl PullThrough {
             flight.pass_through(None);
             (None, None)
         };
-        let mut resumes = 0;
-        // Whether any bytes came from the origin (a gap no peer could fill, or the rest).
-        let mut origin_filled = false;
         loop {
             while let Ok(event) = events.try_recv() {
                 self.apply(flight, event);
@@ -438,28 +436,18 @@ impl PullThrough {
                 Source::Origin(response) => response,
                 Source::Peers(fetch) => match fetch.next_piece().await {
                     Ok(Some(assembly::Piece::FromOrigin(range))) => {
-                        tracing::info!(%digest, start = range.start, end = range.end, "no peer can send these shards; fetching them from the origin");
-                        let chunk = upstream
-                            .fetch_blob_range(repo, &digest, range.clone())
-                            .await;
-                        let chunk = self.note_upstream(chunk)?;
-                        if chunk.len() as u64 != range.end - range.start {
-                            return Err(PullError::UpstreamInvalid(
-                                "the upstream sent a short range".into(),
-                            ));
+                        let range = core.new_gap(range);
+                        if range.is_empty() {
+                            continue;
                         }
+                        tracing::info!(%digest, start = range.start, end = range.end, "no peer can send these shards; fetching them from the origin");
+                        let chunk = self
+                            .fetch_gap(&mut core, upstream, repo, digest, range)
+                            .await?;
                         self.metrics.bytes_received_origin.add(chunk.len() as u64);
-                        origin_filled = true;
+                        core.bytes_arrived(chunk.len() as u64, true)?;
                         if !self
-                            .push_piece(
-                                flight,
-                                total,
-                                chunk,
-                                None,
-                                &hash_feed,
-                                &mut feed,
-                                &mut events,
-                            )
+                            .push_piece(flight, chunk, None, &hash_feed, &mut feed, &mut events)
                             .await?
                         {
                             break;
@@ -470,16 +458,20 @@ impl PullThrough {
                         // A shard cut with this store's settings is stored as it came (its BLAKE3
                         // is checked); otherwise its bytes are cut again like origin bytes.
                         let hash = (fetch.chunking() == self.store.chunking()).then_some(hash);
+                        // After a re-home the new parent starts at 0: keep only the new bytes (a
+                        // cut shard is no longer the shard its hash names).
+                        let part = core.new_part(chunk.len() as u64);
+                        if part.is_empty() {
+                            continue;
+                        }
+                        let (chunk, hash) = if part.start == 0 {
+                            (chunk, hash)
+                        } else {
+                            (chunk.slice(part.start as usize..), None)
+                        };
+                        core.bytes_arrived(chunk.len() as u64, false)?;
                         if !self
-                            .push_piece(
-                                flight,
-                                total,
-                                chunk,
-                                hash,
-                                &hash_feed,
-                                &mut feed,
-                                &mut events,
-                            )
+                            .push_piece(flight, chunk, hash, &hash_feed, &mut feed, &mut events)
                             .await?
                         {
                             break;
@@ -491,43 +483,39 @@ impl PullThrough {
                         // Shards already received were BLAKE3-checked against the peer's map; the
                         // sha256 at the end decides whether that map was true. Go on from the
                         // origin where the peers stopped.
-                        let received = flight.received();
                         self.metrics.peer_fetch_failures.inc();
-                        tracing::warn!(%digest, received, %error, "peers cannot send the rest; continuing from the origin");
-                        if let (assembly::AssemblyError::Peer { peer, error }, Some(peers)) =
-                            (&error, &self.peers)
-                        {
-                            if error.is_misbehaviour() {
-                                peers.avoid(*peer);
+                        tracing::warn!(%digest, received = core.received(), %error, "peers cannot send the rest; continuing from the origin");
+                        let failed = match &error {
+                            assembly::AssemblyError::Peer { peer, error } => {
+                                Some((*peer, error.is_misbehaviour()))
+                            }
+                            // Every holder failed: look again without the one whose map led.
+                            assembly::AssemblyError::NoPeersLeft(_) => {
+                                Some((fetch.accountable_peer(), false))
+                            }
+                        };
+                        let (avoid, mut step) = core.peers_failed(Instant::now(), failed);
+                        if let (Some(peer), Some(peers)) = (avoid, &self.peers) {
+                            peers.avoid(peer);
+                        }
+                        if let (Step::Rehome { gone }, Some(peers)) = (&step, &self.peers) {
+                            match assembly::rehome(peers, &self.metrics, digest, *gone).await {
+                                Some(fetch)
+                                    if core.rehomed(fetch.accountable_peer(), fetch.blob_len()) =>
+                                {
+                                    self.metrics.rehomes.inc();
+                                    source = Source::Peers(fetch);
+                                    self.announce_source(flight, &source, &lease);
+                                    continue;
+                                }
+                                _ => step = core.rehome_failed(Instant::now()),
                             }
                         }
-                        // Going on needs the blob's length; a parent whose origin sent none could
-                        // not say it, so ask the origin. Without it the fetch fails: the whole
-                        // blob after the bytes already taken would never match its digest, and
-                        // the parent would be blamed for it.
-                        let total = match total {
-                            None if received > 0 => Some(
-                                upstream.blob_length(repo, &digest).await?.ok_or_else(|| {
-                                    PullError::UpstreamUnavailable(
-                                        "peers failed mid-blob and the origin does not say the \
-                                         blob's length"
-                                            .into(),
-                                    )
-                                })?,
-                            ),
-                            known => known,
-                        };
-                        let range = total.filter(|_| received > 0).map(|t| received..t);
-                        let resumed = upstream.fetch_blob(repo, &digest, range.clone()).await;
-                        let resumed = self.note_upstream(resumed)?;
-                        if range.is_some() && !resumed.partial {
-                            return Err(PullError::UpstreamUnavailable(
-                                "peers failed mid-blob and the upstream does not support Range"
-                                    .into(),
-                            ));
-                        }
+                        let resumed = self
+                            .ask_origin(&mut core, step, upstream, repo, digest)
+                            .await?;
                         source = Source::Origin(resumed);
-                        self.announce_source(flight, &source);
+                        self.announce_source(flight, &source, &lease);
                         continue;
                     }
                 },
@@ -536,37 +524,19 @@ impl PullThrough {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(error) => {
-                    // Resume where the body broke, if the upstream supports ranges.
-                    let received = flight.received();
-                    let Some(total) = total.filter(|_| resumes < RESUME_ATTEMPTS) else {
-                        return Err(error.into());
-                    };
-                    resumes += 1;
-                    tracing::warn!(%digest, received, %error, "upstream body broke; resuming with a Range request");
-                    let resumed = upstream
-                        .fetch_blob(repo, &digest, Some(received..total))
-                        .await;
-                    let resumed = self.note_upstream(resumed)?;
-                    if !resumed.partial {
-                        return Err(PullError::UpstreamUnavailable(
-                            "upstream body broke and it does not support Range".into(),
-                        ));
-                    }
-                    *response = resumed;
+                    tracing::warn!(%digest, received = core.received(), %error, "upstream body broke; resuming with a Range request");
+                    let step =
+                        core.origin_body_broke(Instant::now(), OriginFailure::from_upstream(error));
+                    *response = self
+                        .ask_origin(&mut core, step, upstream, repo, digest)
+                        .await?;
                     continue;
                 }
             };
             self.metrics.bytes_received_origin.add(chunk.len() as u64);
+            core.bytes_arrived(chunk.len() as u64, true)?;
             if !self
-                .push_piece(
-                    flight,
-                    total,
-                    chunk,
-                    None,
-                    &hash_feed,
-                    &mut feed,
-                    &mut events,
-                )
+                .push_piece(flight, chunk, None, &hash_feed, &mut feed, &mut events)
                 .await?
             {
                 break;
@@ -598,51 +568,131 @@ impl PullThrough {
             ),
             None => None,
         };
-        let source = match (
-            peer_used,
-            origin_filled || matches!(source, Source::Origin(_)),
-        ) {
-            (Some(_), true) => "peer+origin",
-            (Some(_), false) => "peer",
-            (None, _) => "origin",
+        let ingest_end = match worker_end {
+            Some(Ok(WorkerEnd::Committed(len))) => IngestEnd::Committed(len),
+            Some(Ok(WorkerEnd::HandedOver)) | None => IngestEnd::NotStored,
+            Some(Err(IngestError::DigestMismatch { .. })) => IngestEnd::DigestMismatch,
+            Some(Err(error)) => IngestEnd::Failed(error.to_string()),
         };
-        let len = flight.received();
-        let mismatch = match worker_end {
-            Some(Ok(WorkerEnd::Committed(len))) => {
-                return Ok(Fetched {
+        match core.finished(actual == digest, ingest_end) {
+            Verdict::Complete {
+                len,
+                source,
+                stored,
+            } => {
+                if !stored {
+                    // The store failed: the blob was verified here, and is released only now.
+                    flight.mark_digest_matched();
+                }
+                Ok(Fetched {
                     len,
                     source,
-                    stored: true,
+                    stored,
                 })
             }
-            // The store failed: the blob is verified here, and released only if it matches.
-            Some(Ok(WorkerEnd::HandedOver)) | None => {
-                if actual == digest {
-                    flight.mark_digest_matched();
-                    return Ok(Fetched {
-                        len,
-                        source,
-                        stored: false,
-                    });
+            Verdict::Failed(error) => Err(error),
+            Verdict::Mismatch { blame } => {
+                self.metrics.digest_mismatches.inc();
+                if let (Some(peer), Some(peers)) = (blame, &self.peers) {
+                    tracing::error!(expected = %digest, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
+                    peers.avoid(peer);
+                    return Err(PullError::PeerInvalid(format!(
+                        "digest mismatch from peer {peer}: got {actual}"
+                    )));
                 }
-                (digest, actual)
+                tracing::error!(expected = %digest, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
+                Err(PullError::UpstreamInvalid(format!(
+                    "digest mismatch: got {actual}"
+                )))
             }
-            Some(Err(IngestError::DigestMismatch { expected, actual })) => (expected, actual),
-            Some(Err(error)) => return Err(PullError::Internal(error.to_string())),
-        };
-        let (expected, actual) = mismatch;
-        self.metrics.digest_mismatches.inc();
-        if let (Some(peer), Some(peers)) = (peer_used.take(), &self.peers) {
-            tracing::error!(%expected, %actual, %peer, "a peer's shard map and shards do not make the blob; nothing stored, peer avoided");
-            peers.avoid(peer);
-            return Err(PullError::PeerInvalid(format!(
-                "digest mismatch from peer {peer}: got {actual}"
-            )));
         }
-        tracing::error!(%expected, %actual, %repo, upstream = upstream.name(), "upstream served bytes that do not match the digest; response aborted, nothing stored");
-        Err(PullError::UpstreamInvalid(format!(
-            "digest mismatch: got {actual}"
-        )))
+    }
+
+    /// Carries out the core's origin steps (ask for the rest of the blob or its length, again
+    /// after a pause while the origin is unavailable) until a body answers or the core gives up.
+    async fn ask_origin(
+        &self,
+        core: &mut FetchCore,
+        mut step: Step,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+    ) -> Result<crate::upstream::BlobResponse, PullError> {
+        loop {
+            step = match step {
+                Step::Fail(error) => return Err(error),
+                // Only a peer failure asks for a new parent; here the peers are done with.
+                Step::Rehome { .. } => core.rehome_failed(Instant::now()),
+                Step::AskLength { at } => {
+                    tokio::time::sleep_until(at.into()).await;
+                    match self.note_upstream(upstream.blob_length(repo, &digest).await) {
+                        Ok(total) => core.length_known(Instant::now(), total),
+                        Err(error) => core.origin_request_failed(
+                            Instant::now(),
+                            OriginFailure::from_upstream(error),
+                        ),
+                    }
+                }
+                Step::FetchOrigin { range, at } => {
+                    tokio::time::sleep_until(at.into()).await;
+                    match self.note_upstream(upstream.fetch_blob(repo, &digest, range).await) {
+                        Ok(response) => {
+                            core.origin_answered(response.partial)?;
+                            return Ok(response);
+                        }
+                        Err(error) => {
+                            tracing::info!(%digest, %error, "the origin cannot resume the blob yet");
+                            core.origin_request_failed(
+                                Instant::now(),
+                                OriginFailure::from_upstream(error),
+                            )
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// Fetches a gap the peers left from the origin, asking again while the origin is
+    /// unavailable as the core says.
+    async fn fetch_gap(
+        &self,
+        core: &mut FetchCore,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+        range: Range<u64>,
+    ) -> Result<Bytes, PullError> {
+        core.gap_requested(range.clone());
+        loop {
+            match self.note_upstream(
+                upstream
+                    .fetch_blob_range(repo, &digest, range.clone())
+                    .await,
+            ) {
+                Ok(chunk) if chunk.len() as u64 == range.end - range.start => return Ok(chunk),
+                Ok(_) => {
+                    return Err(PullError::UpstreamInvalid(
+                        "the upstream sent a short range".into(),
+                    ))
+                }
+                Err(error) => {
+                    match core
+                        .origin_request_failed(Instant::now(), OriginFailure::from_upstream(error))
+                    {
+                        Step::FetchOrigin { at, .. } | Step::AskLength { at } => {
+                            tokio::time::sleep_until(at.into()).await;
+                        }
+                        Step::Fail(error) => return Err(error),
+                        Step::Rehome { .. } => {
+                            return Err(PullError::Internal(
+                                "a gap fill asked for a new parent".into(),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Applies what the ingest worker reports to the flight.
@@ -663,22 +713,15 @@ impl PullThrough {
     /// when `shard_hash` is given); `false` if the source must stop (the ingest worker failed
     /// other than by a store error). While the blob passes through, waits for room in the
     /// flight's window first, and fails when no reader is left.
-    #[allow(clippy::too_many_arguments)]
     async fn push_piece(
         &self,
         flight: &Flight,
-        total: Option<u64>,
         chunk: Bytes,
         shard_hash: Option<shoal_proto::ShardHash>,
         hash_feed: &mpsc::Sender<Bytes>,
         feed: &mut Option<mpsc::Sender<Feed>>,
         events: &mut mpsc::UnboundedReceiver<WorkerEvent>,
     ) -> Result<bool, PullError> {
-        if total.is_some_and(|t| flight.received() + chunk.len() as u64 > t) {
-            return Err(PullError::UpstreamInvalid(
-                "source sent more bytes than the blob's length".into(),
-            ));
-        }
         if flight.passing_through() && !flight.wait_for_room(chunk.len() as u64).await {
             return Err(PullError::Internal(
                 "every client left a blob the store cannot take".into(),
@@ -733,13 +776,19 @@ impl PullThrough {
 
     /// Records where a flight's bytes now come from and announces the flight in the DHT at once,
     /// so that nodes missing the blob meanwhile find it and follow it.
-    fn announce_source(&self, flight: &Flight, source: &Source) {
-        let kind = match source {
-            Source::Origin(_) => FlightSource::Origin,
-            Source::Peers(PeerFetch::Parallel(_)) => FlightSource::StoredPeers,
-            Source::Peers(PeerFetch::Follow(_)) => FlightSource::InFlightPeer,
+    /// The fetch's lease at the blob's home follows its source.
+    fn announce_source(&self, flight: &Flight, source: &Source, lease: &ClaimLease) {
+        let (kind, role) = match source {
+            Source::Origin(_) => (FlightSource::Origin, LeaseRole::FromOrigin),
+            Source::Peers(PeerFetch::Parallel(_)) => {
+                (FlightSource::StoredPeers, LeaseRole::Outside)
+            }
+            Source::Peers(PeerFetch::Follow(_)) => {
+                (FlightSource::InFlightPeer, LeaseRole::Following)
+            }
         };
         flight.set_source(kind);
+        lease.set(role);
         if let Some(peers) = &self.peers {
             peers.provide(flight.digest);
         }

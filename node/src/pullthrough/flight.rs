@@ -369,10 +369,6 @@ impl Flight {
         self.notify();
     }
 
-    pub(super) fn received(&self) -> u64 {
-        self.state().received
-    }
-
     pub(super) fn push(&self, bytes: Bytes) {
         let mut state = self.state();
         state.received += bytes.len() as u64;
@@ -620,6 +616,93 @@ mod tests {
         assert!(matches!(flight.shard(2), NextShard::Wait));
         flight.mark_verified();
         assert!(matches!(flight.shard(2), NextShard::End));
+    }
+
+    #[test]
+    fn a_late_joiner_reads_the_start_from_shard_files_and_the_rest_from_memory() {
+        let flight = flight();
+        let _first = flight.join().unwrap();
+        flight.start(Some(10));
+        flight.push(Bytes::from_static(b"0123456789"));
+        flight.add_shards(vec![StoredShard {
+            offset: 0,
+            len: 6,
+            path: "/shard-0".into(),
+            hash: ShardHash::from_bytes([1; 32]),
+        }]);
+        // Joining after the first shard left memory: the start comes from its file.
+        let late = flight.join().expect("a storing flight takes late joiners");
+        match flight.next(0, None) {
+            Next::File(shard, offset, len) => {
+                assert_eq!(shard.path, std::path::PathBuf::from("/shard-0"));
+                assert_eq!((offset, len), (0, 6));
+            }
+            _ => panic!("expected the shard file"),
+        }
+        late.advance(6);
+        // The rest is in memory, without its last byte until the digest matched.
+        assert_eq!(&bytes_of(flight.next(6, Some(10)))[..], b"678");
+        flight.mark_digest_matched();
+        assert_eq!(&bytes_of(flight.next(9, Some(10)))[..], b"9");
+        assert!(matches!(flight.next(10, Some(10)), Next::End));
+    }
+
+    #[test]
+    fn a_source_failing_mid_body_fails_every_reader_and_every_follower_and_never_ends_cleanly() {
+        let flight = flight();
+        let reader = flight.join().unwrap();
+        flight.start(Some(10));
+        flight.set_source(FlightSource::Origin);
+        flight.push(Bytes::from_static(b"01234"));
+        assert_eq!(&bytes_of(flight.next(0, Some(10)))[..], b"01234");
+        reader.advance(5);
+        flight.finish(Outcome::Failed(PullError::UpstreamUnavailable(
+            "connection reset".into(),
+        )));
+        // Readers get an error, never an end: their responses are aborted, not cut short.
+        assert!(matches!(flight.next(5, Some(10)), Next::Failed(_)));
+        assert!(matches!(flight.next(0, Some(10)), Next::Failed(_)));
+        // Peers following it are told it failed, and it is no longer offered.
+        assert!(matches!(flight.shard(0), NextShard::Failed));
+        assert_eq!(flight.source(), Some(None));
+        // Bytes had been sent: the header was good, the failure comes in the body.
+        assert!(matches!(flight.header_state(), Some(Ok(Some(10)))));
+    }
+
+    #[test]
+    fn a_flight_failing_before_its_first_byte_fails_the_header() {
+        let flight = flight();
+        let _reader = flight.join().unwrap();
+        assert!(flight.header_state().is_none(), "still connecting");
+        flight.finish(Outcome::Failed(PullError::NotFound));
+        assert!(matches!(
+            flight.header_state(),
+            Some(Err(PullError::NotFound))
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_reader_no_longer_holds_bytes_of_a_flight_passing_through() {
+        let flight = flight();
+        let stays = flight.join().unwrap();
+        let leaves = flight.join().unwrap();
+        flight.start(None);
+        flight.pass_through(None);
+        flight.push(Bytes::from(vec![1u8; 100]));
+        stays.advance(100);
+        // The one that left early still pins its bytes until it is gone.
+        assert_eq!(flight.state().pending_start, 0);
+        drop(leaves);
+        assert_eq!(flight.state().pending_start, 100);
+        // The flight goes on for the reader that stayed.
+        flight.push(Bytes::from(vec![2u8; 10]));
+        assert_eq!(
+            bytes_of(flight.next(100, None)).len(),
+            9,
+            "the last byte held back"
+        );
+        drop(stays);
+        assert_eq!(flight.wait_for_room(1).now_or_never(), Some(false));
     }
 
     #[test]

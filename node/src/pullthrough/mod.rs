@@ -15,6 +15,8 @@
 //! A response that cannot be completed correctly is aborted, never finished short or wrong.
 
 mod blobs;
+mod claim_lease;
+mod fetch_core;
 mod flight;
 mod for_peers;
 mod manifests;
@@ -43,7 +45,7 @@ pub use manifests::{CachedManifests, ManifestReply, MANIFEST_MEDIA_TYPES};
 pub use warm::Warmed;
 
 /// Why a request could not be answered.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PullError {
     /// Neither the store nor the upstream has it.
     #[error("not found")]
