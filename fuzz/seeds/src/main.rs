@@ -90,6 +90,21 @@ fn main() {
             claim: ClaimAsk::NoClaim,
         },
     );
+    for (name, claim) in [
+        ("request-renew-origin", ClaimAsk::StillFetchingFromOrigin),
+        ("request-renew-following", ClaimAsk::StillFollowing),
+    ] {
+        wire(
+            2,
+            name,
+            &ShardRequest {
+                blob: [3; 32],
+                shards: ShardSet::All,
+                map: MapWanted::HashOnly,
+                claim,
+            },
+        );
+    }
     wire(3, "answer-map", &ShardAnswer::Map(sample_map()));
     wire(3, "answer-hash", &ShardAnswer::MapHash([4; 32]));
     wire(
