@@ -12,8 +12,8 @@ use shoal_proto::gossip::{
 use shoal_proto::preheat::{BlobSource, Fetched, PreheatReport, PreheatRequest};
 use shoal_proto::records::{encode, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
 use shoal_proto::wire::{
-    Challenge, ClaimAsk, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted, Proof,
-    ShardAnswer, ShardFrame, ShardRequest, ShardSet, WireMessage, PREFIX_LEN,
+    Challenge, ClaimAsk, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted,
+    Proof, ShardAnswer, ShardFrame, ShardRequest, ShardSet, WireMessage, PREFIX_LEN,
 };
 use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardMap};
 
@@ -212,7 +212,11 @@ fn main() {
         2_000_000,
     );
     let frame = preheat_request.encode();
-    write("preheat", "request", &with_selector(0, &frame[PREFIX_LEN..]));
+    write(
+        "preheat",
+        "request",
+        &with_selector(0, &frame[PREFIX_LEN..]),
+    );
     for (name, report) in [
         ("progress", PreheatReport::Progress(1 << 20)),
         ("already-there", PreheatReport::AlreadyThere),
