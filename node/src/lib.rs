@@ -220,15 +220,16 @@ pub async fn run_with(
     }
     let flights = pull.clone();
     let health = pull.clone();
+    let region = config
+        .p2p
+        .as_ref()
+        .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone());
     let preheat = preheat::PreheatService::new(preheat::Parts {
         pull: pull.clone(),
         network: network_handle.clone(),
         upstreams: upstreams.clone(),
         default_upstream: config.default_upstream.clone(),
-        region: config
-            .p2p
-            .as_ref()
-            .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone()),
+        region: region.clone(),
     });
     if let Some(network) = &network_handle {
         network.serve_preheat(Arc::new(preheat.clone()));
@@ -238,10 +239,7 @@ pub async fn run_with(
         network: network_handle.clone(),
         upstreams: upstreams.clone(),
         default_upstream: config.default_upstream.clone(),
-        region: config
-            .p2p
-            .as_ref()
-            .map_or_else(|| "default".to_owned(), |p2p| p2p.region.clone()),
+        region: region.clone(),
         preheat: preheat.clone(),
         holds: tag_holds,
         config: config.rebuild.clone(),

@@ -74,6 +74,13 @@ impl AdminClient {
         })
     }
 
+    /// Sends the token read from `path` (the node's `admin_token_file`), if any, on every
+    /// request.
+    pub fn with_token_file(self, path: Option<&Path>) -> Result<AdminClient> {
+        let token = path.map(read_token_file).transpose()?;
+        Ok(self.with_token(token))
+    }
+
     /// Sends `token` as the bearer token on requests that change state (needed when the node
     /// has `admin_token_file`).
     pub fn with_token(mut self, token: Option<String>) -> AdminClient {

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use shoal_proto::BlobDigest;
 
-use crate::admin_client::{read_token_file, AdminClient};
+use crate::admin_client::AdminClient;
 
 /// Longest a request may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,12 +100,8 @@ pub enum GraphFormat {
 
 /// The admin client for `options`, with the token read from `--token-file` if given.
 fn client(options: &AdminOptions) -> Result<AdminClient> {
-    let token = options
-        .token_file
-        .as_deref()
-        .map(read_token_file)
-        .transpose()?;
-    Ok(AdminClient::with_timeout(&options.admin, TIMEOUT)?.with_token(token))
+    AdminClient::with_timeout(&options.admin, TIMEOUT)?
+        .with_token_file(options.token_file.as_deref())
 }
 
 fn run_async<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {

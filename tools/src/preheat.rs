@@ -45,12 +45,7 @@ pub struct PreheatArgs {
 
 /// Runs `shoal preheat`.
 pub async fn run(args: PreheatArgs) -> Result<ExitCode> {
-    let token = args
-        .token_file
-        .as_deref()
-        .map(crate::admin_client::read_token_file)
-        .transpose()?;
-    let client = AdminClient::new(&args.admin)?.with_token(token);
+    let client = AdminClient::new(&args.admin)?.with_token_file(args.token_file.as_deref())?;
     let started = client
         .preheat_start(&PreheatBody {
             images: args.images.clone(),

@@ -32,12 +32,7 @@ pub struct RebuildArgs {
 
 /// Runs `shoal rebuild`.
 pub async fn run(args: RebuildArgs) -> Result<ExitCode> {
-    let token = args
-        .token_file
-        .as_deref()
-        .map(crate::admin_client::read_token_file)
-        .transpose()?;
-    let client = AdminClient::new(&args.admin)?.with_token(token);
+    let client = AdminClient::new(&args.admin)?.with_token_file(args.token_file.as_deref())?;
     let (mut view, running) = client.rebuild_start(&args.image).await?;
     if !args.json {
         print!("{}", lines(&view));

@@ -15,7 +15,7 @@ use clap::Subcommand;
 use serde_json::Value;
 use shoal_proto::BlobDigest;
 
-use crate::admin_client::{read_token_file, AdminClient};
+use crate::admin_client::AdminClient;
 
 /// `shoal threat ...`
 #[derive(Debug, Subcommand)]
@@ -102,8 +102,8 @@ async fn import(
         );
     }
     let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let token = token_file.as_deref().map(read_token_file).transpose()?;
-    let client = AdminClient::with_timeout(admin, TIMEOUT)?.with_token(token);
+    let client =
+        AdminClient::with_timeout(admin, TIMEOUT)?.with_token_file(token_file.as_deref())?;
     let (status, value) = exchange(
         &client,
         reqwest::Method::POST,
