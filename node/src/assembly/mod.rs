@@ -19,13 +19,16 @@
 //!   past the next shard to hand on, which bounds the memory held for reordering. These decisions
 //!   are a state machine driven by events and an explicit `now` (`plan`, unit-tested);
 //!   [`ParallelFetch`] is its thin async shell.
-//! - **A holder still fetching it** ([`FollowFetch`]): its shards arrive in order as it gets them.
+//! - **A holder still fetching it** ([`FollowFetch`]): its shards arrive in order as it gets them;
+//!   what each frame means (order, length, the end frame's count) is decided by `follow`'s
+//!   sans-IO [`FollowOrder`], unit-tested.
 //!   A fetch feeds at most two followers; a full one names one of its followers instead, and this
 //!   node follows that one, down the blob's tree (see `p2p::claims` and `p2p::followers`).
 //!
 //! **Invariant:** every shard handed on has matched the BLAKE3 its map gives; the map itself is
 //! proven only by the blob's sha256, which `pullthrough` checks before completing anything.
 
+mod follow;
 mod plan;
 
 use std::collections::HashMap;
@@ -41,6 +44,7 @@ use shoal_proto::{BlobDigest, ChunkingParams, ShardHash, ShardMap};
 use crate::metrics::Metrics;
 use crate::p2p::{NextFrame, PeerAnswer, PeerNetwork, ShardStream, TransferError};
 
+use follow::FollowOrder;
 pub use plan::{
     Action, BatchId, Failure, ParallelPlan, Step, FIRST_HEDGE, HOLDER_FAILURES, MIN_HEDGE,
     REORDER_BYTES,
@@ -102,7 +106,7 @@ impl PeerFetch {
     pub fn blob_len(&self) -> Option<u64> {
         match self {
             PeerFetch::Parallel(fetch) => Some(fetch.map().blob_len),
-            PeerFetch::Follow(fetch) => fetch.blob_len,
+            PeerFetch::Follow(fetch) => fetch.order.blob_len(),
         }
     }
 
@@ -322,10 +326,8 @@ async fn ask(
             tracing::info!(%digest, %peer, "following a peer that is fetching the blob");
             Asked::Fetch(PeerFetch::Follow(Box::new(FollowFetch {
                 stream,
-                blob_len: header.blob_len,
+                order: FollowOrder::new(header.blob_len),
                 chunking: header.chunking,
-                received: 0,
-                next_index: 0,
                 metrics: metrics.clone(),
             })))
         }
@@ -346,13 +348,12 @@ async fn ask(
     }
 }
 
-/// A blob streamed by a holder that is still fetching it.
+/// A blob streamed by a holder that is still fetching it: the async shell of a [`FollowOrder`],
+/// which decides what each frame means.
 pub struct FollowFetch {
     stream: ShardStream,
-    blob_len: Option<u64>,
+    order: FollowOrder,
     chunking: ChunkingParams,
-    received: u64,
-    next_index: u32,
     metrics: Arc<Metrics>,
 }
 
@@ -362,29 +363,19 @@ impl FollowFetch {
         let failed = |error| AssemblyError::Peer { peer, error };
         match self.stream.next_frame().await.map_err(failed)? {
             NextFrame::Shard(frame, bytes) => {
-                if frame.index != self.next_index {
-                    return Err(failed(TransferError::Protocol("shard out of order")));
-                }
-                self.next_index += 1;
-                self.received += bytes.len() as u64;
-                if self.blob_len.is_some_and(|len| self.received > len) {
-                    return Err(failed(TransferError::Protocol(
-                        "more bytes than the blob's length",
-                    )));
-                }
+                self.order
+                    .on_shard(frame.index, bytes.len() as u64)
+                    .map_err(failed)?;
                 self.metrics
                     .record_shard_from_peer(&peer, bytes.len() as u64, None);
                 Ok(Some((bytes, ShardHash::from_bytes(frame.hash))))
             }
-            NextFrame::End { count } if count != self.next_index => Err(failed(
-                TransferError::Protocol("the end frame counts other shards than were sent"),
-            )),
-            NextFrame::End { .. } if self.blob_len.is_some_and(|len| self.received != len) => {
-                Err(failed(TransferError::EndedEarly("the blob ended short")))
-            }
             // Only the end frame completes a followed blob: the holder sends it once the blob
             // matched its digest there. A bare end of the stream is an error of the stream.
-            NextFrame::End { .. } => Ok(None),
+            NextFrame::End { count } => {
+                self.order.on_end(count).map_err(failed)?;
+                Ok(None)
+            }
         }
     }
 }
@@ -617,14 +608,12 @@ mod tests {
     fn follow(bytes: Vec<u8>, blob_len: Option<u64>) -> FollowFetch {
         FollowFetch {
             stream: ShardStream::from_bytes(PeerId::random(), bytes),
-            blob_len,
+            order: FollowOrder::new(blob_len),
             chunking: ChunkingParams {
                 min: 1,
                 avg: 2,
                 max: 4,
             },
-            received: 0,
-            next_index: 0,
             metrics: Arc::default(),
         }
     }
