@@ -160,13 +160,27 @@ pub async fn open(
     }
     let home = network.find_home(digest).await;
     let claimant = if home == network.local_peer_id() {
-        network.claim_locally(digest)?
+        let Some(claimant) = network.claim_locally(digest) else {
+            tracing::info!(%digest, %home, answer = "fetch it", "claim: this node is the blob's home");
+            return None;
+        };
+        tracing::info!(%digest, %home, answer = %claimant, "claim: this node is the blob's home");
+        claimant
     } else {
         tracing::debug!(%digest, %home, "nobody provides the blob; asking its home who fetches it");
         match ask(network, metrics, digest, home, &[home], true).await {
-            Asked::Fetch(fetch) => return Some(fetch),
-            Asked::Claimed(claimant) if claimant != network.local_peer_id() => claimant,
-            Asked::Claimed(_) | Asked::Nothing => return None,
+            Asked::Fetch(fetch) => {
+                tracing::info!(%digest, %home, answer = "its own copy", "claim: the blob's home answered");
+                return Some(fetch);
+            }
+            Asked::Claimed(claimant) if claimant != network.local_peer_id() => {
+                tracing::info!(%digest, %home, answer = %claimant, "claim: the blob's home answered");
+                claimant
+            }
+            Asked::Claimed(_) | Asked::Nothing => {
+                tracing::info!(%digest, %home, answer = "fetch it", "claim: the blob's home answered");
+                return None;
+            }
         }
     };
     tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
@@ -227,8 +241,13 @@ pub async fn rehome(
     let parent = loop {
         let home = network.find_home(digest).await;
         let parent = if home == network.local_peer_id() {
-            network.claim_locally(digest)?
+            let Some(parent) = network.claim_locally(digest) else {
+                tracing::info!(%digest, %home, %gone, answer = "fetch it", "re-home: this node is the blob's home");
+                return None;
+            };
+            parent
         } else if home == gone {
+            tracing::info!(%digest, %home, %gone, "re-home: the blob's home is the peer that failed; not asked");
             return None;
         } else {
             match ask(network, metrics, digest, home, &[home], true).await {
@@ -241,6 +260,7 @@ pub async fn rehome(
                 Asked::Nothing => return None,
             }
         };
+        tracing::info!(%digest, %home, %gone, answer = %parent, "re-home: the blob's home answered");
         if parent != gone || Instant::now() >= deadline {
             break parent;
         }

@@ -369,6 +369,7 @@ impl PeerNetwork {
             tracing::debug!(%digest, "closest-peers lookup failed; the home is chosen among connected members");
             return self.home_among_connected(digest);
         };
+        let found_len = found.len();
         // A peer being avoided (it sent bad bytes) is not asked anything, as a home neither.
         let candidates: Vec<PeerId> = {
             let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
@@ -406,7 +407,7 @@ impl PeerNetwork {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest, home, Instant::now());
-        tracing::debug!(%digest, %home, "blob's home found");
+        tracing::info!(%digest, %home, looked_up = found_len, members = self.peers.members().len(), "blob's home looked up");
         home
     }
 

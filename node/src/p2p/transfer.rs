@@ -423,7 +423,7 @@ async fn serve_one(
             .claim(digest, peer, peer_region.clone(), Instant::now())
         {
             Claim::Granted => {
-                tracing::debug!(%digest, "nobody fetches the blob; the requester will");
+                tracing::info!(%digest, asker = %peer, "claim granted as the blob's home: the asker fetches it from the origin");
                 return answer(&mut stream, ShardAnswer::NotHere).await;
             }
             Claim::Held(holder) if holder == serving.local => {
