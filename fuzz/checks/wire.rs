@@ -3,8 +3,8 @@
 //! both ways and survive encode → decode unchanged.
 
 use shoal_proto::wire::{
-    BodyReader, Challenge, ManifestAnswer, ManifestRequest, Proof, ShardAnswer, ShardFrame,
-    ShardRequest, WireMessage, PREFIX_LEN,
+    BodyReader, Challenge, FailedMember, ManifestAnswer, ManifestRequest, Proof, ShardAnswer,
+    ShardFrame, ShardRequest, WireMessage, PREFIX_LEN,
 };
 
 /// The first byte picks the message type; the rest is a frame body (header and archive).
@@ -12,14 +12,15 @@ pub fn check(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    match selector % 7 {
+    match selector % 8 {
         0 => message::<Challenge>(body),
         1 => message::<Proof>(body),
         2 => message::<ShardRequest>(body),
         3 => message::<ShardAnswer>(body),
         4 => message::<ShardFrame>(body),
         5 => message::<ManifestRequest>(body),
-        _ => message::<ManifestAnswer>(body),
+        6 => message::<ManifestAnswer>(body),
+        _ => message::<FailedMember>(body),
     }
 }
 

@@ -1,7 +1,8 @@
 //! A blob's home is found by a Kademlia closest-peers lookup, not only among the members a node is
 //! connected to: nodes bootstrapped in a chain, one of which is connected to a single member, still
 //! agree on the home, and of all the nodes that ask it who fetches the blob exactly one is told to
-//! fetch it from the origin.
+//! fetch it from the origin. A member re-homing away from the member that failed it is placed
+//! under another one over the wire, and a member that some node avoids stays the home for it.
 
 mod common;
 
@@ -141,4 +142,73 @@ async fn nodes_not_all_connected_agree_on_the_home_and_one_fetches_from_the_orig
         from_origin, 1,
         "more than one node would fetch from the origin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_homing_member_is_placed_away_from_the_one_that_failed_it_by_the_same_home() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [22u8; 32];
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for _ in 0..4 {
+        let bootstrap = nodes
+            .last()
+            .map(|n| vec![n.addr.clone()])
+            .unwrap_or_default();
+        let joiner = node(&key, bootstrap, stop.clone()).await;
+        if let Some(previous) = nodes.last() {
+            wait_for_member(&joiner, previous.network.local_peer_id()).await;
+        }
+        nodes.push(joiner);
+    }
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.network.local_peer_id()).collect();
+    for node in &nodes {
+        for id in &ids {
+            if *id != node.network.local_peer_id() {
+                wait_for_member(node, *id).await;
+            }
+        }
+    }
+    let digest = BlobDigest::from_bytes([9; 32]);
+    let home = true_home(&digest, &ids);
+    let others: Vec<&TestNode> = nodes
+        .iter()
+        .filter(|n| n.network.local_peer_id() != home)
+        .collect();
+    let (first, second, third) = (others[0], others[1], others[2]);
+    // `second` got bad bytes from the home once (say): it still finds the same home, since the
+    // home's claims are not its bytes and every node must ask the same one.
+    // (Once the disconnection that avoiding brings is done: the lookup then dials it again.)
+    second.network.avoid(home);
+    for _ in 0..100 {
+        if !second.network.members().contains(&home) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.network.find_home(digest).await, home);
+
+    assert_eq!(claim(&first.network, home, digest).await, None);
+    let first_id = first.network.local_peer_id();
+    assert_eq!(claim(&second.network, home, digest).await, Some(first_id));
+    assert_eq!(claim(&third.network, home, digest).await, Some(first_id));
+    // `first` fails `second` mid-blob while its lease runs: asked plainly, the home names it
+    // again; named as the one that failed, the home places `second` under `third` at once.
+    assert_eq!(claim(&second.network, home, digest).await, Some(first_id));
+    match second
+        .network
+        .request_instead_of(home, digest, first_id)
+        .await
+    {
+        Ok(PeerAnswer::Claimed(parent)) => assert_eq!(parent, third.network.local_peer_id()),
+        other => panic!("the home answered a re-homing request with {other:?}"),
+    }
+    // `third` is failed by `first` too: nobody else is left (`second` follows it), so it is let
+    // fetch the rest from the origin.
+    assert!(matches!(
+        third
+            .network
+            .request_instead_of(home, digest, first_id)
+            .await,
+        Err(TransferError::NotHere)
+    ));
 }

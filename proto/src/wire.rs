@@ -56,6 +56,16 @@
 //!   ◀──── ShardFrame { len: 0 }                          (in-flight answers only: the end)
 //! ```
 //!
+//! A re-homing request (`claim` `WhoElseFetches`) carries one more frame right after it, the
+//! member that failed the requester:
+//!
+//! ```text
+//! requester                                home
+//!   ── ShardRequest { blob, claim: WhoElseFetches } ──▶
+//!   ── FailedMember { peer } ───────────────────────▶
+//!   ◀──── ShardAnswer::Claimed(peer) | NotHere
+//! ```
+//!
 //! * A holder with the whole blob answers with its shard map (`map: Full`) or only the map's
 //!   BLAKE3 (`map: HashOnly`, when the requester already has a map from another holder and only
 //!   needs to know the two agree), then sends the wanted shards. A requester spreads a blob's
@@ -76,6 +86,14 @@
 //!   `StillFetchingFromOrigin` or `StillFollowing`, no shards wanted): the home answers `NotHere` at
 //!   once and sends nothing else. A place not renewed for the home's lease lapses, so the home
 //!   learns that a member went away without being connected to it.
+//! * A member whose parent (or the holder whose map led) failed it mid-blob asks the home again
+//!   with `claim` `WhoElseFetches` and names that member in a [`FailedMember`] frame: the home
+//!   answers only from its record of the blob's tree (never with its own copy or flight), with
+//!   another live member of the tree to follow (`Claimed`), never the failed one, or `NotHere`
+//!   when none is left (the requester fetches the rest from the origin). The home does not drop
+//!   the failed member for the others on one member's word. Members that predate this request
+//!   refuse it (its claim is an unknown variant to them, which the archive check rejects), and
+//!   the requester then asks with `WhoFetches` as before.
 //!
 //! A holder that cannot send a shard (for example it failed verification on its disk) closes the
 //! stream; the requester treats a short stream as a failed peer. Frame hashes are checked by the
@@ -100,7 +118,7 @@
 //! ## Limits
 //!
 //! * [`ShardRequest`]: at most [`MAX_REQUEST_BYTES`] (the bitfield of the largest shard map).
-//! * A peer id in `Claimed`: at most [`MAX_PEER_ID_BYTES`].
+//! * A peer id in `Claimed` or [`FailedMember`]: 1 to [`MAX_PEER_ID_BYTES`].
 //! * [`ShardAnswer`]: at most [`MAX_ANSWER_BYTES`] (the largest shard map plus slack).
 //! * [`ShardFrame`], [`Challenge`], [`Proof`]: at most [`MAX_SMALL_BYTES`]; a shard's bytes at most
 //!   [`MAX_SHARD_BYTES`] and exactly the length its shard map entry gives.
@@ -167,6 +185,8 @@ pub enum Kind {
     Answer = 4,
     /// [`ShardFrame`].
     Frame = 5,
+    /// [`FailedMember`] (after a [`ShardRequest`] whose claim is [`ClaimAsk::WhoElseFetches`]).
+    FailedMember = 6,
     /// [`ManifestRequest`].
     ManifestRequest = 8,
     /// [`ManifestAnswer`].
@@ -298,6 +318,20 @@ pub enum ClaimAsk {
     StillFetchingFromOrigin,
     /// The requester still fetches the blob from the member it was placed under: renew its place.
     StillFollowing,
+    /// Who fetches the blob other than the member named in the [`FailedMember`] frame that
+    /// follows this request, which failed the requester mid-blob: the home places the requester
+    /// under another live member of the blob's tree, or lets it fetch the rest from the origin.
+    /// Added last, so that the other variants encode as before; members that predate it refuse
+    /// the request.
+    WhoElseFetches,
+}
+
+/// The member that failed a re-homing requester (sent right after a [`ShardRequest`] whose claim
+/// is [`ClaimAsk::WhoElseFetches`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FailedMember {
+    /// The member's peer id bytes (1 to [`MAX_PEER_ID_BYTES`]).
+    pub peer: Vec<u8>,
 }
 
 impl ClaimAsk {
@@ -708,6 +742,18 @@ wire_message!(
             Err(WireError::Invalid("peer id length out of range"))
         }
         _ => Ok(()),
+    }
+);
+wire_message!(
+    FailedMember,
+    Kind::FailedMember,
+    MAX_SMALL_BYTES,
+    |m: &FailedMember| {
+        if m.peer.is_empty() || m.peer.len() > MAX_PEER_ID_BYTES {
+            Err(WireError::Invalid("peer id length out of range"))
+        } else {
+            Ok(())
+        }
     }
 );
 wire_message!(
@@ -1123,5 +1169,91 @@ mod tests {
         };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&renewal).unwrap();
         assert!(rkyv::access::<ArchivedFlagRequest, rkyv::rancor::Error>(&bytes).is_err());
+    }
+
+    /// `ClaimAsk` as it was before `WhoElseFetches`, as members not yet upgraded decode it.
+    #[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    enum ClaimAskBeforeRehoming {
+        NoClaim,
+        WhoFetches,
+        StillFetchingFromOrigin,
+        StillFollowing,
+    }
+
+    #[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    struct RequestBeforeRehoming {
+        blob: [u8; 32],
+        shards: ShardSet,
+        map: MapWanted,
+        claim: ClaimAskBeforeRehoming,
+    }
+
+    #[test]
+    fn plain_requests_claims_and_renewals_encode_as_before_re_homing_requests_existed() {
+        for (old_ask, ask) in [
+            (ClaimAskBeforeRehoming::NoClaim, ClaimAsk::NoClaim),
+            (ClaimAskBeforeRehoming::WhoFetches, ClaimAsk::WhoFetches),
+            (
+                ClaimAskBeforeRehoming::StillFetchingFromOrigin,
+                ClaimAsk::StillFetchingFromOrigin,
+            ),
+            (
+                ClaimAskBeforeRehoming::StillFollowing,
+                ClaimAsk::StillFollowing,
+            ),
+        ] {
+            for shards in [ShardSet::All, ShardSet::from_indices([0, 5, 9])] {
+                let old = RequestBeforeRehoming {
+                    blob: [5; 32],
+                    shards: shards.clone(),
+                    map: MapWanted::HashOnly,
+                    claim: old_ask,
+                };
+                let new = ShardRequest {
+                    blob: [5; 32],
+                    shards,
+                    map: MapWanted::HashOnly,
+                    claim: ask,
+                };
+                let old = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+                let encoded = new.encode();
+                assert_eq!(&old[..], &encoded[PREFIX_LEN + HEADER_LEN..]);
+                assert_eq!(ShardRequest::decode(&encoded[PREFIX_LEN..]), Ok(new));
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_that_predates_re_homing_requests_refuses_one_rather_than_misreading_it() {
+        let request = ShardRequest {
+            blob: [5; 32],
+            shards: ShardSet::Bitfield(Vec::new()),
+            map: MapWanted::Full,
+            claim: ClaimAsk::WhoElseFetches,
+        };
+        let encoded = request.encode();
+        let archive = &encoded[PREFIX_LEN + HEADER_LEN..];
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(archive);
+        assert!(
+            rkyv::from_bytes::<RequestBeforeRehoming, rkyv::rancor::Error>(&aligned).is_err(),
+            "an older member would read the re-homing request as another one"
+        );
+        // This build reads it back.
+        assert_eq!(ShardRequest::decode(&encoded[PREFIX_LEN..]), Ok(request));
+    }
+
+    #[test]
+    fn a_failed_member_frame_round_trips_and_its_peer_id_is_bounded() {
+        let named = FailedMember { peer: vec![3; 38] };
+        let encoded = named.encode();
+        assert_eq!(FailedMember::decode(&encoded[PREFIX_LEN..]), Ok(named));
+        for peer in [Vec::new(), vec![3; MAX_PEER_ID_BYTES + 1]] {
+            let encoded = FailedMember { peer }.encode();
+            assert!(FailedMember::decode(&encoded[PREFIX_LEN..]).is_err());
+        }
+        // Not to be taken for any other message.
+        let encoded = FailedMember { peer: vec![3; 38] }.encode();
+        assert!(ShardRequest::decode(&encoded[PREFIX_LEN..]).is_err());
     }
 }

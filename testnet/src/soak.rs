@@ -593,7 +593,10 @@ async fn run_phase(
 }
 
 /// What the nodes log about a blob's fetch, kept for the attribution of extra origin bytes.
-const FETCH_LOG_MARKERS: [&str; 9] = [
+const FETCH_LOG_MARKERS: [&str; 12] = [
+    "claim",
+    "re-home",
+    "home looked up",
     "blob fetched",
     "blob fetch failed",
     "blob passed through",

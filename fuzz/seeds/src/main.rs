@@ -12,7 +12,7 @@ use shoal_proto::gossip::{
 use shoal_proto::preheat::{BlobSource, Fetched, PreheatReport, PreheatRequest};
 use shoal_proto::records::{encode, AccessRecord, ManifestRecord, ShardRecord, TagRecord};
 use shoal_proto::wire::{
-    Challenge, ClaimAsk, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted,
+    Challenge, ClaimAsk, FailedMember, FoundManifest, InFlightHeader, ManifestAnswer, ManifestRequest, MapWanted,
     Proof, ShardAnswer, ShardFrame, ShardRequest, ShardSet, WireMessage, PREFIX_LEN,
 };
 use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardMap};
@@ -93,6 +93,7 @@ fn main() {
     for (name, claim) in [
         ("request-renew-origin", ClaimAsk::StillFetchingFromOrigin),
         ("request-renew-following", ClaimAsk::StillFollowing),
+        ("request-who-else-fetches", ClaimAsk::WhoElseFetches),
     ] {
         wire(
             2,
@@ -105,6 +106,7 @@ fn main() {
             },
         );
     }
+    wire(7, "failed-member", &FailedMember { peer: vec![7; 38] });
     wire(3, "answer-map", &ShardAnswer::Map(sample_map()));
     wire(3, "answer-hash", &ShardAnswer::MapHash([4; 32]));
     wire(

@@ -30,6 +30,7 @@
 
 mod follow;
 mod plan;
+mod rehoming;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -49,6 +50,7 @@ pub use plan::{
     Action, BatchId, Failure, ParallelPlan, Step, FIRST_HEDGE, HOLDER_FAILURES, MIN_HEDGE,
     REORDER_BYTES,
 };
+use rehoming::{AskHow, HomeAnswer, RehomeAction, Rehoming};
 
 /// Bytes of shards asked for in one request (at least one shard).
 pub const BATCH_BYTES: u64 = 4 << 20;
@@ -159,18 +161,36 @@ pub async fn open(
                     return Some(fetch);
                 }
             }
-            Asked::Nothing => {}
+            Asked::Nothing | Asked::Failed => {}
         }
     }
     let home = network.find_home(digest).await;
     let claimant = if home == network.local_peer_id() {
-        network.claim_locally(digest)?
+        let Some(claimant) = network.claim_locally(digest) else {
+            tracing::info!(%digest, %home, answer = "fetch it", "claim: this node is the blob's home");
+            return None;
+        };
+        tracing::info!(%digest, %home, answer = %claimant, "claim: this node is the blob's home");
+        claimant
     } else {
         tracing::debug!(%digest, %home, "nobody provides the blob; asking its home who fetches it");
         match ask(network, metrics, digest, home, &[home], true).await {
-            Asked::Fetch(fetch) => return Some(fetch),
-            Asked::Claimed(claimant) if claimant != network.local_peer_id() => claimant,
-            Asked::Claimed(_) | Asked::Nothing => return None,
+            Asked::Fetch(fetch) => {
+                tracing::info!(%digest, %home, answer = "its own copy", "claim: the blob's home answered");
+                return Some(fetch);
+            }
+            Asked::Claimed(claimant) if claimant != network.local_peer_id() => {
+                tracing::info!(%digest, %home, answer = %claimant, "claim: the blob's home answered");
+                claimant
+            }
+            Asked::Claimed(_) | Asked::Nothing => {
+                tracing::info!(%digest, %home, answer = "fetch it", "claim: the blob's home answered");
+                return None;
+            }
+            Asked::Failed => {
+                tracing::info!(%digest, %home, answer = "none", "claim: the blob's home did not answer");
+                return None;
+            }
         }
     };
     tracing::debug!(%digest, %claimant, "another member is fetching the blob; following it");
@@ -184,12 +204,13 @@ pub async fn open(
 
 /// Finds a new source for a fetch whose parent or holders (`gone`: the one followed, or whose map
 /// led) failed mid-blob: members that announced the whole blob or that the DHT names as providers
-/// (a stored copy only), else the blob's home, which places this node again under a member of the
-/// blob's tree that still renews its lease and does not follow it (or, once the claimant's lease
-/// ran out, grants this node the fetch: `None`, and the caller goes on from the origin where it
-/// stopped, as the tree's new root). While the home still names `gone` (its lease runs), it is
-/// asked again every `RENEW_CLAIM_EVERY`, for at most one lease. A stored copy at the home is taken too. A flight the home is running itself is not:
-/// the home's own flight may follow this node, and a flight must never wait on its own follower.
+/// (a stored copy only), else the blob's home, asked even when it is `gone`, naming `gone`: it
+/// places this node under another member of the blob's tree that still renews its lease and does
+/// not follow it, or grants it the rest (`None`, and the caller goes on from the origin where it
+/// stopped). A home that predates that request is asked plainly, and again every
+/// `RENEW_CLAIM_EVERY` for at most one lease while it names `gone`; a stored copy it offers is
+/// taken unless it is `gone`'s, a flight it runs itself is not (it may follow this node, and a
+/// flight must never wait on its own follower). The decisions are `rehoming`'s state machine.
 /// `None` when no peer can help.
 pub async fn rehome(
     network: &PeerNetwork,
@@ -221,41 +242,78 @@ pub async fn rehome(
                 return Some(fetch);
             }
             // A holder that is fetching the blob again may follow this node: not taken.
-            Asked::Fetch(PeerFetch::Follow(_)) | Asked::Claimed(_) | Asked::Nothing => {}
+            Asked::Fetch(PeerFetch::Follow(_))
+            | Asked::Claimed(_)
+            | Asked::Nothing
+            | Asked::Failed => {}
         }
     }
-    // The home names the peer that failed this node while that peer's lease still runs (it may
-    // only have been slow); ask again until the lease ran out, when the home places this node
-    // elsewhere or grants it the fetch.
-    let deadline = Instant::now() + crate::p2p::CLAIM_LEASE + crate::p2p::RENEW_CLAIM_EVERY;
-    let parent = loop {
-        let home = network.find_home(digest).await;
-        let parent = if home == network.local_peer_id() {
-            network.claim_locally(digest)?
-        } else if home == gone {
-            return None;
-        } else {
-            match ask(network, metrics, digest, home, &[home], true).await {
-                Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => return Some(fetch),
-                Asked::Fetch(PeerFetch::Follow(_)) => {
-                    tracing::debug!(%digest, %home, "the home offers its own flight; not re-homing under it");
-                    return None;
-                }
-                Asked::Claimed(parent) => parent,
-                Asked::Nothing => return None,
+    // The blob's home, asked even when it is the peer that failed (its claims are not its
+    // bytes), places this node elsewhere in the blob's tree; `rehoming` decides what its answers
+    // mean.
+    let (mut rehoming, mut action) = Rehoming::start(network.local_peer_id(), gone, Instant::now());
+    let mut copy = None;
+    loop {
+        match action {
+            RehomeAction::AskHome { at, how } => {
+                tokio::time::sleep_until(at.into()).await;
+                let home = network.find_home(digest).await;
+                let answer =
+                    ask_home_again(network, metrics, digest, home, gone, how, &mut copy).await;
+                tracing::info!(%digest, %home, %gone, ?how, ?answer, "re-home: the blob's home answered");
+                action = rehoming.on_answer(home, answer, Instant::now());
             }
-        };
-        if parent != gone || Instant::now() >= deadline {
-            break parent;
+            RehomeAction::Follow(parent) => {
+                tracing::info!(%digest, %gone, %parent, "the parent went away; re-homed under another member of the blob's tree");
+                return follow_down(network, metrics, digest, parent).await;
+            }
+            RehomeAction::TakeCopy => return copy,
+            RehomeAction::FetchFromOrigin | RehomeAction::GiveUp => return None,
         }
-        tracing::debug!(%digest, %gone, "the home still counts the peer that failed as fetching; asking again");
-        tokio::time::sleep(crate::p2p::RENEW_CLAIM_EVERY).await;
-    };
-    if parent == gone || parent == network.local_peer_id() {
-        return None;
     }
-    tracing::info!(%digest, %gone, %parent, "the parent went away; re-homed under another member of the blob's tree");
-    follow_down(network, metrics, digest, parent).await
+}
+
+/// Asks the blob's `home` (or decides, when it is this node) where this node goes on now that
+/// `gone` failed it, the way `how` says; a stored copy the home offers is kept in `copy`.
+async fn ask_home_again(
+    network: &PeerNetwork,
+    metrics: &Arc<Metrics>,
+    digest: BlobDigest,
+    home: PeerId,
+    gone: PeerId,
+    how: AskHow,
+    copy: &mut Option<PeerFetch>,
+) -> HomeAnswer {
+    if home == network.local_peer_id() {
+        return match network.claim_locally_instead_of(digest, gone) {
+            Some(parent) => HomeAnswer::Follow(parent),
+            None => HomeAnswer::FetchIt,
+        };
+    }
+    match how {
+        AskHow::NamingTheFailed => match network.request_instead_of(home, digest, gone).await {
+            Ok(PeerAnswer::Claimed(parent)) => HomeAnswer::Follow(parent),
+            Err(TransferError::NotHere) => HomeAnswer::FetchIt,
+            Ok(_) => {
+                tracing::warn!(%digest, %home, "the home answered a re-homing request with more than a place");
+                HomeAnswer::NoAnswer
+            }
+            Err(error) => {
+                tracing::debug!(%digest, %home, %error, "the home did not answer a re-homing request");
+                HomeAnswer::NoAnswer
+            }
+        },
+        AskHow::Plainly => match ask(network, metrics, digest, home, &[home], true).await {
+            Asked::Fetch(fetch @ PeerFetch::Parallel(_)) => {
+                *copy = Some(fetch);
+                HomeAnswer::StoredCopy
+            }
+            Asked::Fetch(PeerFetch::Follow(_)) => HomeAnswer::OwnFlight,
+            Asked::Claimed(parent) => HomeAnswer::Follow(parent),
+            Asked::Nothing => HomeAnswer::FetchIt,
+            Asked::Failed => HomeAnswer::NoAnswer,
+        },
+    }
 }
 
 /// Follows `first`'s fetch of the blob or, when its followers are full, the member it names, down
@@ -279,7 +337,7 @@ async fn follow_down(
                 tracing::debug!(%digest, from = %next, to = %further, "sent on down the blob's tree");
                 next = further;
             }
-            Asked::Nothing => return None,
+            Asked::Nothing | Asked::Failed => return None,
         }
     }
     None
@@ -289,7 +347,10 @@ async fn follow_down(
 enum Asked {
     Fetch(PeerFetch),
     Claimed(PeerId),
+    /// It has nothing to offer (to a claim: this node fetches the blob).
     Nothing,
+    /// It did not answer, or broke the protocol.
+    Failed,
 }
 
 /// Asks `peer` for the blob's map; with `claim`, asks it (the blob's home) who fetches the blob.
@@ -334,7 +395,7 @@ async fn ask(
         Ok(PeerAnswer::Claimed(claimant)) => Asked::Claimed(claimant),
         Ok(PeerAnswer::MapHash(..)) => {
             tracing::warn!(%digest, %peer, "peer sent a map hash where a map was asked for");
-            Asked::Nothing
+            Asked::Failed
         }
         Err(TransferError::NotHere) => Asked::Nothing,
         Err(error) => {
@@ -343,7 +404,7 @@ async fn ask(
             if error.is_misbehaviour() {
                 network.avoid(peer);
             }
-            Asked::Nothing
+            Asked::Failed
         }
     }
 }

@@ -20,6 +20,16 @@
 //! follower asks once more a little later (`assembly::rehome`), so a parent that died is replaced
 //! within [`LEASE`] and one that lives is not abandoned.
 //!
+//! **Re-homing away from a member that failed.** A member whose parent (or the holder whose map
+//! led) failed it mid-blob names that member when it asks again ([`Claims::claim_instead_of`]):
+//! the home places it under another live member of the tree (one with room first, in its region
+//! first, and one that does not fetch through the failed member first), never under the failed
+//! one nor under its own followers, and grants it the rest from the origin only when no such
+//! member is left. Without this the home named the failed member again until that member's lease
+//! ran out (a parent that finished its own fetch renews nothing, so 10 s later the asker went to
+//! the origin while the rest of the tree finished a second later). The failed member keeps its
+//! place for the others: one member's word does not evict another.
+//!
 //! A renewal never places anyone: only the claimant renewing a claim that lapsed (or one this home
 //! never saw, after a restart or a change of home) takes it back, since it follows nobody. A tree
 //! records who follows whom exactly as the home told them; placing a member where it does not
@@ -138,6 +148,66 @@ impl Tree {
         false
     }
 
+    /// Places `asker` again, anywhere but under `failed` (which failed it) or its own followers:
+    /// under a live member with room, in its region, that does not fetch through `failed`,
+    /// preferring each of these in that order, then the shallowest and earliest. `None` when no
+    /// such member is live: the asker is not placed and fetches the rest from the origin.
+    fn place_avoiding(
+        &mut self,
+        asker: PeerId,
+        failed: PeerId,
+        region: Option<String>,
+        now: Instant,
+    ) -> Option<PeerId> {
+        // Its own followers stay with it: it keeps its place in their chains.
+        let followers = match self.members.iter().position(|m| m.peer == asker) {
+            Some(index) => {
+                let placed = self.members.remove(index);
+                if let Some(old) = placed
+                    .parent
+                    .and_then(|parent| self.members.iter_mut().find(|m| m.peer == parent))
+                {
+                    old.followers = old.followers.saturating_sub(1);
+                }
+                placed.followers
+            }
+            None => 0,
+        };
+        let same_region = |m: &Placed| region.is_some() && m.region == region;
+        let parent = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.peer != asker
+                    && m.peer != failed
+                    && m.alive(now)
+                    && !self.descends_from(m.peer, asker)
+            })
+            .min_by_key(|(order, m)| {
+                (
+                    self.descends_from(m.peer, failed),
+                    m.followers >= FANOUT,
+                    !same_region(m),
+                    m.depth,
+                    *order,
+                )
+            })
+            .map(|(order, _)| order)?;
+        let parent = &mut self.members[parent];
+        parent.followers = parent.followers.saturating_add(1);
+        let (parent_peer, depth) = (parent.peer, parent.depth.saturating_add(1));
+        self.members.push(Placed {
+            peer: asker,
+            region,
+            depth,
+            parent: Some(parent_peer),
+            followers,
+            renewed_at: now,
+        });
+        Some(parent_peer)
+    }
+
     /// Places `asker` under a parent whose lease runs and returns the parent. A member asking
     /// again renews its own lease and keeps its parent while that one's lease runs; one whose
     /// parent's lease ran out is placed again, under a member still renewing, and resumes from it.
@@ -254,6 +324,35 @@ impl Claims {
         }
         table.grant(digest, asker, region, now);
         Claim::Granted
+    }
+
+    /// `asker`, in `region`, asks at `now` again for `digest` because `failed` (its parent, or the
+    /// holder whose map led) failed it mid-blob. While the claimant's lease runs, the asker is
+    /// placed under another live member of the tree, never `failed` (see the module docs), or,
+    /// when none is left, let fetch the rest from the origin beside the tree (not as its claimant:
+    /// the claimant still renews). Once the claimant's lease ran out, the asker is granted the
+    /// fetch as [`Self::claim`] grants it.
+    pub(crate) fn claim_instead_of(
+        &self,
+        digest: BlobDigest,
+        asker: PeerId,
+        failed: PeerId,
+        region: Option<String>,
+        now: Instant,
+    ) -> Claim {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tree) = table.by_blob.get_mut(&digest).filter(|t| t.live(now)) else {
+            table.grant(digest, asker, region, now);
+            return Claim::Granted;
+        };
+        if tree.members[0].peer == asker {
+            tree.members[0].renewed_at = now;
+            return Claim::Granted;
+        }
+        match tree.place_avoiding(asker, failed, region, now) {
+            Some(parent) => Claim::Held(parent),
+            None => Claim::Granted,
+        }
     }
 
     /// `member`, in `region`, renews at `now` its lease in `digest`'s tree, saying what it does.
@@ -557,6 +656,144 @@ mod tests {
         assert_eq!(parent, claimant, "with no room left, the claimant");
         // A newcomer may follow `a1`.
         assert_eq!(tree.place(PeerId::random(), None, now), a1);
+    }
+
+    #[test]
+    fn a_member_failed_by_its_parent_is_placed_under_another_live_member_at_once() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let (claimant, a, b, c) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        claims.claim(digest(1), claimant, region("eu"), now);
+        assert_eq!(
+            claims.claim(digest(1), a, region("eu"), now),
+            Claim::Held(claimant)
+        );
+        assert_eq!(
+            claims.claim(digest(1), b, region("eu"), now),
+            Claim::Held(claimant)
+        );
+        assert_eq!(
+            claims.claim(digest(1), c, region("eu"), now),
+            Claim::Held(a)
+        );
+        // `a` fails `c` while `a`'s lease still runs: a plain claim names `a` again...
+        assert_eq!(
+            claims.claim(digest(1), c, region("eu"), now),
+            Claim::Held(a)
+        );
+        // ...but naming `a` places `c` elsewhere at once: `b`, with room and not under `a`.
+        assert_eq!(
+            claims.claim_instead_of(digest(1), c, a, region("eu"), now),
+            Claim::Held(b)
+        );
+        // `a` keeps its place for the others: it lost `c` as a follower only.
+        let d = PeerId::random();
+        assert_eq!(
+            claims.claim(digest(1), d, region("eu"), now),
+            Claim::Held(a)
+        );
+        // Asked plainly again, `c` keeps its new parent.
+        assert_eq!(
+            claims.claim(digest(1), c, region("eu"), now),
+            Claim::Held(b)
+        );
+    }
+
+    #[test]
+    fn a_claimant_that_failed_its_follower_is_never_named_to_it_again() {
+        let claims = Claims::default();
+        let now = Instant::now();
+        let (liar, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+        claims.claim(digest(1), liar, None, now);
+        assert_eq!(claims.claim(digest(1), a, None, now), Claim::Held(liar));
+        assert_eq!(claims.claim(digest(1), b, None, now), Claim::Held(liar));
+        // `a` got bad bytes from the claimant: it goes under `b`, which fetches through the liar
+        // too but is the only member left (its sha256 decides in the end).
+        assert_eq!(
+            claims.claim_instead_of(digest(1), a, liar, None, now),
+            Claim::Held(b)
+        );
+        // `b` is failed by the liar as well: nobody else is left (`a` follows `b`), so `b`
+        // fetches the rest from the origin, beside the tree whose claimant still renews.
+        assert_eq!(
+            claims.claim_instead_of(digest(1), b, liar, None, now),
+            Claim::Granted
+        );
+        // The liar stays the claimant for others: one member's word evicts nobody.
+        assert_eq!(
+            claims.claim(digest(1), PeerId::random(), None, now),
+            Claim::Held(liar)
+        );
+    }
+
+    #[test]
+    fn a_re_homed_member_prefers_members_that_do_not_fetch_through_the_one_that_failed() {
+        let (claimant, x, y, x1, asker) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let now = Instant::now();
+        let placed = |peer, depth, parent, followers| Placed {
+            peer,
+            region: None,
+            depth,
+            parent,
+            followers,
+            renewed_at: now,
+        };
+        // `x1` (under `x`, with room) would come first by room; `y` is full but not under `x`.
+        let mut tree = Tree {
+            claimed_at: now,
+            members: vec![
+                placed(claimant, 0, None, FANOUT),
+                placed(x, 1, Some(claimant), 2),
+                placed(y, 1, Some(claimant), FANOUT),
+                placed(x1, 2, Some(x), 0),
+                placed(asker, 2, Some(x), 0),
+            ],
+        };
+        assert_eq!(tree.place_avoiding(asker, x, None, now), Some(claimant));
+        // Counted: `x` lost a follower, the claimant gained one (over its fanout: it redirects).
+        assert_eq!(tree.members[1].followers, 1);
+        assert_eq!(tree.members[0].followers, FANOUT + 1);
+        // With no `y` and the claimant's lease run out, only `x1` is left, and it is taken.
+        let mut tree = Tree {
+            claimed_at: now,
+            members: vec![
+                placed(claimant, 0, None, 1),
+                placed(x, 1, Some(claimant), 2),
+                placed(x1, 2, Some(x), 0),
+                placed(asker, 2, Some(x), 0),
+            ],
+        };
+        tree.members[0].renewed_at = now - LEASE;
+        assert_eq!(tree.place_avoiding(asker, x, None, now), Some(x1));
+    }
+
+    #[test]
+    fn a_member_named_as_failed_after_the_claimant_lapsed_is_granted_the_fetch() {
+        let claims = Claims::default();
+        let start = Instant::now();
+        let (claimant, a) = (PeerId::random(), PeerId::random());
+        claims.claim(digest(1), claimant, None, start);
+        claims.claim(digest(1), a, None, start);
+        let later = start + LEASE;
+        assert_eq!(
+            claims.claim_instead_of(digest(1), a, claimant, None, later),
+            Claim::Granted
+        );
+        assert_eq!(
+            claims.claim(digest(1), claimant, None, later),
+            Claim::Held(a)
+        );
     }
 
     #[test]

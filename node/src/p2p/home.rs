@@ -10,6 +10,13 @@
 //! answer is cached for [`HOME_TTL`] per blob ([`HomeCache`], bounded), since the misses of one
 //! blob come in bursts.
 //!
+//! Every node must find the same home, so nothing a node learnt on its own changes the choice: a
+//! member this node avoids (it sent bad bytes) is still the home if it is the closest (its claims
+//! are not its bytes; the first version skipped it, so the nodes it had lied to chose another home
+//! than the rest, and the two homes granted the blob twice: the soak's double origin fetches). A
+//! node given bootstrap peers that has no member in view yet (just restarted) waits up to
+//! [`FIRST_MEMBER_WAIT`] for the first before looking, and does not keep a home chosen alone.
+//!
 //! This module holds the pure parts (ordering candidates, the cache, driven by an explicit `now`);
 //! `PeerNetwork::find_home` runs the lookup and the proofs.
 
@@ -23,6 +30,9 @@ use shoal_proto::BlobDigest;
 pub const HOME_TTL: Duration = Duration::from_secs(30);
 /// Most blobs whose home is cached.
 pub const MAX_CACHED_HOMES: usize = 4096;
+/// How long a node that was given bootstrap peers but has no member in view yet (just started)
+/// waits for the first before it looks a home up: alone, it would find itself every blob's home.
+pub const FIRST_MEMBER_WAIT: Duration = Duration::from_secs(5);
 
 /// The blob's key in the DHT's XOR metric.
 fn key(digest: &BlobDigest) -> kad::KBucketKey<kad::RecordKey> {

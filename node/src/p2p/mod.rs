@@ -34,6 +34,7 @@ mod peers;
 pub mod preheat;
 pub mod rebuild;
 mod record_store;
+mod rehoming;
 pub mod shaping;
 pub mod threat;
 mod transfer;
@@ -212,6 +213,8 @@ pub struct PeerNetwork {
     claims: claims::Claims,
     homes: Arc<Mutex<home::HomeCache>>,
     warmer: preheat::WarmerSlot,
+    /// Whether bootstrap peers were configured: then a view with no member is one not yet built.
+    expects_members: bool,
 }
 
 /// Where threat scores from peers go, once the node's threat book is set up.
@@ -334,14 +337,7 @@ impl PeerNetwork {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest, Instant::now());
-        let avoided = |peer: &PeerId| {
-            self.avoid
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(peer)
-                .is_some_and(|until| *until > Instant::now())
-        };
-        if let Some(home) = cached.filter(|home| !avoided(home)) {
+        if let Some(home) = cached {
             if home == self.local || self.peers.is_ready(&home) || self.ready(home).await {
                 return home;
             }
@@ -350,6 +346,14 @@ impl PeerNetwork {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .forget(&digest);
+        }
+        if self.expects_members && self.peers.members().is_empty() {
+            // Just started (or cut off): with no member in view this node would be every blob's
+            // home and grant claims the real home grants too. Wait a little for the first.
+            let until = Instant::now() + home::FIRST_MEMBER_WAIT;
+            while self.peers.members().is_empty() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let (reply, answer) = oneshot::channel();
         let found = if self
@@ -369,21 +373,17 @@ impl PeerNetwork {
             tracing::debug!(%digest, "closest-peers lookup failed; the home is chosen among connected members");
             return self.home_among_connected(digest);
         };
-        // A peer being avoided (it sent bad bytes) is not asked anything, as a home neither.
-        let candidates: Vec<PeerId> = {
-            let mut avoid = self.avoid.lock().unwrap_or_else(|p| p.into_inner());
-            avoid.retain(|_, until| *until > Instant::now());
-            home::closest_first(
-                &digest,
-                found
-                    .into_iter()
-                    .chain(self.peers.members())
-                    .chain(std::iter::once(self.local)),
-            )
-            .into_iter()
-            .filter(|peer| !avoid.contains_key(peer))
-            .collect()
-        };
+        let found_len = found.len();
+        // A peer this node avoids (it sent bad bytes) is still the home if it is the closest: its
+        // claims are not its bytes, and every node must find the same home whatever bytes it got
+        // (a home skipped by some nodes only would grant the blob a second time).
+        let candidates = home::closest_first(
+            &digest,
+            found
+                .into_iter()
+                .chain(self.peers.members())
+                .chain(std::iter::once(self.local)),
+        );
         let mut may_dial = HOME_CANDIDATES;
         let mut home = None;
         for candidate in candidates {
@@ -402,11 +402,15 @@ impl PeerNetwork {
             tracing::debug!(%digest, %candidate, "candidate home did not prove the key; trying the next");
         }
         let home = home.unwrap_or_else(|| self.home_among_connected(digest));
-        self.homes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, home, Instant::now());
-        tracing::debug!(%digest, %home, "blob's home found");
+        // A home chosen with no member in view is not kept: the next miss looks again.
+        if found_len > 0 || !self.peers.members().is_empty() {
+            self.homes.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                digest,
+                home,
+                Instant::now(),
+            );
+        }
+        tracing::info!(%digest, %home, looked_up = found_len, members = self.peers.members().len(), "blob's home looked up");
         home
     }
 
@@ -660,6 +664,7 @@ impl PeerNetwork {
             self.control.clone(),
             peer,
             request,
+            None,
             self.peers.begin_request(peer),
         )
         .await
@@ -826,6 +831,7 @@ pub async fn start(
         claims: claims::Claims::default(),
         homes: Arc::default(),
         warmer: Arc::default(),
+        expects_members: !config.bootstrap.is_empty(),
     };
     let key = Arc::new(config.network_key.clone());
     let membership_incoming = control

@@ -16,8 +16,8 @@ use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::PeerId;
 use shoal_proto::wire::{
-    self, ClaimAsk, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest, WireError,
-    WireMessage,
+    self, ClaimAsk, FailedMember, InFlightHeader, MapWanted, ShardAnswer, ShardFrame, ShardRequest,
+    WireError, WireMessage,
 };
 use shoal_proto::{BlobDigest, ShardMap};
 use tokio::sync::watch;
@@ -268,18 +268,34 @@ pub enum PeerAnswer {
     Claimed(PeerId),
 }
 
-/// Sends `request` to `peer` and reads the answer.
+/// Sends `request` to `peer` and reads the answer. A re-homing request (claim
+/// `WhoElseFetches`) names in `failed` the member that failed the requester; any other ignores it.
 pub(super) async fn request(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     request: ShardRequest,
+    failed: Option<PeerId>,
     load: OpenRequest,
 ) -> Result<PeerAnswer, TransferError> {
+    let mut sent = request.encode();
+    if request.claim == ClaimAsk::WhoElseFetches {
+        let Some(failed) = failed else {
+            return Err(TransferError::Protocol(
+                "a re-homing request must name the member that failed",
+            ));
+        };
+        sent.extend_from_slice(
+            &FailedMember {
+                peer: failed.to_bytes(),
+            }
+            .encode(),
+        );
+    }
     // A holder whose fetch has not picked its source yet answers once it has.
     let first_answer = IN_FLIGHT_TIMEOUT;
     let mut attempt = 0;
     let (stream, answer) = loop {
-        match ask_once(&mut control, peer, &request, first_answer).await {
+        match ask_once(&mut control, peer, &sent, first_answer).await {
             Ok(answered) => break answered,
             // A stream refused or reset before any answer (libp2p-stream refuses an inbound
             // stream while another waits to be accepted) is worth asking again: the request has
@@ -309,18 +325,18 @@ pub(super) async fn request(
     }
 }
 
-/// Opens a stream, sends the request and reads the answer.
+/// Opens a stream, sends the request's frames and reads the answer.
 async fn ask_once(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
-    request: &ShardRequest,
+    request: &[u8],
     timeout: Duration,
 ) -> Result<(libp2p::Stream, ShardAnswer), TransferError> {
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARDS_PROTOCOL))
         .await
         .map_err(|_| TransferError::Timeout)?
         .map_err(|e| TransferError::Open(e.to_string()))?;
-    stream.write_all(&request.encode()).await?;
+    stream.write_all(request).await?;
     stream.flush().await?;
     let answer = read_message::<ShardAnswer>(&mut stream, timeout).await?;
     Ok((stream, answer))
@@ -388,6 +404,9 @@ async fn serve_one(
         tracing::trace!(%digest, %peer, renewed, "claim renewal");
         return answer(&mut stream, ShardAnswer::NotHere).await;
     }
+    if request.claim == ClaimAsk::WhoElseFetches {
+        return answer_re_homing(stream, peer, peer_region, digest, &serving).await;
+    }
     let claim = request.claim == ClaimAsk::WhoFetches;
     serving.shaping.delay_answer(peer_region.as_deref()).await;
     let mut offered = false;
@@ -423,7 +442,7 @@ async fn serve_one(
             .claim(digest, peer, peer_region.clone(), Instant::now())
         {
             Claim::Granted => {
-                tracing::debug!(%digest, "nobody fetches the blob; the requester will");
+                tracing::info!(%digest, asker = %peer, "claim granted as the blob's home: the asker fetches it from the origin");
                 return answer(&mut stream, ShardAnswer::NotHere).await;
             }
             Claim::Held(holder) if holder == serving.local => {
@@ -449,6 +468,30 @@ async fn serve_one(
                 return answer(&mut stream, ShardAnswer::Claimed(holder.to_bytes())).await;
             }
         }
+    }
+}
+
+/// Answers a re-homing request from the blob's tree alone (see `claims`): another member to
+/// follow than the one the requester names as having failed it, or `NotHere` (fetch the rest from
+/// the origin). Never this node's own copy or flight unless the tree places the requester under
+/// it: the requester then asks this node plainly.
+async fn answer_re_homing(
+    mut stream: libp2p::Stream,
+    peer: PeerId,
+    peer_region: Option<String>,
+    digest: BlobDigest,
+    serving: &Serving,
+) -> Result<(), TransferError> {
+    let named: FailedMember = read_message(&mut stream, READ_TIMEOUT).await?;
+    let failed = PeerId::from_bytes(&named.peer)
+        .map_err(|_| TransferError::Protocol("the failed member is not a peer id"))?;
+    let claim = serving
+        .claims
+        .claim_instead_of(digest, peer, failed, peer_region, Instant::now());
+    tracing::info!(%digest, asker = %peer, %failed, answer = ?claim, "re-home answered as the blob's home");
+    match claim {
+        Claim::Granted => answer(&mut stream, ShardAnswer::NotHere).await,
+        Claim::Held(parent) => answer(&mut stream, ShardAnswer::Claimed(parent.to_bytes())).await,
     }
 }
 
