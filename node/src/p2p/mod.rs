@@ -1219,6 +1219,7 @@ impl SwarmTask {
                     id: connection_id,
                     transport: transport_of(&addr),
                     dialled_here: endpoint.is_dialer(),
+                    identified: false,
                 };
                 tracing::debug!(peer = %peer_id, %connection_id, transport = ?link.transport.map(Transport::name), dialled_here = link.dialled_here, "connection established");
                 self.transports.connected(peer_id, link);
@@ -1268,15 +1269,19 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
                 let region = peers::region_from_agent(&info.agent_version);
                 if let Some(region) = &region {
                     self.members.set_region(peer_id, region.clone());
                 }
-                self.transports
-                    .identified(peer_id, region, info.listen_addrs.clone());
+                self.transports.identified(
+                    peer_id,
+                    connection_id,
+                    region,
+                    info.listen_addrs.clone(),
+                );
                 for addr in info.listen_addrs {
                     self.remember(peer_id, addr);
                 }

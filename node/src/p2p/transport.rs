@@ -19,8 +19,13 @@
 //! Two ends must not tear down each other's connections: only the end that dialled a connection
 //! over the wrong transport dials the replacement and later closes its own wrong connection, and
 //! only once this end has finished the membership proof with the member (the proof may run on
-//! that connection). A member that cannot be reached over the wanted transport (the dial fails,
-//! or it offers only the other one) keeps the connection it has.
+//! that connection) and the member has spoken identify over the replacement. The last condition
+//! keeps the member's view whole: its swarm reports a connection before its handlers speak on
+//! it, so the member has seen the replacement open before it sees the old one close, and never
+//! takes itself to be disconnected (which would drop this node's membership there while this
+//! node, still connected, would not prove it again). A member that cannot be reached over the
+//! wanted transport (the dial fails, or it offers only the other one) keeps the connection it
+//! has.
 //!
 //! **Invariant:** a connection is only ever closed here when another connection to the same
 //! member, over the wanted transport, is open.
@@ -119,6 +124,8 @@ pub struct Link {
     pub transport: Option<Transport>,
     /// Whether this node dialled it (else the member did).
     pub dialled_here: bool,
+    /// Whether the member has sent identify over it (so its end has it open).
+    pub identified: bool,
 }
 
 /// What to do about a member's connections.
@@ -163,12 +170,14 @@ pub fn next_step(situation: Situation<'_>) -> Step {
     ) else {
         return Step::Nothing;
     };
-    let has_wanted = situation
+    let mut wanted_links = situation
         .links
         .iter()
-        .any(|link| link.transport == Some(wanted));
-    if has_wanted {
-        if !situation.proved {
+        .filter(|link| link.transport == Some(wanted))
+        .peekable();
+    if wanted_links.peek().is_some() {
+        let confirmed = wanted_links.any(|link| link.identified);
+        if !situation.proved || !confirmed {
             return Step::Nothing;
         }
         let close: Vec<ConnectionId> = situation
@@ -247,18 +256,20 @@ impl TransportBook {
         }
     }
 
-    /// Identify said `peer`'s region and listen addresses (replacing what it said before).
+    /// Identify, over `connection`, said `peer`'s region and listen addresses (replacing what it
+    /// said before).
     pub(crate) fn identified(
         &mut self,
         peer: PeerId,
+        connection: ConnectionId,
         region: Option<String>,
         offered: Vec<Multiaddr>,
     ) {
-        if !self.peers.contains_key(&peer) {
-            // Identify only speaks over an open connection, which `connected` recorded.
-            return;
-        }
-        if let Some(entry) = self.entry(peer) {
+        // Identify only speaks over an open connection, which `connected` recorded.
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            for link in entry.links.iter_mut().filter(|link| link.id == connection) {
+                link.identified = true;
+            }
             entry.region = region;
             entry.offered = offered
                 .into_iter()
@@ -330,6 +341,7 @@ mod tests {
             id: ConnectionId::new_unchecked(n),
             transport: Some(transport),
             dialled_here,
+            identified: true,
         }
     }
 
@@ -455,6 +467,19 @@ mod tests {
             ..situation(Some("eu"), &offered, &links)
         };
         assert_eq!(next_step(proving), Step::Nothing);
+        // Not before the member has spoken over the new one: until then its end may not have it
+        // yet, and closing the old one would look to it like this node leaving.
+        let unheard = [
+            link(1, Transport::Quic, true),
+            Link {
+                identified: false,
+                ..link(2, Transport::Tcp, true)
+            },
+        ];
+        assert_eq!(
+            next_step(situation(Some("eu"), &offered, &unheard)),
+            Step::Nothing
+        );
         // A wrong connection the member dialled is the member's to close.
         let theirs = [
             link(1, Transport::Quic, false),
@@ -496,10 +521,21 @@ mod tests {
     fn the_book_forgets_a_peer_with_its_last_connection_and_stays_bounded() {
         let mut book = TransportBook::new(2);
         let a = PeerId::random();
-        book.connected(a, link(1, Transport::Quic, true));
-        book.connected(a, link(2, Transport::Tcp, true));
-        book.identified(a, Some("eu".into()), both());
+        let fresh = |n, transport| Link {
+            identified: false,
+            ..link(n, transport, true)
+        };
+        book.connected(a, fresh(1, Transport::Quic));
+        book.identified(a, ConnectionId::new_unchecked(1), Some("eu".into()), both());
+        assert_eq!(
+            book.step(&a, "eu", true),
+            Step::Dial(vec![addr("/ip4/10.0.0.5/tcp/4001")])
+        );
+        book.dialled_wanted(&a);
+        book.connected(a, fresh(2, Transport::Tcp));
         assert_eq!(book.counts(), (1, 1));
+        assert_eq!(book.step(&a, "eu", true), Step::Nothing);
+        book.identified(a, ConnectionId::new_unchecked(2), Some("eu".into()), both());
         assert_eq!(
             book.step(&a, "eu", true),
             Step::Close(vec![ConnectionId::new_unchecked(1)])
@@ -509,7 +545,12 @@ mod tests {
         book.disconnected(&a, ConnectionId::new_unchecked(2));
         assert_eq!(book.len(), 0);
         // Identify from a peer with no recorded connection adds nothing.
-        book.identified(PeerId::random(), None, both());
+        book.identified(
+            PeerId::random(),
+            ConnectionId::new_unchecked(9),
+            None,
+            both(),
+        );
         assert_eq!(book.len(), 0);
         for n in 0..5 {
             book.connected(PeerId::random(), link(10 + n, Transport::Quic, false));
@@ -521,7 +562,7 @@ mod tests {
         let b = PeerId::random();
         let mut small = TransportBook::new(1);
         small.connected(b, link(1, Transport::Quic, true));
-        small.identified(b, Some("eu".into()), many);
+        small.identified(b, ConnectionId::new_unchecked(1), Some("eu".into()), many);
         match small.step(&b, "eu", true) {
             Step::Dial(addresses) => assert_eq!(addresses.len(), MAX_ADDRESSES_PER_PEER),
             other => panic!("expected a dial, got {other:?}"),
