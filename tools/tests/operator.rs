@@ -383,7 +383,10 @@ fn the_kubernetes_manifests_run_shoald_on_every_node_as_the_readme_says() {
             (p["containerPort"].as_i64().unwrap(), protocol)
         })
         .collect();
-    assert!(ports.contains(&(4001, "UDP")) && ports.contains(&(4001, "TCP")), "{ports:?}");
+    assert!(
+        ports.contains(&(4001, "UDP")) && ports.contains(&(4001, "TCP")),
+        "{ports:?}"
+    );
 
     let service = kind("Service");
     assert_eq!(&service["spec"]["selector"], labels);
