@@ -93,14 +93,14 @@ pub async fn run(
     run_with(config, registry_listener, admin_listener, shutdown, None).await
 }
 
-/// Like [`run`]; once the peer network listens, its address (with `/p2p/<peer id>`) is sent on
-/// `p2p_ready`. The sender is dropped unsent when the node runs without a peer network.
+/// Like [`run`]; once the peer network listens, its addresses (with `/p2p/<peer id>`, one per
+/// listen address, in the configured order) are sent on `p2p_ready`. The sender is dropped unsent when the node runs without a peer network.
 pub async fn run_with(
     config: Config,
     registry_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    p2p_ready: Option<tokio::sync::oneshot::Sender<String>>,
+    p2p_ready: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let store_config = StoreConfig {
@@ -180,7 +180,7 @@ pub async fn run_with(
             )
             .await?;
             if let Some(ready) = p2p_ready {
-                let _ = ready.send(listening.to_string());
+                let _ = ready.send(listening.iter().map(ToString::to_string).collect());
             }
             // Announce what the store already holds; new blobs are announced as they commit.
             let (announcer, held) = (network.clone(), store.clone());

@@ -76,14 +76,19 @@ pub enum Transport {
     Quic,
     /// TCP + noise + yamux (`/tcp/..`).
     Tcp,
+    /// Both, as a node listens by default; the node picks one by its rule (TCP inside a region,
+    /// and the two nodes of the benchmark share one).
+    Both,
 }
 
 impl Transport {
-    /// The loopback listen address, on a port chosen by the kernel.
-    pub fn listen(self) -> &'static str {
+    /// The loopback listen address of a node with only this transport, on a port chosen by the
+    /// kernel; `None` for both (the harness's default).
+    pub fn listen(self) -> Option<&'static str> {
         match self {
-            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Transport::Quic => Some("/ip4/127.0.0.1/udp/0/quic-v1"),
+            Transport::Tcp => Some("/ip4/127.0.0.1/tcp/0"),
+            Transport::Both => None,
         }
     }
 
@@ -92,6 +97,7 @@ impl Transport {
         match self {
             Transport::Quic => "QUIC",
             Transport::Tcp => "TCP",
+            Transport::Both => "both, by the rule",
         }
     }
 }
@@ -103,7 +109,8 @@ impl std::str::FromStr for Transport {
         match s {
             "quic" => Ok(Transport::Quic),
             "tcp" => Ok(Transport::Tcp),
-            other => anyhow::bail!("unknown transport {other:?} (quic or tcp)"),
+            "both" => Ok(Transport::Both),
+            other => anyhow::bail!("unknown transport {other:?} (quic, tcp or both)"),
         }
     }
 }
@@ -227,18 +234,16 @@ pub async fn one_peer(
     let mut pairs = Vec::new();
     for (index, &transport) in transports.iter().enumerate() {
         let key = NetworkKeyFile::new(seed * 16 + index as u64)?;
-        let holder = Node::start(
-            NodeConfig::for_origin(&origin)
-                .network_key(&key)
-                .p2p_listen(transport.listen()),
-        )
-        .await?;
+        let mut holder_config = NodeConfig::for_origin(&origin).network_key(&key);
+        let mut fetcher_config = NodeConfig::for_origin(&origin).network_key(&key);
+        if let Some(listen) = transport.listen() {
+            holder_config = holder_config.p2p_listen(listen);
+            fetcher_config = fetcher_config.p2p_listen(listen);
+        }
+        let holder = Node::start(holder_config).await?;
         fetch(&holder.registry_url(), &blob).await?;
         let warm_holder = fetch(&holder.registry_url(), &blob).await?.as_secs_f64();
-        let fetcher = Node::start(
-            NodeConfig::joining(&origin, &key, holder.p2p_addr()?).p2p_listen(transport.listen()),
-        )
-        .await?;
+        let fetcher = Node::start(fetcher_config.bootstrap(holder.p2p_addr()?)).await?;
         if let Some(pinning) = pinning {
             pin(&holder, pinning.holder)?;
             pin(&fetcher, pinning.fetcher)?;
@@ -246,6 +251,13 @@ pub async fn one_peer(
         fetcher
             .wait_for_metric("shoal_p2p_members", JOIN_TIMEOUT, |n| n >= 1.0)
             .await?;
+        // Time the transport named: with both offered, once the rule has replaced the first
+        // connection (the bootstrap address is QUIC) by TCP, as the two share a region.
+        let (used, unused) = match transport {
+            Transport::Quic => ("quic", "tcp"),
+            Transport::Tcp | Transport::Both => ("tcp", "quic"),
+        };
+        wait_for_only_transport(&fetcher, used, unused).await?;
         pairs.push((transport, warm_holder, holder, fetcher, key));
     }
     origin.stop().await?;
@@ -267,6 +279,17 @@ pub async fn one_peer(
         cpu_node_from_origin,
         peers,
     })
+}
+
+/// Waits until `node`'s connections to peers are all over `used`, none over `unused`.
+async fn wait_for_only_transport(node: &Node, used: &str, unused: &str) -> Result<()> {
+    let name = "shoal_p2p_transport_connections";
+    node.wait_for_metric_with(name, &[("transport", used)], JOIN_TIMEOUT, |n| n >= 1.0)
+        .await?;
+    node.wait_for_metric_with(name, &[("transport", unused)], JOIN_TIMEOUT, |n| n == 0.0)
+        .await
+        .with_context(|| format!("a connection over {unused} stayed open beside {used}"))?;
+    Ok(())
 }
 
 /// What one [`crowd`] run measured.

@@ -10,9 +10,10 @@
 //! panics while the node is alive.
 //!
 //! With a network key ([`NodeConfig::network_key`]) the node also runs the
-//! peer network on `--p2p-listen /ip4/127.0.0.1/udp/0/quic-v1`, and the ready
-//! file carries its address as `"p2p"`, which other nodes take as
-//! `--bootstrap` ([`NodeConfig::bootstrap`]).
+//! peer network on `--p2p-listen /ip4/127.0.0.1/udp/0/quic-v1 --p2p-listen
+//! /ip4/127.0.0.1/tcp/0` (both transports, as a deployed node), and the ready
+//! file carries its first address as `"p2p"`, which other nodes take as
+//! `--bootstrap` ([`NodeConfig::bootstrap`]), and all of them as `"p2p_addrs"`.
 //!
 //! Binaries are found in `$SHOAL_BIN_DIR`, else next to the test executable's
 //! directory (`target/<profile>/`).
@@ -84,8 +85,9 @@ pub struct NodeConfig {
     /// `--network-key FILE`; also turns on `--p2p-listen` on a loopback
     /// UDP port chosen by the kernel.
     pub network_key: Option<PathBuf>,
-    /// `--p2p-listen MULTIADDR` when the node has a network key; defaults to
-    /// QUIC on a loopback UDP port chosen by the kernel.
+    /// `--p2p-listen MULTIADDR` when the node has a network key (that one
+    /// transport only); defaults to QUIC and TCP, each on a loopback port
+    /// chosen by the kernel.
     pub p2p_listen: Option<String>,
     /// `--bootstrap MULTIADDR` values.
     pub bootstrap: Vec<String>,
@@ -194,6 +196,8 @@ struct ReadyFile {
     admin: SocketAddr,
     #[serde(default)]
     p2p: Option<String>,
+    #[serde(default)]
+    p2p_addrs: Vec<String>,
 }
 
 /// A network key in a file of its own (mode 0600), shared by the nodes of
@@ -242,6 +246,7 @@ pub struct Node {
     registry: SocketAddr,
     admin: SocketAddr,
     p2p: Option<String>,
+    p2p_addrs: Vec<String>,
     client: reqwest::Client,
 }
 
@@ -264,6 +269,7 @@ impl Node {
             registry: unbound,
             admin: unbound,
             p2p: None,
+            p2p_addrs: Vec::new(),
             // No idle keep-alive connections: an idle connection held open by
             // the harness would make every graceful stop wait for it.
             client: reqwest::Client::builder()
@@ -302,18 +308,26 @@ impl Node {
         if let Some(key) = &self.config.network_key {
             // A restarted node listens where it did before, as a host's daemon would, so the
             // members that knew its address (and nodes bootstrapping from it) still reach it.
-            let listen = self
-                .p2p
-                .as_deref()
-                .and_then(|addr| addr.split_once("/p2p/"))
+            let bound: Vec<String> = self
+                .p2p_addrs
+                .iter()
+                .filter_map(|addr| addr.split_once("/p2p/"))
                 .map(|(listen, _)| listen.to_string())
-                .or_else(|| self.config.p2p_listen.clone())
-                .unwrap_or_else(|| "/ip4/127.0.0.1/udp/0/quic-v1".to_string());
-            command
-                .arg("--network-key")
-                .arg(key)
-                .arg("--p2p-listen")
-                .arg(listen);
+                .collect();
+            let listen = if !bound.is_empty() {
+                bound
+            } else if let Some(addr) = &self.config.p2p_listen {
+                vec![addr.clone()]
+            } else {
+                vec![
+                    "/ip4/127.0.0.1/udp/0/quic-v1".to_string(),
+                    "/ip4/127.0.0.1/tcp/0".to_string(),
+                ]
+            };
+            command.arg("--network-key").arg(key);
+            for addr in listen {
+                command.arg("--p2p-listen").arg(addr);
+            }
         }
         for addr in &self.config.bootstrap {
             command.arg("--bootstrap").arg(addr);
@@ -367,6 +381,7 @@ impl Node {
                 self.registry = parsed.registry;
                 self.admin = parsed.admin;
                 self.p2p = parsed.p2p;
+                self.p2p_addrs = parsed.p2p_addrs;
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -405,6 +420,12 @@ impl Node {
                 self.registry
             )
         })
+    }
+
+    /// Every address the peer network listens on (QUIC and TCP by default),
+    /// each with `/p2p/<peer id>`; empty without a network key.
+    pub fn p2p_addrs(&self) -> &[String] {
+        &self.p2p_addrs
     }
 
     /// `http://<registry addr>`.

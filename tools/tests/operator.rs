@@ -363,6 +363,30 @@ fn the_kubernetes_manifests_run_shoald_on_every_node_as_the_readme_says() {
     let file: toml::Table = toml::from_str(config_text).unwrap();
     assert!(file.contains_key("admin_token_file"));
     assert_eq!(file["admin_listen"].as_str(), Some("0.0.0.0:5051"));
+    // Peers reach the node over both transports on one port number, as it listens by default.
+    let listen: Vec<&str> = file["p2p_listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listen,
+        ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]
+    );
+    let ports: Vec<(i64, &str)> = shoald["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let protocol = p["protocol"].as_str().unwrap_or("TCP");
+            (p["containerPort"].as_i64().unwrap(), protocol)
+        })
+        .collect();
+    assert!(
+        ports.contains(&(4001, "UDP")) && ports.contains(&(4001, "TCP")),
+        "{ports:?}"
+    );
 
     let service = kind("Service");
     assert_eq!(&service["spec"]["selector"], labels);

@@ -37,9 +37,10 @@ struct Args {
     /// How long a tag's digest is trusted before asking the upstream again.
     #[arg(long, value_name = "SECS")]
     tag_ttl_secs: Option<u64>,
-    /// Peer network listen address (multiaddr) [default: /ip4/0.0.0.0/udp/4001/quic-v1].
-    #[arg(long, value_name = "MULTIADDR")]
-    p2p_listen: Option<String>,
+    /// Peer network listen address (multiaddr); repeatable. Replaces the config file's list
+    /// [default: /ip4/0.0.0.0/udp/4001/quic-v1 and /ip4/0.0.0.0/tcp/4001].
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    p2p_listen: Vec<String>,
     /// A peer to join the network through; repeatable. Replaces the config file's list.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
@@ -161,8 +162,13 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
     };
     if let Some(path) = ready_file {
         let mut ready = serde_json::json!({ "registry": registry_addr.to_string(), "admin": admin_addr.to_string() });
+        // `p2p` is the first address (as before nodes listened on both transports); `p2p_addrs`
+        // all of them.
         if let Some(p2p) = p2p {
-            ready["p2p"] = serde_json::Value::String(p2p);
+            if let Some(first) = p2p.first() {
+                ready["p2p"] = serde_json::Value::String(first.clone());
+            }
+            ready["p2p_addrs"] = serde_json::json!(p2p);
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, ready.to_string())

@@ -166,7 +166,7 @@ pub struct FileConfig {
     chunking: Option<FileChunking>,
     upstream_timeouts: Option<FileTimeouts>,
     upstreams: Option<BTreeMap<String, FileUpstream>>,
-    p2p_listen: Option<String>,
+    p2p_listen: Option<ListenAddrs>,
     bootstrap: Option<Vec<String>>,
     region: Option<String>,
     network_key_file: Option<PathBuf>,
@@ -179,6 +179,24 @@ pub struct FileConfig {
     retention: Option<crate::lifecycle::FileRetention>,
     threat: Option<crate::threat::FileThreat>,
     rebuild: Option<crate::rebuild::FileRebuild>,
+}
+
+/// `p2p_listen`: one multiaddr (as configs before both transports were the default wrote it) or a
+/// list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListenAddrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ListenAddrs {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            ListenAddrs::One(addr) => vec![addr.clone()],
+            ListenAddrs::Many(addrs) => addrs.clone(),
+        }
+    }
 }
 
 /// `[p2p_limits]`: how many connections peers may open (see `p2p::limits`).
@@ -245,8 +263,8 @@ pub struct Overrides {
     pub max_disk_bytes: Option<u64>,
     /// `--tag-ttl-secs`
     pub tag_ttl_secs: Option<u64>,
-    /// `--p2p-listen MULTIADDR`
-    pub p2p_listen: Option<String>,
+    /// `--p2p-listen MULTIADDR`, repeatable; replaces the file's list.
+    pub p2p_listen: Vec<String>,
     /// `--bootstrap MULTIADDR`, repeatable; replaces the file's list.
     pub bootstrap: Vec<String>,
     /// `--region NAME`
@@ -265,8 +283,12 @@ pub struct Overrides {
     pub admin_token_file: Option<PathBuf>,
 }
 
-/// The default peer listen address: QUIC on UDP 4001, all interfaces.
-pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/udp/4001/quic-v1";
+/// The default peer listen addresses: QUIC on UDP 4001 and TCP + noise + yamux on TCP 4001, all
+/// interfaces (which one a node dials is `p2p::transport`'s rule).
+pub const DEFAULT_P2P_LISTEN: [&str; 2] =
+    ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"];
+/// Most addresses `p2p_listen` may name.
+pub const MAX_P2P_LISTEN: usize = 8;
 /// Smallest network key file accepted, in bytes.
 pub const MIN_NETWORK_KEY_BYTES: usize = 32;
 /// Most peer ids an allowlist may name.
@@ -276,21 +298,17 @@ fn parse_multiaddr(key: &str, value: &str) -> Result<Multiaddr, ConfigError> {
     value.parse().map_err(|e| {
         error(
             key,
-            format!("{value:?} is not a multiaddr such as {DEFAULT_P2P_LISTEN}: {e}"),
+            format!(
+                "{value:?} is not a multiaddr such as {}: {e}",
+                DEFAULT_P2P_LISTEN[0]
+            ),
         )
     })
 }
 
 /// Validates the peer network's keys; `None` when no network key file is configured.
 fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConfig>, ConfigError> {
-    let listen = parse_multiaddr(
-        "p2p_listen",
-        overrides
-            .p2p_listen
-            .as_deref()
-            .or(file.p2p_listen.as_deref())
-            .unwrap_or(DEFAULT_P2P_LISTEN),
-    )?;
+    let listen = p2p_listen(file, overrides)?;
     let bootstrap = if overrides.bootstrap.is_empty() {
         file.bootstrap.clone().unwrap_or_default()
     } else {
@@ -388,6 +406,42 @@ fn p2p_config(file: &FileConfig, overrides: &Overrides) -> Result<Option<P2pConf
         shaping,
         limits,
     }))
+}
+
+/// Validates the peer listen addresses (`p2p_listen`, `--p2p-listen`): 1 to [`MAX_P2P_LISTEN`]
+/// distinct multiaddrs, each a transport the node speaks (QUIC or TCP, see `p2p::transport`).
+fn p2p_listen(file: &FileConfig, overrides: &Overrides) -> Result<Vec<Multiaddr>, ConfigError> {
+    let given = if !overrides.p2p_listen.is_empty() {
+        overrides.p2p_listen.clone()
+    } else if let Some(listed) = &file.p2p_listen {
+        listed.to_vec()
+    } else {
+        DEFAULT_P2P_LISTEN.iter().map(|a| a.to_string()).collect()
+    };
+    if given.is_empty() || given.len() > MAX_P2P_LISTEN {
+        return Err(error(
+            "p2p_listen",
+            format!(
+                "{} addresses given; name 1 to {MAX_P2P_LISTEN}",
+                given.len()
+            ),
+        ));
+    }
+    let mut listen: Vec<Multiaddr> = Vec::with_capacity(given.len());
+    for value in &given {
+        let addr = parse_multiaddr("p2p_listen", value)?;
+        if crate::p2p::transport_of(&addr).is_none() {
+            return Err(error(
+                "p2p_listen",
+                format!("{addr} is neither a QUIC (/udp/../quic-v1) nor a TCP (/tcp/..) address"),
+            ));
+        }
+        if listen.contains(&addr) {
+            return Err(error("p2p_listen", format!("{addr} is listed twice")));
+        }
+        listen.push(addr);
+    }
+    Ok(listen)
 }
 
 /// Validates the optional allowlist of peer ids (`allowed_peers`, `--allow-peer`).
@@ -1015,9 +1069,58 @@ mod tests {
             .unwrap()
             .p2p
             .unwrap();
-        assert_eq!(p2p.listen.to_string(), DEFAULT_P2P_LISTEN);
+        let listen: Vec<String> = p2p.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, DEFAULT_P2P_LISTEN);
         assert_eq!(p2p.region, "eu-west");
         assert_eq!(p2p.bootstrap.len(), 1);
+    }
+
+    #[test]
+    fn p2p_listen_takes_one_address_as_before_or_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = overrides_with_key(dir.path());
+        let listen = |text: &str| -> Vec<String> {
+            let p2p = load(text, &flags).unwrap().p2p.unwrap();
+            p2p.listen.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            listen("p2p_listen = \"/ip4/0.0.0.0/udp/4001/quic-v1\""),
+            ["/ip4/0.0.0.0/udp/4001/quic-v1"]
+        );
+        assert_eq!(
+            listen("p2p_listen = [\"/ip4/0.0.0.0/tcp/4001\", \"/ip6/::/udp/4001/quic-v1\"]"),
+            ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/udp/4001/quic-v1"]
+        );
+        let cli = Overrides {
+            p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            ..overrides_with_key(dir.path())
+        };
+        let p2p = load("p2p_listen = [\"/ip4/0.0.0.0/udp/1/quic-v1\"]", &cli)
+            .unwrap()
+            .p2p
+            .unwrap();
+        assert_eq!(p2p.listen.len(), 1);
+        assert_eq!(p2p.listen[0].to_string(), "/ip4/127.0.0.1/tcp/0");
+    }
+
+    #[test]
+    fn p2p_listen_refuses_other_transports_duplicates_and_empty_or_long_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = overrides_with_key(dir.path());
+        for text in [
+            "p2p_listen = []",
+            "p2p_listen = [\"/ip4/0.0.0.0/tcp/1/ws\"]",
+            "p2p_listen = \"/ip4/0.0.0.0/udp/4001\"",
+            "p2p_listen = [\"/ip4/0.0.0.0/tcp/1\", \"/ip4/0.0.0.0/tcp/1\"]",
+            "p2p_listen = [\"/ip4/0.0.0.0/tcp/1\", \"not an address\"]",
+        ] {
+            assert_eq!(load(text, &flags).unwrap_err().key, "p2p_listen", "{text}");
+        }
+        let many: Vec<String> = (0..=MAX_P2P_LISTEN)
+            .map(|port| format!("\"/ip4/0.0.0.0/tcp/{}\"", port + 1))
+            .collect();
+        let text = format!("p2p_listen = [{}]", many.join(", "));
+        assert_eq!(load(&text, &flags).unwrap_err().key, "p2p_listen");
     }
 
     /// Command-line overrides that name a valid network key file written in `dir`.

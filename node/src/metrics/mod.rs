@@ -251,6 +251,10 @@ pub struct Metrics {
     pub p2p_members: Gauge,
     /// Open peer connections (members or not).
     pub p2p_connections: Gauge,
+    /// Open peer connections over QUIC.
+    pub p2p_connections_quic: Gauge,
+    /// Open peer connections over TCP + noise + yamux.
+    pub p2p_connections_tcp: Gauge,
     /// Entries in Kademlia's routing table (members only).
     pub p2p_routing_table_peers: Gauge,
     /// Provider records in the local DHT store naming this node.
@@ -371,6 +375,8 @@ impl Default for Metrics {
             placement_tags_watched: Gauge::default(),
             p2p_members: Gauge::default(),
             p2p_connections: Gauge::default(),
+            p2p_connections_quic: Gauge::default(),
+            p2p_connections_tcp: Gauge::default(),
             p2p_routing_table_peers: Gauge::default(),
             p2p_provider_records_local: Gauge::default(),
             p2p_provider_records_remote: Gauge::default(),
@@ -573,6 +579,17 @@ impl Metrics {
             "shoal_p2p_connections",
             "Open peer connections, members or not.",
             m.p2p_connections.clone(),
+        );
+        r.register(
+            "shoal_p2p_transport_connections",
+            "Open peer connections by transport (the one each member is reached over: see p2p::transport).",
+            labelled_gauges(
+                "transport",
+                vec![
+                    ("quic", m.p2p_connections_quic.clone()),
+                    ("tcp", m.p2p_connections_tcp.clone()),
+                ],
+            ),
         );
         r.register(
             "shoal_p2p_routing_table_peers",

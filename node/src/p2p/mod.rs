@@ -1,5 +1,6 @@
-//! The peer network: one libp2p swarm per node (QUIC, TCP as fallback, Kademlia, identify, ping,
-//! and raw streams for Shoal's own protocols).
+//! The peer network: one libp2p swarm per node (QUIC and TCP + noise + yamux, both listened on,
+//! the one used to each member chosen by `transport`; Kademlia, identify, ping, and raw streams
+//! for Shoal's own protocols).
 //!
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
 //! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
@@ -38,6 +39,7 @@ mod rehoming;
 pub mod shaping;
 pub mod threat;
 mod transfer;
+mod transport;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -71,6 +73,8 @@ pub use transfer::{
     InFlightBlob, InFlightBlobs, InFlightShard, NextFrame, Offer, PeerAnswer, ShardStream,
     TransferError,
 };
+
+pub use transport::{transport_of, Transport};
 
 use address_book::AddressBook;
 use holdings::Holdings;
@@ -120,8 +124,8 @@ impl std::fmt::Debug for NetworkKey {
 /// Settings of the peer network, validated by `config`.
 #[derive(Debug, Clone)]
 pub struct P2pConfig {
-    /// Where the swarm listens.
-    pub listen: Multiaddr,
+    /// Where the swarm listens (at least one address; QUIC and TCP by default).
+    pub listen: Vec<Multiaddr>,
     /// Peers dialled at start.
     pub bootstrap: Vec<Multiaddr>,
     /// This node's region (announced in identify; placement uses it later).
@@ -717,7 +721,8 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<identity::Keypair, P2p
 
 /// Starts the swarm: listens, dials the bootstrap peers and serves the membership, transfer and
 /// manifest protocols (manifests from `manifests`) until `stop` turns true. Returns the handle and
-/// the first listen address, with this node's `/p2p/<peer id>` appended.
+/// the first address each listen address bound, in the configured order, with this node's
+/// `/p2p/<peer id>` appended.
 pub async fn start(
     config: P2pConfig,
     data_dir: &Path,
@@ -725,7 +730,7 @@ pub async fn start(
     manifests: Arc<dyn ManifestSource>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(PeerNetwork, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
+) -> Result<(PeerNetwork, Vec<Multiaddr>, tokio::task::JoinHandle<()>), P2pError> {
     let keypair = load_or_create_identity(data_dir)?;
     let members = PeerTable::default();
     let local = keypair.public().to_peer_id();
@@ -779,34 +784,13 @@ pub async fn start(
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
-    swarm
-        .listen_on(config.listen.clone())
-        .map_err(|e| P2pError::Listen {
-            addr: config.listen.clone(),
-            message: e.to_string(),
-        })?;
-    // Wait for the first bound address, so the caller can report it.
-    let listening = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => return Ok(address),
-                SwarmEvent::ListenerError { error, .. } => return Err(error.to_string()),
-                SwarmEvent::ListenerClosed { reason, .. } => {
-                    return Err(format!("listener closed: {reason:?}"))
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no address within 10 s".to_owned())
-    .and_then(|r| r)
-    .map_err(|message| P2pError::Listen {
-        addr: config.listen.clone(),
-        message,
-    })?;
-    let listening = listening.with(Protocol::P2p(local));
-    tracing::info!(peer = %local, addr = %listening, region = %config.region, "peer network listening");
+    let listening = listen_all(&mut swarm, &config.listen).await?;
+    let listening: Vec<Multiaddr> = listening
+        .into_iter()
+        .map(|addr| addr.with(Protocol::P2p(local)))
+        .collect();
+    let shown: Vec<String> = listening.iter().map(ToString::to_string).collect();
+    tracing::info!(peer = %local, addr = %shown.join(" "), region = %config.region, "peer network listening");
 
     let mut control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);
@@ -910,6 +894,8 @@ pub async fn start(
         metrics,
         commands,
         addresses: AddressBook::new(config.limits.max_established as usize),
+        transports: transport::TransportBook::new(config.limits.max_established as usize),
+        region: config.region.clone(),
         lookups: HashMap::new(),
         closest: HashMap::new(),
         allowed_peers,
@@ -927,6 +913,78 @@ pub async fn start(
         tracing::debug!("peer network stopped");
     });
     Ok((network, listening, handle))
+}
+
+/// Listens on every address of `addresses` and waits until each has bound (at most 10 s in all);
+/// returns the first address each bound, in their order.
+async fn listen_all(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    addresses: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, P2pError> {
+    if addresses.is_empty() {
+        return Err(P2pError::Transport(
+            "no listen address configured".to_owned(),
+        ));
+    }
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for addr in addresses {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| P2pError::Listen {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        listeners.push(id);
+    }
+    let mut bound: Vec<Option<Multiaddr>> = vec![None; addresses.len()];
+    let failed_at = |id: libp2p::core::transport::ListenerId, message: String| {
+        let index = listeners.iter().position(|l| *l == id).unwrap_or(0);
+        P2pError::Listen {
+            addr: addresses[index].clone(),
+            message,
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while bound.iter().any(Option::is_none) {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    if let Some(index) = listeners.iter().position(|l| *l == listener_id) {
+                        bound[index].get_or_insert(address);
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    return Err(failed_at(listener_id, error.to_string()));
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } => {
+                    return Err(failed_at(
+                        listener_id,
+                        format!("listener closed: {reason:?}"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match waited {
+        Ok(Ok(())) => Ok(bound.into_iter().flatten().collect()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            let index = bound.iter().position(Option::is_none).unwrap_or(0);
+            Err(P2pError::Listen {
+                addr: addresses[index].clone(),
+                message: "no address within 10 s".to_owned(),
+            })
+        }
+    }
 }
 
 struct SwarmTask {
@@ -951,6 +1009,10 @@ struct SwarmTask {
     closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// The configured allowlist of peer ids, if any.
     allowed_peers: Option<BTreeSet<PeerId>>,
+    /// Each connected peer's connections, region and listen addresses, for the transport rule.
+    transports: transport::TransportBook,
+    /// This node's region.
+    region: String,
 }
 
 impl SwarmTask {
@@ -958,6 +1020,36 @@ impl SwarmTask {
         self.addresses.remember(peer, addr.clone());
         if self.members.is_member(&peer) {
             self.swarm.behaviour_mut().kad.kad.add_address(&peer, addr);
+        }
+    }
+
+    /// Carries out the transport rule's step for `peer` (see `transport`): dials it over the
+    /// transport its region calls for, or closes this node's connections to it over the other one.
+    fn apply_transport_rule(&mut self, peer: PeerId) {
+        let proved = self.members.is_ready(&peer);
+        match self.transports.step(&peer, &self.region, proved) {
+            transport::Step::Nothing => {}
+            transport::Step::Dial(addresses) => {
+                self.transports.dialled_wanted(&peer);
+                let wanted = addresses
+                    .first()
+                    .and_then(transport_of)
+                    .map(Transport::name);
+                tracing::debug!(%peer, transport = ?wanted, ?addresses, "dialling the member over the transport its region calls for");
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addresses)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                if let Err(error) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, %error, "cannot dial the member over the wanted transport; keeping its connection");
+                }
+            }
+            transport::Step::Close(connections) => {
+                for connection in connections {
+                    tracing::debug!(%peer, %connection, "closing the connection over the other transport");
+                    self.swarm.close_connection(connection);
+                }
+            }
         }
     }
 
@@ -1025,6 +1117,7 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().gossip.member_proved(peer);
                 self.update_member_gauge();
                 tracing::info!("peer proved membership");
+                self.apply_transport_rule(peer);
             }
             Command::FailedProof(peer, reason) => {
                 let span = tracing::warn_span!("peer", %peer);
@@ -1065,6 +1158,9 @@ impl SwarmTask {
         self.metrics
             .p2p_connections
             .store(u64::from(connections), Relaxed);
+        let (quic, tcp) = self.transports.counts();
+        self.metrics.p2p_connections_quic.store(quic, Relaxed);
+        self.metrics.p2p_connections_tcp.store(tcp, Relaxed);
         let kad = &mut self.swarm.behaviour_mut().kad.kad;
         let routing_peers: usize = kad.kbuckets().map(|bucket| bucket.num_entries()).sum();
         self.metrics
@@ -1114,7 +1210,10 @@ impl SwarmTask {
                 tracing::debug!(%address, "listening");
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
                 let addr = match &endpoint {
                     libp2p::core::ConnectedPoint::Dialer { address, .. } => address.clone(),
@@ -1122,8 +1221,17 @@ impl SwarmTask {
                         send_back_addr.clone()
                     }
                 };
+                let link = transport::Link {
+                    id: connection_id,
+                    transport: transport_of(&addr),
+                    dialled_here: endpoint.is_dialer(),
+                    identified: false,
+                };
+                tracing::debug!(peer = %peer_id, %connection_id, transport = ?link.transport.map(Transport::name), dialled_here = link.dialled_here, "connection established");
+                self.transports.connected(peer_id, link);
                 self.remember(peer_id, addr);
                 if self.members.is_member(&peer_id) {
+                    self.apply_transport_rule(peer_id);
                     return;
                 }
                 if endpoint.is_dialer() {
@@ -1143,9 +1251,14 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.transports.disconnected(&peer_id, connection_id);
+                if num_established > 0 {
+                    return;
+                }
                 if self.members.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "member disconnected");
                 }
@@ -1162,15 +1275,23 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
-                if let Some(region) = peers::region_from_agent(&info.agent_version) {
-                    self.members.set_region(peer_id, region);
+                let region = peers::region_from_agent(&info.agent_version);
+                if let Some(region) = &region {
+                    self.members.set_region(peer_id, region.clone());
                 }
+                self.transports.identified(
+                    peer_id,
+                    connection_id,
+                    region,
+                    info.listen_addrs.clone(),
+                );
                 for addr in info.listen_addrs {
                     self.remember(peer_id, addr);
                 }
+                self.apply_transport_rule(peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 error: libp2p::swarm::ListenError::Denied { cause },

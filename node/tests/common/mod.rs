@@ -71,7 +71,7 @@ async fn node_configured(
     })
     .unwrap();
     let config = P2pConfig {
-        listen: "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
         bootstrap,
         region: "test".into(),
         network_key: NetworkKey::derive(key),
@@ -80,7 +80,7 @@ async fn node_configured(
         limits,
     };
     let metrics = Arc::new(Metrics::default());
-    let (network, addr, _task) = p2p::start(
+    let (network, addrs, _task) = p2p::start(
         config,
         dir.path(),
         store.clone(),
@@ -92,7 +92,7 @@ async fn node_configured(
     .unwrap();
     TestNode {
         network,
-        addr,
+        addr: addrs[0].clone(),
         store,
         metrics,
         _dir: dir,
