@@ -12,6 +12,8 @@ and fsynced once (what `dd conv=fsync` measures). Interleaved runs, median secon
   sfr          sync_file_range(SYNC_FILE_RANGE_WRITE) after each write, fsync each at the end
   par          all files written, then fsync on 4 threads
   sfr_par      sfr, then fsync on 4 threads
+  late_sfr_par all files written, then sync_file_range on each, then fsync on 4 threads (an
+               ingest whose durability was deferred until its client's last byte, switching)
   syncfs       all files written, then one syncfs of the file system
   earlyN       each file handed to N threads that fsync it as soon as it is in place (the store
                now: N = 4)
@@ -31,7 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
 TOTAL = 256 << 20
-ALL = "sequential,fsync,fdatasync,falloc,sfr,par,sfr_par,syncfs,early4,early8,sfr_early4"
+ALL = (
+    "sequential,fsync,fdatasync,falloc,sfr,par,sfr_par,late_sfr_par,syncfs,early4,early8,"
+    "sfr_early4"
+)
 
 random.seed(1)
 SIZES = []
@@ -103,6 +108,13 @@ def run(name, d):
             libc.syncfs(fd)
             os.close(fd)
         elif name.endswith("par"):
+            if name.startswith("late_sfr"):
+                for p in paths:
+                    fd = os.open(p, os.O_RDONLY)
+                    libc.sync_file_range(
+                        fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE
+                    )
+                    os.close(fd)
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(fsync_path, paths))
         else:

@@ -643,7 +643,14 @@ impl Placement {
         let reply = match self
             .inner
             .pull
-            .open_blob(upstream, &job.repo, job.digest, None)
+            // A copy ahead of demand: no client waits, so its shards are made durable as written.
+            .open_blob_with(
+                upstream,
+                &job.repo,
+                job.digest,
+                None,
+                crate::store::Durability::AsWritten,
+            )
             .await
         {
             Ok(reply) => reply,

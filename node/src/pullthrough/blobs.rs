@@ -20,7 +20,8 @@ use super::{PullError, PullThrough};
 use crate::assembly::{self, PeerFetch};
 use crate::metrics::ByteSource;
 use crate::store::{
-    Ingest, IngestError, ReaderGuard, ShardReadError, ShardStore, StoreError, WriteFailure,
+    Durability, Ingest, IngestError, ReaderGuard, ShardReadError, ShardStore, StoreError,
+    WriteFailure,
 };
 use crate::upstream::Upstream;
 
@@ -150,8 +151,9 @@ impl PullThrough {
         Ok(None)
     }
 
-    /// Opens a blob (or a range of it) for sending: from the store, or by joining or starting
-    /// the one upstream fetch of it.
+    /// Opens a blob (or a range of it) for a client waiting for its bytes: from the store, or by
+    /// joining or starting the one upstream fetch of it (which then makes its shards durable only
+    /// once the last byte is released, [`Durability::AfterRelease`]).
     pub async fn open_blob(
         &self,
         upstream: &Upstream,
@@ -159,12 +161,27 @@ impl PullThrough {
         digest: BlobDigest,
         range: Option<RangeSpec>,
     ) -> Result<BlobReply, PullError> {
+        self.open_blob_with(upstream, repo, digest, range, Durability::AfterRelease)
+            .await
+    }
+
+    /// [`Self::open_blob`], saying how a fetch this call starts makes its shards durable:
+    /// [`Durability::AsWritten`] when no client waits for the bytes (a copy made ahead of
+    /// demand).
+    pub async fn open_blob_with(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: BlobDigest,
+        range: Option<RangeSpec>,
+        durability: Durability,
+    ) -> Result<BlobReply, PullError> {
         // A fetch can commit between the store lookup and the flight table; then look again.
         for _ in 0..3 {
             if let Some(reply) = self.open_cached(upstream, repo, digest, range).await? {
                 return Ok(reply);
             }
-            if let Some(reader) = self.join_or_start_flight(upstream, repo, digest)? {
+            if let Some(reader) = self.join_or_start_flight(upstream, repo, digest, durability)? {
                 self.metrics.cache_misses.inc();
                 return self.follow(reader, digest, range).await;
             }
@@ -214,13 +231,16 @@ impl PullThrough {
         })
     }
 
+    /// Joins the flight of `digest`, or starts one whose ingest makes its shards durable as
+    /// `durability` says (a flight already running keeps its own).
     pub(super) fn join_or_start_flight(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
         digest: BlobDigest,
+        durability: Durability,
     ) -> Result<Option<FlightReader>, PullError> {
-        self.join_or_start_attempt(upstream, repo, digest, 0)
+        self.join_or_start_attempt(upstream, repo, digest, durability, 0)
     }
 
     /// [`Self::join_or_start_flight`], where `refetch` counts the fetches of this blob already
@@ -230,12 +250,17 @@ impl PullThrough {
         upstream: &Upstream,
         repo: &RepoName,
         digest: BlobDigest,
+        durability: Durability,
         refetch: u32,
     ) -> Result<Option<FlightReader>, PullError> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&digest) {
             if let Some(reader) = flight.join() {
                 self.metrics.single_flight_joins.inc();
+                if durability == Durability::AfterRelease {
+                    // A fetch made ahead of demand now has a client waiting: its ingest defers.
+                    flight.client_waits();
+                }
                 return Ok(Some(reader));
             }
             // A flight passing its blob through no longer holds its first bytes: fetch again
@@ -247,6 +272,9 @@ impl PullThrough {
             return Ok(None);
         }
         let flight = Flight::new(digest);
+        if durability == Durability::AfterRelease {
+            flight.client_waits();
+        }
         let Some(reader) = flight.join() else {
             return Err(PullError::Internal(
                 "a new flight refused its first reader".into(),
@@ -258,7 +286,10 @@ impl PullThrough {
         let (upstream, repo, driven) = (upstream.clone(), repo.clone(), flight.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = match this.fetch_and_ingest(&driven, &upstream, &repo).await {
+            let outcome = match this
+                .fetch_and_ingest(&driven, &upstream, &repo, durability)
+                .await
+            {
                 Ok(Fetched {
                     len,
                     source,
@@ -310,7 +341,7 @@ impl PullThrough {
                 tracing::info!(%digest, "fetching the blob again without the peer that sent bad bytes");
                 this.metrics.refetches_after_bad_peer.inc();
                 if let Err(error) =
-                    this.join_or_start_attempt(&upstream, &repo, digest, refetch + 1)
+                    this.join_or_start_attempt(&upstream, &repo, digest, durability, refetch + 1)
                 {
                     tracing::warn!(%digest, %error, "cannot fetch the blob again");
                 }
@@ -368,9 +399,10 @@ impl PullThrough {
     /// stored.
     async fn fetch_and_ingest(
         &self,
-        flight: &Flight,
+        flight: &Arc<Flight>,
         upstream: &Upstream,
         repo: &RepoName,
+        durability: Durability,
     ) -> Result<Fetched, PullError> {
         let digest = flight.digest;
         // The decisions (which source next, when, giving up, blame) are the core's; this shell
@@ -417,9 +449,17 @@ impl PullThrough {
         let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
         let (mut feed, worker) = if room {
             let (feed, worker_feed) = mpsc::channel::<Feed>(16);
-            let (store, metrics) = (self.store.clone(), self.metrics.clone());
+            let (store, metrics, driven) =
+                (self.store.clone(), self.metrics.clone(), flight.clone());
             let worker = tokio::task::spawn_blocking(move || {
-                ingest_worker(&store, &metrics, digest, worker_feed, &event_tx)
+                ingest_worker(
+                    &store,
+                    &metrics,
+                    &driven,
+                    durability,
+                    worker_feed,
+                    &event_tx,
+                )
             });
             (Some(feed), Some(worker))
         } else {
@@ -889,11 +929,13 @@ enum WorkerEvent {
 
 /// The blocking ingest worker: writes what the driver feeds it, checks the sha256 the driver
 /// computed, commits. A store failure hands the ingest to the driver (the blob then passes
-/// through) instead of failing the flight.
+/// through) instead of failing the flight. An ingest started as [`Durability::AsWritten`]
+/// defers its durability once a client joins the flight.
 fn ingest_worker(
     store: &ShardStore,
     metrics: &crate::metrics::Metrics,
-    digest: BlobDigest,
+    flight: &Flight,
+    durability: Durability,
     mut feed: mpsc::Receiver<Feed>,
     events: &mpsc::UnboundedSender<WorkerEvent>,
 ) -> Result<WorkerEnd, IngestError> {
@@ -904,8 +946,15 @@ fn ingest_worker(
         }
         other => Err(other),
     };
-    let mut ingest = store.begin_ingest(digest);
+    let digest = flight.digest;
+    let mut ingest = store.begin_ingest_with(digest, durability);
+    let mut deferred = durability == Durability::AfterRelease;
     let actual = loop {
+        if !deferred && flight.has_waiting_client() {
+            tracing::debug!(%digest, "a client joined a fetch ahead of demand; durability deferred to the release");
+            ingest.defer_durability();
+            deferred = true;
+        }
         let started = Instant::now();
         let (written, len) = match feed.blocking_recv() {
             Some(Feed::Bytes(bytes)) => (ingest.write_unhashed(&bytes), bytes.len()),

@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -141,6 +142,9 @@ pub struct Flight {
     changed: watch::Sender<u64>,
     /// Bumped when a reader moves or leaves (the source waits on it while passing through).
     progress: watch::Sender<u64>,
+    /// A client waits for the bytes (it started or joined the flight): the ingest makes its
+    /// shards durable only once the last byte is released (`store::Durability::AfterRelease`).
+    client_waiting: AtomicBool,
 }
 
 /// A response reading a flight: its cursor bounds what a flight passing through may drop.
@@ -205,7 +209,19 @@ impl Flight {
             }),
             changed: watch::channel(0).0,
             progress: watch::channel(0).0,
+            client_waiting: AtomicBool::new(false),
         })
+    }
+
+    /// A client waits for this flight's bytes: its ingest defers durability until the last byte
+    /// is released, from its next shard on.
+    pub(super) fn client_waits(&self) {
+        self.client_waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a client waits for this flight's bytes.
+    pub(super) fn has_waiting_client(&self) -> bool {
+        self.client_waiting.load(Ordering::SeqCst)
     }
 
     /// Registers a reader at offset 0, unless bytes it would need are gone already (a flight

@@ -1,5 +1,7 @@
 //! Fetching a blob into the store ahead of demand (a preheat): the same flight a client's request
 //! would start or join, drained instead of sent, with its progress and where its bytes came from.
+//! A fetch started here makes its shards durable as they are written
+//! ([`Durability::AsWritten`]): no client waits for its last byte.
 //!
 //! Nothing here decides *whether* to fetch: the preheat module asks. Like a client's fetch, it
 //! asks peers (and the blob's home) before the origin, and only bytes that matched the blob's
@@ -11,6 +13,7 @@ use tokio::sync::watch;
 
 use super::flight::{FlightSource, Outcome};
 use super::{PullError, PullThrough};
+use crate::store::Durability;
 use crate::upstream::Upstream;
 
 /// What a preheat fetch found or did.
@@ -43,7 +46,10 @@ impl PullThrough {
             if self.store.shard_map(&digest)?.is_some() {
                 return Ok(Warmed::AlreadyThere);
             }
-            let Some(reader) = self.join_or_start_flight(upstream, repo, digest)? else {
+            // Nobody waits for these bytes: the shards are made durable as they are written.
+            let Some(reader) =
+                self.join_or_start_flight(upstream, repo, digest, Durability::AsWritten)?
+            else {
                 continue;
             };
             let flight = reader.flight().clone();

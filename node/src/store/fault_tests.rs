@@ -1,5 +1,5 @@
-//! The store under injected storage faults ([`faults::FaultyFiles`]): any write, fsync, rename,
-//! directory sync or removal fails, or the process "crashes" before it, while random ingests,
+//! The store under injected storage faults ([`faults::FaultyFiles`]): any write, writeback start,
+//! fsync, rename, directory sync or removal fails, or the process "crashes" before it, while random ingests,
 //! reads and evictions run. After every recovery: no committed blob is lost, every blob the
 //! store lists reads back exactly (so no unverified byte is served), `tmp/` is empty and `fsck`
 //! is clean.
@@ -44,8 +44,12 @@ fn open(dir: &Path, files: Arc<FaultyFiles>) -> ShardStore {
     ShardStore::open_with_files(&config, Box::new(PolicyEviction::lru()), files).unwrap()
 }
 
-fn ingest(store: &ShardStore, data: &[u8]) -> Result<ShardMap, IngestError> {
-    let mut ingest = store.begin_ingest(digest_of(data));
+fn ingest(
+    store: &ShardStore,
+    data: &[u8],
+    durability: Durability,
+) -> Result<ShardMap, IngestError> {
+    let mut ingest = store.begin_ingest_with(digest_of(data), durability);
     for piece in data.chunks(7_000) {
         ingest.write(piece)?;
     }
@@ -93,7 +97,7 @@ fn check_recovered(dir: &Path, blobs: &[Vec<u8>], committed: &BTreeSet<usize>) -
 
 #[derive(Debug, Clone)]
 enum Action {
-    Ingest(usize),
+    Ingest(usize, Durability),
     Read(usize),
     Evict(usize),
     /// A clean stop and start.
@@ -102,7 +106,7 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        4 => (0..5usize).prop_map(Action::Ingest),
+        4 => (0..5usize, durability()).prop_map(|(index, durability)| Action::Ingest(index, durability)),
         2 => (0..5usize).prop_map(Action::Read),
         2 => (0..5usize).prop_map(Action::Evict),
         1 => Just(Action::Restart),
@@ -113,11 +117,16 @@ fn step() -> impl Strategy<Value = Option<Step>> {
     prop_oneof![
         Just(None),
         Just(Some(Step::WriteNew)),
+        Just(Some(Step::StartWriteback)),
         Just(Some(Step::SyncFile)),
         Just(Some(Step::Rename)),
         Just(Some(Step::SyncDir)),
         Just(Some(Step::Remove)),
     ]
+}
+
+fn durability() -> impl Strategy<Value = Durability> {
+    prop_oneof![Just(Durability::AsWritten), Just(Durability::AfterRelease)]
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -148,9 +157,9 @@ proptest! {
                 }
             }
             match action {
-                Action::Ingest(index) => {
+                Action::Ingest(index, durability) => {
                     let data = &blobs[*index];
-                    match ingest(&store, data) {
+                    match ingest(&store, data, *durability) {
                         Ok(map) => {
                             prop_assert_eq!(map.blob_digest(), digest_of(data));
                             committed.insert(*index);
@@ -206,13 +215,26 @@ proptest! {
 fn a_failed_step_of_an_ingest_leaves_nothing_and_the_next_commit_clears_the_failure() {
     let blobs = pool();
     let data = &blobs[3];
-    for step in [Step::WriteNew, Step::Rename, Step::SyncFile, Step::SyncDir] {
+    for (step, durability) in [
+        Step::WriteNew,
+        Step::StartWriteback,
+        Step::Rename,
+        Step::SyncFile,
+        Step::SyncDir,
+    ]
+    .into_iter()
+    .flat_map(|step| {
+        [
+            (step, Durability::AsWritten),
+            (step, Durability::AfterRelease),
+        ]
+    }) {
         for nth in 0.. {
             let dir = tempfile::tempdir().unwrap();
             let files = Arc::new(FaultyFiles::new());
             let store = open(dir.path(), files.clone());
             files.plan(Some(step), nth, Fault::Fail(ErrorKind::StorageFull));
-            let result = ingest(&store, data);
+            let result = ingest(&store, data, durability);
             if !files.fired() {
                 // Past the last step of this kind: the ingest ran clean.
                 result.unwrap();
@@ -220,22 +242,25 @@ fn a_failed_step_of_an_ingest_leaves_nothing_and_the_next_commit_clears_the_fail
             }
             assert!(
                 result.is_err(),
-                "{step:?} #{nth} failed but the ingest committed"
+                "{step:?} #{nth} ({durability:?}) failed but the ingest committed"
             );
             assert!(store.shard_map(&digest_of(data)).unwrap().is_none());
             assert_eq!(store.write_failure(), Some(WriteFailure::DiskFull));
             assert_eq!(
                 fs::read_dir(store.layout().tmp_dir()).unwrap().count(),
                 0,
-                "{step:?} #{nth}: tmp not cleaned"
+                "{step:?} #{nth} ({durability:?}): tmp not cleaned"
             );
-            ingest(&store, data).unwrap();
+            ingest(&store, data, durability).unwrap();
             assert_eq!(store.write_failure(), None);
             assert_eq!(read_back(&store, &digest_of(data)).unwrap(), *data);
             store.close().unwrap();
             drop(store);
             let report = recovery::fsck(dir.path(), false).unwrap();
-            assert!(report.is_clean(), "{step:?} #{nth}: {report:?}");
+            assert!(
+                report.is_clean(),
+                "{step:?} #{nth} ({durability:?}): {report:?}"
+            );
         }
     }
 }
@@ -249,10 +274,12 @@ fn a_commit_fsyncs_the_shards_it_found_written_by_an_ingest_not_yet_committed() 
     let files = Arc::new(FaultyFiles::new());
     let store = open(dir.path(), files.clone());
     let data = &pool()[1];
-    let mut first = store.begin_ingest(digest_of(data));
+    let mut first = store.begin_ingest_with(digest_of(data), Durability::AsWritten);
     first.write(data).unwrap();
     first.verify().unwrap();
-    let mut second = store.begin_ingest(digest_of(data));
+    // The first ingest's sync threads are done: the count below is the second commit's alone.
+    first.settle().unwrap();
+    let mut second = store.begin_ingest_with(digest_of(data), Durability::AfterRelease);
     second.write(data).unwrap();
     second.verify().unwrap();
     // Count the fsyncs of files (a fault planned past the last one never fires).
@@ -264,4 +291,87 @@ fn a_commit_fsyncs_the_shards_it_found_written_by_an_ingest_not_yet_committed() 
     assert_eq!(files.seen(), shard_files.len() as u64 + 1);
     drop(first);
     assert_eq!(read_back(&store, &digest_of(data)).unwrap(), *data);
+}
+
+/// With `Durability::AsWritten` the sync threads fsync the shard files of a blob while it
+/// arrives, and the commit fsyncs only the rest: every shard file is fsynced exactly once, most
+/// of them before the commit starts.
+#[test]
+fn as_written_shard_files_are_fsynced_once_each_most_of_them_before_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Arc::new(FaultyFiles::new());
+    let store = open(dir.path(), files.clone());
+    let data = bytes(200_000, 5);
+    // Count the fsyncs of files (a fault planned past the last one never fires).
+    files.plan(Some(Step::SyncFile), u64::MAX, Fault::Crash);
+    let mut ingest = store.begin_ingest_with(digest_of(&data), Durability::AsWritten);
+    for piece in data.chunks(7_000) {
+        ingest.write(piece).unwrap();
+    }
+    ingest.verify().unwrap();
+    ingest.settle().unwrap();
+    let before_commit = files.seen();
+    let map = ingest.commit().unwrap();
+    let shard_files: BTreeSet<[u8; 32]> = map.shards.iter().map(|s| s.hash).collect();
+    assert!(shard_files.len() > 10);
+    assert!(
+        before_commit * 2 > shard_files.len() as u64,
+        "{before_commit} of {} shard files fsynced before the commit",
+        shard_files.len()
+    );
+    // One per shard file, one for the map.
+    assert_eq!(files.seen(), shard_files.len() as u64 + 1);
+    assert_eq!(read_back(&store, &digest_of(&data)).unwrap(), data);
+}
+
+/// With `Durability::AfterRelease` (or `AsWritten` deferred because a client joined before the
+/// first shard) no shard file is fsynced, nor its writeback started, before the verify (the
+/// release of the client's last byte), however many are written; at the switch every file
+/// written so far goes to the sync threads, so the commit fsyncs only the map, and each file is
+/// fsynced, and its writeback started, exactly once.
+#[test]
+fn after_release_nothing_is_made_durable_before_the_release_and_each_file_once_after() {
+    for (step, deferred_by_a_client) in [
+        (Step::SyncFile, false),
+        (Step::StartWriteback, false),
+        (Step::SyncFile, true),
+        (Step::StartWriteback, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(FaultyFiles::new());
+        let store = open(dir.path(), files.clone());
+        let data = bytes(200_000, 6);
+        files.plan(Some(step), u64::MAX, Fault::Crash);
+        let mut ingest = if deferred_by_a_client {
+            let mut ingest = store.begin_ingest_with(digest_of(&data), Durability::AsWritten);
+            ingest.defer_durability();
+            ingest
+        } else {
+            store.begin_ingest_with(digest_of(&data), Durability::AfterRelease)
+        };
+        for piece in data.chunks(7_000) {
+            ingest.write(piece).unwrap();
+        }
+        ingest.wait_for_writes().unwrap();
+        assert_eq!(files.seen(), 0, "{step:?} before the release");
+        ingest.verify().unwrap();
+        ingest.settle().unwrap();
+        let before_commit = files.seen();
+        let map = ingest.commit().unwrap();
+        let shard_files: BTreeSet<[u8; 32]> = map.shards.iter().map(|s| s.hash).collect();
+        assert!(shard_files.len() > 10);
+        assert_eq!(
+            before_commit,
+            shard_files.len() as u64,
+            "{step:?} at the switch"
+        );
+        // The map is fsynced, not started early.
+        let map_steps = u64::from(step == Step::SyncFile);
+        assert_eq!(
+            files.seen(),
+            shard_files.len() as u64 + map_steps,
+            "{step:?}"
+        );
+        assert_eq!(read_back(&store, &digest_of(&data)).unwrap(), data);
+    }
 }

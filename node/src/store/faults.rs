@@ -14,6 +14,7 @@ use super::files::{RealFiles, StoreFiles};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     WriteNew,
+    StartWriteback,
     SyncFile,
     Rename,
     SyncDir,
@@ -118,6 +119,11 @@ impl StoreFiles for FaultyFiles {
         }
         self.real.write_new(path, &bytes[..bytes.len() / 2])?;
         Err(self.planned_error())
+    }
+
+    fn start_writeback(&self, path: &Path) -> io::Result<()> {
+        self.step(Step::StartWriteback)?;
+        self.real.start_writeback(path)
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {

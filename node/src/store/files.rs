@@ -1,8 +1,9 @@
 //! The narrow interface through which the store changes files, so that tests can make any step
 //! fail or "crash" the process between two steps (see `faults`, test builds only).
 //!
-//! Every write of the store is one of five steps: write a new file (not yet durable), fsync a
-//! file, rename, fsync a directory, remove a file. Reads and the start-up scan of the data
+//! Every write of the store is one of six steps: write a new file (not yet durable), start its
+//! writeback (a hint that makes a later fsync wait less), fsync a file, rename, fsync a
+//! directory, remove a file. Reads and the start-up scan of the data
 //! directory use `std::fs` directly: they change nothing, so there is nothing to inject.
 //!
 //! Failures are classified by [`WriteFailure`] so that the node can say why it is degraded
@@ -17,6 +18,9 @@ use std::path::Path;
 pub trait StoreFiles: Send + Sync + Debug {
     /// Creates (or truncates) `path` and writes `bytes` to it, without fsync.
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Starts writing a file's dirty pages to the disk without waiting (nothing becomes durable
+    /// by this alone: [`sync_file`](Self::sync_file) still must follow).
+    fn start_writeback(&self, path: &Path) -> io::Result<()>;
     /// Makes a file's contents durable.
     fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Renames `from` to `to`, replacing `to`.
@@ -37,6 +41,10 @@ impl StoreFiles for RealFiles {
         file.write_all(bytes)
     }
 
+    fn start_writeback(&self, path: &Path) -> io::Result<()> {
+        start_writeback(&File::open(path)?)
+    }
+
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
     }
@@ -52,6 +60,29 @@ impl StoreFiles for RealFiles {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
     }
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file: the kernel starts writing its
+/// dirty pages back and returns. Neither `rustix` nor `nix` offers this call, hence `libc`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_writeback(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `file`), and
+    // the call takes no pointers; offset 0 with length 0 means "to the end of the file".
+    let result =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere there is no way to start writeback alone: the commit's fsync does it all.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 /// Why a write to the store failed, as far as the node's health is concerned.

@@ -1,12 +1,17 @@
 //! Ingesting one blob: chunk, hash, write shards, verify the digest, commit.
 //!
-//! Two stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
-//! chunker, zero-copy: each shard is a slice of the chunker's buffer), and the `shard_writer`
-//! stage writes new shard files on a thread of its own, so cutting the next shards and writing
-//! the last ones overlap. The blob's sha256 is the caller's: [`Ingest::write`] computes it inline,
-//! while the node computes it on a third thread and ends with [`Ingest::verify_with`]. Nothing is
-//! fsynced before the commit, which makes the whole blob durable at once, its fsyncs issued from
-//! several threads (`shard_sync`).
+//! Three stages: the caller's thread cuts the bytes into shards and BLAKE3-hashes them (the
+//! chunker, zero-copy: each shard is a slice of the chunker's buffer), the `shard_writer` stage
+//! writes new shard files on a thread of its own, and `shard_sync`'s threads fsync new files, so
+//! cutting, writing and writing back overlap. The blob's sha256 is the caller's:
+//! [`Ingest::write`] computes it inline, while the node computes it on a thread of its own and
+//! ends with [`Ingest::verify_with`].
+//!
+//! When the files are made durable is the ingest's [`Durability`], chosen by whoever starts it:
+//! as each file is written when no client waits for the bytes, or only once the client's last
+//! byte is released (the verify), so that the writes on a client's path never wait on writeback.
+//! Either way the commit waits for the fsyncs in flight and makes durable whatever the blob
+//! relies on that they did not confirm, before the shard map names it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -41,6 +46,23 @@ pub enum IngestError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// When an ingest makes its new shard files durable. The commit's guarantee is the same in every
+/// mode: the shard map is written only after every shard file it names is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// No client waits for the bytes (placement and preheat copies, rebuilds, peer replication
+    /// ahead of demand): each new file's writeback starts as soon as it is written and fsync
+    /// threads make it durable while the blob arrives, so the disk writes the blob back at its
+    /// sequential speed and the commit waits on little.
+    AsWritten,
+    /// A client waits for the bytes: nothing is done for durability until the blob's last byte
+    /// is released (the sha256 matched, [`Ingest::verify_with`]), since the writes of the next
+    /// shards, on the client's path, would wait on writeback and journal commits. Then the ingest
+    /// switches: the writeback of every file written so far starts, and the last shards are made
+    /// durable as they are written, so the commit after it waits on less.
+    AfterRelease,
 }
 
 /// A shard written during an ingest, readable by responses that joined late.
@@ -108,7 +130,7 @@ impl ShardSink for &mut ShardQueue<'_> {
 }
 
 impl Ingest {
-    pub(super) fn new(store: ShardStore, expected: BlobDigest) -> Self {
+    pub(super) fn new(store: ShardStore, expected: BlobDigest, durability: Durability) -> Self {
         let chunker = StreamChunker::new(store.chunking());
         let store_for_writer = store.clone();
         Self {
@@ -119,8 +141,16 @@ impl Ingest {
             received: 0,
             verified: false,
             shards: IngestShards::default(),
-            writer: ShardWriter::new(store_for_writer),
+            writer: ShardWriter::new(store_for_writer, durability),
         }
+    }
+
+    /// A client now waits for the bytes of an ingest started as [`Durability::AsWritten`] (it
+    /// joined a fetch made ahead of demand): from the next shard on, the ingest runs as
+    /// [`Durability::AfterRelease`], so the writes on the client's path no longer wait on
+    /// writeback; files already being made durable stay so. Nothing changes after the verify.
+    pub fn defer_durability(&mut self) {
+        self.writer.defer_until_release();
     }
 
     /// Bytes received so far.
@@ -227,7 +257,17 @@ impl Ingest {
     }
 
     /// Like [`verify`](Self::verify), with the sha256 of every byte written computed by the caller.
+    /// A [`Durability::AfterRelease`] ingest switches here when the digest matches: the node's
+    /// flight releases the client's last byte once this same sha256 matched, before it ends the
+    /// ingest's feed, so making the files durable no longer delays anyone.
     pub fn verify_with(&mut self, actual: BlobDigest) -> Result<Vec<StoredShard>, IngestError> {
+        if actual == self.expected {
+            let switched = self
+                .writer
+                .make_durable_from_now()
+                .map_err(IngestError::from);
+            self.noted(switched)?;
+        }
         let mut queue = ShardQueue {
             store: &self.store,
             shards: &mut self.shards,
@@ -277,12 +317,25 @@ impl Ingest {
     fn write_commit(&mut self, map: &ShardMap) -> Result<(), IngestError> {
         let _commit = self.store.begin_commit()?;
         let layout = self.store.layout().clone();
+        // The files the sync threads made durable while the blob arrived (a failed fsync fails
+        // the commit here).
+        let synced = self.writer.synced()?;
         // Every file this ingest created, and every file it found in place that no committed
-        // blob holds yet: another ingest still running wrote it and has not fsynced it.
-        let mut unsynced: BTreeSet<ShardHash> = self.shards.created.iter().copied().collect();
+        // blob holds yet (another ingest still running wrote it and has not fsynced it), unless
+        // the sync threads already made it durable.
+        let mut unsynced: BTreeSet<ShardHash> = self
+            .shards
+            .created
+            .iter()
+            .filter(|hash| !synced.contains(hash))
+            .copied()
+            .collect();
         for entry in &self.shards.entries {
             let hash = ShardHash::from_bytes(entry.hash);
-            if !unsynced.contains(&hash) && !self.store.shard_is_committed(&hash)? {
+            if !unsynced.contains(&hash)
+                && !synced.contains(&hash)
+                && !self.store.shard_is_committed(&hash)?
+            {
                 unsynced.insert(hash);
             }
         }
@@ -305,6 +358,21 @@ impl Ingest {
 
 #[cfg(test)]
 impl Ingest {
+    /// Waits until every shard is written and the sync threads are done with them (a commit
+    /// then fsyncs only what they did not).
+    pub(crate) fn settle(&mut self) -> Result<(), IngestError> {
+        self.drain_written()?;
+        self.writer.synced()?;
+        Ok(())
+    }
+
+    /// Waits until every shard queued so far is written, without the verify (so without the
+    /// switch of a [`Durability::AfterRelease`] ingest).
+    pub(crate) fn wait_for_writes(&mut self) -> Result<(), IngestError> {
+        self.drain_written()?;
+        Ok(())
+    }
+
     /// Ends the ingest the way a crash would: files stay where they are, nothing is cleaned up
     /// (the writer stage stops without writing what is queued, as a dying process would).
     pub(crate) fn crash(mut self) {

@@ -5,8 +5,10 @@
 //!
 //! * Ingest ([`Ingest`]): bytes are cut by [`chunker`] and hashed in one pass; each shard is
 //!   written once (tmp file, rename) however many blobs share it. At the end the blob's sha256 is
-//!   checked; only then are the new shards fsynced, the shard map written (tmp, fsync, rename: the
-//!   commit point) and the index updated. A blob that fails its digest leaves nothing behind.
+//!   checked; the new shards are fsynced as they are written or from the release of the last
+//!   byte on (the ingest's [`Durability`]), all of them before the shard map is written (tmp,
+//!   fsync, rename: the commit point) and the index updated. A blob that fails its digest leaves
+//!   nothing behind.
 //! * Serve ([`ShardStore::read_shard`]): every shard is BLAKE3-verified as it is read; a shard that
 //!   fails is deleted and reported, never returned.
 //! * Eviction ([`ShardStore::evict_to_budget`]): whole blobs, in the order an [`EvictionPolicy`]
@@ -44,7 +46,7 @@ use shoal_proto::{BlobDigest, ChunkingParams, ShardEntry, ShardHash, ShardMap};
 
 pub use eviction::{EvictionCandidate, EvictionPolicy, PolicyEviction};
 pub use files::{RealFiles, StoreFiles, WriteFailure};
-pub use ingest::{Ingest, IngestError, StoredShard};
+pub use ingest::{Durability, Ingest, IngestError, StoredShard};
 pub use layout::Layout;
 
 /// Errors of store operations other than ingest.
@@ -596,9 +598,16 @@ impl ShardStore {
         Ok(true)
     }
 
-    /// Starts ingesting a blob that should have `expected` as its sha256.
+    /// Starts ingesting a blob that should have `expected` as its sha256, for which no client
+    /// waits: its shard files are made durable as they are written ([`Durability::AsWritten`]).
     pub fn begin_ingest(&self, expected: BlobDigest) -> Ingest {
-        Ingest::new(self.clone(), expected)
+        self.begin_ingest_with(expected, Durability::AsWritten)
+    }
+
+    /// Starts ingesting a blob that should have `expected` as its sha256, making its shard files
+    /// durable as `durability` says (whether a client waits for its bytes).
+    pub fn begin_ingest_with(&self, expected: BlobDigest, durability: Durability) -> Ingest {
+        Ingest::new(self.clone(), expected, durability)
     }
 
     /// A cached manifest by digest.

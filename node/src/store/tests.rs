@@ -23,7 +23,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn ingest(store: &ShardStore, bytes: &[u8]) -> Result<ShardMap, IngestError> {
-    let mut ingest = store.begin_ingest(digest_of(bytes));
+    let mut ingest = store.begin_ingest_with(digest_of(bytes), Durability::AsWritten);
     for piece in bytes.chunks(3000) {
         ingest.write(piece)?;
     }
@@ -117,7 +117,7 @@ fn digest_mismatch_stores_nothing() {
     let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
     let bytes = data(50_000, 5);
     let wrong = digest_of(b"something else");
-    let mut ingest = store.begin_ingest(wrong);
+    let mut ingest = store.begin_ingest_with(wrong, Durability::AfterRelease);
     ingest.write(&bytes).unwrap();
     assert!(matches!(
         ingest.finish(),
@@ -213,7 +213,7 @@ fn crash_mid_ingest_restarts_clean() {
         let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
         ingest(&store, &kept).unwrap();
         let partial = data(90_000, 31);
-        let mut ingest = store.begin_ingest(digest_of(&partial));
+        let mut ingest = store.begin_ingest_with(digest_of(&partial), Durability::AfterRelease);
         ingest.write(&partial[..70_000]).unwrap();
         // A crash: no cleanup runs, the store is not closed.
         ingest.crash();
@@ -309,7 +309,7 @@ fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
     // Every shard as it came: the same map, and the blob reads back.
     let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open(&config(dir.path(), u64::MAX)).unwrap();
-    let mut whole = store.begin_ingest(digest_of(&bytes));
+    let mut whole = store.begin_ingest_with(digest_of(&bytes), Durability::AsWritten);
     for (shard, hash) in &shards {
         whole
             .write_shard(Bytes::copy_from_slice(shard), *hash)
@@ -325,7 +325,7 @@ fn shards_stored_as_a_peer_cut_them_make_the_same_blob() {
     let other_map = ingest(&source, &other).unwrap();
     let half = other_map.shards.len() / 2;
     let cut = other_map.shards[half].offset as usize;
-    let mut mixed = store.begin_ingest(digest_of(&other));
+    let mut mixed = store.begin_ingest_with(digest_of(&other), Durability::AfterRelease);
     for entry in &other_map.shards[..half] {
         let range = entry.offset as usize..entry.end() as usize;
         mixed
