@@ -284,7 +284,9 @@ mod tests {
             zero_runs in proptest::collection::vec((0usize..400_000, 0usize..150_000), 0..3),
             piece in 1usize..100_000,
         ) {
-            let avg = min + avg_above_min;
+            // The average must be at least 256 B (the crate's and the config's floor) and above
+            // the minimum.
+            let avg = min.max(255) + avg_above_min;
             let params = crate::config::validate_chunking(ChunkingParams { min, avg, max })
                 .expect("valid chunking");
             let data = with_zero_runs(len, seed, &zero_runs);
