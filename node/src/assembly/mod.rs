@@ -175,6 +175,12 @@ pub async fn open(
     } else {
         tracing::debug!(%digest, %home, "nobody provides the blob; asking its home who fetches it");
         match ask(network, metrics, digest, home, &[home], true).await {
+            // A home this node avoids (it sent bad bytes) is still every node's home, so it is
+            // asked; but its bytes are not taken again: the origin sends them.
+            Asked::Fetch(_) if network.is_avoided(&home) => {
+                tracing::info!(%digest, %home, answer = "its own copy, not taken from a peer this node avoids", "claim: the blob's home answered");
+                return None;
+            }
             Asked::Fetch(fetch) => {
                 tracing::info!(%digest, %home, answer = "its own copy", "claim: the blob's home answered");
                 return Some(fetch);

@@ -552,6 +552,15 @@ impl PeerNetwork {
         let _ = self.commands.try_send(Command::Disconnect(peer));
     }
 
+    /// Whether this node is avoiding `peer` now (it sent bytes that failed verification).
+    pub fn is_avoided(&self, peer: &PeerId) -> bool {
+        self.avoid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
     /// This node's region.
     pub fn region(&self) -> &str {
         &self.region
