@@ -25,7 +25,8 @@
 //! the home places it under another live member of the tree (one with room first, in its region
 //! first, and one that does not fetch through the failed member first), never under the failed
 //! one nor under its own followers, and grants it the rest from the origin only when no such
-//! member is left. Without this the home named the failed member again until that member's lease
+//! member is left. A member granted the rest that way becomes a second root of the tree, so the
+//! next member the same member fails follows it instead of fetching the blob a third time. Without this the home named the failed member again until that member's lease
 //! ran out (a parent that finished its own fetch renews nothing, so 10 s later the asker went to
 //! the origin while the rest of the tree finished a second later). The failed member keeps its
 //! place for the others: one member's word does not evict another.
@@ -122,6 +123,17 @@ impl Tree {
         self.members[0].alive(now)
     }
 
+    /// Renews `peer`'s lease, if it has a place.
+    fn renew(&mut self, peer: PeerId, now: Instant) -> bool {
+        match self.members.iter_mut().find(|m| m.peer == peer) {
+            Some(placed) => {
+                placed.renewed_at = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn alive(&self, peer: PeerId, now: Instant) -> bool {
         self.members.iter().any(|m| m.peer == peer && m.alive(now))
     }
@@ -148,10 +160,20 @@ impl Tree {
         false
     }
 
+    /// Whether `peer` fetches from the origin in this tree: the claimant, or a member granted the
+    /// rest beside it because no one else could take it ([`Self::place_avoiding`]).
+    fn fetches_from_origin(&self, peer: PeerId) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.peer == peer && m.parent.is_none())
+    }
+
     /// Places `asker` again, anywhere but under `failed` (which failed it) or its own followers:
     /// under a live member with room, in its region, that does not fetch through `failed`,
     /// preferring each of these in that order, then the shallowest and earliest. `None` when no
-    /// such member is live: the asker is not placed and fetches the rest from the origin.
+    /// such member is live: the asker fetches the rest from the origin, and is recorded as a root
+    /// of the tree beside the claimant (with its followers), so that the next member the same
+    /// member fails is placed under it instead of being granted a second fetch.
     fn place_avoiding(
         &mut self,
         asker: PeerId,
@@ -193,7 +215,18 @@ impl Tree {
                     *order,
                 )
             })
-            .map(|(order, _)| order)?;
+            .map(|(order, _)| order);
+        let Some(parent) = parent else {
+            self.members.push(Placed {
+                peer: asker,
+                region,
+                depth: 0,
+                parent: None,
+                followers,
+                renewed_at: now,
+            });
+            return None;
+        };
         let parent = &mut self.members[parent];
         parent.followers = parent.followers.saturating_add(1);
         let (parent_peer, depth) = (parent.peer, parent.depth.saturating_add(1));
@@ -316,8 +349,8 @@ impl Claims {
     ) -> Claim {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tree) = table.by_blob.get_mut(&digest).filter(|t| t.live(now)) {
-            if tree.members[0].peer == asker {
-                tree.members[0].renewed_at = now;
+            if tree.fetches_from_origin(asker) {
+                tree.renew(asker, now);
                 return Claim::Granted;
             }
             return Claim::Held(tree.place(asker, region, now));
@@ -330,7 +363,8 @@ impl Claims {
     /// holder whose map led) failed it mid-blob. While the claimant's lease runs, the asker is
     /// placed under another live member of the tree, never `failed` (see the module docs), or,
     /// when none is left, let fetch the rest from the origin beside the tree (not as its claimant:
-    /// the claimant still renews). Once the claimant's lease ran out, the asker is granted the
+    /// the claimant still renews; as a second root, under which the next member `failed` fails is
+    /// placed). Once the claimant's lease ran out, the asker is granted the
     /// fetch as [`Self::claim`] grants it.
     pub(crate) fn claim_instead_of(
         &self,
@@ -345,8 +379,8 @@ impl Claims {
             table.grant(digest, asker, region, now);
             return Claim::Granted;
         };
-        if tree.members[0].peer == asker {
-            tree.members[0].renewed_at = now;
+        if tree.fetches_from_origin(asker) {
+            tree.renew(asker, now);
             return Claim::Granted;
         }
         match tree.place_avoiding(asker, failed, region, now) {
@@ -369,13 +403,7 @@ impl Claims {
     ) -> bool {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match table.by_blob.get_mut(&digest).filter(|t| t.live(now)) {
-            Some(tree) => match tree.members.iter_mut().find(|m| m.peer == member) {
-                Some(placed) => {
-                    placed.renewed_at = now;
-                    true
-                }
-                None => false,
-            },
+            Some(tree) => tree.renew(member, now),
             None if renewal == Renewal::FromOrigin => {
                 table.grant(digest, member, region, now);
                 true
@@ -728,6 +756,16 @@ mod tests {
         assert_eq!(
             claims.claim(digest(1), PeerId::random(), None, now),
             Claim::Held(liar)
+        );
+        // `b` is recorded as fetching from the origin: asking or renewing keeps it so, and the
+        // next member the liar fails is placed under `b` rather than granted a third fetch.
+        assert_eq!(claims.claim(digest(1), b, None, now), Claim::Granted);
+        assert!(claims.renew(digest(1), b, Renewal::FromOrigin, None, now + LEASE / 2));
+        let c = PeerId::random();
+        assert_eq!(claims.claim(digest(1), c, None, now), Claim::Held(liar));
+        assert_eq!(
+            claims.claim_instead_of(digest(1), c, liar, None, now),
+            Claim::Held(b)
         );
     }
 
