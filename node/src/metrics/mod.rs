@@ -203,6 +203,9 @@ pub struct Metrics {
     pub ingested_bytes: Counter,
     /// Time spent chunking, hashing and writing, in microseconds.
     pub ingest_busy_us: Counter,
+    /// Fetches made ahead of demand that a client joined, whose durability then waited for the
+    /// client's last byte.
+    pub ingests_deferred_for_client: Counter,
     /// Time spent reading and verifying shards for responses, in microseconds.
     pub serve_busy_us: Counter,
     /// Blobs committed.
@@ -334,6 +337,7 @@ impl Default for Metrics {
             cache_misses: Counter::default(),
             ingested_bytes: Counter::default(),
             ingest_busy_us: Counter::default(),
+            ingests_deferred_for_client: Counter::default(),
             serve_busy_us: Counter::default(),
             blobs_committed: Counter::default(),
             digest_mismatches: Counter::default(),
@@ -657,6 +661,11 @@ impl Metrics {
             "shoal_ingest_busy_seconds",
             "Time spent ingesting (chunking, hashing, writing).",
             MicrosAsSeconds(m.ingest_busy_us.clone()),
+        );
+        r.register(
+            "shoal_ingests_deferred_for_client",
+            "Fetches made ahead of demand that a client joined; their shards then became durable after the client's last byte.",
+            m.ingests_deferred_for_client.clone(),
         );
         r.register(
             "shoal_serve_busy_seconds",

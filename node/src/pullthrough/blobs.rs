@@ -953,6 +953,7 @@ fn ingest_worker(
         if !deferred && flight.has_waiting_client() {
             tracing::debug!(%digest, "a client joined a fetch ahead of demand; durability deferred to the release");
             ingest.defer_durability();
+            metrics.ingests_deferred_for_client.inc();
             deferred = true;
         }
         let started = Instant::now();

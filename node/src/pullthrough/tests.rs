@@ -1,7 +1,8 @@
 //! Pull-through against a real HTTP origin in-process, with the store under injected faults:
 //! whatever the store does, every client of a healthy origin gets the exact blob or an error
 //! before its first byte, never a broken body; nothing half-written is committed; the store
-//! restarts clean; caching resumes by itself once the store can take blobs again.
+//! restarts clean; caching resumes by itself once the store can take blobs again. And a client
+//! that joins a fetch made ahead of demand gets the blob from that one fetch.
 
 use std::convert::Infallible;
 use std::io::ErrorKind;
@@ -20,9 +21,11 @@ use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
 use shoal_proto::{BlobDigest, ChunkingParams, RepoName};
+use tokio::sync::watch;
 
 use super::{PullConfig, PullThrough};
 use crate::metrics::Metrics;
+use crate::pullthrough::warm::Warmed;
 use crate::store::faults::{Fault, FaultyFiles, Step};
 use crate::store::{recovery, PolicyEviction, ShardStore, StoreConfig};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamTimeouts};
@@ -44,6 +47,8 @@ struct Origin {
     blobs: Arc<Vec<Bytes>>,
     up: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
+    /// While false, bodies stop after their first half until it turns true.
+    second_halves: Arc<watch::Sender<bool>>,
 }
 
 async fn serve_blob(
@@ -83,15 +88,24 @@ async fn serve_blob(
         .step_by(16 << 10)
         .map(|at| Ok(body.slice(at..(at + (16 << 10)).min(len))))
         .collect();
+    let half = pieces.len() / 2;
+    let gate = origin.second_halves.subscribe();
+    let pieces = futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, piece)| {
+        let mut gate = gate.clone();
+        async move {
+            if i >= half {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            piece
+        }
+    });
     let mut response = Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, len);
     if let Some(content_range) = content_range {
         response = response.header(header::CONTENT_RANGE, content_range);
     }
-    response
-        .body(Body::from_stream(futures::stream::iter(pieces)))
-        .unwrap()
+    response.body(Body::from_stream(pieces)).unwrap()
 }
 
 async fn start_origin(blobs: Vec<Bytes>) -> (Origin, SocketAddr) {
@@ -99,6 +113,7 @@ async fn start_origin(blobs: Vec<Bytes>) -> (Origin, SocketAddr) {
         blobs: Arc::new(blobs),
         up: Arc::new(AtomicBool::new(true)),
         requests: Arc::default(),
+        second_halves: Arc::new(watch::channel(true).0),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -348,5 +363,78 @@ async fn an_unreachable_origin_is_reported_until_it_answers_again() {
     );
     assert_eq!(node.pull.degradations(), Vec::<&str>::new());
     assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    close_and_fsck(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_joining_a_fetch_made_ahead_of_demand_gets_the_blob_from_that_fetch() {
+    let joined = blob(600_000, 12);
+    let alone = blob(600_000, 13);
+    let (origin, addr) = start_origin(vec![joined.clone(), alone.clone()]).await;
+    let node = Arc::new(node(addr));
+    let repo: RepoName = "library/test".parse().unwrap();
+
+    // A fetch ahead of demand (a preheat or a placement) stops halfway: the origin holds back
+    // the second half of every body.
+    origin.second_halves.send_replace(false);
+    let (progress, mut warmed_bytes) = watch::channel(0u64);
+    let warm = tokio::spawn({
+        let (node, repo) = (node.clone(), repo.clone());
+        let digest = digest_of(&joined);
+        async move {
+            node.pull
+                .warm_blob(&node.upstream, &repo, digest, &progress)
+                .await
+        }
+    });
+    warmed_bytes
+        .wait_for(|&bytes| bytes >= joined.len() as u64 / 4)
+        .await
+        .unwrap();
+
+    // A client asks for the blob meanwhile: it joins that fetch rather than starting another.
+    let client = tokio::spawn({
+        let node = node.clone();
+        let digest = digest_of(&joined);
+        async move { pull_blob(&node, digest).await }
+    });
+    while node.metrics.single_flight_joins.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    origin.second_halves.send_replace(true);
+
+    assert_eq!(client.await.unwrap(), Got::Body(joined.clone()));
+    assert_eq!(
+        warm.await.unwrap().unwrap(),
+        Warmed::Fetched {
+            sources: vec![super::flight::FlightSource::Origin],
+            bytes: joined.len() as u64,
+        }
+    );
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert_eq!(
+        origin.requests.load(Ordering::SeqCst),
+        1,
+        "one origin fetch"
+    );
+    assert_eq!(node.metrics.single_flight_joins.get(), 1);
+    assert!(node.store.shard_map(&digest_of(&joined)).unwrap().is_some());
+    // The fetch saw the client and left its durability to the client's last byte.
+    assert_eq!(node.metrics.ingests_deferred_for_client.get(), 1);
+
+    // A fetch ahead of demand that nobody joins keeps its durability as written.
+    let (progress, _) = watch::channel(0u64);
+    assert!(matches!(
+        node.pull
+            .warm_blob(&node.upstream, &repo, digest_of(&alone), &progress)
+            .await
+            .unwrap(),
+        Warmed::Fetched { .. }
+    ));
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(30)).await, 0);
+    assert_eq!(node.metrics.ingests_deferred_for_client.get(), 1);
+    assert_eq!(pull_blob(&node, digest_of(&alone)).await, Got::Body(alone));
+
+    let node = Arc::into_inner(node).expect("every task ended");
     close_and_fsck(node);
 }
