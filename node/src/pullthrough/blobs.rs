@@ -839,10 +839,20 @@ impl PullThrough {
                     return Ok(false);
                 }
             } else {
-                while !flight.source_may_go_on() {
-                    match events.recv().await {
-                        Some(event) => self.apply(flight, event),
-                        None => break,
+                let mut changes = flight.watch();
+                loop {
+                    changes.borrow_and_update();
+                    if flight.source_may_go_on() {
+                        break;
+                    }
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Some(event) => self.apply(flight, event),
+                            None => break,
+                        },
+                        changed = changes.changed() => if changed.is_err() {
+                            break;
+                        },
                     }
                 }
             }
@@ -1081,6 +1091,7 @@ fn ingest_worker(
             FeedStep::Abandoned => return Err(IngestError::Abandoned),
         };
         let started = Instant::now();
+        flight.ingest_read_to(segment.offset + segment.len);
         let written = match segment.shard {
             Some(hash) => match spool.read_at(segment.offset, segment.len as usize) {
                 Ok(bytes) => {

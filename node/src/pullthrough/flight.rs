@@ -351,9 +351,13 @@ impl Flight {
         if state.spool.is_none() || state.passing_through {
             return true;
         }
-        state
-            .ledger
-            .source_may_go_on(state.received, state.shards_end())
+        state.ledger.source_may_go_on(state.received)
+    }
+
+    /// The ingest has read the spool up to `end` (the source waits on this).
+    pub(super) fn ingest_read_to(&self, end: u64) {
+        self.state().ledger.ingest_read_to(end);
+        self.notify();
     }
 
     /// While passing through, waits until `len` more bytes fit in the window (or every reader has
@@ -940,8 +944,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (flight, _spool, _) = spooling_flight(dir.path(), 16 * MIB, 16 * MIB as u64);
         assert!(!flight.source_may_go_on());
-        // The ingest writes its first shard: the source may go on.
-        flight.add_shards(vec![shard_at(0, MIB as u32)]);
+        // The ingest reads its first piece: the source may go on.
+        flight.ingest_read_to(MIB as u64);
         assert!(flight.source_may_go_on());
         flight.push(Bytes::from(vec![0u8; MIB]));
         assert!(!flight.source_may_go_on());
