@@ -293,9 +293,9 @@ impl SpoolFeed {
     }
 }
 
-/// The nice value of the ingest threads: the lowest priority, so that the client's path (network
+/// The nice value of the ingest threads: a low priority, so that the client's path (network
 /// reads, spool appends, SHA-256, sends) and other processes' work go first on a busy machine.
-pub const INGEST_NICE: i32 = 19;
+pub const INGEST_NICE: i32 = 10;
 
 /// Lowers the calling thread's CPU priority to [`INGEST_NICE`] for the rest of its life (threads
 /// it starts inherit it). Only for a thread of its own: a thread cannot raise its priority back
