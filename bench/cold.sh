@@ -10,6 +10,9 @@
 # With SHOALD_BEFORE=path/to/another/shoald, that build is measured too, in the same runs (to
 # record what a change bought). Per fetch, the CPU seconds (user + system) the origin, the proxy or
 # `shoald`, and curl spent on it are recorded from /proc/PID/stat and printed as medians.
+# After each fetch through `shoald`, the script waits for its commit of the blob (the log line)
+# and records the CPU seconds `shoald` spent in all by then (the ingest may run on after the
+# client's last byte) and the time from the release of the last byte to the commit, when logged.
 # With READERS=N (N > 1), a last section fetches the blob through one fresh `shoald` with N
 # concurrent curls: each reader's time and first byte, and `shoald`'s peak resident memory.
 # Needs: docker-registry (Debian package) and release builds: cargo build --release --bins
@@ -88,6 +91,15 @@ fetch() { # url server_pid cpu_file
   rm -f "$work/out"
   echo "$out"
 }
+# Waits for the commit of the blob by the shoald in $1 (logging to $work/shoald.log) and
+# appends "cpu_seconds_in_all commit_after_release_ms" to $2 (ms "-" when not logged).
+wait_commit() { # pid file
+  for _ in $(seq 1200); do grep -q "verified and stored" "$work/shoald.log" && break; sleep 0.05; done
+  grep -q "verified and stored" "$work/shoald.log" || { echo "no commit logged" >&2; exit 1; }
+  local ms
+  ms=$(grep -m1 "verified and stored" "$work/shoald.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'commit_after_release_ms=[0-9]*' | cut -d= -f2 || true)
+  echo "$(cpu "$1") ${ms:--}" >> "$2"
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -96,15 +108,18 @@ origin_url="http://127.0.0.1:$origin_port/v2/bench/big/blobs/$digest"
 proxy_url="http://127.0.0.1:$proxy_port/v2/bench/big/blobs/$digest"
 shoal_url="http://127.0.0.1:$shoal_port/v2/bench/big/blobs/$digest?ns=origin"
 : > "$work/t-direct"; : > "$work/t-proxy"; : > "$work/t-shoald"; : > "$work/t-hwm"; : > "$work/t-before"
+: > "$work/k-shoald"; : > "$work/k-before"
 for i in $(seq "$runs"); do
   sync
   fetch "$origin_url" "" "$work/c-direct" >> "$work/t-direct"
   start_proxy; sync; fetch "$proxy_url" "$proxy_pid" "$work/c-proxy" >> "$work/t-proxy"; stop_proxy
   start_shoald; sync; fetch "$shoal_url" "$shoal_pid" "$work/c-shoald" >> "$work/t-shoald"
+  wait_commit "$shoal_pid" "$work/k-shoald"
   awk '/VmHWM/ {print $2}' "/proc/$shoal_pid/status" >> "$work/t-hwm"
   stop_shoald
   if [ -n "${SHOALD_BEFORE:-}" ]; then
-    start_shoald "$SHOALD_BEFORE"; sync; fetch "$shoal_url" "$shoal_pid" "$work/c-before" >> "$work/t-before"; stop_shoald
+    start_shoald "$SHOALD_BEFORE"; sync; fetch "$shoal_url" "$shoal_pid" "$work/c-before" >> "$work/t-before"
+    wait_commit "$shoal_pid" "$work/k-before"; stop_shoald
   fi
   echo "run $i: direct $(tail -1 "$work/t-direct")  proxy $(tail -1 "$work/t-proxy")  shoald $(tail -1 "$work/t-shoald")  shoald VmHWM $(tail -1 "$work/t-hwm") KiB${SHOALD_BEFORE:+  shoald before $(tail -1 "$work/t-before")}"
 done
@@ -123,6 +138,10 @@ for path in direct proxy shoald before; do
   [ -s "$work/c-$path" ] || continue
   echo "  $path: origin $(cut -d' ' -f1 "$work/c-$path" | median)  server $(cut -d' ' -f2 "$work/c-$path" | median)  curl $(cut -d' ' -f3 "$work/c-$path" | median)"
 done
+for path in shoald before; do
+  [ -s "$work/k-$path" ] || continue
+  echo "  $path by its commit: CPU seconds in all $(cut -d' ' -f1 "$work/k-$path" | median) ($(cut -d' ' -f1 "$work/k-$path" | xargs)), commit after the last byte's release (ms): $(cut -d' ' -f2 "$work/k-$path" | xargs)"
+done
 if [ "${READERS:-1}" -gt 1 ]; then
   echo "== ${READERS} concurrent readers of the cold blob through one fresh shoald (seconds: total, first byte) =="
   start_shoald; sync
@@ -132,12 +151,14 @@ if [ "${READERS:-1}" -gt 1 ]; then
     readers+=($!)
   done
   for p in "${readers[@]}"; do wait "$p"; done
+  wait_commit "$shoal_pid" "$work/k-readers"
   for r in $(seq "$READERS"); do
     [ "sha256:$(sha256sum "$work/out-$r" | cut -d' ' -f1)" = "$digest" ] || { echo "wrong bytes for reader $r" >&2; exit 1; }
     rm -f "$work/out-$r"
     echo "reader $r: $(cat "$work/r-$r")"
   done
   echo "shoald VmHWM with ${READERS} readers: $(awk '/VmHWM/ {print $2}' "/proc/$shoal_pid/status") KiB"
+  echo "shoald by its commit: CPU seconds and commit after the last byte's release (ms): $(cat "$work/k-readers")"
   stop_shoald
 fi
 echo "== the disk's sequential write speed: dd ${size_mib} MiB, 1 MiB writes, fsync at the end =="

@@ -9,18 +9,19 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_proto::gossip::Announcement;
-use shoal_proto::{BlobDigest, RepoName, ShardMap};
+use shoal_proto::{BlobDigest, RepoName, ShardHash, ShardMap};
 use tokio::sync::mpsc;
 
 use super::claim_lease::{ClaimLease, LeaseRole};
 use super::fetch_core::{CoreSource, FetchCore, IngestEnd, OriginFailure, Step, Verdict};
 use super::flight::{read_file_range, Flight, FlightReader, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
+use super::spooling::{self, FeedStep, SpoolFeed, INGEST_READ_PIECE};
 use super::{PullError, PullThrough};
 use crate::assembly::{self, PeerFetch};
 use crate::metrics::ByteSource;
 use crate::store::{
-    Durability, Ingest, IngestError, ReaderGuard, ShardReadError, ShardStore, StoreError,
+    Durability, Ingest, IngestError, ReaderGuard, ShardReadError, ShardStore, Spool, StoreError,
     WriteFailure,
 };
 use crate::upstream::Upstream;
@@ -58,6 +59,8 @@ struct Fetched {
     source: &'static str,
     /// Whether it was committed (else it was only passed through to the flight's readers).
     stored: bool,
+    /// From the release of the last byte to the end of the ingest (the commit, when stored).
+    release_to_end: Option<Duration>,
 }
 
 /// How the ingest worker ended.
@@ -294,19 +297,22 @@ impl PullThrough {
                     len,
                     source,
                     stored: true,
+                    release_to_end,
                 }) => {
                     this.metrics.blobs_committed.inc();
                     if let Some(peers) = &this.peers {
                         peers.provide(digest);
                         peers.announce_held(digest);
                     }
-                    tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "blob fetched, verified and stored");
+                    let commit_after_release_ms = release_to_end.map(|d| d.as_millis() as u64);
+                    tracing::info!(%digest, %repo, upstream = upstream.name(), source, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, commit_after_release_ms, "blob fetched, verified and stored");
                     Outcome::Committed
                 }
                 Ok(Fetched {
                     len,
                     source,
                     stored: false,
+                    ..
                 }) => {
                     this.metrics.blobs_passed_through.inc();
                     if let Some(peers) = &this.peers {
@@ -436,38 +442,76 @@ impl PullThrough {
         flight.start(total);
         // Followers learn the blob's length from the flight, so announce it once it is known.
         self.announce_source(flight, &source, &lease);
-        // Two blocking workers share the CPU work: one computes the blob's sha256, the other cuts,
-        // hashes and writes shards; the driver hands each network read to both.
-        let (hash_feed, mut hasher_feed) = mpsc::channel::<Bytes>(16);
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut sha256 = Sha256::new();
-            while let Some(bytes) = hasher_feed.blocking_recv() {
-                sha256.update(&bytes);
+        // The client's path: this task reads the source into the flight's memory; a blocking
+        // thread appends each read to the spool and computes the blob's sha256. The ingest
+        // thread (lower CPU priority) reads the spool behind them, cuts, hashes, writes shards
+        // and commits; the source waits only when it falls the spool's lag bound behind.
+        let spool = if room {
+            match self.store.create_spool() {
+                Ok(spool) => Some(Arc::new(spool)),
+                Err(error) => {
+                    let cause = error.write_failure().unwrap_or(WriteFailure::Io);
+                    self.metrics.record_store_write_failure(cause);
+                    tracing::warn!(%digest, %error, "cannot create the blob's spool; passing it through uncached");
+                    None
+                }
             }
-            BlobDigest::from_bytes(sha256.finalize().into())
-        });
-        let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
-        let (mut feed, worker) = if room {
-            let (feed, worker_feed) = mpsc::channel::<Feed>(16);
-            let (store, metrics, driven) =
-                (self.store.clone(), self.metrics.clone(), flight.clone());
-            let worker = tokio::task::spawn_blocking(move || {
-                ingest_worker(
-                    &store,
-                    &metrics,
-                    &driven,
-                    durability,
-                    worker_feed,
-                    &event_tx,
-                )
-            });
-            (Some(feed), Some(worker))
         } else {
             tracing::warn!(%digest, len = total, "no room for the blob even after eviction; passing it through uncached");
-            drop(event_tx);
-            flight.pass_through(None);
-            (None, None)
+            None
         };
+        let spool_feed = Arc::new(SpoolFeed::default());
+        // Without an end, a feed closed by this task's return abandons the ingest.
+        let _close_feed = CloseFeedOnDrop(spool_feed.clone());
+        let (hash_feed, hasher_feed) = mpsc::channel::<(Bytes, Option<ShardHash>)>(16);
+        let hasher = {
+            let (spool, feed, driven) = (spool.clone(), spool_feed.clone(), flight.clone());
+            tokio::task::spawn_blocking(move || {
+                spool_and_hash(&driven, spool.as_deref(), &feed, hasher_feed)
+            })
+        };
+        let (event_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
+        let worker = match &spool {
+            Some(spool) => {
+                let lag_bound =
+                    spooling::lag_bound(total, self.store.fs_space().map(|s| s.available));
+                flight.attach_spool(spool.clone(), lag_bound);
+                let (done_tx, done) = tokio::sync::oneshot::channel();
+                let (store, metrics, driven, spool, feed) = (
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    flight.clone(),
+                    spool.clone(),
+                    spool_feed.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("shoal-ingest".into())
+                    .spawn(move || {
+                        // Its shard writer and sync threads inherit the lower priority.
+                        spooling::lower_this_threads_priority();
+                        let end = ingest_worker(
+                            &store, &metrics, &driven, durability, &spool, &feed, &event_tx,
+                        );
+                        drop(event_tx);
+                        feed.ingest_ended();
+                        let _ = done_tx.send(end);
+                    });
+                match spawned {
+                    Ok(_) => Some(done),
+                    Err(error) => {
+                        tracing::warn!(%digest, %error, "cannot start the ingest thread; passing the blob through uncached");
+                        flight.pass_through(None);
+                        None
+                    }
+                }
+            }
+            None => {
+                drop(event_tx);
+                flight.pass_through(None);
+                None
+            }
+        };
+        let mut ingest_feed = worker.as_ref().map(|_| spool_feed.clone());
         loop {
             while let Ok(event) = events.try_recv() {
                 self.apply(flight, event);
@@ -487,7 +531,14 @@ impl PullThrough {
                         self.metrics.bytes_received_origin.add(chunk.len() as u64);
                         core.bytes_arrived(chunk.len() as u64, true)?;
                         if !self
-                            .push_piece(flight, chunk, None, &hash_feed, &mut feed, &mut events)
+                            .push_piece(
+                                flight,
+                                chunk,
+                                None,
+                                &hash_feed,
+                                &mut ingest_feed,
+                                &mut events,
+                            )
                             .await?
                         {
                             break;
@@ -511,7 +562,14 @@ impl PullThrough {
                         };
                         core.bytes_arrived(chunk.len() as u64, false)?;
                         if !self
-                            .push_piece(flight, chunk, hash, &hash_feed, &mut feed, &mut events)
+                            .push_piece(
+                                flight,
+                                chunk,
+                                hash,
+                                &hash_feed,
+                                &mut ingest_feed,
+                                &mut events,
+                            )
                             .await?
                         {
                             break;
@@ -576,7 +634,14 @@ impl PullThrough {
             self.metrics.bytes_received_origin.add(chunk.len() as u64);
             core.bytes_arrived(chunk.len() as u64, true)?;
             if !self
-                .push_piece(flight, chunk, None, &hash_feed, &mut feed, &mut events)
+                .push_piece(
+                    flight,
+                    chunk,
+                    None,
+                    &hash_feed,
+                    &mut ingest_feed,
+                    &mut events,
+                )
                 .await?
             {
                 break;
@@ -590,12 +655,11 @@ impl PullThrough {
         // Every byte the readers have is now known good: release the last one without waiting
         // for the ingest to write the blob's last shards (the ingest checks the digest again
         // before it commits, and peers following shard by shard still wait for the shards).
-        if actual == digest {
+        let released = (actual == digest).then(|| {
             flight.mark_digest_matched();
-        }
-        if let Some(feed) = feed.take() {
-            let _ = feed.send(Feed::End(actual)).await;
-        }
+            Instant::now()
+        });
+        spool_feed.end(actual);
         // The worker drops its sender when it is done.
         while let Some(event) = events.recv().await {
             self.apply(flight, event);
@@ -604,10 +668,11 @@ impl PullThrough {
             Some(worker) => Some(
                 worker
                     .await
-                    .map_err(|e| PullError::Internal(e.to_string()))?,
+                    .map_err(|_| PullError::Internal("the ingest thread ended unheard".into()))?,
             ),
             None => None,
         };
+        let release_to_end = released.map(|at| at.elapsed());
         let ingest_end = match worker_end {
             Some(Ok(WorkerEnd::Committed(len))) => IngestEnd::Committed(len),
             Some(Ok(WorkerEnd::HandedOver)) | None => IngestEnd::NotStored,
@@ -628,6 +693,7 @@ impl PullThrough {
                     len,
                     source,
                     stored,
+                    release_to_end,
                 })
             }
             Verdict::Failed(error) => Err(error),
@@ -749,19 +815,48 @@ impl PullThrough {
         }
     }
 
-    /// Hands one piece of the blob to the flight, the hasher and the ingest worker (a whole shard
-    /// when `shard_hash` is given); `false` if the source must stop (the ingest worker failed
-    /// other than by a store error). While the blob passes through, waits for room in the
-    /// flight's window first, and fails when no reader is left.
+    /// Hands one piece of the blob to the flight and the spooling thread (a whole shard when
+    /// `shard_hash` is given); `false` if the source must stop (the ingest ended other than by a
+    /// store error). Waits first while the ingest is the spool's lag bound behind, or, while the
+    /// blob passes through, for room in the flight's window (failing when no reader is left).
     async fn push_piece(
         &self,
         flight: &Flight,
         chunk: Bytes,
-        shard_hash: Option<shoal_proto::ShardHash>,
-        hash_feed: &mpsc::Sender<Bytes>,
-        feed: &mut Option<mpsc::Sender<Feed>>,
+        shard_hash: Option<ShardHash>,
+        hash_feed: &mpsc::Sender<(Bytes, Option<ShardHash>)>,
+        ingest_feed: &mut Option<Arc<SpoolFeed>>,
         events: &mut mpsc::UnboundedReceiver<WorkerEvent>,
     ) -> Result<bool, PullError> {
+        if let Some(feed) = ingest_feed.as_ref() {
+            if feed.has_ingest_ended() {
+                // The ingest stopped; its last events say whether the store failed.
+                *ingest_feed = None;
+                while let Some(event) = events.recv().await {
+                    self.apply(flight, event);
+                }
+                if !flight.passing_through() {
+                    return Ok(false);
+                }
+            } else {
+                let mut changes = flight.watch();
+                loop {
+                    changes.borrow_and_update();
+                    if flight.source_may_go_on() {
+                        break;
+                    }
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Some(event) => self.apply(flight, event),
+                            None => break,
+                        },
+                        changed = changes.changed() => if changed.is_err() {
+                            break;
+                        },
+                    }
+                }
+            }
+        }
         if flight.passing_through() && !flight.wait_for_room(chunk.len() as u64).await {
             return Err(PullError::Internal(
                 "every client left a blob the store cannot take".into(),
@@ -771,23 +866,7 @@ impl PullThrough {
             self.metrics.bytes_passed_through.add(chunk.len() as u64);
         }
         flight.push(chunk.clone());
-        if let Some(worker) = feed.as_ref() {
-            let piece = match shard_hash {
-                Some(hash) => Feed::Shard(chunk.clone(), hash),
-                None => Feed::Bytes(chunk.clone()),
-            };
-            if worker.send(piece).await.is_err() {
-                // The worker stopped; its last events say whether the store failed.
-                *feed = None;
-                while let Some(event) = events.recv().await {
-                    self.apply(flight, event);
-                }
-                if !flight.passing_through() {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(hash_feed.send(chunk).await.is_ok())
+        Ok(hash_feed.send((chunk, shard_hash)).await.is_ok())
     }
 
     /// Peers that can send the blob: members that announced it, the DHT's providers, or the member
@@ -905,15 +984,50 @@ impl PullThrough {
     }
 }
 
-/// What the driver hands the ingest worker.
-enum Feed {
-    /// The next bytes of the blob.
-    Bytes(Bytes),
-    /// The next shard of the blob, cut by a peer with this store's settings, with its checked
-    /// BLAKE3.
-    Shard(Bytes, shoal_proto::ShardHash),
-    /// The end of the blob, with the sha256 of all its bytes.
-    End(BlobDigest),
+/// Closes the ingest's feed when the driver is done, whichever way it returns.
+struct CloseFeedOnDrop(Arc<SpoolFeed>);
+
+impl Drop for CloseFeedOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The spooling thread: appends every piece the driver reads to the spool (while the flight
+/// stores its blob), tells the ingest and the flight, and returns the sha256 of every piece. A
+/// failed append stops the spooling and fails the ingest (the blob then passes through).
+fn spool_and_hash(
+    flight: &Flight,
+    spool: Option<&Spool>,
+    feed: &SpoolFeed,
+    mut pieces: mpsc::Receiver<(Bytes, Option<ShardHash>)>,
+) -> BlobDigest {
+    let mut sha256 = Sha256::new();
+    let mut spooling = spool;
+    while let Some((bytes, shard)) = pieces.blocking_recv() {
+        sha256.update(&bytes);
+        let Some(spool) = spooling else {
+            continue;
+        };
+        if flight.passing_through() {
+            spooling = None;
+            continue;
+        }
+        let offset = spool.len();
+        match spool.append(&bytes) {
+            Ok(()) => {
+                feed.spooled(offset, bytes.len() as u64, shard);
+                flight.spooled_to(spool.len());
+            }
+            Err(error) => {
+                tracing::warn!(digest = %flight.digest, %error, "cannot append to the blob's spool");
+                spooling = None;
+                flight.stop_spooling();
+                feed.fail(error);
+            }
+        }
+    }
+    BlobDigest::from_bytes(sha256.finalize().into())
 }
 
 /// What the ingest worker reports to the driver.
@@ -927,16 +1041,19 @@ enum WorkerEvent {
     StoreFailed(StoreError, Box<Ingest>),
 }
 
-/// The blocking ingest worker: writes what the driver feeds it, checks the sha256 the driver
-/// computed, commits. A store failure hands the ingest to the driver (the blob then passes
-/// through) instead of failing the flight. An ingest started as [`Durability::AsWritten`]
-/// defers its durability once a client joins the flight.
+/// The ingest thread: reads the spool behind the spooling thread, cuts, hashes and writes the
+/// shards, checks the sha256 of the bytes it read (they must be the bytes the client got) and of
+/// the blob, commits, and frees the spool's ranges behind its shards as it goes. A store failure
+/// hands the ingest to the driver (the blob then passes through) instead of failing the flight.
+/// An ingest started as [`Durability::AsWritten`] defers its durability once a client joins the
+/// flight.
 fn ingest_worker(
     store: &ShardStore,
     metrics: &crate::metrics::Metrics,
     flight: &Flight,
     durability: Durability,
-    mut feed: mpsc::Receiver<Feed>,
+    spool: &Spool,
+    feed: &SpoolFeed,
     events: &mpsc::UnboundedSender<WorkerEvent>,
 ) -> Result<WorkerEnd, IngestError> {
     let hand_over = |ingest: Ingest, error: IngestError| match error {
@@ -946,9 +1063,20 @@ fn ingest_worker(
         }
         other => Err(other),
     };
+    let spool_error = |error: std::io::Error| {
+        IngestError::Store(StoreError::Io {
+            context: format!("reading spool {}", spool.path().display()),
+            source: error,
+        })
+    };
     let digest = flight.digest;
     let mut ingest = store.begin_ingest_with(digest, durability);
     let mut deferred = durability == Durability::AfterRelease;
+    // The sha256 of the bytes read back from the spool: what is committed must be exactly what
+    // the client was given.
+    let mut read_back = Sha256::new();
+    let mut buffer = vec![0u8; INGEST_READ_PIECE as usize];
+    let mut written_end = 0u64;
     let actual = loop {
         if !deferred && flight.has_waiting_client() {
             tracing::debug!(%digest, "a client joined a fetch ahead of demand; durability deferred to the release");
@@ -956,37 +1084,65 @@ fn ingest_worker(
             metrics.ingests_deferred_for_client.inc();
             deferred = true;
         }
-        let started = Instant::now();
-        let (written, len) = match feed.blocking_recv() {
-            Some(Feed::Bytes(bytes)) => (ingest.write_unhashed(&bytes), bytes.len()),
-            Some(Feed::Shard(bytes, hash)) => {
-                let len = bytes.len();
-                (ingest.write_shard(bytes, hash), len)
-            }
-            Some(Feed::End(actual)) => break actual,
+        let segment = match feed.next(INGEST_READ_PIECE) {
+            FeedStep::Read(segment) => segment,
+            FeedStep::End(actual) => break actual,
+            FeedStep::SpoolFailed(error) => return hand_over(ingest, IngestError::Store(error)),
             // The driver gave up: dropping the ingest removes what it wrote.
-            None => return Err(IngestError::Abandoned),
+            FeedStep::Abandoned => return Err(IngestError::Abandoned),
+        };
+        let started = Instant::now();
+        flight.ingest_read_to(segment.offset + segment.len);
+        let written = match segment.shard {
+            Some(hash) => match spool.read_at(segment.offset, segment.len as usize) {
+                Ok(bytes) => {
+                    read_back.update(&bytes);
+                    ingest.write_shard(bytes, hash)
+                }
+                Err(error) => return hand_over(ingest, spool_error(error)),
+            },
+            None => {
+                let piece = &mut buffer[..segment.len as usize];
+                if let Err(error) = spool.read_into(segment.offset, piece) {
+                    return hand_over(ingest, spool_error(error));
+                }
+                read_back.update(&*piece);
+                ingest.write_unhashed(piece)
+            }
         };
         match written {
             Ok(shards) => {
-                metrics.ingested_bytes.add(len as u64);
+                metrics.ingested_bytes.add(segment.len);
                 metrics
                     .ingest_busy_us
                     .add(started.elapsed().as_micros() as u64);
+                if let Some(last) = shards.last() {
+                    written_end = last.offset + u64::from(last.len);
+                }
                 let _ = events.send(WorkerEvent::Shards(shards));
+                flight.free_spool_up_to(written_end);
             }
             Err(error) => return hand_over(ingest, error),
         }
     };
     let started = Instant::now();
+    let read_back = BlobDigest::from_bytes(read_back.finalize().into());
+    if read_back != actual {
+        tracing::error!(%digest, received = %actual, %read_back, "the blob's spool does not read back as received; not stored");
+        let differs = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the spool read back differs from the bytes received",
+        );
+        return hand_over(ingest, spool_error(differs));
+    }
     let len = ingest.received();
-    match ingest.verify_with(actual) {
+    match ingest.verify_with(read_back) {
         Ok(last) => {
             let _ = events.send(WorkerEvent::Shards(last));
         }
         Err(error) => return hand_over(ingest, error),
     }
-    // Clients get their last byte now; durability follows.
+    // Peers following shard by shard get the end now; durability follows.
     let _ = events.send(WorkerEvent::Verified);
     tracing::debug!(%digest, "blob verified; committing");
     if let Err(error) = ingest.commit_in_place() {
@@ -1077,6 +1233,35 @@ fn follow_flight(
                             cursor += result.len() as u64;
                             metrics.record_bytes_served(ByteSource::Upstream, result.len() as u64);
                             return Some((Ok(result), (reader, cursor, changes, guard, false)));
+                        }
+                        Next::Spool(spool, range) => {
+                            let (offset, len) = (range.start, (range.end - range.start) as usize);
+                            let read =
+                                tokio::task::spawn_blocking(move || spool.read_at(offset, len))
+                                    .await;
+                            let bytes = match read {
+                                Ok(Ok(bytes)) => bytes,
+                                Ok(Err(error)) => {
+                                    return Some((
+                                        Err(error),
+                                        (reader, cursor, changes, guard, true),
+                                    ))
+                                }
+                                Err(error) => {
+                                    return Some((
+                                        Err(std::io::Error::other(error)),
+                                        (reader, cursor, changes, guard, true),
+                                    ))
+                                }
+                            };
+                            // The ingest may have freed the range while it was read (it reads as
+                            // zeros then): ask again, the bytes are in shard files by now.
+                            if !flight.spool_read_still_good(&range) {
+                                continue;
+                            }
+                            cursor += bytes.len() as u64;
+                            metrics.record_bytes_served(ByteSource::Upstream, bytes.len() as u64);
+                            return Some((Ok(bytes), (reader, cursor, changes, guard, false)));
                         }
                         Next::End => return None,
                         Next::Failed(error) => {

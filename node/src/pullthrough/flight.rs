@@ -1,11 +1,17 @@
 //! One blob being fetched from an upstream and ingested, shared by every request that wants it
 //! meanwhile (single flight).
 //!
-//! The driver task appends network reads to `pending` as they arrive and hands them to a blocking
-//! ingest worker; as the worker writes shards, the bytes they cover move from memory to the shard
-//! files. Readers at any offset are served from whichever holds it, so memory stays bounded by
-//! about one maximum shard plus the channel, however many readers there are and however late they
-//! join. The last byte is held back until the sha256 has matched.
+//! The driver task appends network reads to `pending` as they arrive; a hashing thread appends
+//! them to the flight's [`Spool`] (a file in the store's temporary area) and computes the
+//! sha256; the ingest thread, at a lower CPU priority, reads the spool behind them, cuts, hashes
+//! and writes the shards (see `spooling`). Memory keeps only the newest bytes
+//! ([`MEMORY_WINDOW`](super::spooling::MEMORY_WINDOW)) and those not spooled yet; readers at any
+//! offset are served from memory, from the shard files, or from the spool, so memory stays bounded
+//! however many readers there are and however late they join, and the client's last byte waits
+//! for the sha256, not for the ingest. The ingest may fall behind the source by at most the
+//! spool's lag bound; then the source waits ([`Flight::source_may_go_on`]). The last byte is held
+//! back until the sha256 has matched. The spool is dropped (its file removed) when the flight
+//! commits or fails, or, passing through, when the flight is dropped.
 //!
 //! **Pass-through.** When the store cannot take the blob (a full disk, an I/O error, a read-only
 //! file system, a closed store), the flight goes on without it: the source's bytes still reach
@@ -28,8 +34,9 @@ use bytes::Bytes;
 use shoal_proto::BlobDigest;
 use tokio::sync::watch;
 
+use super::spooling::SpoolLedger;
 use super::PullError;
-use crate::store::{Ingest, StoredShard};
+use crate::store::{Ingest, Spool, StoredShard};
 
 /// The most bytes a flight that passes its blob through (the store cannot take it) holds in
 /// memory; its source waits while readers catch up.
@@ -96,6 +103,9 @@ struct FlightState {
     /// Where each registered reader is (its cursor), by reader id.
     readers: HashMap<u64, u64>,
     next_reader: u64,
+    /// The blob's raw bytes on disk while the flight stores it (see `spooling`).
+    spool: Option<Arc<Spool>>,
+    ledger: SpoolLedger,
 }
 
 impl FlightState {
@@ -106,8 +116,13 @@ impl FlightState {
             .map_or(0, |shard| shard.offset + u64::from(shard.len))
     }
 
-    /// While passing through: drops the bytes every reader has passed.
+    /// While passing through: drops the bytes every reader has passed. With a spool: drops the
+    /// bytes the spool holds, but for the newest.
     fn trim(&mut self) {
+        if self.spool.is_some() {
+            let keep_from = self.ledger.memory_keep_from(self.received);
+            self.drop_pending_below(keep_from);
+        }
         if !self.passing_through {
             return;
         }
@@ -117,6 +132,25 @@ impl FlightState {
             .copied()
             .min()
             .unwrap_or(self.received);
+        self.drop_pending_below(keep_from);
+    }
+
+    /// Whether a reader starting at offset 0 finds every byte before `pending_start` in shard
+    /// files or in the spool (a flight that stores its blob writes the shards of whatever the
+    /// spool no longer holds; a flight passing through does not).
+    fn start_is_readable(&self) -> bool {
+        let shards_end = self.shards_end();
+        if self.pending_start <= shards_end {
+            return true;
+        }
+        if self.spool.is_none() {
+            return false;
+        }
+        !self.passing_through || self.ledger.holds(shards_end, self.pending_start)
+    }
+
+    /// Drops the bytes before `keep_from` from memory.
+    fn drop_pending_below(&mut self, keep_from: u64) {
         while self.pending_start < keep_from {
             let need = keep_from - self.pending_start;
             let Some(front) = self.pending.front_mut() else {
@@ -178,6 +212,9 @@ pub enum Next {
     Bytes(Bytes),
     /// Bytes at the reader's cursor are in this file range.
     File(StoredShard, u64, u64),
+    /// Bytes at the reader's cursor are in this range of the spool; once read, they may be sent
+    /// only if [`Flight::spool_read_still_good`] says so.
+    Spool(Arc<Spool>, std::ops::Range<u64>),
     /// Nothing yet: wait for a change.
     Wait,
     /// The stream ended at the reader's cursor.
@@ -206,6 +243,8 @@ impl Flight {
                 kept_ingest: None,
                 readers: HashMap::new(),
                 next_reader: 0,
+                spool: None,
+                ledger: SpoolLedger::new(0),
             }),
             changed: watch::channel(0).0,
             progress: watch::channel(0).0,
@@ -229,7 +268,7 @@ impl Flight {
     /// a new fetch.
     pub(super) fn join(self: &Arc<Self>) -> Option<FlightReader> {
         let mut state = self.state();
-        let lost_bytes = state.pending_start > state.shards_end();
+        let lost_bytes = !state.start_is_readable();
         if lost_bytes || matches!(state.outcome, Some(Outcome::PassedThrough)) {
             return None;
         }
@@ -252,11 +291,72 @@ impl Flight {
     pub(super) fn pass_through(&self, ingest: Option<Ingest>) {
         let mut state = self.state();
         state.passing_through = true;
+        state.ledger.stop();
         if ingest.is_some() {
             state.kept_ingest = ingest;
         }
         state.trim();
         drop(state);
+        self.notify();
+    }
+
+    /// The flight stores its blob through `spool`, whose ingest may fall `lag_bound` bytes behind
+    /// the source.
+    pub(super) fn attach_spool(&self, spool: Arc<Spool>, lag_bound: u64) {
+        let mut state = self.state();
+        state.spool = Some(spool);
+        state.ledger = SpoolLedger::new(lag_bound);
+    }
+
+    /// The spool holds the blob's bytes up to `end`: memory drops what it no longer needs.
+    pub(super) fn spooled_to(&self, end: u64) {
+        let mut state = self.state();
+        state.ledger.appended(end);
+        state.trim();
+        drop(state);
+        self.notify();
+    }
+
+    /// Appends to the spool stopped (an append failed): memory keeps every byte not spooled.
+    pub(super) fn stop_spooling(&self) {
+        self.state().ledger.stop();
+    }
+
+    /// The ingest wrote shard files for every byte before `written`: frees the spool's range
+    /// behind them, in whole steps (no read of it starts from now on).
+    pub(super) fn free_spool_up_to(&self, written: u64) {
+        let (spool, range) = {
+            let mut state = self.state();
+            let Some(spool) = state.spool.clone() else {
+                return;
+            };
+            let Some(range) = state.ledger.free_up_to(written) else {
+                return;
+            };
+            (spool, range)
+        };
+        spool.punch(range.start, range.end - range.start);
+    }
+
+    /// Whether a spool read of `range` that [`next`](Self::next) allowed may be sent: no part of
+    /// it was freed while it ran.
+    pub fn spool_read_still_good(&self, range: &std::ops::Range<u64>) -> bool {
+        self.state().ledger.read_still_good(range)
+    }
+
+    /// Whether the source may be read further: the ingest is less than the spool's lag bound
+    /// behind it (always, without a spool or once the blob passes through).
+    pub(super) fn source_may_go_on(&self) -> bool {
+        let state = self.state();
+        if state.spool.is_none() || state.passing_through {
+            return true;
+        }
+        state.ledger.source_may_go_on(state.received)
+    }
+
+    /// The ingest has read the spool up to `end` (the source waits on this).
+    pub(super) fn ingest_read_to(&self, end: u64) {
+        self.state().ledger.ingest_read_to(end);
         self.notify();
     }
 
@@ -406,21 +506,11 @@ impl Flight {
         for shard in shards {
             let flushed = shard.offset + u64::from(shard.len);
             state.shards.push(shard);
-            while state.pending_start < flushed {
-                let need = flushed - state.pending_start;
-                let Some(front) = state.pending.front_mut() else {
-                    break;
-                };
-                if (front.len() as u64) <= need {
-                    let len = front.len() as u64;
-                    state.pending.pop_front();
-                    state.pending_start += len;
-                } else {
-                    let _ = front.split_to(need as usize);
-                    state.pending_start += need;
-                }
-            }
+            state.drop_pending_below(flushed);
         }
+        drop(state);
+        // Readers waiting for bytes the spool no longer holds find them in the new files.
+        self.notify();
     }
 
     /// The ingest verified the blob's sha256 and has reported every shard.
@@ -448,6 +538,10 @@ impl Flight {
         }
         if !matches!(outcome, Outcome::PassedThrough) {
             state.pending.clear();
+            // Committed: every byte is in a shard file; failed: nothing is read. The spool's
+            // file goes with its last holder (a read in progress ends first).
+            state.spool = None;
+            state.ledger.stop();
         }
         state.outcome = Some(outcome);
         state.started = true;
@@ -507,6 +601,11 @@ impl Flight {
             .shards
             .partition_point(|s| s.offset + u64::from(s.len) <= cursor);
         let Some(shard) = state.shards.get(index) else {
+            if let (Some(spool), Some(range)) =
+                (&state.spool, state.ledger.readable(cursor, readable))
+            {
+                return Next::Spool(spool.clone(), range);
+            }
             if state.passing_through {
                 return Next::Failed(PullError::Internal(
                     "bytes no longer held by a flight passing through".into(),
@@ -743,5 +842,173 @@ mod tests {
         assert_eq!(flight.source(), Some(None));
         // Readers still get the bytes after the shard from memory.
         assert_eq!(bytes_of(flight.next(40, None)).len(), 20);
+    }
+
+    const MIB: usize = 1 << 20;
+
+    /// A flight storing its blob through a spool, with `len` bytes pushed and spooled in 1 MiB
+    /// reads, as the driver and the spooling thread do it.
+    fn spooling_flight(
+        dir: &std::path::Path,
+        len: usize,
+        lag_bound: u64,
+    ) -> (Arc<Flight>, Arc<Spool>, Vec<u8>) {
+        let flight = flight();
+        let spool = Arc::new(Spool::create(dir.join("spool")).unwrap());
+        flight.attach_spool(spool.clone(), lag_bound);
+        flight.start(Some(len as u64));
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        for piece in data.chunks(MIB) {
+            flight.push(Bytes::copy_from_slice(piece));
+            spool.append(piece).unwrap();
+            flight.spooled_to(spool.len());
+        }
+        (flight, spool, data)
+    }
+
+    fn shard_at(offset: u64, len: u32) -> StoredShard {
+        StoredShard {
+            offset,
+            len,
+            path: format!("/shard-{offset}").into(),
+            hash: ShardHash::from_bytes([1; 32]),
+        }
+    }
+
+    /// Reads at `cursor` as a reader would: bytes from memory or the spool, the shard's path and
+    /// offset for a file.
+    fn read_at(flight: &Flight, cursor: u64) -> Result<Bytes, (std::path::PathBuf, u64)> {
+        match flight.next(cursor, None) {
+            Next::Bytes(bytes) => Ok(bytes),
+            Next::Spool(spool, range) => {
+                let bytes = spool
+                    .read_at(range.start, (range.end - range.start) as usize)
+                    .unwrap();
+                assert!(flight.spool_read_still_good(&range));
+                Ok(bytes)
+            }
+            Next::File(shard, offset, _) => Err((shard.path, offset)),
+            _ => panic!("expected bytes at {cursor}"),
+        }
+    }
+
+    #[test]
+    fn a_reader_at_any_offset_gets_the_right_bytes_while_the_ingest_lags_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (flight, _spool, data) = spooling_flight(dir.path(), 20 * MIB, 1 << 40);
+        // Memory holds only the newest window; everything else comes from the spool.
+        let pending_start = flight.state().pending_start;
+        assert_eq!(
+            pending_start,
+            (20 * MIB) as u64 - super::super::spooling::MEMORY_WINDOW
+        );
+        for cursor in [0, 1, 3 * MIB + 17, pending_start as usize - 1, 19 * MIB] {
+            let bytes = read_at(&flight, cursor as u64).unwrap();
+            assert!(!bytes.is_empty());
+            assert_eq!(
+                &bytes[..],
+                &data[cursor..cursor + bytes.len()],
+                "at {cursor}"
+            );
+        }
+        // A late reader can always join: the spool keeps every byte the shards do not.
+        assert!(flight.join().is_some());
+        // The ingest wrote shards up to 9 MiB and freed the spool's first 8: those bytes now come
+        // from the shard files, the rest still from the spool.
+        flight.add_shards(vec![shard_at(0, 9 * MIB as u32)]);
+        flight.free_spool_up_to(9 * MIB as u64);
+        assert_eq!(read_at(&flight, 5).unwrap_err(), ("/shard-0".into(), 5));
+        let bytes = read_at(&flight, 9 * MIB as u64).unwrap();
+        assert_eq!(&bytes[..], &data[9 * MIB..9 * MIB + bytes.len()]);
+        assert!(flight.join().is_some());
+    }
+
+    #[test]
+    fn a_spool_read_overtaken_by_a_free_of_its_range_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (flight, _spool, _) = spooling_flight(dir.path(), 20 * MIB, 1 << 40);
+        let Next::Spool(_, range) = flight.next(9 * MIB as u64, None) else {
+            panic!("expected the spool");
+        };
+        // The ingest races ahead and frees past the read's start before it is sent.
+        flight.free_spool_up_to(17 * MIB as u64);
+        assert!(!flight.spool_read_still_good(&range));
+        // Asked again, the reader waits for the shards' files instead of reading freed bytes.
+        assert!(matches!(flight.next(9 * MIB as u64, None), Next::Wait));
+        flight.add_shards(vec![shard_at(0, 17 * MIB as u32)]);
+        assert!(matches!(flight.next(9 * MIB as u64, None), Next::File(..)));
+    }
+
+    #[test]
+    fn the_source_waits_while_the_ingest_is_the_lag_bound_behind_and_not_once_passing_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (flight, _spool, _) = spooling_flight(dir.path(), 16 * MIB, 16 * MIB as u64);
+        assert!(!flight.source_may_go_on());
+        // The ingest reads its first piece: the source may go on.
+        flight.ingest_read_to(MIB as u64);
+        assert!(flight.source_may_go_on());
+        flight.push(Bytes::from(vec![0u8; MIB]));
+        assert!(!flight.source_may_go_on());
+        // The store fails: no ingest sets the pace any more (the window does).
+        flight.pass_through(None);
+        assert!(flight.source_may_go_on());
+    }
+
+    #[test]
+    fn the_last_byte_is_released_by_the_digest_while_the_ingest_still_reads_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (flight, spool, data) = spooling_flight(dir.path(), 12 * MIB, 1 << 40);
+        let last = (12 * MIB - 1) as u64;
+        assert!(matches!(flight.next(last, None), Next::Wait));
+        flight.mark_digest_matched();
+        assert_eq!(&read_at(&flight, last).unwrap()[..], &data[12 * MIB - 1..]);
+        assert!(matches!(flight.next(last + 1, None), Next::End));
+        // No shard is written yet: peers following shard by shard wait, nothing is committed,
+        // and the spool stays until the flight ends.
+        assert!(matches!(flight.shard(0), NextShard::Wait));
+        assert!(flight.outcome().is_none());
+        assert!(spool.path().exists());
+        flight.add_shards(vec![shard_at(0, 12 * MIB as u32)]);
+        flight.mark_verified();
+        flight.finish(Outcome::Committed);
+        // Committed: everything comes from the shard files, and the flight let go of the spool.
+        assert_eq!(read_at(&flight, 0).unwrap_err(), ("/shard-0".into(), 0));
+        assert_eq!(Arc::strong_count(&spool), 1);
+        let path = spool.path().to_path_buf();
+        drop(spool);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_flight_passing_through_keeps_serving_what_its_spool_holds_and_refuses_joiners_it_cannot_serve(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (flight, _spool, data) = spooling_flight(dir.path(), 20 * MIB, 1 << 40);
+        let reader = flight.join().unwrap();
+        flight.add_shards(vec![shard_at(0, 9 * MIB as u32)]);
+        flight.free_spool_up_to(9 * MIB as u64);
+        flight.pass_through(None);
+        // The spool still holds 8 MiB onwards, and the shards reach 9: a joiner could read it all.
+        assert!(flight.join().is_some());
+        let bytes = read_at(&flight, 10 * MIB as u64).unwrap();
+        assert_eq!(&bytes[..], &data[10 * MIB..10 * MIB + bytes.len()]);
+        drop(reader);
+        // A spool freed beyond the shards the flight knows leaves a gap no joiner could read once
+        // no more shards will come: then a request starts a new fetch instead.
+        let other = tempfile::tempdir().unwrap();
+        let (flight, _spool, _) = spooling_flight(other.path(), 20 * MIB, 1 << 40);
+        let _reader = flight.join().unwrap();
+        flight.add_shards(vec![shard_at(0, 9 * MIB as u32)]);
+        flight.free_spool_up_to(17 * MIB as u64);
+        assert!(
+            flight.join().is_some(),
+            "storing: the shards up to 17 MiB will be reported"
+        );
+        flight.pass_through(None);
+        assert!(flight.join().is_none());
+        assert!(matches!(
+            flight.next(10 * MIB as u64, None),
+            Next::Failed(_)
+        ));
     }
 }

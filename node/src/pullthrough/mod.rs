@@ -21,6 +21,7 @@ mod flight;
 mod for_peers;
 mod manifests;
 pub mod range;
+mod spooling;
 pub mod tag_times;
 #[cfg(test)]
 mod tests;

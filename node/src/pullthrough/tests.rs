@@ -7,8 +7,9 @@
 use std::convert::Infallible;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::test_data::digest_of;
@@ -27,7 +28,7 @@ use super::{PullConfig, PullThrough};
 use crate::metrics::Metrics;
 use crate::pullthrough::warm::Warmed;
 use crate::store::faults::{Fault, FaultyFiles, Step};
-use crate::store::{recovery, PolicyEviction, ShardStore, StoreConfig};
+use crate::store::{recovery, PolicyEviction, RealFiles, ShardStore, StoreConfig, StoreFiles};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamTimeouts};
 
 const PARAMS: ChunkingParams = ChunkingParams {
@@ -134,8 +135,30 @@ struct Node {
 }
 
 fn node(origin: SocketAddr) -> Node {
-    let dir = tempfile::tempdir().unwrap();
     let files = Arc::new(FaultyFiles::new());
+    let (pull, store, metrics, upstream, dir) = node_with_files(origin, files.clone());
+    Node {
+        pull,
+        store,
+        files,
+        metrics,
+        upstream,
+        dir,
+    }
+}
+
+/// A node's parts, its store changing files through `files`.
+fn node_with_files(
+    origin: SocketAddr,
+    files: Arc<dyn StoreFiles>,
+) -> (
+    PullThrough,
+    ShardStore,
+    Arc<Metrics>,
+    Upstream,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open_with_files(
         &StoreConfig {
             data_dir: dir.path().to_path_buf(),
@@ -143,7 +166,7 @@ fn node(origin: SocketAddr) -> Node {
             max_disk_bytes: u64::MAX,
         },
         Box::new(PolicyEviction::lru()),
-        files.clone(),
+        files,
     )
     .unwrap();
     store.set_disk_reserve_percent(0);
@@ -169,13 +192,46 @@ fn node(origin: SocketAddr) -> Node {
         metrics.clone(),
     )
     .unwrap();
-    Node {
-        pull,
-        store,
-        files,
-        metrics,
-        upstream,
-        dir,
+    (pull, store, metrics, upstream, dir)
+}
+
+/// Real files whose writes wait while the gate is closed: an ingest slower than its client.
+#[derive(Debug, Default)]
+struct GatedFiles {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl GatedFiles {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+}
+
+impl StoreFiles for GatedFiles {
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        drop(closed);
+        RealFiles.write_new(path, bytes)
+    }
+    fn start_writeback(&self, path: &Path) -> std::io::Result<()> {
+        RealFiles.start_writeback(path)
+    }
+    fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+        RealFiles.sync_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFiles.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFiles.sync_dir(dir)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        RealFiles.remove_file(path)
     }
 }
 
@@ -436,5 +492,53 @@ async fn a_client_joining_a_fetch_made_ahead_of_demand_gets_the_blob_from_that_f
     assert_eq!(pull_blob(&node, digest_of(&alone)).await, Got::Body(alone));
 
     let node = Arc::into_inner(node).expect("every task ended");
+    close_and_fsck(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_gets_its_last_byte_before_the_ingest_ends_and_the_commit_follows_every_shard() {
+    // Larger than the flight's memory window, so a late reader reads the spool.
+    let data = blob(12 << 20, 12);
+    let digest = digest_of(&data);
+    let (_origin, addr) = start_origin(vec![data.clone()]).await;
+    let gate = Arc::new(GatedFiles::default());
+    let (pull, store, metrics, upstream, dir) = node_with_files(addr, gate.clone());
+    let node = Node {
+        pull,
+        store,
+        files: Arc::new(FaultyFiles::new()),
+        metrics,
+        upstream,
+        dir,
+    };
+    // The ingest cannot write a single shard file.
+    gate.set_closed(true);
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    // The client has every byte, its sha256 checked; nothing is stored yet, the spool holds the
+    // bytes the ingest has yet to cut.
+    assert!(node.store.shard_map(&digest).unwrap().is_none());
+    assert_eq!(node.metrics.blobs_committed.get(), 0);
+    let spools = || {
+        std::fs::read_dir(node.store.layout().tmp_dir())
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("spool.")
+            })
+            .count()
+    };
+    assert_eq!(spools(), 1);
+    // A second client joins the same flight meanwhile and gets the whole blob, its start from
+    // the spool.
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
+    assert_eq!(node.metrics.blobs_committed.get(), 0);
+    gate.set_closed(false);
+    assert_eq!(node.pull.drain_flights(Duration::from_secs(60)).await, 0);
+    // Committed once every shard was written and the sha256 of the spool's bytes matched; the
+    // spool is gone, and the blob is served from the store.
+    assert_eq!(node.metrics.blobs_committed.get(), 1);
+    assert!(node.store.shard_map(&digest).unwrap().is_some());
+    assert_eq!(spools(), 0);
+    assert_eq!(pull_blob(&node, digest).await, Got::Body(data.clone()));
     close_and_fsck(node);
 }

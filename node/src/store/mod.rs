@@ -31,6 +31,7 @@ pub mod recovery;
 pub mod room;
 mod shard_sync;
 mod shard_writer;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::fs;
@@ -48,6 +49,7 @@ pub use eviction::{EvictionCandidate, EvictionPolicy, PolicyEviction};
 pub use files::{RealFiles, StoreFiles, WriteFailure};
 pub use ingest::{Durability, Ingest, IngestError, StoredShard};
 pub use layout::Layout;
+pub use spool::Spool;
 
 /// Errors of store operations other than ingest.
 #[derive(Debug, thiserror::Error)]
