@@ -34,6 +34,7 @@ mod membership;
 mod peers;
 pub mod preheat;
 pub mod rebuild;
+mod receive_buffers;
 mod record_store;
 mod rehoming;
 pub mod shaping;
