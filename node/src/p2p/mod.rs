@@ -37,6 +37,7 @@ pub mod rebuild;
 mod receive_buffers;
 mod record_store;
 mod rehoming;
+mod secure;
 pub mod shaping;
 pub mod threat;
 mod transfer;
@@ -753,7 +754,8 @@ pub async fn start(
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
-            noise::Config::new,
+            // TLS with AES-GCM first, noise for nodes of earlier releases (see `secure`).
+            (secure::Config::new, noise::Config::new),
             yamux::Config::default,
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?
