@@ -34,7 +34,6 @@ mod membership;
 mod peers;
 pub mod preheat;
 pub mod rebuild;
-mod receive_buffers;
 mod record_store;
 mod rehoming;
 mod secure;

@@ -26,7 +26,6 @@ use super::accept::{accept_streams, Admit};
 use super::claims::{Claim, Claims, Renewal};
 use super::followers::{Admission, Followers};
 use super::peers::OpenRequest;
-use super::receive_buffers::{ReceiveBuffers, ShardBuffer};
 use super::shaping::Shaping;
 use super::{PeerTable, SHARDS_PROTOCOL};
 use crate::metrics::Metrics;
@@ -146,24 +145,19 @@ pub(super) async fn read_message<M: WireMessage>(
         .map_err(|_| TransferError::Timeout)?
 }
 
-/// Reads the `len` raw bytes of one shard into one buffer of at least that capacity (so they are
-/// never copied again), [`READ_PIECE`] at a time, and hashes each piece with BLAKE3 while it is
-/// still in the cache: the memory touched anew is what arrived plus one piece. The buffer comes
-/// from [`ReceiveBuffers`], so a reused one is neither zeroed nor faulted in again.
+/// Reads the `len` raw bytes of one shard into one buffer of that capacity (so they are never
+/// copied again), [`READ_PIECE`] at a time: the memory touched is what arrived plus one piece.
 async fn read_shard_bytes(
     stream: &mut (impl AsyncRead + Unpin),
     len: usize,
-) -> Result<(ShardBuffer, blake3::Hash), std::io::Error> {
-    let mut buffer = ReceiveBuffers::shared().take(len);
-    let mut hasher = blake3::Hasher::new();
-    while buffer.filled().len() < len {
-        let n = (len - buffer.filled().len()).min(READ_PIECE);
-        let piece = buffer.unfilled(n);
-        stream.read_exact(piece).await?;
-        hasher.update(piece);
-        buffer.advance(n);
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let start = bytes.len();
+        bytes.resize(len.min(start + READ_PIECE), 0);
+        stream.read_exact(&mut bytes[start..]).await?;
     }
-    Ok((buffer, hasher.finalize()))
+    Ok(bytes)
 }
 
 /// What came next on a transfer stream.
@@ -246,18 +240,18 @@ impl ShardStream {
         // The length is bounded by `ShardFrame::check` (at most one maximum shard), and the
         // buffer is filled piece by piece: only bytes that arrived (and one piece) are touched, so
         // a member that announces a large shard and sends little costs little memory.
-        let (bytes, hash) = tokio::time::timeout(
+        let bytes = tokio::time::timeout(
             self.timeout,
             read_shard_bytes(&mut self.stream, frame.len as usize),
         )
         .await
         .map_err(|_| TransferError::Timeout)??;
-        if hash.as_bytes() != &frame.hash {
+        if blake3::hash(&bytes).as_bytes() != &frame.hash {
             return Err(TransferError::Protocol(
                 "shard bytes do not match their BLAKE3 hash",
             ));
         }
-        Ok(NextFrame::Shard(frame, bytes.into_bytes()))
+        Ok(NextFrame::Shard(frame, Bytes::from(bytes)))
     }
 }
 
@@ -655,9 +649,8 @@ mod tests {
         let len = 3 * READ_PIECE + 5;
         let sent: Vec<u8> = (0..len + 7).map(|i| (i % 251) as u8).collect();
         let mut stream = futures::io::Cursor::new(sent.clone());
-        let (bytes, hash) = read_shard_bytes(&mut stream, len).await.unwrap();
-        assert_eq!(bytes.filled(), &sent[..len]);
-        assert_eq!(hash, blake3::hash(&sent[..len]));
+        let bytes = read_shard_bytes(&mut stream, len).await.unwrap();
+        assert_eq!(bytes, sent[..len]);
         // What follows the shard (the next frame) is left on the stream.
         assert_eq!(stream.position(), len as u64);
     }
