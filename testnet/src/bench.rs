@@ -74,7 +74,7 @@ pub fn median(values: &mut [f64]) -> f64 {
 pub enum Transport {
     /// QUIC (`/udp/../quic-v1`), the node's default.
     Quic,
-    /// TCP + noise + yamux (`/tcp/..`).
+    /// TCP + TLS (noise with an older node) + yamux (`/tcp/..`).
     Tcp,
     /// Both, as a node listens by default; the node picks one by its rule (TCP inside a region,
     /// and the two nodes of the benchmark share one).

@@ -36,6 +36,7 @@ pub mod preheat;
 pub mod rebuild;
 mod record_store;
 mod rehoming;
+mod secure;
 pub mod shaping;
 pub mod threat;
 mod transfer;
@@ -752,7 +753,8 @@ pub async fn start(
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
-            noise::Config::new,
+            // TLS with AES-GCM first, noise for nodes of earlier releases (see `secure`).
+            (secure::Config::new, noise::Config::new),
             yamux::Config::default,
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?

@@ -1,4 +1,5 @@
-//! Which transport a node uses to each member: TCP + noise + yamux to members of its own region,
+//! Which transport a node uses to each member: TCP + TLS (or noise) + yamux to members of its own
+//! region (the security protocol is negotiated on each connection, see `secure`),
 //! QUIC to members of other regions, and whichever one a member offers when it offers only one.
 //!
 //! A node listens on both transports (see `config`'s `p2p_listen`), so a member can be reached
@@ -43,7 +44,7 @@ use super::address_book::MAX_ADDRESSES_PER_PEER;
 pub enum Transport {
     /// QUIC v1 over UDP (`/udp/N/quic-v1`).
     Quic,
-    /// TCP with noise encryption and yamux streams (`/tcp/N`).
+    /// TCP with TLS 1.3 (or noise, for nodes of earlier releases) and yamux streams (`/tcp/N`).
     Tcp,
 }
 

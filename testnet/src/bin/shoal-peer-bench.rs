@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, value_name = "HOLDER,FETCHER", value_delimiter = ',')]
         pin: Option<Vec<usize>>,
         /// Peer transports to measure in each run, each with a holder and a fetching node of its
-        /// own: `quic`, `tcp` (TCP + noise + yamux), `both` (both listened on, as a node does by
+        /// own: `quic`, `tcp` (TCP + TLS or noise + yamux), `both` (both listened on, as a node does by
         /// default; the node picks TCP, as the two share a region).
         #[arg(long, value_delimiter = ',', default_value = "quic")]
         transports: Vec<bench::Transport>,
