@@ -1211,21 +1211,12 @@ fn follow_flight(
                             return Some((Ok(bytes), (reader, cursor, changes, guard, false)));
                         }
                         Next::File(shard, offset, len) => {
-                            let read = tokio::task::spawn_blocking(move || {
-                                read_file_range(&shard, offset, len)
-                            })
-                            .await;
-                            let result = match read {
-                                Ok(Ok(bytes)) => bytes,
-                                Ok(Err(error)) => {
-                                    return Some((
-                                        Err(error),
-                                        (reader, cursor, changes, guard, true),
-                                    ))
-                                }
+                            let read = read_blocking(move || read_file_range(&shard, offset, len));
+                            let result = match read.await {
+                                Ok(bytes) => bytes,
                                 Err(error) => {
                                     return Some((
-                                        Err(std::io::Error::other(error)),
+                                        Err(error),
                                         (reader, cursor, changes, guard, true),
                                     ))
                                 }
@@ -1236,24 +1227,16 @@ fn follow_flight(
                         }
                         Next::Spool(spool, range) => {
                             let (offset, len) = (range.start, (range.end - range.start) as usize);
-                            let read =
-                                tokio::task::spawn_blocking(move || spool.read_at(offset, len))
-                                    .await;
-                            let bytes = match read {
-                                Ok(Ok(bytes)) => bytes,
-                                Ok(Err(error)) => {
-                                    return Some((
-                                        Err(error),
-                                        (reader, cursor, changes, guard, true),
-                                    ))
-                                }
-                                Err(error) => {
-                                    return Some((
-                                        Err(std::io::Error::other(error)),
-                                        (reader, cursor, changes, guard, true),
-                                    ))
-                                }
-                            };
+                            let bytes =
+                                match read_blocking(move || spool.read_at(offset, len)).await {
+                                    Ok(bytes) => bytes,
+                                    Err(error) => {
+                                        return Some((
+                                            Err(error),
+                                            (reader, cursor, changes, guard, true),
+                                        ))
+                                    }
+                                };
                             // The ingest may have freed the range while it was read (it reads as
                             // zeros then): ask again, the bytes are in shard files by now.
                             if !flight.spool_read_still_good(&range) {
@@ -1282,4 +1265,14 @@ fn follow_flight(
         },
     )
     .boxed()
+}
+
+/// Runs a blocking read on the blocking pool; a read that panicked or was cancelled is an I/O
+/// error like any other.
+async fn read_blocking(
+    read: impl FnOnce() -> std::io::Result<Bytes> + Send + 'static,
+) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|error| Err(std::io::Error::other(error)))
 }
