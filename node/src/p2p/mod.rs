@@ -1130,6 +1130,13 @@ impl SwarmTask {
                 tracing::info!("peer proved membership");
                 self.apply_transport_rule(peer);
             }
+            // Membership is proved per peer id (the transport authenticated the id), not per
+            // connection: an exchange that failed because its connection closed meanwhile (the
+            // transport rule replaces a connection right after the proof) undoes nothing. A peer
+            // that disconnects altogether is forgotten and proves again.
+            Command::FailedProof(peer, reason) if self.members.is_ready(&peer) => {
+                tracing::debug!(%peer, %reason, "a proof exchange failed after the peer had proved membership; it stays a member");
+            }
             Command::FailedProof(peer, reason) => {
                 let span = tracing::warn_span!("peer", %peer);
                 let _enter = span.enter();
