@@ -16,7 +16,9 @@ use super::claim_lease::{ClaimLease, LeaseRole};
 use super::fetch_core::{CoreSource, FetchCore, IngestEnd, OriginFailure, Step, Verdict};
 use super::flight::{read_file_range, Flight, FlightReader, FlightSource, Next, Outcome};
 use super::range::RangeSpec;
-use super::spooling::{self, FeedStep, SpoolFeed, INGEST_READ_PIECE};
+use super::spooling::{
+    self, FeedStep, ReadBackChecks, ReadBackError, SpoolFeed, INGEST_WINDOW, INGEST_WINDOW_MIN,
+};
 use super::{PullError, PullThrough};
 use crate::assembly::{self, PeerFetch};
 use crate::metrics::ByteSource;
@@ -475,7 +477,7 @@ impl PullThrough {
             Some(spool) => {
                 let lag_bound =
                     spooling::lag_bound(total, self.store.fs_space().map(|s| s.available));
-                flight.attach_spool(spool.clone(), lag_bound);
+                flight.attach_spool(spool.clone(), lag_bound, spool_feed.clone());
                 let (done_tx, done) = tokio::sync::oneshot::channel();
                 let (store, metrics, driven, spool, feed) = (
                     self.store.clone(),
@@ -1016,7 +1018,7 @@ fn spool_and_hash(
         let offset = spool.len();
         match spool.append(&bytes) {
             Ok(()) => {
-                feed.spooled(offset, bytes.len() as u64, shard);
+                feed.spooled_checked(offset, &bytes, shard);
                 flight.spooled_to(spool.len());
             }
             Err(error) => {
@@ -1041,9 +1043,9 @@ enum WorkerEvent {
     StoreFailed(StoreError, Box<Ingest>),
 }
 
-/// The ingest thread: reads the spool behind the spooling thread, cuts, hashes and writes the
-/// shards, checks the sha256 of the bytes it read (they must be the bytes the client got) and of
-/// the blob, commits, and frees the spool's ranges behind its shards as it goes. A store failure
+/// The ingest thread: maps windows of the spool behind the spooling thread, checks every byte
+/// against the XXH3 of its append (they must be the bytes the client got), cuts, hashes and
+/// writes the shards, checks the sha256 of the blob, commits, and frees the spool's ranges behind its shards as it goes. A store failure
 /// hands the ingest to the driver (the blob then passes through) instead of failing the flight.
 /// An ingest started as [`Durability::AsWritten`] defers its durability once a client joins the
 /// flight.
@@ -1063,19 +1065,15 @@ fn ingest_worker(
         }
         other => Err(other),
     };
-    let spool_error = |error: std::io::Error| {
-        IngestError::Store(StoreError::Io {
-            context: format!("reading spool {}", spool.path().display()),
-            source: error,
-        })
-    };
     let digest = flight.digest;
     let mut ingest = store.begin_ingest_with(digest, durability);
     let mut deferred = durability == Durability::AfterRelease;
-    // The sha256 of the bytes read back from the spool: what is committed must be exactly what
-    // the client was given.
-    let mut read_back = Sha256::new();
-    let mut buffer = vec![0u8; INGEST_READ_PIECE as usize];
+    // What is committed must be exactly what the client was given: every byte read back from
+    // the spool is checked against the append that wrote it.
+    let mut read_back = ReadBackChecks::default();
+    // Bytes before `cut_to` are in shards; `cut_to..checked_to` were read back and checked, and
+    // wait for more bytes to cut from; `checked_to..handed` were handed over by the feed.
+    let (mut cut_to, mut checked_to, mut handed) = (0u64, 0u64, 0u64);
     let mut written_end = 0u64;
     let actual = loop {
         if !deferred && flight.has_waiting_client() {
@@ -1084,7 +1082,7 @@ fn ingest_worker(
             metrics.ingests_deferred_for_client.inc();
             deferred = true;
         }
-        let segment = match feed.next(INGEST_READ_PIECE) {
+        let segment = match feed.next(INGEST_WINDOW) {
             FeedStep::Read(segment) => segment,
             FeedStep::End(actual) => break actual,
             FeedStep::SpoolFailed(error) => return hand_over(ingest, IngestError::Store(error)),
@@ -1092,27 +1090,37 @@ fn ingest_worker(
             FeedStep::Abandoned => return Err(IngestError::Abandoned),
         };
         let started = Instant::now();
-        flight.ingest_read_to(segment.offset + segment.len);
+        feed.take_checks(&mut read_back);
+        handed = segment.offset + segment.len;
+        metrics.ingested_bytes.add(segment.len);
         let written = match segment.shard {
-            Some(hash) => match spool.read_at(segment.offset, segment.len as usize) {
-                Ok(bytes) => {
-                    read_back.update(&bytes);
-                    ingest.write_shard(bytes, hash)
+            // A peer's shard that starts where the last cut ended is stored as it is.
+            Some(hash) if cut_to == segment.offset => {
+                flight.ingest_read_to(handed);
+                let bytes = match spool.map(segment.offset, segment.len as usize) {
+                    Ok(bytes) => bytes,
+                    Err(error) => return hand_over(ingest, spool_error(spool, error)),
+                };
+                if let Err(error) = read_back.read(segment.offset, &bytes) {
+                    return hand_over(ingest, spool_differs(flight, spool, error));
                 }
-                Err(error) => return hand_over(ingest, spool_error(error)),
-            },
-            None => {
-                let piece = &mut buffer[..segment.len as usize];
-                if let Err(error) = spool.read_into(segment.offset, piece) {
-                    return hand_over(ingest, spool_error(error));
-                }
-                read_back.update(&*piece);
-                ingest.write_unhashed(piece)
+                (cut_to, checked_to) = (handed, handed);
+                ingest.write_shard(bytes, hash)
             }
+            // Mapping a window costs a system call and its page tables: wait for enough bytes.
+            _ if handed - cut_to < INGEST_WINDOW_MIN => continue,
+            _ => cut_spooled(
+                &mut ingest,
+                spool,
+                flight,
+                &mut read_back,
+                (&mut cut_to, &mut checked_to),
+                handed,
+                false,
+            ),
         };
         match written {
             Ok(shards) => {
-                metrics.ingested_bytes.add(segment.len);
                 metrics
                     .ingest_busy_us
                     .add(started.elapsed().as_micros() as u64);
@@ -1126,17 +1134,27 @@ fn ingest_worker(
         }
     };
     let started = Instant::now();
-    let read_back = BlobDigest::from_bytes(read_back.finalize().into());
-    if read_back != actual {
-        tracing::error!(%digest, received = %actual, %read_back, "the blob's spool does not read back as received; not stored");
-        let differs = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the spool read back differs from the bytes received",
-        );
-        return hand_over(ingest, spool_error(differs));
+    feed.take_checks(&mut read_back);
+    let rest = cut_spooled(
+        &mut ingest,
+        spool,
+        flight,
+        &mut read_back,
+        (&mut cut_to, &mut checked_to),
+        handed,
+        true,
+    );
+    match rest {
+        Ok(shards) => {
+            let _ = events.send(WorkerEvent::Shards(shards));
+        }
+        Err(error) => return hand_over(ingest, error),
+    }
+    if let Err(error) = read_back.finish(spool.len()) {
+        return hand_over(ingest, spool_differs(flight, spool, error));
     }
     let len = ingest.received();
-    match ingest.verify_with(read_back) {
+    match ingest.verify_with(actual) {
         Ok(last) => {
             let _ = events.send(WorkerEvent::Shards(last));
         }
@@ -1153,6 +1171,49 @@ fn ingest_worker(
         .ingest_busy_us
         .add(started.elapsed().as_micros() as u64);
     Ok(WorkerEnd::Committed(len))
+}
+
+/// Maps the spool from `cut_to` to `end`, checks the bytes from `checked_to` on against their
+/// appends, and cuts every shard whose end is final (all of them `at_end`) straight from the
+/// mapping; moves both marks on. The mapping stays alive while the shard writer holds shards of it.
+fn cut_spooled(
+    ingest: &mut Ingest,
+    spool: &Spool,
+    flight: &Flight,
+    read_back: &mut ReadBackChecks,
+    (cut_to, checked_to): (&mut u64, &mut u64),
+    end: u64,
+    at_end: bool,
+) -> Result<Vec<crate::store::StoredShard>, IngestError> {
+    flight.ingest_read_to(end);
+    let window = spool
+        .map(*cut_to, (end - *cut_to) as usize)
+        .map_err(|error| spool_error(spool, error))?;
+    let unchecked = &window[(*checked_to - *cut_to) as usize..];
+    read_back
+        .read(*checked_to, unchecked)
+        .map_err(|error| spool_differs(flight, spool, error))?;
+    *checked_to = end;
+    let (cut, shards) = ingest.write_window(&window, at_end)?;
+    *cut_to += cut as u64;
+    Ok(shards)
+}
+
+/// A spool that cannot be read is a store failure: the blob passes through.
+fn spool_error(spool: &Spool, error: std::io::Error) -> IngestError {
+    IngestError::Store(StoreError::Io {
+        context: format!("reading spool {}", spool.path().display()),
+        source: error,
+    })
+}
+
+/// A spool that does not read back as appended: nothing of it is stored.
+fn spool_differs(flight: &Flight, spool: &Spool, error: ReadBackError) -> IngestError {
+    tracing::error!(digest = %flight.digest, %error, "the blob's spool does not read back as received; not stored");
+    spool_error(
+        spool,
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+    )
 }
 
 async fn heal(
@@ -1275,4 +1336,77 @@ async fn read_blocking(
     tokio::task::spawn_blocking(read)
         .await
         .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt as _;
+
+    use shoal_proto::ChunkingParams;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::StoreConfig;
+
+    /// Spools `data` as the spooling thread does, lets `alter` change the spool file behind the
+    /// ingest, then runs the ingest thread's work to its end.
+    fn ingest_spooled(data: &[u8], alter: impl FnOnce(&std::fs::File)) -> (WorkerEnd, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            chunking: ChunkingParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            max_disk_bytes: u64::MAX,
+        })
+        .unwrap();
+        store.set_disk_reserve_percent(0);
+        let digest = BlobDigest::from_bytes(Sha256::digest(data).into());
+        let flight = Flight::new(digest);
+        let spool = Arc::new(store.create_spool().unwrap());
+        let feed = Arc::new(SpoolFeed::default());
+        flight.attach_spool(spool.clone(), 1 << 30, feed.clone());
+        flight.start(Some(data.len() as u64));
+        for piece in data.chunks(64 << 10) {
+            let offset = spool.len();
+            spool.append(piece).unwrap();
+            feed.spooled_checked(offset, piece, None);
+        }
+        alter(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(spool.path())
+                .unwrap(),
+        );
+        feed.end(digest);
+        let (events, _received) = mpsc::unbounded_channel();
+        let metrics = Metrics::default();
+        let end = ingest_worker(
+            &store,
+            &metrics,
+            &flight,
+            Durability::AsWritten,
+            &spool,
+            &feed,
+            &events,
+        )
+        .unwrap();
+        let committed = store.shard_map(&digest).unwrap().is_some();
+        (end, committed)
+    }
+
+    #[test]
+    fn a_spool_changed_behind_the_ingest_is_never_committed() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 / 7) as u8).collect();
+        let (end, committed) = ingest_spooled(&data, |_| {});
+        assert!(matches!(end, WorkerEnd::Committed(300_000)) && committed);
+
+        let (end, committed) = ingest_spooled(&data, |file| {
+            file.write_all_at(&[data[200_000] ^ 1], 200_000).unwrap();
+        });
+        assert!(matches!(end, WorkerEnd::HandedOver));
+        assert!(!committed, "bytes the client never got were committed");
+    }
 }

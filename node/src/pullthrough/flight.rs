@@ -34,7 +34,7 @@ use bytes::Bytes;
 use shoal_proto::BlobDigest;
 use tokio::sync::watch;
 
-use super::spooling::SpoolLedger;
+use super::spooling::{yield_threshold, SpoolFeed, SpoolLedger};
 use super::PullError;
 use crate::store::{Ingest, Spool, StoredShard};
 
@@ -106,6 +106,10 @@ struct FlightState {
     /// The blob's raw bytes on disk while the flight stores it (see `spooling`).
     spool: Option<Arc<Spool>>,
     ledger: SpoolLedger,
+    /// The ingest's feed and the pending bytes it may hold back while a client waits.
+    feed: Option<(Arc<SpoolFeed>, u64)>,
+    /// A peer asked for a shard of this flight: the ingest no longer yields.
+    peer_followed: bool,
 }
 
 impl FlightState {
@@ -245,6 +249,8 @@ impl Flight {
                 next_reader: 0,
                 spool: None,
                 ledger: SpoolLedger::new(0),
+                feed: None,
+                peer_followed: false,
             }),
             changed: watch::channel(0).0,
             progress: watch::channel(0).0,
@@ -254,8 +260,13 @@ impl Flight {
 
     /// A client waits for this flight's bytes: its ingest defers durability until the last byte
     /// is released, from its next shard on.
+    /// Its ingest also yields the CPU to the client's path (see `spooling::SpoolFeed`).
     pub(super) fn client_waits(&self) {
         self.client_waiting.store(true, Ordering::SeqCst);
+        let state = self.state();
+        if let (Some((feed, threshold)), false) = (&state.feed, state.peer_followed) {
+            feed.yield_to_client(*threshold);
+        }
     }
 
     /// Whether a client waits for this flight's bytes.
@@ -300,12 +311,17 @@ impl Flight {
         self.notify();
     }
 
-    /// The flight stores its blob through `spool`, whose ingest may fall `lag_bound` bytes behind
-    /// the source.
-    pub(super) fn attach_spool(&self, spool: Arc<Spool>, lag_bound: u64) {
+    /// The flight stores its blob through `spool`, whose ingest, fed by `feed`, may fall
+    /// `lag_bound` bytes behind the source.
+    pub(super) fn attach_spool(&self, spool: Arc<Spool>, lag_bound: u64, feed: Arc<SpoolFeed>) {
         let mut state = self.state();
         state.spool = Some(spool);
         state.ledger = SpoolLedger::new(lag_bound);
+        let threshold = yield_threshold(lag_bound);
+        if self.has_waiting_client() && !state.peer_followed {
+            feed.yield_to_client(threshold);
+        }
+        state.feed = Some((feed, threshold));
     }
 
     /// The spool holds the blob's bytes up to `end`: memory drops what it no longer needs.
@@ -460,7 +476,14 @@ impl Flight {
 
     /// For a peer following the flight: shard `index`, once written.
     pub fn shard(&self, index: usize) -> NextShard {
-        let state = self.state();
+        let mut state = self.state();
+        if !state.peer_followed {
+            // The peer needs shard files as they come, not after the client's last byte.
+            state.peer_followed = true;
+            if let Some((feed, _)) = &state.feed {
+                feed.peer_follows();
+            }
+        }
         if let Some(Outcome::Failed(_)) = &state.outcome {
             return NextShard::Failed;
         }
@@ -855,7 +878,7 @@ mod tests {
     ) -> (Arc<Flight>, Arc<Spool>, Vec<u8>) {
         let flight = flight();
         let spool = Arc::new(Spool::create(dir.join("spool")).unwrap());
-        flight.attach_spool(spool.clone(), lag_bound);
+        flight.attach_spool(spool.clone(), lag_bound, Arc::new(SpoolFeed::default()));
         flight.start(Some(len as u64));
         let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
         for piece in data.chunks(MIB) {
@@ -864,6 +887,35 @@ mod tests {
             flight.spooled_to(spool.len());
         }
         (flight, spool, data)
+    }
+
+    #[test]
+    fn a_waiting_client_makes_the_ingest_yield_until_a_peer_follows() {
+        use crate::pullthrough::spooling::FeedStep;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(dir.path().join("spool")).unwrap());
+        // The client came before the spool: the yield starts when the feed is attached.
+        let flight = flight();
+        flight.client_waits();
+        let feed = Arc::new(SpoolFeed::default());
+        flight.attach_spool(spool.clone(), 80, feed.clone());
+        feed.spooled(0, 10, None);
+        assert!(feed.try_next(100).is_none(), "yields to the client");
+        assert!(matches!(flight.shard(0), NextShard::Wait));
+        assert!(
+            matches!(feed.try_next(100), Some(FeedStep::Read(_))),
+            "a following peer needs the shard files now"
+        );
+
+        // A flight ahead of demand ingests at once until a client joins.
+        let flight = self::flight();
+        let feed = Arc::new(SpoolFeed::default());
+        flight.attach_spool(spool, 80, feed.clone());
+        feed.spooled(0, 10, None);
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(_))));
+        flight.client_waits();
+        feed.spooled(10, 10, None);
+        assert!(feed.try_next(100).is_none());
     }
 
     fn shard_at(offset: u64, len: u32) -> StoredShard {

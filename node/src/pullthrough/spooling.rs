@@ -1,7 +1,7 @@
 //! How a flight that stores its blob lets the client's path run ahead of the ingest: the pure
 //! bookkeeping of the flight's spool ([`SpoolLedger`]), the ordered list of what the ingest reads
-//! from it ([`SpoolSegments`], behind the blocking [`SpoolFeed`]), and the ingest thread's lower
-//! CPU priority.
+//! from it ([`SpoolSegments`], behind the blocking [`SpoolFeed`]), the check that it reads back
+//! what was appended ([`ReadBackChecks`]), and the ingest thread's lower CPU priority.
 //!
 //! The client's critical path is: network read, append to the spool, SHA-256, serve. The ingest
 //! (cut, BLAKE3, shard writes, commit) reads the spool behind it on a thread of lower priority,
@@ -13,6 +13,10 @@
 //! - memory holds only the newest bytes ([`MEMORY_WINDOW`]) and those not in the spool yet;
 //! - the spool's ranges the ingest has written to shard files are freed as it goes
 //!   ([`SpoolLedger::free_up_to`]), so the blob takes about its own size on disk.
+//!
+//! While a client waits and no peer follows the flight, the ingest takes nothing until the lag
+//! nears its bound or the source ends ([`SpoolFeed::yield_to_client`]): its CPU would otherwise
+//! come out of the client's path whenever that path blocked for a moment.
 //!
 //! **Invariant:** a range of the spool is read by a reader only if it was appended and not
 //! freed when the read began, and the read is discarded if a free of that range began while it
@@ -39,8 +43,14 @@ pub const MEMORY_WINDOW: u64 = 8 << 20;
 pub const FREE_STEP: u64 = 8 << 20;
 /// The most bytes one reader reads from the spool at once.
 pub const SPOOL_READ_MAX: u64 = 1 << 20;
-/// The most bytes the ingest reads from the spool at once to cut them.
-pub const INGEST_READ_PIECE: u64 = 1 << 20;
+/// The most new bytes the ingest maps from the spool at once to cut them (the mapping also holds
+/// the uncut end of the last window, under one maximum shard).
+pub const INGEST_WINDOW: u64 = 16 << 20;
+/// The ingest maps a window only once this many bytes wait to be cut (or the source ended), so
+/// a feed of small appends does not map the same uncut bytes again and again. At most half the
+/// lag bound's floor, so the source never waits for the ingest to reach it.
+pub const INGEST_WINDOW_MIN: u64 = 8 << 20;
+const _: () = assert!(INGEST_WINDOW_MIN <= SPOOL_MIN_LAG / 2);
 
 /// How far the ingest may fall behind the source: [`SPOOL_MAX_LAG`], or less when the file
 /// system's free space (`available`, if known) beyond the blob's own shards (`blob_len`, if
@@ -195,6 +205,128 @@ impl SpoolSegments {
         front.len -= max;
         Some(piece)
     }
+
+    /// The bytes spooled and not taken yet.
+    pub fn pending(&self) -> u64 {
+        self.queue.iter().map(|segment| segment.len).sum()
+    }
+}
+
+/// While a client waits, the ingest takes nothing until this many bytes are pending (or the source
+/// ended): an eighth of the lag bound short of it, so the source never waits on a yielding ingest.
+pub fn yield_threshold(lag_bound: u64) -> u64 {
+    lag_bound - lag_bound / 8
+}
+
+/// The XXH3-64 of one append to the spool, taken from the bytes the client's path appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolCheck {
+    /// Where the append started.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The XXH3-64 of its bytes.
+    pub xxh3: u64,
+}
+
+impl SpoolCheck {
+    /// The check of `bytes` appended at `offset`.
+    pub fn of(offset: u64, bytes: &[u8]) -> Self {
+        Self {
+            offset,
+            len: bytes.len() as u64,
+            xxh3: xxhash_rust::xxh3::xxh3_64(bytes),
+        }
+    }
+}
+
+/// Why the bytes the ingest read back from the spool are not the bytes appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadBackError {
+    #[error("the spool read back at {at} was expected at {expected}")]
+    OutOfOrder { at: u64, expected: u64 },
+    #[error("the spool read back at {at} has no record of its append")]
+    Unrecorded { at: u64 },
+    #[error("the spool's append at {offset} ({len} bytes) reads back different bytes")]
+    Differs { offset: u64, len: u64 },
+    #[error("the spool read back ends at {read} where {appended} bytes were appended")]
+    Short { read: u64, appended: u64 },
+}
+
+/// Checks that what the ingest reads back from the spool is exactly what the client's path
+/// appended, in order, with no gap, append by append: XXH3-64 per append instead of a second
+/// SHA-256 of the whole blob. The spool is this process's own file on local disk; the check is
+/// against its corruption (a torn or lost write, a range freed by mistake), which a 64-bit
+/// hash catches but for a chance of 2^-64 per append. What the client got is still the source's
+/// bytes checked by SHA-256, and every shard is still BLAKE3-hashed from the bytes read back.
+#[derive(Default)]
+pub struct ReadBackChecks {
+    expected: VecDeque<SpoolCheck>,
+    /// The hash of the bytes read back so far of the front append.
+    current: xxhash_rust::xxh3::Xxh3,
+    /// How many bytes of the front append were read back.
+    into_front: u64,
+    /// Where the next read must start.
+    at: u64,
+}
+
+impl std::fmt::Debug for ReadBackChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBackChecks")
+            .field("expected", &self.expected.len())
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadBackChecks {
+    /// The spool's appends in the order they were made.
+    pub fn expect(&mut self, checks: impl IntoIterator<Item = SpoolCheck>) {
+        self.expected.extend(checks);
+    }
+
+    /// The ingest read `bytes` back from the spool at `offset`.
+    pub fn read(&mut self, offset: u64, mut bytes: &[u8]) -> Result<(), ReadBackError> {
+        if offset != self.at {
+            return Err(ReadBackError::OutOfOrder {
+                at: offset,
+                expected: self.at,
+            });
+        }
+        while !bytes.is_empty() {
+            let Some(front) = self.expected.front().copied() else {
+                return Err(ReadBackError::Unrecorded { at: self.at });
+            };
+            let take = (front.len - self.into_front).min(bytes.len() as u64) as usize;
+            self.current.update(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.into_front += take as u64;
+            self.at += take as u64;
+            if self.into_front == front.len {
+                if self.current.digest() != front.xxh3 {
+                    return Err(ReadBackError::Differs {
+                        offset: front.offset,
+                        len: front.len,
+                    });
+                }
+                self.expected.pop_front();
+                self.current.reset();
+                self.into_front = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every append was read back whole: `appended` bytes in all.
+    pub fn finish(&self, appended: u64) -> Result<(), ReadBackError> {
+        if self.at != appended || !self.expected.is_empty() {
+            return Err(ReadBackError::Short {
+                read: self.at,
+                appended,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What the ingest does next.
@@ -213,9 +345,52 @@ pub enum FeedStep {
 #[derive(Debug, Default)]
 struct FeedState {
     segments: SpoolSegments,
+    /// The checks of the appends made since the ingest last took them.
+    checks: Vec<SpoolCheck>,
     end: Option<BlobDigest>,
     failed: Option<StoreError>,
     closed: bool,
+    /// Set while a client waits and no peer follows: the ingest takes nothing until this many
+    /// bytes are pending or the source ended.
+    yield_until: Option<u64>,
+    /// A peer follows the flight shard by shard: the ingest never yields again.
+    followed: bool,
+}
+
+impl FeedState {
+    /// Whether the ingest holds back from `pending` bytes: it yields to a waiting client, the
+    /// source has not ended or failed, and the lag is still short of the threshold.
+    fn yielding(&self) -> bool {
+        match self.yield_until {
+            Some(threshold) => {
+                self.end.is_none()
+                    && self.failed.is_none()
+                    && !self.closed
+                    && self.segments.pending() < threshold
+            }
+            None => false,
+        }
+    }
+
+    /// The next step, or `None` to wait.
+    fn step(&mut self, max: u64) -> Option<FeedStep> {
+        if let Some(error) = self.failed.take() {
+            return Some(FeedStep::SpoolFailed(error));
+        }
+        if self.yielding() {
+            return None;
+        }
+        if let Some(segment) = self.segments.take(max) {
+            return Some(FeedStep::Read(segment));
+        }
+        if let Some(actual) = self.end {
+            return Some(FeedStep::End(actual));
+        }
+        if self.closed {
+            return Some(FeedStep::Abandoned);
+        }
+        None
+    }
 }
 
 /// The blocking hand-over between the thread that spools the source's bytes and the ingest
@@ -238,9 +413,27 @@ impl SpoolFeed {
         self.ready.notify_all();
     }
 
-    /// Bytes `offset..offset + len` are in the spool.
+    /// Bytes `offset..offset + len` are in the spool (tests of the feed's order; the node uses
+    /// [`spooled_checked`](Self::spooled_checked)).
+    #[cfg(test)]
     pub fn spooled(&self, offset: u64, len: u64, shard: Option<ShardHash>) {
         self.changed(|state| state.segments.push(offset, len, shard));
+    }
+
+    /// `bytes` were appended to the spool at `offset`: the ingest reads them back and checks them
+    /// against `check` (see [`ReadBackChecks`]).
+    pub fn spooled_checked(&self, offset: u64, bytes: &[u8], shard: Option<ShardHash>) {
+        let check = SpoolCheck::of(offset, bytes);
+        self.changed(|state| {
+            state.segments.push(offset, check.len, shard);
+            state.checks.push(check);
+        });
+    }
+
+    /// For the ingest: the checks of the appends made since the last call, in order.
+    pub fn take_checks(&self, into: &mut ReadBackChecks) {
+        let checks = std::mem::take(&mut self.state().checks);
+        into.expect(checks);
     }
 
     /// Every byte is spooled; `actual` is their sha256.
@@ -262,21 +455,37 @@ impl SpoolFeed {
         self.changed(|state| state.closed = true);
     }
 
+    /// A client waits for the blob: unless a peer follows, the ingest yields the CPU to the
+    /// client's path until `threshold` bytes are pending or the source ends.
+    pub fn yield_to_client(&self, threshold: u64) {
+        self.changed(|state| {
+            if !state.followed {
+                state.yield_until = Some(threshold);
+            }
+        });
+    }
+
+    /// A peer follows the flight shard by shard and needs the shard files as they come: the
+    /// ingest stops yielding for good.
+    pub fn peer_follows(&self) {
+        self.changed(|state| {
+            state.followed = true;
+            state.yield_until = None;
+        });
+    }
+
+    /// The next step if there is one now, without waiting.
+    #[cfg(test)]
+    pub fn try_next(&self, max: u64) -> Option<FeedStep> {
+        self.state().step(max)
+    }
+
     /// For the ingest thread: waits for the next step, reading at most `max` bytes to cut at once.
     pub fn next(&self, max: u64) -> FeedStep {
         let mut state = self.state();
         loop {
-            if let Some(error) = state.failed.take() {
-                return FeedStep::SpoolFailed(error);
-            }
-            if let Some(segment) = state.segments.take(max) {
-                return FeedStep::Read(segment);
-            }
-            if let Some(actual) = state.end {
-                return FeedStep::End(actual);
-            }
-            if state.closed {
-                return FeedStep::Abandoned;
+            if let Some(step) = state.step(max) {
+                return step;
             }
             state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
         }
@@ -441,6 +650,133 @@ mod tests {
         let feed = SpoolFeed::default();
         feed.close();
         assert!(matches!(feed.next(100), FeedStep::Abandoned));
+    }
+
+    fn checked(feed: &SpoolFeed, offset: u64, bytes: &[u8]) -> ReadBackChecks {
+        feed.spooled_checked(offset, bytes, None);
+        let mut checks = ReadBackChecks::default();
+        feed.take_checks(&mut checks);
+        checks
+    }
+
+    #[test]
+    fn bytes_read_back_as_appended_pass_in_pieces_of_any_size() {
+        let feed = SpoolFeed::default();
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let mut checks = ReadBackChecks::default();
+        for (i, piece) in data.chunks(300).enumerate() {
+            feed.spooled_checked(i as u64 * 300, piece, None);
+        }
+        feed.take_checks(&mut checks);
+        // Read back in pieces that straddle the appends.
+        for (i, piece) in data.chunks(128).enumerate() {
+            checks.read(i as u64 * 128, piece).unwrap();
+        }
+        checks.finish(1000).unwrap();
+    }
+
+    #[test]
+    fn a_changed_byte_a_gap_or_a_short_read_back_is_refused() {
+        let feed = SpoolFeed::default();
+        let mut changed = checked(&feed, 0, b"hello world");
+        assert_eq!(
+            changed.read(0, b"hello_world"),
+            Err(ReadBackError::Differs { offset: 0, len: 11 })
+        );
+
+        let mut gap = checked(&SpoolFeed::default(), 0, b"hello world");
+        gap.read(0, b"hello").unwrap();
+        assert!(matches!(
+            gap.read(6, b"world"),
+            Err(ReadBackError::OutOfOrder { at: 6, expected: 5 })
+        ));
+
+        let mut short = checked(&SpoolFeed::default(), 0, b"hello world");
+        short.read(0, b"hello").unwrap();
+        assert!(matches!(short.finish(11), Err(ReadBackError::Short { .. })));
+
+        let mut beyond = checked(&SpoolFeed::default(), 0, b"hi");
+        assert_eq!(
+            beyond.read(0, b"hi!"),
+            Err(ReadBackError::Unrecorded { at: 2 })
+        );
+    }
+
+    #[test]
+    fn while_a_client_waits_the_ingest_takes_nothing_until_the_lag_nears_its_bound() {
+        let feed = SpoolFeed::default();
+        feed.yield_to_client(yield_threshold(80));
+        assert_eq!(yield_threshold(80), 70);
+        feed.spooled(0, 60, None);
+        assert!(feed.try_next(100).is_none(), "60 of 70 pending: yields");
+        feed.spooled(60, 10, None);
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(s)) if s.len == 70));
+        // Once caught up it yields again: the lag stays just under the bound.
+        feed.spooled(70, 5, None);
+        assert!(feed.try_next(100).is_none());
+    }
+
+    #[test]
+    fn a_yielding_ingest_takes_everything_once_the_source_ends_or_fails() {
+        let feed = SpoolFeed::default();
+        feed.yield_to_client(1000);
+        feed.spooled(0, 10, None);
+        assert!(feed.try_next(100).is_none());
+        feed.end(BlobDigest::from_bytes([1; 32]));
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(s)) if s.len == 10));
+        assert!(matches!(feed.try_next(100), Some(FeedStep::End(_))));
+
+        let feed = SpoolFeed::default();
+        feed.yield_to_client(1000);
+        feed.spooled(0, 10, None);
+        feed.fail(StoreError::Closed);
+        assert!(matches!(feed.try_next(100), Some(FeedStep::SpoolFailed(_))));
+
+        let feed = SpoolFeed::default();
+        feed.yield_to_client(1000);
+        feed.spooled(0, 10, None);
+        feed.close();
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(_))));
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Abandoned)));
+    }
+
+    #[test]
+    fn a_following_peer_ends_the_yield_for_good() {
+        let feed = SpoolFeed::default();
+        feed.yield_to_client(1000);
+        feed.spooled(0, 10, None);
+        assert!(feed.try_next(100).is_none());
+        feed.peer_follows();
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(_))));
+        // A client arriving after the peer does not bring the yield back.
+        feed.yield_to_client(1000);
+        feed.spooled(10, 10, None);
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(_))));
+    }
+
+    #[test]
+    fn without_a_waiting_client_the_ingest_takes_bytes_at_once() {
+        let feed = SpoolFeed::default();
+        feed.spooled(0, 1, None);
+        assert!(matches!(feed.try_next(100), Some(FeedStep::Read(_))));
+        assert!(feed.try_next(100).is_none(), "nothing left: waits");
+    }
+
+    #[test]
+    fn a_yielding_ingest_thread_wakes_when_the_threshold_is_reached() {
+        let feed = std::sync::Arc::new(SpoolFeed::default());
+        feed.yield_to_client(50);
+        let reader = {
+            let feed = feed.clone();
+            std::thread::spawn(move || match feed.next(1000) {
+                FeedStep::Read(segment) => segment.len,
+                other => panic!("unexpected {other:?}"),
+            })
+        };
+        for offset in (0..50).step_by(10) {
+            feed.spooled(offset, 10, None);
+        }
+        assert_eq!(reader.join().unwrap(), 50);
     }
 
     #[test]

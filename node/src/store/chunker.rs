@@ -9,6 +9,9 @@
 //! bytes are not copied again, so a later stage (the shard writer, on its own thread) can own
 //! them. When the buffer is full, the unfinished tail (less than one maximum shard) moves to the
 //! front of it, or to a new buffer while shards cut from the old one are still held.
+//!
+//! Bytes that are already contiguous (the node's ingest maps its spool) need no buffer at all:
+//! [`cut_window`] cuts shards as slices of a window of them, with the same cut points.
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::FastCDC;
@@ -109,6 +112,34 @@ impl StreamChunker {
             self.buffer_offset += len as u64;
             emit.shard(offset, shard, hash)?;
         }
+    }
+}
+
+/// Cuts the shards of `window`, the blob's bytes from `offset`, whose ends are final: every
+/// shard with `at_end`, else each shard with at least one maximum shard of bytes from its start
+/// (a FastCDC cut depends on no byte further). Each shard is a slice of `window`, never a copy,
+/// and is hashed right after it is cut, while its bytes are in cache. Returns how many bytes
+/// were cut: the rest must start the next window. Cuts exactly where [`StreamChunker`] would.
+pub fn cut_window<E: ShardSink>(
+    params: ChunkingParams,
+    window: &Bytes,
+    offset: u64,
+    at_end: bool,
+    emit: &mut E,
+) -> Result<usize, E::Error> {
+    let max = params.max as usize;
+    let mut start = 0;
+    loop {
+        let available = window.len() - start;
+        if available == 0 || (!at_end && available < max) {
+            return Ok(start);
+        }
+        let (_, len) =
+            FastCDC::new(&window[start..], params.min, params.avg, params.max).cut(0, available);
+        let shard = window.slice(start..start + len);
+        let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
+        emit.shard(offset + start as u64, shard, hash)?;
+        start += len;
     }
 }
 
@@ -291,6 +322,35 @@ mod tests {
                 .expect("valid chunking");
             let data = with_zero_runs(len, seed, &zero_runs);
             prop_assert_eq!(streamed_shards(params, &data, piece), crate_shards(params, &data));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn windows_of_any_size_cut_and_hash_as_the_stream_does(
+            seed in any::<u64>(),
+            len in 0usize..200_000,
+            window in 1usize..60_000,
+        ) {
+            let data = Bytes::from(pseudo_random(len, seed));
+            let mut windowed = Vec::new();
+            let mut cut_to = 0usize;
+            let mut read_to = 0usize;
+            while read_to < len {
+                read_to = (read_to + window).min(len);
+                let slice = data.slice(cut_to..read_to);
+                let mut sink = collect_into(&mut windowed);
+                let Ok(cut) = cut_window(SMALL, &slice, cut_to as u64, false, &mut sink);
+                cut_to += cut;
+            }
+            let slice = data.slice(cut_to..len);
+            let Ok(cut) = cut_window(SMALL, &slice, cut_to as u64, true, &mut collect_into(&mut windowed));
+            prop_assert_eq!(cut_to + cut, len);
+            let streamed = chunk_all(SMALL, &data);
+            prop_assert_eq!(windowed.len(), streamed.len());
+            for (w, s) in windowed.iter().zip(&streamed) {
+                prop_assert_eq!((w.offset, &w.data, w.hash), (s.offset, &s.data, s.hash));
+            }
         }
     }
 

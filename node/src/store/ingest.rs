@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_proto::limits::MAX_BLOB_BYTES;
 use shoal_proto::{BlobDigest, ShardEntry, ShardHash, ShardMap};
 
-use super::chunker::{ShardSink, StreamChunker};
+use super::chunker::{cut_window, ShardSink, StreamChunker};
 use super::shard_sync::sync_all;
 use super::shard_writer::{Finished, ShardJob, ShardWriter};
 use super::{ShardStore, StoreError, WriteFailure};
@@ -193,6 +193,38 @@ impl Ingest {
         };
         let pushed = self.chunker.push(data, &mut queue);
         let written = pushed.and_then(|()| self.take_written());
+        self.noted(written)
+    }
+
+    /// Cuts `window`, the blob's next bytes from [`received`](Self::received) on, like
+    /// [`write_unhashed`](Self::write_unhashed) but with no copy: shards are slices of `window`
+    /// (`chunker::cut_window`). Only the shards whose ends are final are cut, every one with
+    /// `at_end`; returns how many bytes were cut, with the shards written. The uncut rest is not
+    /// kept: it must start the next window. Bytes given to `write_unhashed` must all be cut first.
+    pub fn write_window(
+        &mut self,
+        window: &Bytes,
+        at_end: bool,
+    ) -> Result<(usize, Vec<StoredShard>), IngestError> {
+        debug_assert!(self.chunker.is_empty(), "bytes wait in the stream chunker");
+        if self.received + window.len() as u64 > MAX_BLOB_BYTES {
+            return Err(IngestError::TooLarge);
+        }
+        let background =
+            self.received + window.len() as u64 >= u64::from(self.store.chunking().max);
+        let mut queue = ShardQueue {
+            store: &self.store,
+            shards: &mut self.shards,
+            writer: &mut self.writer,
+            background,
+        };
+        let params = self.store.chunking();
+        let cut = cut_window(params, window, self.received, at_end, &mut &mut queue);
+        if let Ok(cut) = &cut {
+            self.received += *cut as u64;
+            self.chunker.skip_to(self.received);
+        }
+        let written = cut.and_then(|cut| Ok((cut, self.take_written()?)));
         self.noted(written)
     }
 

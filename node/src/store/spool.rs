@@ -103,6 +103,38 @@ impl Spool {
         self.file.read_exact_at(buffer, offset)
     }
 
+    /// Maps `len` bytes at `offset`, which must lie within what was appended, as [`Bytes`] that
+    /// own the mapping: the ingest cuts shards straight out of the page cache, with no copy into a
+    /// buffer of its own. Slices of it stay valid for as long as any is held.
+    ///
+    /// Safety of the mapping: the spool file is never truncated (a punched range keeps the
+    /// length and reads as zeros, never faults), and only this process writes it, appending
+    /// beyond what is mapped. The caller must not map ranges it may punch while it still reads
+    /// them; the node's ingest frees only ranges behind the shards it has written.
+    #[allow(unsafe_code)] // memmap2's `map` is unsafe: see "Safety of the mapping" above.
+    pub fn map(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let end = offset.saturating_add(len as u64);
+        if end > self.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("spool map up to {end} beyond its {} bytes", self.len()),
+            ));
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        // SAFETY: see above; the file outlives no mapping it backs (the kernel keeps the pages
+        // of a removed file until the last mapping goes). memmap2 aligns the offset to a page.
+        let mapping = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .populate()
+                .map(&self.file)?
+        };
+        Ok(Bytes::from_owner(mapping))
+    }
+
     /// Frees the disk blocks of `offset..offset + len` (the file keeps its length; the range
     /// reads as zeros afterwards, so the caller must never read it again). A file system that
     /// cannot punch holes keeps the blocks until the spool is dropped.
@@ -172,6 +204,24 @@ mod tests {
             assert!(spool.read_at(len as u64 - 1, 2).is_err());
         }
         assert_eq!(spool.len(), data.len() as u64);
+    }
+
+    #[test]
+    fn a_mapped_range_reads_as_appended_and_outlives_more_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = store(dir.path()).create_spool().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        spool.append(&data[..200_000]).unwrap();
+        // An offset off any page boundary.
+        let mapped = spool.map(5_001, 190_000).unwrap();
+        assert_eq!(&mapped[..], &data[5_001..195_001]);
+        spool.append(&data[200_000..]).unwrap();
+        let shard = mapped.slice(1_000..2_000);
+        drop(mapped);
+        assert_eq!(&shard[..], &data[6_001..7_001]);
+        assert_eq!(&spool.map(0, 300_000).unwrap()[..], &data[..]);
+        assert!(spool.map(299_999, 2).is_err(), "beyond the end is an error");
+        assert!(spool.map(300_000, 0).unwrap().is_empty());
     }
 
     #[test]
