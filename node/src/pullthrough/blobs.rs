@@ -1068,12 +1068,9 @@ fn ingest_worker(
     let digest = flight.digest;
     let mut ingest = store.begin_ingest_with(digest, durability);
     let mut deferred = durability == Durability::AfterRelease;
-    // What is committed must be exactly what the client was given: every byte read back from
-    // the spool is checked against the append that wrote it.
-    let mut read_back = ReadBackChecks::default();
-    // Bytes before `cut_to` are in shards; `cut_to..checked_to` were read back and checked, and
-    // wait for more bytes to cut from; `checked_to..handed` were handed over by the feed.
-    let (mut cut_to, mut checked_to, mut handed) = (0u64, 0u64, 0u64);
+    let mut cursor = SpoolCursor::default();
+    // The end of the bytes the feed handed over.
+    let mut handed = 0u64;
     let mut written_end = 0u64;
     let actual = loop {
         if !deferred && flight.has_waiting_client() {
@@ -1090,34 +1087,17 @@ fn ingest_worker(
             FeedStep::Abandoned => return Err(IngestError::Abandoned),
         };
         let started = Instant::now();
-        feed.take_checks(&mut read_back);
+        feed.take_checks(&mut cursor.read_back);
         handed = segment.offset + segment.len;
         metrics.ingested_bytes.add(segment.len);
         let written = match segment.shard {
             // A peer's shard that starts where the last cut ended is stored as it is.
-            Some(hash) if cut_to == segment.offset => {
-                flight.ingest_read_to(handed);
-                let bytes = match spool.map(segment.offset, segment.len as usize) {
-                    Ok(bytes) => bytes,
-                    Err(error) => return hand_over(ingest, spool_error(spool, error)),
-                };
-                if let Err(error) = read_back.read(segment.offset, &bytes) {
-                    return hand_over(ingest, spool_differs(flight, spool, error));
-                }
-                (cut_to, checked_to) = (handed, handed);
-                ingest.write_shard(bytes, hash)
+            Some(hash) if cursor.cut_to == segment.offset => {
+                cursor.store_shard(&mut ingest, spool, flight, segment.len, hash)
             }
             // Mapping a window costs a system call and its page tables: wait for enough bytes.
-            _ if handed - cut_to < INGEST_WINDOW_MIN => continue,
-            _ => cut_spooled(
-                &mut ingest,
-                spool,
-                flight,
-                &mut read_back,
-                (&mut cut_to, &mut checked_to),
-                handed,
-                false,
-            ),
+            _ if handed - cursor.cut_to < INGEST_WINDOW_MIN => continue,
+            _ => cursor.cut(&mut ingest, spool, flight, handed, false),
         };
         match written {
             Ok(shards) => {
@@ -1134,23 +1114,14 @@ fn ingest_worker(
         }
     };
     let started = Instant::now();
-    feed.take_checks(&mut read_back);
-    let rest = cut_spooled(
-        &mut ingest,
-        spool,
-        flight,
-        &mut read_back,
-        (&mut cut_to, &mut checked_to),
-        handed,
-        true,
-    );
-    match rest {
+    feed.take_checks(&mut cursor.read_back);
+    match cursor.cut(&mut ingest, spool, flight, handed, true) {
         Ok(shards) => {
             let _ = events.send(WorkerEvent::Shards(shards));
         }
         Err(error) => return hand_over(ingest, error),
     }
-    if let Err(error) = read_back.finish(spool.len()) {
+    if let Err(error) = cursor.read_back.finish(spool.len()) {
         return hand_over(ingest, spool_differs(flight, spool, error));
     }
     let len = ingest.received();
@@ -1173,30 +1144,63 @@ fn ingest_worker(
     Ok(WorkerEnd::Committed(len))
 }
 
-/// Maps the spool from `cut_to` to `end`, checks the bytes from `checked_to` on against their
-/// appends, and cuts every shard whose end is final (all of them `at_end`) straight from the
-/// mapping; moves both marks on. The mapping stays alive while the shard writer holds shards of it.
-fn cut_spooled(
-    ingest: &mut Ingest,
-    spool: &Spool,
-    flight: &Flight,
-    read_back: &mut ReadBackChecks,
-    (cut_to, checked_to): (&mut u64, &mut u64),
-    end: u64,
-    at_end: bool,
-) -> Result<Vec<crate::store::StoredShard>, IngestError> {
-    flight.ingest_read_to(end);
-    let window = spool
-        .map(*cut_to, (end - *cut_to) as usize)
-        .map_err(|error| spool_error(spool, error))?;
-    let unchecked = &window[(*checked_to - *cut_to) as usize..];
-    read_back
-        .read(*checked_to, unchecked)
-        .map_err(|error| spool_differs(flight, spool, error))?;
-    *checked_to = end;
-    let (cut, shards) = ingest.write_window(&window, at_end)?;
-    *cut_to += cut as u64;
-    Ok(shards)
+/// Where the ingest is in its spool: bytes before `cut_to` are in shards, `cut_to..checked_to`
+/// were read back and checked and wait for more bytes to be cut with.
+#[derive(Default)]
+struct SpoolCursor {
+    cut_to: u64,
+    checked_to: u64,
+    /// What is committed must be exactly what the client was given: every byte read back from
+    /// the spool is checked against the append that wrote it.
+    read_back: ReadBackChecks,
+}
+
+impl SpoolCursor {
+    /// Maps the spool from `cut_to` to `end`, checks the bytes not checked yet against their
+    /// appends, and cuts every shard whose end is final (all of them `at_end`) straight from the
+    /// mapping. The mapping stays alive while the shard writer holds shards of it.
+    fn cut(
+        &mut self,
+        ingest: &mut Ingest,
+        spool: &Spool,
+        flight: &Flight,
+        end: u64,
+        at_end: bool,
+    ) -> Result<Vec<crate::store::StoredShard>, IngestError> {
+        flight.ingest_read_to(end);
+        let window = spool
+            .map(self.cut_to, (end - self.cut_to) as usize)
+            .map_err(|error| spool_error(spool, error))?;
+        let unchecked = &window[(self.checked_to - self.cut_to) as usize..];
+        self.read_back
+            .read(self.checked_to, unchecked)
+            .map_err(|error| spool_differs(flight, spool, error))?;
+        self.checked_to = end;
+        let (cut, shards) = ingest.write_window(&window, at_end)?;
+        self.cut_to += cut as u64;
+        Ok(shards)
+    }
+
+    /// Stores the peer's shard of `len` bytes at `cut_to` as it is, once checked.
+    fn store_shard(
+        &mut self,
+        ingest: &mut Ingest,
+        spool: &Spool,
+        flight: &Flight,
+        len: u64,
+        hash: ShardHash,
+    ) -> Result<Vec<crate::store::StoredShard>, IngestError> {
+        let end = self.cut_to + len;
+        flight.ingest_read_to(end);
+        let bytes = spool
+            .map(self.cut_to, len as usize)
+            .map_err(|error| spool_error(spool, error))?;
+        self.read_back
+            .read(self.cut_to, &bytes)
+            .map_err(|error| spool_differs(flight, spool, error))?;
+        (self.cut_to, self.checked_to) = (end, end);
+        ingest.write_shard(bytes, hash)
+    }
 }
 
 /// A spool that cannot be read is a store failure: the blob passes through.
