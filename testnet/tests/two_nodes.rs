@@ -316,6 +316,23 @@ async fn a_peer_whose_blob_fails_its_digest_is_avoided_and_the_blob_fetched_agai
     let b = Node::start(NodeConfig::joining(&origin, &key, a.p2p_addr()?)).await?;
     logs.add(&b);
     b.wait_until_joined().await?;
+    // B must be able to find A as a provider of the layer (A keeps its provider records and B
+    // has A in its routing table): a request made before that goes straight to the origin and
+    // never meets the lie (seen once on a loaded machine).
+    let a_blobs = a.metric("shoal_store_blobs").await?;
+    a.wait_for_metric_with(
+        "shoal_p2p_provider_records",
+        &[("provider", "local")],
+        JOIN_TIMEOUT,
+        |records| records >= a_blobs,
+    )
+    .await
+    .context("A never restored its provider records")?;
+    b.wait_for_metric("shoal_p2p_routing_table_peers", JOIN_TIMEOUT, |peers| {
+        peers >= 1.0
+    })
+    .await
+    .context("A never entered B's routing table")?;
     let path = format!(
         "/v2/{}/blobs/{}?ns={}",
         image.repo,
