@@ -1045,10 +1045,10 @@ enum WorkerEvent {
 
 /// The ingest thread: maps windows of the spool behind the spooling thread, checks every byte
 /// against the XXH3 of its append (they must be the bytes the client got), cuts, hashes and
-/// writes the shards, checks the sha256 of the blob, commits, and frees the spool's ranges behind its shards as it goes. A store failure
-/// hands the ingest to the driver (the blob then passes through) instead of failing the flight.
-/// An ingest started as [`Durability::AsWritten`] defers its durability once a client joins the
-/// flight.
+/// writes the shards, checks the sha256 of the blob, commits, and frees the spool's ranges
+/// behind its shards as it goes. A store failure hands the ingest to the driver (the blob then
+/// passes through) instead of failing the flight. An ingest started as [`Durability::AsWritten`]
+/// defers its durability once a client joins the flight.
 fn ingest_worker(
     store: &ShardStore,
     metrics: &crate::metrics::Metrics,

@@ -171,6 +171,8 @@ pub struct Segment {
 #[derive(Debug, Default)]
 pub struct SpoolSegments {
     queue: VecDeque<Segment>,
+    /// The sum of the queued lengths, kept as they come and go: the feed asks on every wake.
+    pending: u64,
 }
 
 impl SpoolSegments {
@@ -179,6 +181,7 @@ impl SpoolSegments {
         if len == 0 {
             return;
         }
+        self.pending += len;
         if shard.is_none() {
             if let Some(last) = self.queue.back_mut() {
                 if last.shard.is_none() && last.offset + last.len == offset {
@@ -194,7 +197,9 @@ impl SpoolSegments {
     pub fn take(&mut self, max: u64) -> Option<Segment> {
         let front = self.queue.front_mut()?;
         if front.shard.is_some() || front.len <= max {
-            return self.queue.pop_front();
+            let whole = self.queue.pop_front()?;
+            self.pending -= whole.len;
+            return Some(whole);
         }
         let piece = Segment {
             offset: front.offset,
@@ -203,12 +208,13 @@ impl SpoolSegments {
         };
         front.offset += max;
         front.len -= max;
+        self.pending -= max;
         Some(piece)
     }
 
     /// The bytes spooled and not taken yet.
     pub fn pending(&self) -> u64 {
-        self.queue.iter().map(|segment| segment.len).sum()
+        self.pending
     }
 }
 
@@ -633,12 +639,15 @@ mod tests {
         segments.push(30, 50, Some(hash));
         segments.push(80, 5, None);
         let seg = |offset, len, shard| Segment { offset, len, shard };
+        assert_eq!(segments.pending(), 85);
         assert_eq!(segments.take(12), Some(seg(0, 12, None)));
+        assert_eq!(segments.pending(), 73, "a piece leaves the rest pending");
         assert_eq!(segments.take(100), Some(seg(12, 18, None)));
         // A shard is taken whole whatever the piece size, so its hash still names its bytes.
         assert_eq!(segments.take(12), Some(seg(30, 50, Some(hash))));
         assert_eq!(segments.take(12), Some(seg(80, 5, None)));
         assert_eq!(segments.take(12), None);
+        assert_eq!(segments.pending(), 0);
     }
 
     #[test]

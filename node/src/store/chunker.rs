@@ -93,33 +93,38 @@ impl StreamChunker {
     }
 
     fn cut<E: ShardSink>(&mut self, at_end: bool, emit: &mut E) -> Result<(), E::Error> {
-        let max = self.params.max as usize;
-        loop {
-            let available = self.buffer.len();
-            if available == 0 || (!at_end && available < max) {
-                return Ok(());
-            }
-            let (_, len) = FastCDC::new(
-                &self.buffer,
-                self.params.min,
-                self.params.avg,
-                self.params.max,
-            )
-            .cut(0, available);
+        while let Some(len) = next_final_cut(self.params, &self.buffer, at_end) {
             let shard = self.buffer.split_to(len).freeze();
-            let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
+            let hash = hash_of(&shard);
             let offset = self.buffer_offset;
             self.buffer_offset += len as u64;
             emit.shard(offset, shard, hash)?;
         }
+        Ok(())
     }
 }
 
-/// Cuts the shards of `window`, the blob's bytes from `offset`, whose ends are final: every
-/// shard with `at_end`, else each shard with at least one maximum shard of bytes from its start
-/// (a FastCDC cut depends on no byte further). Each shard is a slice of `window`, never a copy,
-/// and is hashed right after it is cut, while its bytes are in cache. Returns how many bytes
-/// were cut: the rest must start the next window. Cuts exactly where [`StreamChunker`] would.
+/// The length of the shard that starts `bytes`, if its end is final: always `at_end` (unless
+/// `bytes` is empty), else only with at least one maximum shard of bytes (a FastCDC cut depends
+/// on no byte further).
+fn next_final_cut(params: ChunkingParams, bytes: &[u8], at_end: bool) -> Option<usize> {
+    let available = bytes.len();
+    if available == 0 || (!at_end && available < params.max as usize) {
+        return None;
+    }
+    let (_, len) = FastCDC::new(bytes, params.min, params.avg, params.max).cut(0, available);
+    Some(len)
+}
+
+/// A shard's BLAKE3, taken right after its cut while its bytes are in cache.
+fn hash_of(shard: &[u8]) -> ShardHash {
+    ShardHash::from_bytes(*blake3::hash(shard).as_bytes())
+}
+
+/// Cuts the shards of `window`, the blob's bytes from `offset`, whose ends are final (see
+/// [`next_final_cut`]). Each shard is a slice of `window`, never a copy, hashed right after its
+/// cut. Returns how many bytes were cut: the rest must start the next window. Cuts exactly where
+/// [`StreamChunker`] would.
 pub fn cut_window<E: ShardSink>(
     params: ChunkingParams,
     window: &Bytes,
@@ -127,20 +132,14 @@ pub fn cut_window<E: ShardSink>(
     at_end: bool,
     emit: &mut E,
 ) -> Result<usize, E::Error> {
-    let max = params.max as usize;
     let mut start = 0;
-    loop {
-        let available = window.len() - start;
-        if available == 0 || (!at_end && available < max) {
-            return Ok(start);
-        }
-        let (_, len) =
-            FastCDC::new(&window[start..], params.min, params.avg, params.max).cut(0, available);
+    while let Some(len) = next_final_cut(params, &window[start..], at_end) {
         let shard = window.slice(start..start + len);
-        let hash = ShardHash::from_bytes(*blake3::hash(&shard).as_bytes());
+        let hash = hash_of(&shard);
         emit.shard(offset + start as u64, shard, hash)?;
         start += len;
     }
+    Ok(start)
 }
 
 /// Receives shards from a [`StreamChunker`].

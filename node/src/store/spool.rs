@@ -93,14 +93,20 @@ impl Spool {
 
     /// Fills `buffer` from `offset`, which must lie within what was appended.
     pub fn read_into(&self, offset: u64, buffer: &mut [u8]) -> io::Result<()> {
-        let end = offset.saturating_add(buffer.len() as u64);
+        self.check_appended("read", offset, buffer.len())?;
+        self.file.read_exact_at(buffer, offset)
+    }
+
+    /// An error unless `offset..offset + len` lies within what was appended.
+    fn check_appended(&self, what: &str, offset: u64, len: usize) -> io::Result<()> {
+        let end = offset.saturating_add(len as u64);
         if end > self.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("spool read up to {end} beyond its {} bytes", self.len()),
+                format!("spool {what} up to {end} beyond its {} bytes", self.len()),
             ));
         }
-        self.file.read_exact_at(buffer, offset)
+        Ok(())
     }
 
     /// Maps `len` bytes at `offset`, which must lie within what was appended, as [`Bytes`] that
@@ -113,13 +119,7 @@ impl Spool {
     /// them; the node's ingest frees only ranges behind the shards it has written.
     #[allow(unsafe_code)] // memmap2's `map` is unsafe: see "Safety of the mapping" above.
     pub fn map(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = offset.saturating_add(len as u64);
-        if end > self.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("spool map up to {end} beyond its {} bytes", self.len()),
-            ));
-        }
+        self.check_appended("map", offset, len)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
