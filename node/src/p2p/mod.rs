@@ -5,7 +5,8 @@
 //! Owns the node's peer identity (a key created once in the data directory, mode 0600), the
 //! membership proof (`membership`), provider records in the DHT (one per committed blob, keyed
 //! by its digest, counted in `record_store`), gossip among members (`gossip`: announcements of
-//! the whole blobs a member holds and drops, kept in `holdings`), the shard transfer protocol on both sides
+//! the whole blobs a member holds and drops, kept in `holdings`), the bootstrap through the first
+//! member and its retries (`discovery`), the shard transfer protocol on both sides
 //! (`transfer`) and the manifest lookup protocol on both sides (`manifests`). It reads the disk
 //! only through [`ShardStore`] (shard maps and verified shards) and [`ManifestSource`] (the
 //! manifest cache, implemented by `pullthrough`) and never writes it: a blob or manifest fetched
@@ -23,6 +24,7 @@ mod accept;
 mod address_book;
 mod claims;
 mod demand;
+mod discovery;
 mod followers;
 mod gate;
 mod gossip;
@@ -910,14 +912,19 @@ pub async fn start(
         lookups: HashMap::new(),
         closest: HashMap::new(),
         allowed_peers,
+        bootstrap_retry: discovery::BootstrapRetry::default(),
     };
     let handle = tokio::spawn(async move {
         let mut command_rx = command_rx;
         loop {
+            let bootstrap_due = task.bootstrap_retry.due_at();
+            let bootstrap_timer =
+                tokio::time::sleep_until(bootstrap_due.unwrap_or_else(Instant::now).into());
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 Some(command) = command_rx.recv() => task.on_command(command),
                 event = task.swarm.select_next_some() => task.on_event(event),
+                () = bootstrap_timer, if bootstrap_due.is_some() => task.bootstrap_if_due(),
             }
             task.update_network_gauges();
         }
@@ -1024,6 +1031,8 @@ struct SwarmTask {
     transports: transport::TransportBook,
     /// This node's region.
     region: String,
+    /// When to bootstrap again after a self-lookup no peer answered.
+    bootstrap_retry: discovery::BootstrapRetry,
 }
 
 impl SwarmTask {
@@ -1445,8 +1454,37 @@ impl SwarmTask {
             .report_message_validation_result(&id, &source, verdict);
     }
 
+    /// Starts the bootstrap `bootstrap_retry` says is due, if one is.
+    fn bootstrap_if_due(&mut self) {
+        if !self.bootstrap_retry.take_due(Instant::now()) {
+            return;
+        }
+        match self.swarm.behaviour_mut().kad.kad.bootstrap() {
+            Ok(_) => tracing::debug!("bootstrapping again: no peer answered the last self-lookup"),
+            Err(kad::NoKnownPeers()) => self.bootstrap_retry.give_up(),
+        }
+    }
+
     fn on_kad(&mut self, event: kad::Event) {
         match event {
+            // The first step of a bootstrap is the lookup of this node's own id, the one that
+            // finds its neighbours; the later steps refresh farther buckets.
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(_),
+                stats,
+                step,
+                ..
+            } if step.count.get() == 1 => {
+                let answered = stats.num_successes() > 0;
+                if !answered {
+                    tracing::debug!(
+                        asked = stats.num_requests(),
+                        "no peer answered the bootstrap's self-lookup; it is tried again"
+                    );
+                }
+                self.bootstrap_retry
+                    .on_self_lookup(answered, Instant::now());
+            }
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::AddProvider {
