@@ -917,9 +917,13 @@ pub async fn start(
     let handle = tokio::spawn(async move {
         let mut command_rx = command_rx;
         loop {
+            // Lazy: the timer exists only while a retry is due, not on every turn of the loop.
             let bootstrap_due = task.bootstrap_retry.due_at();
-            let bootstrap_timer =
-                tokio::time::sleep_until(bootstrap_due.unwrap_or_else(Instant::now).into());
+            let bootstrap_timer = async {
+                if let Some(at) = bootstrap_due {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 Some(command) = command_rx.recv() => task.on_command(command),
