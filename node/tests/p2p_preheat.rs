@@ -140,3 +140,55 @@ async fn members_are_asked_to_preheat_and_report_progress_and_outsiders_start_no
     );
     assert!(a.metrics.p2p_refused_non_member_requests.get() >= 1);
 }
+
+/// A warmer that answers at once that the blob is there.
+struct InstantWarmer;
+
+impl BlobWarmer for InstantWarmer {
+    fn warm(
+        &self,
+        _request: PreheatRequest,
+        _progress: watch::Sender<u64>,
+    ) -> BoxFuture<'static, PreheatReport> {
+        Box::pin(async { PreheatReport::AlreadyThere })
+    }
+}
+
+/// Requests that reach a member at the same moment are all answered by it: the stream layer
+/// hands a protocol's inbound streams over one at a time and drops those that arrive while one
+/// waits, so a burst from one preheat job (one request per blob) used to lose some of them,
+/// and the job went on to another member of the region that fetched the blob again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_to_one_member_is_answered_in_full() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [22u8; 32];
+    let a = node(&key, Vec::new(), stop.clone()).await;
+    let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
+    let a_id = a.network.local_peer_id();
+    wait_for_member(&b, a_id).await;
+    a.network.serve_preheat(Arc::new(InstantWarmer));
+    let repo: RepoName = "team/app".parse().unwrap();
+    for round in 0..100u8 {
+        let answers = futures::future::join_all((0..48u8).map(|i| {
+            let request = PreheatRequest::new(
+                "reg.example:5000",
+                &repo,
+                BlobDigest::from_bytes([i ^ round; 32]),
+                10,
+            );
+            let network = b.network.clone();
+            async move { network.preheat(a_id, request, &mut |_| {}).await }
+        }))
+        .await;
+        let failed: Vec<String> = answers
+            .iter()
+            .filter(|answer| !matches!(answer, Ok(PreheatReport::AlreadyThere)))
+            .map(|answer| format!("{answer:?}"))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of 48 requests were not answered: {failed:?}",
+            failed.len()
+        );
+    }
+}

@@ -70,12 +70,63 @@ pub enum PreheatRequestError {
 
 /// Asks `peer` to fetch the blob `request` names; `on_progress` hears the bytes done as they are
 /// reported. Returns the final report.
+///
+/// A request the member dropped before answering anything is sent again, after each of
+/// [`UNANSWERED_RETRY_WAITS`]: the stream layer hands a protocol's inbound streams to its accept
+/// loop one at a time and drops any that arrive while one waits to be taken, so some of a burst
+/// of requests to one member (a preheat job asks for every blob at once) are lost that way. A
+/// request is idempotent (the member joins its own fetch of the blob, or finds it stored), so
+/// sending it again never fetches twice.
 pub(super) async fn request(
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     peer: PeerId,
     request: PreheatRequest,
     on_progress: &mut (dyn FnMut(u64) + Send),
     _load: super::peers::OpenRequest,
+) -> Result<PreheatReport, PreheatRequestError> {
+    let mut waits = UNANSWERED_RETRY_WAITS.iter();
+    loop {
+        let mut answered = false;
+        let outcome =
+            request_once(control.clone(), peer, &request, on_progress, &mut answered).await;
+        match outcome {
+            Err(error) if !answered && is_dropped_unanswered(&error) => match waits.next() {
+                Some(wait) => {
+                    tracing::debug!(%peer, %error, "preheat request dropped unanswered; sending it again");
+                    tokio::time::sleep(*wait).await;
+                }
+                None => return Err(error),
+            },
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The waits before each new try of a request a member dropped unanswered (see [`request`]).
+const UNANSWERED_RETRY_WAITS: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+];
+
+/// Whether `error` is what a request the member dropped unanswered ends with: its stream stopped
+/// or reset while writing the request, or ended or reset before the first report. A member that
+/// went quiet (a timeout) or sent something malformed is not asked again.
+fn is_dropped_unanswered(error: &PreheatRequestError) -> bool {
+    matches!(
+        error,
+        PreheatRequestError::Io(_)
+            | PreheatRequestError::Read(TransferError::Io(_) | TransferError::EndedEarly(_))
+    )
+}
+
+/// One try of [`request`]; sets `answered` once a report has come.
+async fn request_once(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    request: &PreheatRequest,
+    on_progress: &mut (dyn FnMut(u64) + Send),
+    answered: &mut bool,
 ) -> Result<PreheatReport, PreheatRequestError> {
     let mut stream =
         tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, PREHEAT_PROTOCOL))
@@ -88,6 +139,7 @@ pub(super) async fn request(
         let report = read_message::<PreheatReport>(&mut stream, REPORT_TIMEOUT)
             .await
             .map_err(PreheatRequestError::Read)?;
+        *answered = true;
         match report {
             PreheatReport::Progress(bytes_done) => on_progress(bytes_done),
             last => {
