@@ -341,3 +341,51 @@ async fn an_allowlist_refuses_a_key_holder_it_does_not_name() {
         .contains(&unnamed.network.local_peer_id()));
     assert_eq!(a.network.members(), vec![named.network.local_peer_id()]);
 }
+
+/// Manifest requests that reach a member at the same moment, up to its serving limit, are all
+/// answered by it: the stream layer hands a protocol's inbound streams over one at a time and
+/// drops those that arrive while one waits, so a burst of requests used to lose some of them and
+/// the requester went to another member or the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_manifest_requests_to_one_member_is_answered_in_full() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let key = [9u8; 32];
+    let a = node(&key, Vec::new(), stop.clone()).await;
+    let repo: RepoName = "team/app".parse().unwrap();
+    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let digest = BlobDigest::from_bytes(Sha256::digest(body).into());
+    a.store
+        .put_manifest(
+            &digest,
+            &ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                body: body.to_vec(),
+            },
+        )
+        .unwrap();
+    let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
+    let a_id = a.network.local_peer_id();
+    wait_for_member(&b, a_id).await;
+    let by_digest = Reference::Digest(digest);
+    for round in 0..100 {
+        let answers = futures::future::join_all((0..16).map(|_| {
+            let (network, repo, by_digest) = (b.network.clone(), repo.clone(), by_digest.clone());
+            async move {
+                network
+                    .fetch_manifest(a_id, "reg.example:5000", &repo, &by_digest)
+                    .await
+            }
+        }))
+        .await;
+        let failed: Vec<String> = answers
+            .iter()
+            .filter(|answer| !matches!(answer, Ok(Some(found)) if found.digest == digest))
+            .map(|answer| format!("{answer:?}"))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of 16 requests were not answered: {failed:?}",
+            failed.len()
+        );
+    }
+}

@@ -35,6 +35,8 @@ const CONCURRENT_SERVES: usize = 16;
 const SERVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait to open a stream to a peer (it is a connected member, so no dial is expected).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Times a request is sent again when its stream is refused or reset before any answer.
+const OPEN_RETRIES: u32 = 2;
 
 /// A manifest as one node's cache holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,21 +97,50 @@ pub(super) async fn fetch_manifest(
     let (_, reference) = request
         .parse()
         .map_err(|_| ManifestFetchError::Protocol("request outside the grammar"))?;
+    let sent = request.encode();
+    let mut attempt = 0;
+    let answer = loop {
+        match ask_once(&mut control, peer, &sent).await {
+            Ok(answer) => break answer,
+            // A stream refused or reset before any answer (libp2p-stream drops an inbound stream
+            // that arrives while another waits to be accepted, and a member over its serving
+            // limit refuses) is worth asking again: the request has no effect until it is
+            // answered.
+            Err(
+                ManifestFetchError::Open(_)
+                | ManifestFetchError::Io(_)
+                | ManifestFetchError::Read(TransferError::Io(_) | TransferError::EndedEarly(_)),
+            ) if attempt < OPEN_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let ManifestAnswer::Found(found) = answer else {
+        return Ok(None);
+    };
+    verify_answer(&reference, found).map(Some)
+}
+
+/// Opens a stream, sends the request and reads the answer.
+async fn ask_once(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &[u8],
+) -> Result<ManifestAnswer, ManifestFetchError> {
     let mut stream =
         tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, MANIFESTS_PROTOCOL))
             .await
             .map_err(|_| ManifestFetchError::Timeout)?
             .map_err(|e| ManifestFetchError::Open(e.to_string()))?;
-    stream.write_all(&request.encode()).await?;
+    stream.write_all(request).await?;
     stream.flush().await?;
     let answer = read_message::<ManifestAnswer>(&mut stream, SERVE_TIMEOUT)
         .await
         .map_err(ManifestFetchError::Read)?;
     let _ = stream.close().await;
-    let ManifestAnswer::Found(found) = answer else {
-        return Ok(None);
-    };
-    verify_answer(&reference, found).map(Some)
+    Ok(answer)
 }
 
 /// Checks a found manifest against the request and its own digest.
