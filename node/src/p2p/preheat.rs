@@ -74,8 +74,8 @@ pub enum PreheatRequestError {
 /// A request the member dropped before answering anything is sent again, after each of
 /// [`UNANSWERED_RETRY_WAITS`]: the stream layer hands a protocol's inbound streams to its accept
 /// loop one at a time and drops any that arrive while one waits to be taken, so some of a burst
-/// of requests to one member (a preheat job asks for every blob at once) are lost that way. A
-/// request is idempotent (the member joins its own fetch of the blob, or finds it stored), so
+/// of requests to one member (a job asks for up to four blobs at once, in each region) are lost
+/// that way. A request is idempotent (the member joins its own fetch of the blob, or finds it stored), so
 /// sending it again never fetches twice.
 pub(super) async fn request(
     control: libp2p_stream::Control,
