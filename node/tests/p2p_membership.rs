@@ -217,23 +217,32 @@ async fn wait_for_member(node: &TestNode, peer: libp2p::PeerId) {
     panic!("{peer} never became a member");
 }
 
+/// The manifest the manifest tests cache at a node: its bytes and digest.
+const CACHED_MANIFEST: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+
+/// Puts [`CACHED_MANIFEST`] in `node`'s manifest cache; returns its bytes and digest.
+fn cache_a_manifest(node: &TestNode) -> (&'static [u8], BlobDigest) {
+    let digest = BlobDigest::from_bytes(Sha256::digest(CACHED_MANIFEST).into());
+    node.store
+        .put_manifest(
+            &digest,
+            &ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                body: CACHED_MANIFEST.to_vec(),
+            },
+        )
+        .unwrap();
+    (CACHED_MANIFEST, digest)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_get_cached_manifests_and_outsiders_get_none() {
     let (_stop_tx, stop) = watch::channel(false);
     let key = [8u8; 32];
     let a = node(&key, Vec::new(), stop.clone()).await;
     let repo: RepoName = "team/app".parse().unwrap();
-    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
-    let digest = BlobDigest::from_bytes(Sha256::digest(body).into());
-    a.store
-        .put_manifest(
-            &digest,
-            &ManifestRecord {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                body: body.to_vec(),
-            },
-        )
-        .unwrap();
+    let (body, digest) = cache_a_manifest(&a);
     // Resolved long ago: a peer is told anyway, with the time, and decides.
     a.store
         .put_tag(
@@ -352,17 +361,7 @@ async fn a_burst_of_manifest_requests_to_one_member_is_answered_in_full() {
     let key = [9u8; 32];
     let a = node(&key, Vec::new(), stop.clone()).await;
     let repo: RepoName = "team/app".parse().unwrap();
-    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
-    let digest = BlobDigest::from_bytes(Sha256::digest(body).into());
-    a.store
-        .put_manifest(
-            &digest,
-            &ManifestRecord {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                body: body.to_vec(),
-            },
-        )
-        .unwrap();
+    let (_, digest) = cache_a_manifest(&a);
     let b = node(&key, vec![a.addr.clone()], stop.clone()).await;
     let a_id = a.network.local_peer_id();
     wait_for_member(&b, a_id).await;
